@@ -1,0 +1,62 @@
+"""Visibility metrics: PSNR, SSIM, max change and fraction changed; all in native units."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+SSIM_WINDOW = 7
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+
+
+def data_range(original: np.ndarray) -> float:
+    """Range used for PSNR and SSIM: max - min of the whole original image."""
+    return max(float(original.max()) - float(original.min()), 1e-12)
+
+
+def psnr(original: np.ndarray, protected: np.ndarray) -> float:
+    """PSNR in dB over the whole image/volume (inf when identical)."""
+    diff = protected.astype(np.float64) - original.astype(np.float64)
+    mse = float(np.mean(diff * diff))
+    if mse == 0:
+        return float("inf")
+    return float(10 * np.log10(data_range(original) ** 2 / mse))
+
+
+def ssim(original: np.ndarray, protected: np.ndarray) -> float:
+    """Mean SSIM (uniform 7-voxel window, K1=0.01, K2=0.03) over the whole image/volume.
+
+    Computed exactly but only around the changed voxels: windows that see no change have SSIM 1.
+    """
+    changed = protected != original
+    if not changed.any():
+        return 1.0
+    margin = SSIM_WINDOW
+    box = tuple(
+        slice(max(int(idx.min()) - margin, 0), int(idx.max()) + margin + 1) for idx in np.nonzero(changed)
+    )
+    x = original[box].astype(np.float64)
+    y = protected[box].astype(np.float64)
+    size = [min(SSIM_WINDOW, n) for n in x.shape]
+    n_px = float(np.prod(size))
+    cov_norm = n_px / max(n_px - 1, 1)
+    ux, uy = ndimage.uniform_filter(x, size), ndimage.uniform_filter(y, size)
+    vx = cov_norm * (ndimage.uniform_filter(x * x, size) - ux * ux)
+    vy = cov_norm * (ndimage.uniform_filter(y * y, size) - uy * uy)
+    vxy = cov_norm * (ndimage.uniform_filter(x * y, size) - ux * uy)
+    c1 = (SSIM_K1 * data_range(original)) ** 2
+    c2 = (SSIM_K2 * data_range(original)) ** 2
+    ssim_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    outside = original.size - ssim_map.size
+    return float((ssim_map.sum() + outside) / original.size)
+
+
+def image_quality(original: np.ndarray, protected: np.ndarray) -> dict[str, float]:
+    """PSNR (dB), SSIM, max |change| (native units) and fraction of voxels changed."""
+    diff = np.abs(protected.astype(np.float64) - original.astype(np.float64))
+    return {
+        "psnr_db": psnr(original, protected),
+        "ssim": ssim(original, protected),
+        "max_abs_change": float(diff.max()) if diff.size else 0.0,
+        "fraction_changed": float(np.count_nonzero(diff)) / max(diff.size, 1),
+    }

@@ -1,0 +1,172 @@
+"""Protection of one image or volume (numpy arrays in, numpy arrays out)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .devices import resolve_device
+from .errors import Cancelled, InputError
+from .intensity import Window, apply_change, intensity_window, normalize
+from .metrics import image_quality
+from .protector import Protector, load_protector
+from .regions import contour_band, region_maps, roi_mask
+
+CONTEXT_MARGIN = 16  # pixels of image context the generators see around the ROI
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class ProtectionResult:
+    """Protected array (input dtype and shape), the change it carries, and its visibility metrics."""
+
+    protected: np.ndarray
+    change: np.ndarray  # float32, protected - original, native units
+    region: np.ndarray  # bool, ROI ∪ contour band: the only voxels that may change
+    window: Window
+    budget: float  # max allowed |change|, native units
+    slice_axis: int | None  # None for 2D images
+    metrics: dict
+
+
+def slice_axis_for(spacing: Sequence[float] | None, ndim: int) -> int | None:
+    """Axis of coarsest spacing for 3D arrays (first such axis on ties); None for 2D."""
+    if ndim == 2:
+        return None
+    if spacing is None:
+        return 0
+    return int(np.argmax(np.asarray(spacing, dtype=float)))
+
+
+def check_inputs(image: np.ndarray, labels: np.ndarray) -> None:
+    """Raise InputError for arrays the protector cannot handle."""
+    if image.ndim not in (2, 3):
+        raise InputError(f"image has {image.ndim} dimensions; only 2D images and 3D volumes are supported")
+    if labels.shape != image.shape:
+        raise InputError(f"mask size {labels.shape} does not match image size {image.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) and not np.issubdtype(labels.dtype, np.bool_):
+        if not np.all(np.equal(np.mod(labels, 1), 0)):
+            raise InputError("mask has non-integer values; a label map is expected")
+    if np.issubdtype(image.dtype, np.complexfloating) or not np.issubdtype(image.dtype, np.number):
+        raise InputError(f"pixel type {image.dtype} is not supported")
+    if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+        raise InputError("image contains NaN or infinite voxels")
+    if image.size and image.min() == image.max():
+        raise InputError("image is constant; there is nothing to protect")
+
+
+def protect_array(
+    image: np.ndarray,
+    labels: np.ndarray,
+    protector: Protector | None = None,
+    *,
+    spacing: Sequence[float] | None = None,
+    epsilon: float | None = None,
+    band_radius: int | None = None,
+    label_values: Sequence[int] | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> ProtectionResult:
+    """Protect ``image`` inside the ROI of ``labels`` and its contour band.
+
+    ``spacing`` is per numpy axis (3D volumes are processed slice-wise along the coarsest one);
+    ``epsilon`` (in 1/255 of the window) and ``band_radius`` override the protector's config;
+    ``label_values`` restricts the ROI to these labels (default: every non-zero label).
+    Voxels outside ROI ∪ band are bit-identical to the input.
+    """
+    check_inputs(image, labels)
+    torch_device = resolve_device(device)
+    protector = (protector or load_protector()).to(torch_device).eval()
+    config = protector.config
+    epsilon = config.epsilon if epsilon is None else float(epsilon)
+    band_radius = config.band_radius if band_radius is None else int(band_radius)
+    if not 0 < epsilon <= 64:
+        raise InputError(f"epsilon {epsilon} is out of range (0, 64] (units of 1/255 of the intensity window)")
+    if not 0 <= band_radius <= 32:
+        raise InputError(f"band radius {band_radius} is out of range [0, 32] pixels")
+
+    window = intensity_window(image, config.percentiles)
+    budget = window.budget(epsilon)
+    selected = np.where(roi_mask(labels, label_values), labels, 0).astype(np.int32)
+    axis = slice_axis_for(spacing, image.ndim)
+    stack_image = image[None] if axis is None else np.moveaxis(image, axis, 0)
+    stack_labels = selected[None] if axis is None else np.moveaxis(selected, axis, 0)
+
+    protected = image.copy()
+    change = np.zeros(image.shape, dtype=np.float32)
+    region = np.zeros(image.shape, dtype=bool)
+    stack_protected = protected[None] if axis is None else np.moveaxis(protected, axis, 0)
+    stack_change = change[None] if axis is None else np.moveaxis(change, axis, 0)
+    stack_region = region[None] if axis is None else np.moveaxis(region, axis, 0)
+
+    indices = [i for i in range(stack_labels.shape[0]) if stack_labels[i].any()]
+    if indices:
+        crop = _crop_box(stack_labels[indices], band_radius + CONTEXT_MARGIN)
+        for start in range(0, len(indices), batch_size):
+            if cancel is not None and cancel():
+                raise Cancelled("protection cancelled")
+            batch = indices[start : start + batch_size]
+            original = stack_image[batch][(slice(None), *crop)]
+            labels_crop = stack_labels[batch][(slice(None), *crop)]
+            delta = _perturb(protector, normalize(original, window), labels_crop, band_radius, epsilon, torch_device)
+            new = apply_change(original, delta * window.width, budget)
+            for k, i in enumerate(batch):
+                stack_protected[i][crop] = new[k]
+                stack_change[i][crop] = new[k].astype(np.float64) - original[k].astype(np.float64)
+                stack_region[i][crop] = (labels_crop[k] != 0) | contour_band(labels_crop[k], band_radius)
+            if progress is not None:
+                progress(min(start + batch_size, len(indices)), len(indices))
+    metrics = image_quality(image, protected)
+    metrics.update(
+        epsilon=epsilon,
+        band_radius=band_radius,
+        budget_native=budget,
+        window=[window.lo, window.hi],
+        slices_protected=len(indices),
+        region_voxels=int(region.sum()),
+    )
+    return ProtectionResult(protected, change, region, window, budget, axis, metrics)
+
+
+def _crop_box(labels: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """In-plane bounding box of all labels in a slice stack, grown by ``margin`` and clipped."""
+    rows = np.nonzero(labels.any(axis=(0, 2)))[0]
+    cols = np.nonzero(labels.any(axis=(0, 1)))[0]
+    h, w = labels.shape[1:]
+    return (
+        slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, h)),
+        slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, w)),
+    )
+
+
+@torch.inference_mode()
+def _perturb(
+    protector: Protector,
+    image_norm: np.ndarray,
+    labels: np.ndarray,
+    band_radius: int,
+    epsilon: float,
+    device: torch.device,
+) -> np.ndarray:
+    """Generator forward pass on a batch of slices (B,H,W); returns the change in window units."""
+    cfg = protector.config
+    maps = np.stack(
+        [region_maps(img, lab, band_radius, cfg.texture_floor, cfg.texture_window) for img, lab in zip(image_norm, labels)]
+    )
+    x = torch.from_numpy(image_norm[:, None]).to(device)
+    m = torch.from_numpy(maps).to(device)
+    h, w = x.shape[-2:]
+    d = protector.divisor
+    pad = (0, (-w) % d, 0, (-h) % d)
+    if any(pad):
+        x = F.pad(x, pad, mode="replicate")
+        m = F.pad(m, pad)
+    delta = protector(x, m, epsilon)[:, 0, :h, :w]
+    return delta.float().cpu().numpy()

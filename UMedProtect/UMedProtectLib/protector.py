@@ -1,0 +1,169 @@
+"""The protector: contour perturbator G_c and texture perturbator G_t, and its safe file format.
+
+A protector file is a safetensors file: the generators' weights plus the JSON config in the
+header metadata. Loading parses data only and never executes code from the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from . import __version__
+from .atomic import atomic_path
+from .errors import InputError
+from .intensity import DEFAULT_PERCENTILES
+from .networks import UNet2d
+from .regions import DEFAULT_BAND_RADIUS, DEFAULT_TEXTURE_FLOOR, DEFAULT_TEXTURE_WINDOW
+
+FORMAT_NAME = "umedprotect-protector"
+FORMAT_VERSION = 1
+METADATA_KEY = "umedprotect"
+DEFAULT_PROTECTOR_PATH = Path(__file__).with_name("data") / "default_protector.safetensors"
+
+
+@dataclass
+class ProtectorConfig:
+    """Everything needed to rebuild and apply a protector (stored in the file's JSON header)."""
+
+    epsilon: float = 4.0  # budget, in 1/255 of the case's intensity window
+    band_radius: int = DEFAULT_BAND_RADIUS  # contour band half-width, pixels
+    texture_floor: float = DEFAULT_TEXTURE_FLOOR  # lowest texture bound T(p), fraction of epsilon
+    texture_window: int = DEFAULT_TEXTURE_WINDOW  # local-std window of the texture bound, pixels
+    cdc_theta: float = 0.7  # central difference weight in G_c's encoder
+    base_channels: int = 8
+    levels: int = 3
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+    package_version: str = __version__
+    training: dict = field(default_factory=dict)  # data summary and fitting settings
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> ProtectorConfig:
+        """Parse and validate a config; raise InputError naming ``source`` on any problem."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{source}: protector config is not valid JSON ({exc.msg})") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"{source}: protector config must be a JSON object")
+        if raw.get("format") != FORMAT_NAME:
+            raise InputError(f"{source}: not a UMedProtect protector (format {raw.get('format')!r})")
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise InputError(
+                f"{source}: protector format version {raw.get('format_version')!r} is not supported "
+                f"(this UMedProtect reads version {FORMAT_VERSION})"
+            )
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(raw) - set(known))
+        if unknown:
+            raise InputError(f"{source}: unknown protector config keys {unknown}")
+        checks = {
+            "epsilon": lambda v: isinstance(v, (int, float)) and 0 < v <= 64,
+            "band_radius": lambda v: isinstance(v, int) and 0 <= v <= 32,
+            "texture_floor": lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
+            "texture_window": lambda v: isinstance(v, int) and 1 <= v <= 31,
+            "cdc_theta": lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
+            "base_channels": lambda v: isinstance(v, int) and 1 <= v <= 128,
+            "levels": lambda v: isinstance(v, int) and 1 <= v <= 6,
+            "percentiles": lambda v: isinstance(v, list) and len(v) == 2 and 0 <= v[0] < v[1] <= 100,
+            "package_version": lambda v: isinstance(v, str),
+            "training": lambda v: isinstance(v, dict),
+        }
+        for key, ok in checks.items():
+            if key in raw and not ok(raw[key]):
+                raise InputError(f"{source}: invalid protector config value {key}={raw[key]!r}")
+        if "percentiles" in raw:
+            raw["percentiles"] = tuple(raw["percentiles"])
+        return cls(**raw)
+
+
+class Protector(nn.Module):
+    """G_c (CDC encoder-decoder on the contour band) + G_t (encoder-decoder under the texture bound)."""
+
+    def __init__(self, config: ProtectorConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ProtectorConfig()
+        c = self.config
+        self.contour = UNet2d(2, 1, c.base_channels, c.levels, cdc_theta=c.cdc_theta)
+        self.texture = UNet2d(2, 1, c.base_channels, c.levels)
+
+    @property
+    def divisor(self) -> int:
+        return self.contour.divisor
+
+    def forward(self, image: torch.Tensor, maps: torch.Tensor, epsilon: float | None = None) -> torch.Tensor:
+        """Perturbation in window units for normalised ``image`` (B,1,H,W) and ``maps`` (B,3,H,W).
+
+        ``maps`` holds (roi, contour band, texture bound) from :func:`regions.region_maps`.
+        The result is zero outside ROI ∪ band and bounded by ``epsilon``/255 everywhere.
+        """
+        eps = (self.config.epsilon if epsilon is None else epsilon) / 255.0
+        roi, band, texture = maps[:, 0:1], maps[:, 1:2], maps[:, 2:3]
+        inputs = torch.cat([image.clamp(-1.0, 2.0), roi], dim=1)
+        delta_contour = eps * torch.tanh(self.contour(inputs)) * band
+        delta_texture = eps * texture * torch.tanh(self.texture(inputs))
+        return delta_contour + delta_texture
+
+
+def save_protector(protector: Protector, path: str | Path) -> Path:
+    """Write the protector atomically as safetensors weights + JSON config."""
+    path = Path(path)
+    tensors = {k: v.detach().cpu().contiguous().float() for k, v in protector.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: protector.config.to_json()})
+    return path
+
+
+def load_protector(path: str | Path | None = None, device: str | torch.device = "cpu") -> Protector:
+    """Load and validate a protector file (default: the bundled one). Never executes file content."""
+    path = Path(path) if path is not None else DEFAULT_PROTECTOR_PATH
+    source = str(path)
+    if not path.is_file():
+        raise InputError(f"{source}: protector file not found")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head[:1] == b"\x80" or head[:2] == b"PK":
+        raise InputError(f"{source}: pickle/zip-based PyTorch files are refused; protectors must be safetensors")
+    try:
+        with safe_open(source, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{source}: not a valid safetensors protector file ({exc})") from None
+    if METADATA_KEY not in metadata:
+        raise InputError(f"{source}: safetensors file has no UMedProtect config")
+    protector = Protector(ProtectorConfig.from_json(metadata[METADATA_KEY], source))
+    expected = {k: tuple(v.shape) for k, v in protector.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if expected != found:
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+        raise InputError(
+            f"{source}: protector weights do not match its config "
+            f"(missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {wrong[:3]})"
+        )
+    for key, tensor in tensors.items():
+        if tensor.dtype != torch.float32 or not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"{source}: tensor {key} is not finite float32")
+    protector.load_state_dict(tensors)
+    return protector.to(device).eval()
+
+
+def protector_summary(protector: Protector) -> dict:
+    """Config plus parameter count, for reports and manifests."""
+    n = sum(p.numel() for p in protector.parameters())
+    return {**json.loads(protector.config.to_json()), "parameters": n, "size_mb": round(n * 4 / 2**20, 3)}
+
+

@@ -1,0 +1,76 @@
+"""Where the perturbation may go: ROI, contour band, interior, and the texture-aware bound."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+DEFAULT_BAND_RADIUS = 3
+DEFAULT_TEXTURE_FLOOR = 0.25
+DEFAULT_TEXTURE_WINDOW = 5
+
+
+def disk(radius: int) -> np.ndarray:
+    """2D disk structuring element of the given radius (pixels)."""
+    r = int(radius)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (yy * yy + xx * xx) <= r * r
+
+
+def roi_mask(labels: np.ndarray, label_values: list[int] | None = None) -> np.ndarray:
+    """Boolean ROI: voxels carrying any of ``label_values`` (default: any non-zero label)."""
+    if label_values is None:
+        return labels != 0
+    return np.isin(labels, np.asarray(label_values, dtype=labels.dtype))
+
+
+def contour_band(labels2d: np.ndarray, radius: int) -> np.ndarray:
+    """Band of ``radius`` pixels on both sides of every label's contour (2D)."""
+    band = np.zeros(labels2d.shape, dtype=bool)
+    if radius <= 0:
+        return band
+    structure = disk(radius)
+    for value in np.unique(labels2d):
+        if value == 0:
+            continue
+        region = labels2d == value
+        band |= ndimage.binary_dilation(region, structure) & ~ndimage.binary_erosion(region, structure)
+    return band
+
+
+def texture_bound(
+    image2d: np.ndarray,
+    interior: np.ndarray,
+    floor: float = DEFAULT_TEXTURE_FLOOR,
+    window: int = DEFAULT_TEXTURE_WINDOW,
+) -> np.ndarray:
+    """Per-pixel bound T in [floor, 1]: normalised local standard deviation inside ``interior``.
+
+    Textured tissue gets up to the full budget, flat tissue ``floor`` of it; zero outside ``interior``.
+    """
+    bound = np.zeros(image2d.shape, dtype=np.float32)
+    if not interior.any():
+        return bound
+    x = image2d.astype(np.float64)
+    mean = ndimage.uniform_filter(x, window)
+    var = np.maximum(ndimage.uniform_filter(x * x, window) - mean * mean, 0.0)
+    std = np.sqrt(var)
+    reference = np.percentile(std[interior], 90)
+    scaled = std / reference if reference > 0 else np.ones_like(std)
+    bound[interior] = np.clip(scaled[interior], floor, 1.0)
+    return bound
+
+
+def region_maps(
+    image2d: np.ndarray,
+    labels2d: np.ndarray,
+    band_radius: int = DEFAULT_BAND_RADIUS,
+    texture_floor: float = DEFAULT_TEXTURE_FLOOR,
+    texture_window: int = DEFAULT_TEXTURE_WINDOW,
+) -> np.ndarray:
+    """Stack (roi, band, interior bound) as float32 of shape (3, H, W) for one normalised slice."""
+    roi = labels2d != 0
+    band = contour_band(labels2d, band_radius)
+    interior = roi & ~band
+    texture = texture_bound(image2d, interior, texture_floor, texture_window)
+    return np.stack([roi.astype(np.float32), band.astype(np.float32), texture])
