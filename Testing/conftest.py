@@ -41,3 +41,58 @@ def phantom3d():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def write_nnunet_dataset(
+    root: Path,
+    n_train: int = 3,
+    n_test: int = 1,
+    shape: tuple[int, ...] = (6, 32, 32),
+    n_lesions: int = 2,
+    file_ending: str = ".nii.gz",
+    dtype: str = "int16",
+    seed: int = 0,
+) -> Path:
+    """Write a tiny nnU-Net v2 raw dataset of phantoms (anisotropic spacing, rotated direction)."""
+    import json
+
+    import SimpleITK as sitk
+
+    from UMedProtectLib.phantoms import phantom_slice, phantom_volume
+
+    root = Path(root)
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    spacing = (0.8, 0.7, 2.5)[: len(shape)]
+    direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0) if len(shape) == 3 else (0.0, 1.0, -1.0, 0.0)
+
+    def write(array, path):
+        img = sitk.GetImageFromArray(array)
+        img.SetSpacing(spacing)
+        img.SetOrigin(tuple(float(10 * i + 1) for i in range(len(shape))))
+        img.SetDirection(direction)
+        sitk.WriteImage(img, str(path), useCompression=True)
+
+    for k in range(n_train + n_test):
+        if len(shape) == 3:
+            image, labels = phantom_volume(shape, n_lesions=n_lesions, rng=seed + k)
+        else:
+            image, labels = phantom_slice(shape, n_lesions=n_lesions, rng=seed + k)
+        split = ("imagesTr", "labelsTr") if k < n_train else ("imagesTs", "labelsTs")
+        case = f"case{k:03d}"
+        write(image.astype(dtype), root / split[0] / f"{case}_0000{file_ending}")
+        write(labels, root / split[1] / f"{case}{file_ending}")
+    meta = {
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, **{f"lesion{i}": i for i in range(1, n_lesions + 1)}},
+        "numTraining": n_train,
+        "file_ending": file_ending,
+    }
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return root
+
+
+@pytest.fixture
+def nnunet_dataset(tmp_path):
+    """A tiny 3D nnU-Net v2 raw dataset: 3 training cases, 1 test case, int16 images."""
+    return write_nnunet_dataset(tmp_path / "Dataset001_Tiny")
