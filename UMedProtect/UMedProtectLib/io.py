@@ -1,0 +1,322 @@
+"""Reading and writing images and masks (SimpleITK, DICOM series, Slicer ``.seg.nrrd``).
+
+Every problem with a user's file is an :class:`InputError` whose one-line message names the file.
+Inputs are only read; outputs are written through :func:`atomic.atomic_path` and checked against
+the reference geometry and pixel type before they are renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .atomic import atomic_path
+from .errors import InputError
+
+OUTPUT_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")  # single-file formats keeping geometry and pixel type
+SEGMENTATION_ENDING = ".seg.nrrd"
+SUPPORTED_PIXEL_TYPES = {
+    sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
+    sitk.sitkUInt64, sitk.sitkInt64, sitk.sitkFloat32, sitk.sitkFloat64,
+}  # fmt: skip
+SPACING_RTOL = 1e-4  # relative spacing difference still counted as the same grid
+DIRECTION_ATOL = 1e-4
+ORIGIN_TOL = 1e-3  # in units of the smallest voxel spacing
+BYTES_PER_VOXEL_OVERHEAD = 48  # working arrays of protect_array and the metrics (float64 temporaries)
+MEMORY_ENV = "UMEDPROTECT_MEMORY_LIMIT_MB"  # overrides the available-memory reading (for tests)
+
+
+def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:
+    """Read a 2D image or 3D volume (any SimpleITK format, or a DICOM series folder) and validate it.
+
+    Refuses 4D, vector/RGB, complex and other unusual images, images too large for the available
+    memory (estimated from the header before reading), NaN/Inf voxels and constant images.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        files = _dicom_series_files(path, series_uid)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+    else:
+        if series_uid is not None:
+            raise InputError(f"{path}: --series-uid applies to DICOM folders only")
+        files = [str(path)]
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+    _check_header(path, files)
+    try:
+        image = reader.Execute()
+    except RuntimeError:
+        raise InputError(f"{path}: cannot read the image data (file truncated or corrupt)") from None
+    _check_structure(path, image)
+    _check_values(path, image)
+    return image
+
+
+def read_label(path: str | os.PathLike, reference: sitk.Image, resample: bool = False) -> sitk.Image:
+    """Read a label map (or a Slicer ``.seg.nrrd``) on the grid of ``reference``.
+
+    Size or geometry differences beyond a small tolerance are an InputError unless ``resample``,
+    which resamples the mask onto the image grid with nearest neighbour. ``.seg.nrrd`` segments
+    become labels 1, 2, ... in file order and are always resampled onto the image grid.
+    Within tolerance, the reference's geometry is copied onto the mask.
+    """
+    path = Path(path)
+    if path.name.lower().endswith(SEGMENTATION_ENDING):
+        return _resample_like(_read_segmentation(path), reference, path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; a mask must be a single label-map file")
+    _check_header(path, [str(path)])
+    try:
+        label = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise InputError(f"{path}: cannot read the mask data (file truncated or corrupt)") from None
+    _check_structure(path, label)
+    values = sitk.GetArrayViewFromImage(label)
+    if np.issubdtype(values.dtype, np.floating) and not (np.isfinite(values).all() and np.all(np.mod(values, 1) == 0)):
+        raise InputError(f"{path}: mask has non-integer values; a label map is expected")
+    if values.size and values.min() < 0:
+        raise InputError(f"{path}: mask has negative values; a label map is expected")
+    if label.GetSize() != reference.GetSize():
+        if not resample:
+            raise InputError(
+                f"{path}: mask size {label.GetSize()} does not match image size {reference.GetSize()} "
+                "(use --resample-mask to resample it onto the image grid)"
+            )
+        return _resample_like(label, reference, path)
+    problem = geometry_difference(label, reference)
+    if problem:
+        if not resample:
+            raise InputError(f"{path}: mask {problem} (use --resample-mask to resample it onto the image grid)")
+        return _resample_like(label, reference, path)
+    label.CopyInformation(reference)
+    return label
+
+
+def geometry_difference(image: sitk.Image, reference: sitk.Image) -> str | None:
+    """Describe how ``image``'s grid differs from ``reference`` beyond the tolerance, or None."""
+    if image.GetSize() != reference.GetSize():
+        return f"size {image.GetSize()} differs from {reference.GetSize()}"
+    spacing, ref_spacing = np.array(image.GetSpacing()), np.array(reference.GetSpacing())
+    if not np.allclose(spacing, ref_spacing, rtol=SPACING_RTOL, atol=0):
+        return f"spacing {tuple(spacing)} differs from the image spacing {tuple(ref_spacing)}"
+    origin, ref_origin = np.array(image.GetOrigin()), np.array(reference.GetOrigin())
+    if np.max(np.abs(origin - ref_origin)) > ORIGIN_TOL * ref_spacing.min():
+        return f"origin {tuple(origin)} differs from the image origin {tuple(ref_origin)}"
+    if np.max(np.abs(np.array(image.GetDirection()) - np.array(reference.GetDirection()))) > DIRECTION_ATOL:
+        return "direction differs from the image direction"
+    return None
+
+
+def to_array(image: sitk.Image) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Voxels as a numpy array in (z, y, x) order (a copy) and the spacing per numpy axis."""
+    return sitk.GetArrayFromImage(image), tuple(reversed(image.GetSpacing()))
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool = False, endings: tuple[str, ...] = OUTPUT_ENDINGS) -> Path:
+    """Validate an output file name before any work: known format, writable folder, no clobbering."""
+    path = Path(path)
+    if not path.name.lower().endswith(endings):
+        raise InputError(f"{path}: unsupported output format; use one of {', '.join(endings)}")
+    if path.is_dir():
+        raise InputError(f"{path}: output is an existing folder")
+    if path.exists() and not overwrite:
+        raise InputError(f"{path}: output already exists (use --overwrite to replace it)")
+    check_writable_dir(path.parent)
+    return path
+
+
+def check_writable_dir(folder: str | os.PathLike) -> Path:
+    """InputError unless ``folder`` exists (or can be created under a writable parent) and is writable."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{folder}: output folder is not writable")
+    return folder
+
+
+def write_like(array: np.ndarray, reference: sitk.Image, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``array`` atomically with exactly the size, spacing, origin, direction and pixel type of ``reference``.
+
+    The written file is read back (header only) and compared with ``reference`` before it is
+    renamed into place, so a file under the final name always has the right geometry.
+    """
+    path = check_output_path(path, overwrite)
+    expected = tuple(reversed(reference.GetSize()))
+    if array.shape != expected:
+        raise ValueError(f"array shape {array.shape} does not match the reference {expected}")
+    reference_dtype = sitk.GetArrayViewFromImage(reference).dtype
+    if array.dtype != reference_dtype:
+        raise ValueError(f"array dtype {array.dtype} differs from the reference pixel type {reference_dtype}")
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+            written = _read_information(tmp)
+            problem = geometry_difference(written, reference)
+            if problem or written.GetPixelID() != reference.GetPixelID():
+                raise InputError(
+                    f"{path}: the output format cannot store this image exactly ({problem or 'pixel type changed'}); "
+                    "use .nrrd or .mha"
+                )
+    except FileExistsError:
+        raise InputError(f"{path}: output already exists (use --overwrite to replace it)") from None
+    except PermissionError:
+        raise InputError(f"{path.parent}: output folder is not writable") from None
+    return path
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def image_info(image: sitk.Image) -> dict:
+    """Geometry and pixel type, for reports and manifests."""
+    return {
+        "size": list(image.GetSize()),
+        "spacing": list(image.GetSpacing()),
+        "origin": list(image.GetOrigin()),
+        "direction": list(image.GetDirection()),
+        "pixel_type": image.GetPixelIDTypeAsString(),
+    }
+
+
+def memory_needed(n_voxels: int, bytes_per_voxel: int) -> int:
+    """Estimated peak memory (bytes) to read and protect an image of this size and pixel size."""
+    return n_voxels * (3 * bytes_per_voxel + BYTES_PER_VOXEL_OVERHEAD)
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (``UMEDPROTECT_MEMORY_LIMIT_MB`` overrides)."""
+    if os.environ.get(MEMORY_ENV):
+        return int(float(os.environ[MEMORY_ENV]) * 2**20)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _dicom_series_files(folder: Path, series_uid: str | None) -> list[str]:
+    uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not uids:
+        raise InputError(f"{folder}: folder holds no DICOM series (a mask or image must be a file or a DICOM folder)")
+    if series_uid is None:
+        if len(uids) > 1:
+            raise InputError(
+                f"{folder}: folder holds {len(uids)} DICOM series; choose one with --series-uid ({', '.join(uids)})"
+            )
+        series_uid = uids[0]
+    elif series_uid not in uids:
+        raise InputError(f"{folder}: no DICOM series {series_uid!r} here (found {', '.join(uids)})")
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+
+
+def _read_information(path: str | os.PathLike) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader
+
+
+def _check_header(path: Path, files: list[str]) -> None:
+    """Validate what the header says (format, dimension, components, pixel type, memory) before reading voxels."""
+    try:
+        info = _read_information(files[0])
+    except RuntimeError:
+        raise InputError(f"{path}: not a readable image (unknown format or corrupt header)") from None
+    _check_structure(path, info)
+    size = info.GetSize()
+    n_voxels = int(np.prod(size, dtype=np.int64)) * len(files)
+    bytes_per_voxel = np.dtype(_numpy_dtype(info.GetPixelID())).itemsize
+    needed, available = memory_needed(n_voxels, bytes_per_voxel), available_memory()
+    if needed > available:
+        raise InputError(
+            f"{path}: image of {size} voxels needs about {needed / 2**30:.1f} GiB of memory, "
+            f"only {available / 2**30:.1f} GiB available"
+        )
+
+
+def _check_structure(path: Path, image: sitk.Image | sitk.ImageFileReader) -> None:
+    dimension = image.GetDimension()
+    if dimension not in (2, 3):
+        raise InputError(f"{path}: {dimension}D images are not supported (2D images and 3D volumes only)")
+    components = image.GetNumberOfComponents() if isinstance(image, sitk.ImageFileReader) else image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise InputError(
+            f"{path}: has {components} components per voxel (RGB/vector); "
+            "only single-channel grey-level images are supported"
+        )
+    if image.GetPixelID() not in SUPPORTED_PIXEL_TYPES:
+        raise InputError(f"{path}: pixel type {sitk.GetPixelIDValueAsString(image.GetPixelID())} is not supported")
+    if 0 in image.GetSize():
+        raise InputError(f"{path}: image is empty (size {image.GetSize()})")
+
+
+def _check_values(path: Path, image: sitk.Image) -> None:
+    values = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+        raise InputError(f"{path}: image contains NaN or infinite voxels")
+    if values.min() == values.max():
+        raise InputError(f"{path}: image is constant; there is nothing to protect")
+
+
+def _numpy_dtype(pixel_id: int) -> np.dtype:
+    return sitk.GetArrayViewFromImage(sitk.Image([1] * 2, pixel_id)).dtype
+
+
+def _read_segmentation(path: Path) -> sitk.Image:
+    """A Slicer ``.seg.nrrd`` as a label map on its own grid: segment k (file order) -> label k+1."""
+    import slicerio
+
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        segmentation = slicerio.read_segmentation(str(path))
+        masks = [slicerio.segment_mask(segmentation, segment) for segment in segmentation["segments"]]
+        ijk_to_lps = np.asarray(segmentation["ijkToLPS"], dtype=float)
+    except Exception as exc:  # slicerio/pynrrd raise many types for malformed files
+        raise InputError(f"{path}: not a readable Slicer segmentation ({type(exc).__name__})") from None
+    shape = segmentation["voxels"].shape[-3:]
+    labels = np.zeros(shape, dtype=np.uint16 if len(masks) > 255 else np.uint8)
+    for value, mask in enumerate(masks, start=1):
+        labels[mask] = value
+    image = sitk.GetImageFromArray(labels.transpose(2, 1, 0))  # slicerio voxels are (i, j, k)
+    axes = ijk_to_lps[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((axes / spacing).ravel().tolist())
+    image.SetOrigin(ijk_to_lps[:3, 3].tolist())
+    return image
+
+
+def _resample_like(label: sitk.Image, reference: sitk.Image, source: Path) -> sitk.Image:
+    """Nearest-neighbour resampling of a label map onto ``reference``'s grid (3D seg onto 2D image: error)."""
+    if label.GetDimension() != reference.GetDimension():
+        if label.GetDimension() == 3 and label.GetSize()[2] == 1 and reference.GetDimension() == 2:
+            label = label[:, :, 0]
+        else:
+            raise InputError(
+                f"{source}: mask is {label.GetDimension()}D but the image is {reference.GetDimension()}D; they cannot be aligned"
+            )
+    return sitk.Resample(label, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
