@@ -195,3 +195,24 @@ def _batch_dice(logits: torch.Tensor, labels: torch.Tensor) -> float:
     inter = (fg_pred & fg_true & (pred == labels)).sum().item()
     denom = fg_pred.sum().item() + fg_true.sum().item()
     return 2 * inter / denom if denom else 1.0
+
+
+def fit_on_datasets(
+    dataset_dirs: Sequence[str],
+    config: ProtectorConfig | None = None,
+    settings: FitSettings | None = None,
+    progress: FitProgress | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> tuple[Protector, list[dict]]:
+    """Fit on the training cases of one or more nnU-Net-layout datasets (slices touching the ROI)."""
+    from .nnunet import read_dataset
+    from .slices import load_slices
+
+    config = config or ProtectorConfig()
+    samples: list[SliceSample] = []
+    for folder in dataset_dirs:
+        dataset = read_dataset(folder)
+        cases = [c for c in dataset.training if c.label is not None]
+        samples += load_slices(cases)
+    config = replace(config, training={"datasets": [str(d) for d in dataset_dirs]})
+    return fit_protector(samples, config, settings, progress, cancel)
