@@ -8,7 +8,10 @@ the reference geometry and pixel type before they are renamed into place.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import platform
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -320,3 +323,87 @@ def _resample_like(label: sitk.Image, reference: sitk.Image, source: Path) -> si
                 f"{source}: mask is {label.GetDimension()}D but the image is {reference.GetDimension()}D; they cannot be aligned"
             )
     return sitk.Resample(label, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+
+
+def copy_file(source: str | os.PathLike, destination: str | os.PathLike, overwrite: bool = False) -> str:
+    """Copy bytes atomically; return the SHA-256, checked equal on both sides."""
+    source, destination = Path(source), Path(destination)
+    expected = sha256(source)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(destination, overwrite=overwrite) as tmp:
+            shutil.copyfile(source, tmp)
+            if sha256(tmp) != expected:
+                raise OSError(f"{destination}: copy does not match {source} (hash differs)")
+    except FileExistsError:
+        raise InputError(f"{destination}: output already exists (use --overwrite to replace it)") from None
+    return expected
+
+
+def input_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, or of a folder's files (``name  hash`` lines, sorted) for a DICOM folder."""
+    path = Path(path)
+    if path.is_dir():
+        lines = "".join(f"{p.relative_to(path)}  {sha256(p)}\n" for p in sorted(path.rglob("*")) if p.is_file())
+        return hashlib.sha256(lines.encode()).hexdigest()
+    return sha256(path)
+
+
+def write_json(data: dict, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``data`` as indented JSON atomically (non-finite floats become strings like "inf")."""
+    path = Path(path)
+    text = json.dumps(_json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    try:
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except FileExistsError:
+        raise InputError(f"{path}: output already exists (use --overwrite to replace it)") from None
+    return path
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from a file; InputError naming the file when it is missing or malformed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a JSON object is expected")
+    return data
+
+
+def json_roundtrip(data: dict) -> dict:
+    """``data`` as it reads back from :func:`write_json` (tuples become lists, inf becomes "inf")."""
+    return json.loads(json.dumps(_json_safe(data), allow_nan=False))
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the package and of the libraries that determine the output bytes."""
+    import torch
+
+    from . import __version__
+
+    return {
+        "umedprotect": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "SimpleITK": sitk.Version.VersionString(),
+        "numpy": np.__version__,
+    }
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
