@@ -160,7 +160,8 @@ def _start_manifest(
     if not (out / MANIFEST_NAME).is_file():
         raise InputError(f"{out}: output folder is not empty and has no {MANIFEST_NAME} (use --overwrite or another folder)")
     previous = _load_manifest(out)
-    same = all(previous.get(k) == fresh[k] for k in ("source", "method", "parameters", "protector", "allow_empty"))
+    same = all(previous.get(k) == fresh[k] for k in ("source", "method", "parameters", "allow_empty"))
+    same = same and _protector_hash(previous) == _protector_hash(fresh)
     if not same:
         raise InputError(
             f"{out}: holds a run with other settings (source, method, parameters or protector); "
@@ -170,6 +171,10 @@ def _start_manifest(
     n_done = sum(1 for e in fresh["cases"].values() if e.get("status") in ("protected", "copied_empty"))
     log.info(f"resuming: {n_done} of {len(dataset.training)} case(s) already finished in {out}")
     return fresh
+
+
+def _protector_hash(manifest: dict) -> str | None:
+    return (manifest.get("protector") or {}).get("sha256")
 
 
 def _protect_case(
