@@ -96,3 +96,28 @@ def write_nnunet_dataset(
 def nnunet_dataset(tmp_path):
     """A tiny 3D nnU-Net v2 raw dataset: 3 training cases, 1 test case, int16 images."""
     return write_nnunet_dataset(tmp_path / "Dataset001_Tiny")
+
+
+@pytest.fixture
+def protector_file(tmp_path_factory):
+    """Path of a saved protector with fixed random weights (fast; its output is not tuned)."""
+    from UMedProtectLib.protector import Protector, save_protector
+
+    torch.manual_seed(0)
+    return save_protector(Protector().eval(), tmp_path_factory.mktemp("protector") / "random.safetensors")
+
+
+def write_image(array: np.ndarray, path: Path, spacing=None, origin=None, direction=None) -> Path:
+    """Write ``array`` ((z,) y, x) with SimpleITK and the given geometry (defaults: anisotropic, rotated)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    n = array.ndim
+    image.SetSpacing(spacing or (0.8, 0.7, 2.5)[:n])
+    image.SetOrigin(origin or (-12.5, 30.25, 7.0)[:n])
+    if direction is None:
+        c, s = np.cos(0.3), np.sin(0.3)
+        direction = (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0) if n == 3 else (c, -s, s, c)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return Path(path)

@@ -58,19 +58,23 @@ def protect_dataset(
     if out.resolve() == dataset.root or out.resolve().is_relative_to(dataset.root):
         raise InputError(f"{out}: output folder must not be inside the input dataset {dataset.root}")
     io.check_writable_dir(out)
+    label_values = parameters.get("labels")
+    empty = _validate_cases(dataset, label_values, allow_empty)  # before anything is written
     manifest = _start_manifest(dataset, out, method_name, parameters, protector_info, device, allow_empty, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     _remove_partial_files(out)
     manifest["dataset_json"] = {"sha256": io.copy_file(dataset.root / "dataset.json", out / "dataset.json", overwrite=True)}
     _save(manifest, out)
 
-    label_values = parameters.get("labels")
     bar = tqdm(dataset.training, desc="protect-dataset", unit="case", disable=None if progress else True)
     for case in bar:
         bar.set_postfix_str(case.case_id)
         if _is_finished(manifest["cases"].get(case.case_id), dataset, case, out):
             continue
-        manifest["cases"][case.case_id] = _protect_case(dataset, case, out, case_protector, label_values, allow_empty)
+        if case.case_id in empty and not allow_empty:
+            manifest["cases"][case.case_id] = {"status": "skipped_empty"}
+        else:
+            manifest["cases"][case.case_id] = _protect_case(dataset, case, out, case_protector, case.case_id in empty)
         _save(manifest, out)
     manifest["test"] = [_copy_test_case(dataset, case, out) for case in dataset.test]
     manifest["status"] = "complete"
@@ -177,33 +181,37 @@ def _protector_hash(manifest: dict) -> str | None:
     return (manifest.get("protector") or {}).get("sha256")
 
 
-def _protect_case(
-    dataset: NnUNetDataset,
-    case: Case,
-    out: Path,
-    case_protector: CaseProtector,
-    label_values: list[int] | None,
-    allow_empty: bool,
-) -> dict:
+def _validate_cases(dataset: NnUNetDataset, label_values: list[int] | None, allow_empty: bool) -> set[str]:
+    """Check every training case's headers, mask grid and mask values; return the ids of empty ones.
+
+    Runs before anything is written, so these problems never leave a partial output behind.
+    """
+    empty = set()
+    for case in dataset.training:
+        headers = [io.read_header(path) for path in case.images]
+        for path, header in zip(case.images[1:], headers[1:]):
+            problem = io.geometry_difference(header, headers[0])
+            if problem:
+                raise InputError(f"{path}: channel grid differs from {case.images[0].name} ({problem})")
+        labels, _ = io.to_array(io.read_label(case.label, headers[0]))
+        found = {int(v) for v in np.unique(labels)}
+        undeclared = sorted(found - dataset.label_values)
+        if undeclared:
+            raise InputError(f"{case.label}: mask values {undeclared} are not declared in dataset.json labels")
+        if not (found - {0} if label_values is None else found & set(label_values)):
+            empty.add(case.case_id)
+            action = "copied unchanged (--allow-empty)" if allow_empty else "skipped (use --allow-empty to copy it unchanged)"
+            log.warning(f"{case.label}: mask is empty (no label to protect); case {case.case_id} will be {action}")
+    return empty
+
+
+def _protect_case(dataset: NnUNetDataset, case: Case, out: Path, case_protector: CaseProtector, empty: bool) -> dict:
+    """Protect (or, for an empty mask, copy) every channel of ``case``, copy its label; the manifest entry."""
     started = time.perf_counter()
     images = [io.read_image(path) for path in case.images]
-    label_image = io.read_label(case.label, images[0])
-    labels, _ = io.to_array(label_image)
-    found = {int(v) for v in np.unique(labels)}
-    undeclared = sorted(found - dataset.label_values)
-    if undeclared:
-        raise InputError(f"{case.label}: mask values {undeclared} are not declared in dataset.json labels")
-    selected = found - {0} if label_values is None else found & set(label_values)
-    empty = not selected
-    if empty and not allow_empty:
-        log.warning(f"{case.label}: mask is empty; case {case.case_id} skipped (use --allow-empty to copy it unchanged)")
-        return {"status": "skipped_empty"}
-    if empty:
-        log.warning(f"{case.label}: mask is empty; case {case.case_id} copied unchanged (--allow-empty)")
+    labels, _ = io.to_array(io.read_label(case.label, images[0]))
     records = []
     for path, image in zip(case.images, images):
-        if io.geometry_difference(image, images[0]):
-            raise InputError(f"{path}: channel grid differs from {case.images[0].name} ({io.geometry_difference(image, images[0])})")
         relative = dataset.relative(path)
         record = {"input": str(relative), "output": str(relative), "input_sha256": io.sha256(path)}
         if empty:

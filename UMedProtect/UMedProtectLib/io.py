@@ -62,8 +62,18 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
     return image
 
 
-def read_label(path: str | os.PathLike, reference: sitk.Image, resample: bool = False) -> sitk.Image:
-    """Read a label map (or a Slicer ``.seg.nrrd``) on the grid of ``reference``.
+def read_header(path: str | os.PathLike) -> sitk.ImageFileReader:
+    """Validated header of an image file (format, dimension, components, pixel type, memory), no voxels."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    return _check_header(path, [str(path)])
+
+
+def read_label(
+    path: str | os.PathLike, reference: sitk.Image | sitk.ImageFileReader, resample: bool = False
+) -> sitk.Image:
+    """Read a label map (or a Slicer ``.seg.nrrd``) on the grid of ``reference`` (an image or a header).
 
     Size or geometry differences beyond a small tolerance are an InputError unless ``resample``,
     which resamples the mask onto the image grid with nearest neighbour. ``.seg.nrrd`` segments
@@ -71,6 +81,8 @@ def read_label(path: str | os.PathLike, reference: sitk.Image, resample: bool = 
     Within tolerance, the reference's geometry is copied onto the mask.
     """
     path = Path(path)
+    if isinstance(reference, sitk.ImageFileReader):
+        reference = _grid_of(reference)
     if path.name.lower().endswith(SEGMENTATION_ENDING):
         return _resample_like(_read_segmentation(path), reference, path)
     if not path.exists():
@@ -242,7 +254,16 @@ def _read_information(path: str | os.PathLike) -> sitk.ImageFileReader:
     return reader
 
 
-def _check_header(path: Path, files: list[str]) -> None:
+def _grid_of(header: sitk.ImageFileReader) -> sitk.Image:
+    """An empty uint8 image on the grid a header describes."""
+    grid = sitk.Image(header.GetSize(), sitk.sitkUInt8)
+    grid.SetSpacing(header.GetSpacing())
+    grid.SetOrigin(header.GetOrigin())
+    grid.SetDirection(header.GetDirection())
+    return grid
+
+
+def _check_header(path: Path, files: list[str]) -> sitk.ImageFileReader:
     """Validate what the header says (format, dimension, components, pixel type, memory) before reading voxels."""
     try:
         info = _read_information(files[0])
@@ -258,6 +279,7 @@ def _check_header(path: Path, files: list[str]) -> None:
             f"{path}: image of {size} voxels needs about {needed / 2**30:.1f} GiB of memory, "
             f"only {available / 2**30:.1f} GiB available"
         )
+    return info
 
 
 def _check_structure(path: Path, image: sitk.Image | sitk.ImageFileReader) -> None:
