@@ -1,0 +1,349 @@
+"""The unauthorised-training check: train victims on clean and on protected data, test on clean data.
+
+A victim is trained from scratch on 2D slices (along each case's coarsest axis) with nnU-Net-like
+settings: per-case z-score normalisation, random patches with foreground oversampling, the
+victim-like augmentation of :mod:`augment`, Dice + CE loss, SGD with Nesterov momentum 0.99 and a
+poly learning-rate decay. After every epoch it segments the clean test cases; the test DSC of a
+case is the mean Dice over the foreground labels present in it (3D, over all its slices), and
+the epoch's DSC is the mean over test cases. The headline is the best epoch.
+
+``evaluate`` trains the same victim (same seed, same schedule, same patches, since the labels are
+identical) on the clean and on the protected training cases and reports
+ratio = best DSC(protected) / best DSC(clean).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .augment import AugmentSettings, augment_batch
+from .devices import resolve_device
+from .errors import InputError
+from .losses import dice_ce_loss, dice_score
+from .metrics import image_quality
+from .slices import SliceSample, crop_or_pad, patch_origin
+from .victims import build_victim, victim_spec
+
+EpochProgress = Callable[[str, int, int, float], None]  # (run name, epoch, epochs, test DSC)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Victim training schedule; the defaults are CPU-friendly (a few hundred iterations)."""
+
+    epochs: int = 10
+    iterations_per_epoch: int = 25
+    batch_size: int = 8
+    patch_size: int = 96  # rounded up to a multiple of the victim's divisor
+    learning_rate: float = 0.01
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    foreground_fraction: float = 0.33  # nnU-Net's oversampling of patches centred on the ROI
+    test_batch_size: int = 16
+    seed: int = 0
+    device: str = "auto"
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+
+    def summary(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "augment"}
+
+
+@dataclass
+class TrainingRun:
+    """Test DSC of one victim after every epoch."""
+
+    victim: str
+    curve: list[float]
+    seconds: float
+
+    @property
+    def final(self) -> float:
+        return self.curve[-1]
+
+    @property
+    def best(self) -> float:
+        return max(self.curve)
+
+    @property
+    def best_epoch(self) -> int:
+        """1-based epoch of the best test DSC (the first one on ties)."""
+        return int(np.argmax(self.curve)) + 1
+
+    def to_dict(self) -> dict:
+        return {
+            "victim": self.victim,
+            "best_dsc": self.best,
+            "best_epoch": self.best_epoch,
+            "final_dsc": self.final,
+            "curve": self.curve,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def ratio(protected: float, clean: float) -> float:
+    """DSC(protected-trained) / DSC(clean-trained); NaN when the clean victim learned nothing."""
+    return protected / clean if clean > 0 else float("nan")
+
+
+def to_class_indices(samples: Sequence[SliceSample], label_values: Sequence[int]) -> list[SliceSample]:
+    """Slices whose labels are mapped to 0..C-1 in the order of ``label_values`` (background first)."""
+    values = sorted(label_values)
+    lookup = np.zeros(max(values) + 1, dtype=np.int64)
+    lookup[values] = np.arange(len(values))
+    out = []
+    for s in samples:
+        if s.labels.size and (s.labels.min() < 0 or s.labels.max() > values[-1] or not np.isin(s.labels, values).all()):
+            unknown = sorted(set(np.unique(s.labels).tolist()) - set(values))
+            raise InputError(f"case {s.case_id}: label values {unknown} are not declared in dataset.json")
+        out.append(replace(s, labels=lookup[s.labels]))
+    return out
+
+
+def by_case(samples: Sequence[SliceSample]) -> dict[str, list[SliceSample]]:
+    """Slices grouped by case id, in slice order."""
+    cases: dict[str, list[SliceSample]] = {}
+    for s in samples:
+        cases.setdefault(s.case_id, []).append(s)
+    return {k: sorted(v, key=lambda s: s.index) for k, v in cases.items()}
+
+
+def train_victim(
+    train: Sequence[SliceSample],
+    test: Sequence[SliceSample],
+    victim: str,
+    n_classes: int,
+    settings: TrainSettings | None = None,
+    progress: EpochProgress | None = None,
+    run_name: str = "",
+) -> TrainingRun:
+    """Train ``victim`` from scratch on ``train`` slices (labels 0..n_classes-1); test on ``test`` each epoch."""
+    settings = settings or TrainSettings()
+    if not train:
+        raise InputError("no training slices")
+    if not test:
+        raise InputError("no test slices")
+    spec = victim_spec(victim)
+    device = resolve_device(settings.device)
+    torch.manual_seed(settings.seed)
+    model = build_victim(victim, n_classes).to(device)
+    rng = np.random.default_rng(settings.seed)
+    augment_rng = torch.Generator().manual_seed(settings.seed)
+    patch = math.ceil(settings.patch_size / spec.divisor) * spec.divisor
+    optimiser = torch.optim.SGD(
+        model.parameters(), lr=settings.learning_rate, momentum=settings.momentum, nesterov=True,
+        weight_decay=settings.weight_decay,
+    )  # fmt: skip
+    total = settings.epochs * settings.iterations_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda it: (1 - it / total) ** 0.9)
+    with_roi = [s for s in train if s.labels.any()]
+    curve: list[float] = []
+    start = time.time()
+    for epoch in range(1, settings.epochs + 1):
+        model.train()
+        for _ in range(settings.iterations_per_epoch):
+            image, labels = _sample_batch(train, with_roi, patch, settings, rng, device)
+            image, labels = augment_batch(image, labels, settings.augment, augment_rng)
+            loss = dice_ce_loss(model(image), labels)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+            optimiser.step()
+            schedule.step()
+        curve.append(test_dsc(model, test, n_classes, spec.divisor, settings.test_batch_size, device))
+        if progress is not None:
+            progress(run_name or victim, epoch, settings.epochs, curve[-1])
+    return TrainingRun(victim, curve, time.time() - start)
+
+
+def _sample_batch(
+    train: Sequence[SliceSample],
+    with_roi: Sequence[SliceSample],
+    patch: int,
+    settings: TrainSettings,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Z-scored random patches (B,1,P,P) and their labels (B,P,P); padding is the case minimum."""
+    images, labels = [], []
+    for _ in range(settings.batch_size):
+        foreground = bool(with_roi) and rng.random() < settings.foreground_fraction
+        s = with_roi[rng.integers(len(with_roi))] if foreground else train[rng.integers(len(train))]
+        top, left = patch_origin(s.labels, patch, rng, foreground)
+        z = _zscore(s.image, s)
+        images.append(crop_or_pad(z[None], top, left, patch, float(z.min())))
+        labels.append(crop_or_pad(s.labels, top, left, patch, 0))
+    return (
+        torch.as_tensor(np.stack(images), dtype=torch.float32, device=device),
+        torch.as_tensor(np.stack(labels), dtype=torch.long, device=device),
+    )
+
+
+def _zscore(image: np.ndarray, sample: SliceSample) -> np.ndarray:
+    """Per-case z-score (the case's mean and std, as nnU-Net does for non-CT data)."""
+    return ((image - sample.mean) / max(sample.std, 1e-6)).astype(np.float32)
+
+
+@torch.inference_mode()
+def test_dsc(
+    model: torch.nn.Module,
+    test: Sequence[SliceSample],
+    n_classes: int,
+    divisor: int,
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Mean over test cases of the case's Dice (mean over the foreground labels it contains)."""
+    model.eval()
+    scores = []
+    for samples in by_case(test).values():
+        stack = np.stack([_zscore(s.image, s) for s in samples])
+        target = np.stack([s.labels for s in samples])
+        h, w = stack.shape[-2:]
+        pad = (0, (-w) % divisor, 0, (-h) % divisor)
+        pred = []
+        for start in range(0, len(stack), batch_size):
+            x = torch.as_tensor(stack[start : start + batch_size, None], device=device)
+            x = F.pad(x, pad, mode="replicate") if any(pad) else x
+            pred.append(model(x)[:, :, :h, :w].argmax(dim=1).cpu().numpy())
+        score = dice_score(np.concatenate(pred), target, n_classes)
+        if not math.isnan(score):
+            scores.append(score)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+@dataclass
+class EvaluationData:
+    """Training slices (clean and protected, same cases), test slices, classes and visibility."""
+
+    clean: list[SliceSample]
+    protected: list[SliceSample]
+    test: list[SliceSample]
+    n_classes: int
+    quality: dict
+    test_source: str
+
+
+def load_evaluation_data(clean_dir: str | Path, protected_dir: str | Path, test_dir: str | Path | None = None) -> EvaluationData:
+    """Read both training sets and the test cases; check they describe the same cases and labels.
+
+    Test cases: the labelled ``imagesTs``/``labelsTs`` of ``clean_dir`` when present, otherwise
+    ``test_dir`` (an nnU-Net raw dataset: its labelled test cases, else its training cases).
+    """
+    from .nnunet import read_dataset
+    from .slices import load_slices
+
+    clean_set, protected_set = read_dataset(clean_dir), read_dataset(protected_dir)
+    clean_ids = [c.case_id for c in clean_set.training]
+    protected_ids = [c.case_id for c in protected_set.training]
+    if sorted(clean_ids) != sorted(protected_ids):
+        missing = sorted(set(clean_ids) ^ set(protected_ids))
+        raise InputError(f"{protected_dir}: training cases differ from {clean_dir} (e.g. {missing[:3]})")
+    test_cases = [c for c in clean_set.test if c.label is not None]
+    test_source = f"{clean_set.root}/imagesTs"
+    if not test_cases:
+        if test_dir is None:
+            raise InputError(f"{clean_dir}: no labelled test cases (imagesTs + labelsTs); give --test-dir")
+        test_set = read_dataset(test_dir)
+        test_cases = [c for c in test_set.test if c.label is not None]
+        test_source = f"{test_set.root}/imagesTs"
+        if not test_cases:
+            test_cases, test_source = test_set.training, f"{test_set.root}/imagesTr"
+        overlap = {c.images[0].resolve() for c in test_cases} & {c.images[0].resolve() for c in clean_set.training}
+        if overlap:
+            raise InputError(f"{test_dir}: test cases include training images of {clean_dir}")
+    values = sorted(clean_set.label_values)
+    clean = to_class_indices(load_slices(clean_set.training, roi_only=False), values)
+    protected = to_class_indices(load_slices(protected_set.training, roi_only=False), values)
+    test = to_class_indices(load_slices(test_cases, roi_only=False), values)
+    clean_cases, protected_cases = by_case(clean), by_case(protected)
+    per_case = {}
+    for case_id, clean_slices in clean_cases.items():
+        protected_slices = protected_cases[case_id]
+        a = np.stack([s.image for s in clean_slices]) if len(clean_slices) == len(protected_slices) else None
+        b = np.stack([s.image for s in protected_slices])
+        if a is None or a.shape != b.shape:
+            raise InputError(f"{protected_dir}: case {case_id} has a different size than in {clean_dir}")
+        if any(not np.array_equal(x.labels, y.labels) for x, y in zip(clean_slices, protected_slices)):
+            raise InputError(f"{protected_dir}: labels of case {case_id} differ from {clean_dir}")
+        per_case[case_id] = image_quality(a, b)
+    quality = {
+        "psnr_db_mean": _mean(q["psnr_db"] for q in per_case.values()),
+        "ssim_mean": _mean(q["ssim"] for q in per_case.values()),
+        "max_abs_change": max(q["max_abs_change"] for q in per_case.values()),
+        "cases": per_case,
+    }
+    return EvaluationData(clean, protected, test, len(values), quality, test_source)
+
+
+def _mean(values) -> float:
+    """Mean that ignores infinite PSNRs of unchanged cases only when some case changed."""
+    values = list(values)
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else float(values[0]) if values else float("nan")
+
+
+def evaluate(
+    clean_dir: str | Path,
+    protected_dir: str | Path,
+    test_dir: str | Path | None = None,
+    victims: Sequence[str] = ("unet",),
+    defenses: Sequence[str] = (),
+    settings: TrainSettings | None = None,
+    progress: EpochProgress | None = None,
+) -> dict:
+    """Train every victim on clean and on protected training cases (and under each defense).
+
+    Returns a JSON-ready report: settings, data summary, visibility of the protection (PSNR/SSIM
+    of protected vs clean training images), every run's per-epoch test DSC, and a summary row per
+    victim and defense with best/final DSC and ratio = best DSC(protected) / best DSC(clean).
+    Defended runs are compared with the undefended clean run (the attacker's alternative).
+    """
+    from .defenses import defend
+
+    settings = settings or TrainSettings()
+    for name in victims:
+        victim_spec(name)
+    data = load_evaluation_data(clean_dir, protected_dir, test_dir)
+    runs, summary = [], []
+    for victim in victims:
+        clean_run = train_victim(data.clean, data.test, victim, data.n_classes, settings, progress, f"{victim}/clean")
+        runs.append({"data": "clean", "defense": "none", **clean_run.to_dict()})
+        for defense in ("none", *defenses):
+            train, run_settings = defend(defense, data.protected, data.clean, settings)
+            name = f"{victim}/protected" + ("" if defense == "none" else f"+{defense}")
+            run = train_victim(train, data.test, victim, data.n_classes, run_settings, progress, name)
+            runs.append({"data": "protected", "defense": defense, **run.to_dict()})
+            summary.append(
+                {
+                    "victim": victim,
+                    "defense": defense,
+                    "clean_best": clean_run.best,
+                    "clean_final": clean_run.final,
+                    "protected_best": run.best,
+                    "protected_final": run.final,
+                    "ratio_best": ratio(run.best, clean_run.best),
+                    "ratio_final": ratio(run.final, clean_run.final),
+                }
+            )
+    return {
+        "clean_dir": str(clean_dir),
+        "protected_dir": str(protected_dir),
+        "test_source": data.test_source,
+        "train_cases": len(by_case(data.clean)),
+        "train_slices": len(data.clean),
+        "test_cases": len(by_case(data.test)),
+        "test_slices": len(data.test),
+        "classes": data.n_classes,
+        "settings": settings.summary(),
+        "quality": data.quality,
+        "summary": summary,
+        "runs": runs,
+    }
