@@ -14,12 +14,26 @@ def data_range(original: np.ndarray) -> float:
     return max(float(original.max()) - float(original.min()), 1e-12)
 
 
+def changed_box(original: np.ndarray, protected: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Bounding box of the voxels that differ, grown by ``margin`` (None when nothing changed)."""
+    changed = protected != original
+    if not changed.any():
+        return None
+    box = []
+    for axis in range(changed.ndim):
+        other = tuple(a for a in range(changed.ndim) if a != axis)
+        idx = np.nonzero(changed.any(axis=other))[0]
+        box.append(slice(max(int(idx[0]) - margin, 0), int(idx[-1]) + margin + 1))
+    return tuple(box)
+
+
 def psnr(original: np.ndarray, protected: np.ndarray) -> float:
     """PSNR in dB over the whole image/volume (inf when identical)."""
-    diff = protected.astype(np.float64) - original.astype(np.float64)
-    mse = float(np.mean(diff * diff))
-    if mse == 0:
+    box = changed_box(original, protected)
+    if box is None:
         return float("inf")
+    diff = protected[box].astype(np.float64) - original[box].astype(np.float64)
+    mse = float(np.sum(diff * diff)) / original.size
     return float(10 * np.log10(data_range(original) ** 2 / mse))
 
 
@@ -28,13 +42,9 @@ def ssim(original: np.ndarray, protected: np.ndarray) -> float:
 
     Computed exactly but only around the changed voxels: windows that see no change have SSIM 1.
     """
-    changed = protected != original
-    if not changed.any():
+    box = changed_box(original, protected, margin=SSIM_WINDOW)
+    if box is None:
         return 1.0
-    margin = SSIM_WINDOW
-    box = tuple(
-        slice(max(int(idx.min()) - margin, 0), int(idx.max()) + margin + 1) for idx in np.nonzero(changed)
-    )
     x = original[box].astype(np.float64)
     y = protected[box].astype(np.float64)
     size = [min(SSIM_WINDOW, n) for n in x.shape]
@@ -53,10 +63,11 @@ def ssim(original: np.ndarray, protected: np.ndarray) -> float:
 
 def image_quality(original: np.ndarray, protected: np.ndarray) -> dict[str, float]:
     """PSNR (dB), SSIM, max |change| (native units) and fraction of voxels changed."""
-    diff = np.abs(protected.astype(np.float64) - original.astype(np.float64))
+    box = changed_box(original, protected)
+    diff = np.abs(protected[box].astype(np.float64) - original[box].astype(np.float64)) if box else np.zeros(1)
     return {
         "psnr_db": psnr(original, protected),
         "ssim": ssim(original, protected),
-        "max_abs_change": float(diff.max()) if diff.size else 0.0,
-        "fraction_changed": float(np.count_nonzero(diff)) / max(diff.size, 1),
+        "max_abs_change": float(diff.max()),
+        "fraction_changed": float(np.count_nonzero(diff)) / max(original.size, 1),
     }
