@@ -121,3 +121,34 @@ def write_image(array: np.ndarray, path: Path, spacing=None, origin=None, direct
     image.SetDirection(direction)
     sitk.WriteImage(image, str(path), useCompression=True)
     return Path(path)
+
+
+def write_dicom_series(volume: np.ndarray, folder: Path, series_uid: str, spacing=(0.7, 0.7, 2.0)) -> Path:
+    """Write an int16 (z, y, x) volume as a minimal CT DICOM series (one file per slice)."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for z in range(volume.shape[0]):
+        image = sitk.GetImageFromArray(volume[z : z + 1].astype(np.int16))
+        image.SetSpacing(spacing)
+        image.SetOrigin((0.0, 0.0, z * spacing[2]))
+        tags = {
+            "0008|0060": "CT",
+            "0010|0020": "PHANTOM",
+            "0020|000d": series_uid.rsplit(".", 1)[0] + ".9",
+            "0020|000e": series_uid,
+            "0008|0018": f"{series_uid}.{z + 1}",
+            "0020|0013": str(z + 1),
+            "0020|0032": f"0\\0\\{z * spacing[2]}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0018|0050": str(spacing[2]),
+            "0028|0030": f"{spacing[1]}\\{spacing[0]}",
+        }
+        for key, value in tags.items():
+            image.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"{series_uid[-6:]}_{z:03d}.dcm"))
+        writer.Execute(image)
+    return folder

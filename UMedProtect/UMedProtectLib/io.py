@@ -7,11 +7,14 @@ the reference geometry and pixel type before they are renamed into place.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import platform
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -279,7 +282,38 @@ def _check_header(path: Path, files: list[str]) -> sitk.ImageFileReader:
             f"{path}: image of {size} voxels needs about {needed / 2**30:.1f} GiB of memory, "
             f"only {available / 2**30:.1f} GiB available"
         )
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path)
     return info
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """ITK reads truncated NIfTI files silently (missing voxels become garbage): check the length and gzip CRC."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(544)
+            length = len(header) + sum(len(chunk) for chunk in iter(lambda: handle.read(1 << 22), b""))
+    except (OSError, EOFError, zlib.error):
+        raise InputError(f"{path}: cannot read the image data (compressed stream truncated or corrupt)") from None
+    for order in "<>":
+        sizeof_hdr = struct.unpack(f"{order}i", header[:4])[0] if len(header) >= 4 else 0
+        if sizeof_hdr == 348 and len(header) >= 348:  # NIfTI-1
+            dims = struct.unpack(f"{order}8h", header[40:56])
+            bitpix = struct.unpack(f"{order}h", header[72:74])[0]
+            offset = int(struct.unpack(f"{order}f", header[108:112])[0])
+            break
+        if sizeof_hdr == 540 and len(header) >= 540:  # NIfTI-2
+            dims = struct.unpack(f"{order}8q", header[16:80])
+            bitpix = struct.unpack(f"{order}h", header[14:16])[0]
+            offset = struct.unpack(f"{order}q", header[168:176])[0]
+            break
+    else:
+        raise InputError(f"{path}: not a NIfTI file (bad header)")
+    n_voxels = int(np.prod([max(d, 1) for d in dims[1 : 1 + max(min(dims[0], 7), 0)]], dtype=np.int64))
+    expected = max(offset, sizeof_hdr) + n_voxels * bitpix // 8
+    if length < expected:
+        raise InputError(f"{path}: file is truncated ({length} of {expected} bytes); the image data is incomplete")
 
 
 def _check_structure(path: Path, image: sitk.Image | sitk.ImageFileReader) -> None:
@@ -289,7 +323,7 @@ def _check_structure(path: Path, image: sitk.Image | sitk.ImageFileReader) -> No
     components = image.GetNumberOfComponents() if isinstance(image, sitk.ImageFileReader) else image.GetNumberOfComponentsPerPixel()
     if components != 1:
         raise InputError(
-            f"{path}: has {components} components per voxel (RGB/vector); "
+            f"{path}: has {components} components per voxel (RGB, vector or complex); "
             "only single-channel grey-level images are supported"
         )
     if image.GetPixelID() not in SUPPORTED_PIXEL_TYPES:
