@@ -1,0 +1,256 @@
+"""Fetch the real data of shared/DATA.md and build nnU-Net v2 raw datasets for the study.
+
+    python benchmarks/prepare_data.py [--data-dir benchmarks/data] [--only 001 002 ...] [--overwrite]
+
+Sources (fetched with ``pip download`` from PyPI into DATA_DIR/downloads, extracted to
+DATA_DIR/sources; nothing is committed):
+  pyradiomics 3.0.1 source package (BSD-3-Clause): brain MRI (brain1, brain2), breast MRI (breast1),
+    chest CT (lung1, lung2) with manual lesion masks.
+  TotalSegmentator 2.18.0 source package (Apache-2.0): abdominal CT (example_ct_sm, 3 mm), a second
+    CT as a DICOM series (512x512, 0.98 mm), abdominal MR (example_mr_sm, 3 mm). Their masks are
+    TotalSegmentator's own predictions, not manual labels.
+
+Datasets written to DATA_DIR/nnUNet_raw (the split is declared in each dataset.json under "split"):
+  Dataset001_PyradiomicsLesions  2D lesion slices (each labelled slice is a case). Split by
+      subject: train brain1, breast1, lung2; test brain2, lung1. CT slices are cropped to 256x256
+      around the subject's lesion centroid (the same box for every slice of a subject).
+  Dataset002_TotalSegCT  2D abdominal CT slices, labels liver, spleen, kidney (left+right), stomach.
+      Split by subject: train example_ct_sm (3 mm); test the DICOM CT resampled to 3 mm.
+  Dataset003_TotalSegMR  2D abdominal MR slices, same four labels. One subject only: split by slice
+      blocks, train slices 0-13, test slices 16-19 (two slices left out between the blocks).
+  Dataset011_PyradiomicsLesions3D  the Dataset001 subjects as 3D volumes (same split and crop).
+  Dataset012_TotalSegCT3D  the Dataset002 subjects as 3D volumes (same split and resampling).
+  Dataset900_Phantoms2D  synthetic phantom slices (offline, exact masks): 16 train, 6 test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "UMedProtect"))
+
+from UMedProtectLib.atomic import atomic_path  # noqa: E402
+from UMedProtectLib.phantoms import phantom_slice  # noqa: E402
+
+DEFAULT_DATA_DIR = ROOT / "benchmarks" / "data"
+PACKAGES = {
+    "pyradiomics": ("3.0.1", "pyradiomics-3.0.1/data/"),
+    "totalsegmentator": ("2.18.0", "totalsegmentator-2.18.0/tests/reference_files/"),
+}
+LESION_TRAIN, LESION_TEST = ("brain1", "breast1", "lung2"), ("brain2", "lung1")
+CROP = 256  # in-plane crop of the 512x512 lung CTs, pixels
+ORGANS = {"liver": (5,), "spleen": (1,), "kidney": (2, 3), "stomach": (6,)}  # TotalSegmentator v2 ids
+ORGAN_SPACING = 3.0  # mm, isotropic, for the CT test subject (as the training subject)
+MR_TRAIN_SLICES, MR_TEST_SLICES = range(0, 14), range(16, 20)
+
+
+def fetch(package: str, data_dir: Path) -> Path:
+    """Download the source package with pip (once) and extract its data files; return the data folder."""
+    version, member_prefix = PACKAGES[package]
+    downloads, sources = data_dir / "downloads", data_dir / "sources"
+    target = sources / member_prefix
+    if target.is_dir():
+        return target
+    archive = downloads / f"{package}-{version}.tar.gz"
+    if not archive.is_file():
+        downloads.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", package,
+            "--no-build-isolation", f"{package}=={version}", "-d", str(downloads),
+        ]  # fmt: skip
+        print("fetching", package, version, "from PyPI", flush=True)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith(member_prefix) and (m.isfile() or m.isdir())]
+        tar.extractall(sources, members=members, filter="data")
+    return target
+
+
+def _read_lps(path: Path) -> sitk.Image:
+    """A volume reoriented to LPS, so that every subject's axial slices show the same orientation."""
+    return sitk.DICOMOrient(sitk.ReadImage(str(path)), "LPS")
+
+
+def write_image(image: sitk.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+
+
+def slice_image(volume: sitk.Image, z: int) -> sitk.Image:
+    """Axial slice ``z`` of a volume as a 2D image keeping its in-plane spacing (origin 0, identity)."""
+    array = sitk.GetArrayViewFromImage(volume)[z]
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetSpacing(volume.GetSpacing()[:2])
+    return image
+
+
+def write_dataset(
+    folder: Path, name: str, labels: dict[str, int], channel: str, train: list, test: list, split: str
+) -> None:
+    """``train``/``test``: lists of (case_id, image, label) SimpleITK images; (re)writes the nnU-Net layout."""
+    if folder.exists():
+        shutil.rmtree(folder)  # a rebuilt dataset must not keep cases of an earlier build
+    for sub, cases in (("Tr", train), ("Ts", test)):
+        for case_id, image, label in cases:
+            write_image(image, folder / f"images{sub}" / f"{case_id}_0000.nii.gz")
+            write_image(label, folder / f"labels{sub}" / f"{case_id}.nii.gz")
+    meta = {
+        "name": name,
+        "channel_names": {"0": channel},
+        "labels": labels,
+        "numTraining": len(train),
+        "file_ending": ".nii.gz",
+        "split": split,
+        "training_cases": [c[0] for c in train],
+        "test_cases": [c[0] for c in test],
+    }
+    with atomic_path(folder / "dataset.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"{folder.name}: {len(train)} training and {len(test)} test cases", flush=True)
+
+
+def _lesion_volume(source: Path, subject: str) -> tuple[sitk.Image, sitk.Image]:
+    """Image and binary lesion mask of a pyradiomics subject; 512x512 CTs cropped around the lesion."""
+    image = _read_lps(source / f"{subject}_image.nrrd")
+    label = sitk.Resample(sitk.ReadImage(str(source / f"{subject}_label.nrrd")), image, sitk.Transform(),
+                          sitk.sitkNearestNeighbor, 0)  # fmt: skip
+    label = sitk.GetImageFromArray((sitk.GetArrayViewFromImage(label) > 0).astype(np.uint8))
+    label.CopyInformation(image)
+    size = image.GetSize()
+    if size[0] > CROP and size[1] > CROP:
+        ys, xs = np.nonzero(sitk.GetArrayViewFromImage(label).any(axis=0))
+        cy, cx = int(ys.mean()), int(xs.mean())
+        y0 = int(np.clip(cy - CROP // 2, 0, size[1] - CROP))
+        x0 = int(np.clip(cx - CROP // 2, 0, size[0] - CROP))
+        box = ([x0, y0, 0], [CROP, CROP, size[2]])
+        image, label = sitk.RegionOfInterest(image, box[1], box[0]), sitk.RegionOfInterest(label, box[1], box[0])
+    return image, label
+
+
+def lesion_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
+    source = fetch("pyradiomics", data_dir)
+    volumes = {s: _lesion_volume(source, s) for s in LESION_TRAIN + LESION_TEST}
+    labels = {"background": 0, "lesion": 1}
+    split = "by subject: train brain1, breast1, lung2; test brain2, lung1 (pyradiomics 3.0.1 data)"
+    if "001" in which:
+        def slices(subjects):
+            cases = []
+            for s in subjects:
+                image, label = volumes[s]
+                for z in range(image.GetSize()[2]):
+                    if sitk.GetArrayViewFromImage(label)[z].any():
+                        cases.append((f"{s}_z{z:03d}", slice_image(image, z), slice_image(label, z)))
+            return cases
+
+        write_dataset(out / "Dataset001_PyradiomicsLesions", "PyradiomicsLesions", labels, "MRI/CT",
+                      slices(LESION_TRAIN), slices(LESION_TEST), split + "; each labelled axial slice is a case")  # fmt: skip
+    if "011" in which:
+        as_cases = lambda subjects: [(s, *volumes[s]) for s in subjects]  # noqa: E731
+        write_dataset(out / "Dataset011_PyradiomicsLesions3D", "PyradiomicsLesions3D", labels, "MRI/CT",
+                      as_cases(LESION_TRAIN), as_cases(LESION_TEST), split)  # fmt: skip
+
+
+def _organ_labels(seg: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """TotalSegmentator labels on ``image``'s grid, mapped to 1 liver, 2 spleen, 3 kidney, 4 stomach."""
+    seg = sitk.Resample(seg, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)  # masks may be stored flipped
+    raw = sitk.GetArrayViewFromImage(seg)
+    out = np.zeros(raw.shape, np.uint8)
+    for value, ids in enumerate(ORGANS.values(), start=1):
+        out[np.isin(raw, ids)] = value
+    labels = sitk.GetImageFromArray(out)
+    labels.CopyInformation(image)
+    return labels
+
+
+def _resample(image: sitk.Image, spacing: float, interpolator: int, default: float) -> sitk.Image:
+    new_spacing = (spacing,) * 3
+    size = [int(round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), new_spacing)]
+    return sitk.Resample(image, size, sitk.Transform(), interpolator, image.GetOrigin(), new_spacing,
+                         image.GetDirection(), default, image.GetPixelID())  # fmt: skip
+
+
+def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
+    source = fetch("totalsegmentator", data_dir)
+    labels = {"background": 0, **{name: i for i, name in enumerate(ORGANS, start=1)}}
+    organ_slices = lambda image, label, prefix, zs: [  # noqa: E731
+        (f"{prefix}_z{z:03d}", slice_image(image, z), slice_image(label, z))
+        for z in zs
+        if sitk.GetArrayViewFromImage(label)[z].any()
+    ]
+    if which & {"002", "012"}:
+        train_image = _read_lps(source / "example_ct_sm.nii.gz")
+        train_label = _organ_labels(sitk.ReadImage(str(source / "example_seg.nii.gz")), train_image)
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(source / "example_ct_dicom")))
+        dicom = sitk.DICOMOrient(sitk.Cast(reader.Execute(), sitk.sitkInt16), "LPS")
+        test_label = _organ_labels(sitk.ReadImage(str(source / "example_seg_dicom.nii.gz")), dicom)
+        test_image = _resample(dicom, ORGAN_SPACING, sitk.sitkLinear, -1024)
+        test_label = _resample(test_label, ORGAN_SPACING, sitk.sitkNearestNeighbor, 0)
+        split = "by subject: train example_ct_sm (3 mm); test the example_ct_dicom series resampled to 3 mm"
+        if "002" in which:
+            write_dataset(out / "Dataset002_TotalSegCT", "TotalSegCT", labels, "CT",
+                          organ_slices(train_image, train_label, "ct_sm", range(train_image.GetSize()[2])),
+                          organ_slices(test_image, test_label, "ct_dicom", range(test_image.GetSize()[2])),
+                          split + "; each axial slice with an organ is a case")  # fmt: skip
+        if "012" in which:
+            write_dataset(out / "Dataset012_TotalSegCT3D", "TotalSegCT3D", labels, "CT",
+                          [("ct_sm", train_image, train_label)], [("ct_dicom", test_image, test_label)], split)  # fmt: skip
+    if "003" in which:
+        image = _read_lps(source / "example_mr_sm.nii.gz")
+        label = _organ_labels(sitk.ReadImage(str(source / "example_seg_mr.nii.gz")), image)
+        write_dataset(out / "Dataset003_TotalSegMR", "TotalSegMR", labels, "MR",
+                      organ_slices(image, label, "mr", MR_TRAIN_SLICES), organ_slices(image, label, "mr", MR_TEST_SLICES),
+                      "one subject (example_mr_sm): by slice blocks, train axial slices 0-13, test 16-19")  # fmt: skip
+
+
+def phantom_dataset(out: Path, n_train: int = 16, n_test: int = 6, size: int = 96) -> None:
+    """Synthetic 2D phantoms (int16, two lesion labels), always available offline."""
+
+    def cases(seeds, prefix):
+        result = []
+        for k in seeds:
+            image, labels = phantom_slice((size, size), n_lesions=2, rng=k)
+            img = sitk.GetImageFromArray(np.round(image).astype(np.int16))
+            img.SetSpacing((0.8, 0.8))
+            lab = sitk.GetImageFromArray(labels)
+            lab.CopyInformation(img)
+            result.append((f"{prefix}{k:03d}", img, lab))
+        return result
+
+    write_dataset(out / "Dataset900_Phantoms2D", "Phantoms2D", {"background": 0, "lesion1": 1, "lesion2": 2}, "CT",
+                  cases(range(n_train), "phantom"), cases(range(1000, 1000 + n_test), "phantom"),
+                  "synthetic: independent random phantoms (seeds 0-15 train, 1000-1005 test)")  # fmt: skip
+
+
+DATASETS = ("001", "002", "003", "011", "012", "900")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where downloads and datasets go")
+    parser.add_argument("--only", nargs="+", choices=DATASETS, default=list(DATASETS), help="datasets to build")
+    args = parser.parse_args(argv)
+    out = args.data_dir / "nnUNet_raw"
+    which = set(args.only)
+    if which & {"001", "011"}:
+        lesion_datasets(args.data_dir, out, which)
+    if which & {"002", "003", "012"}:
+        organ_datasets(args.data_dir, out, which)
+    if "900" in which:
+        phantom_dataset(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
