@@ -110,3 +110,19 @@ def bootstrap_scene():
     )
     slicer._umedprotect_logics = (application, logics)  # keep the logic objects alive with the scene
     return scene
+
+
+def import_module_with_slicer_core():
+    """``UMedProtect`` (the module file) on top of slicer-core; skips the test when slicer-core is missing."""
+    import importlib
+
+    import pytest
+
+    pytest.importorskip("slicer_core", reason="slicer-core (pip install slicer-core==5.12.4.0) is not installed")
+    import slicer
+    import vtk
+
+    vtk.vtkObject.GlobalWarningDisplayOff()
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+    install(slicer)
+    return importlib.import_module("UMedProtect")

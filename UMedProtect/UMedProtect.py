@@ -33,8 +33,6 @@ from slicer.util import VTKObservationMixin
 TORCH_REQUIREMENT = ">=2.1"
 PIP_REQUIREMENTS = {"scipy": "scipy>=1.10", "safetensors": "safetensors>=0.4"}  # import name -> requirement
 DEVICE_CHOICES = ["auto", "cpu", "cuda"]  # same as UMedProtectLib.devices.DEVICE_CHOICES (that module imports torch)
-SAVE_ENDINGS = (".nrrd", ".nii.gz", ".nii", ".mha")  # single-file formats that keep geometry and pixel type
-SEGMENTATION_ENDING = ".seg.nrrd"
 HEATMAP_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
 SOURCE_ATTRIBUTE = "UMedProtect.InputVolumeID"  # set on output nodes: the volume they were computed from
 
@@ -540,9 +538,10 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
         """Write a volume to NRRD/NIfTI/MHA atomically; the node's own storage node is left as it is."""
         from UMedProtectLib.atomic import atomic_path
         from UMedProtectLib.errors import InputError
+        from UMedProtectLib.io import OUTPUT_ENDINGS
 
         path = pathlib.Path(path)
-        self._checkEnding(path.name, SAVE_ENDINGS)
+        self._checkEnding(path.name, OUTPUT_ENDINGS)
         if not overwrite and path.exists():
             raise InputError(f"{path}: output already exists")
         if not path.parent.is_dir():
@@ -560,9 +559,10 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
     def loadVolume(self, path: str | pathlib.Path, labelMap: bool = False):
         """Read an image (or a label map) file into a new volume node."""
         from UMedProtectLib.errors import InputError
+        from UMedProtectLib.io import OUTPUT_ENDINGS
 
         path = pathlib.Path(path)
-        self._checkEnding(path.name, SAVE_ENDINGS)
+        self._checkEnding(path.name, OUTPUT_ENDINGS)
         if not path.is_file():
             raise InputError(f"{path}: file not found")
         className = "vtkMRMLLabelMapVolumeNode" if labelMap else "vtkMRMLScalarVolumeNode"
@@ -581,6 +581,7 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
     def loadSegmentation(self, path: str | pathlib.Path, referenceVolume):
         """Read a ``.seg.nrrd`` segmentation, or a label map file (one segment per label value)."""
         from UMedProtectLib.errors import InputError
+        from UMedProtectLib.io import SEGMENTATION_ENDING
 
         path = pathlib.Path(path)
         segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", path.name.split(".")[0])
