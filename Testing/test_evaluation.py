@@ -1,0 +1,143 @@
+"""The unauthorised-training check: victim training, per-epoch test DSC, evaluate's report and CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import write_nnunet_dataset
+from UMedProtectLib.augment import NO_AUGMENTATION
+from UMedProtectLib.cli import main
+from UMedProtectLib.errors import InputError
+from UMedProtectLib.evaluation import (
+    TrainSettings,
+    TrainingRun,
+    evaluate,
+    load_evaluation_data,
+    ratio,
+    to_class_indices,
+    train_victim,
+)
+from UMedProtectLib.slices import case_slices
+
+TINY = TrainSettings(epochs=2, iterations_per_epoch=2, batch_size=2, patch_size=32, device="cpu")
+
+
+def disk_cases(n: int, seed: int, size: int = 32) -> list:
+    """2D cases with one bright disk (label 1) on a noisy dark background: trivially learnable."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    samples = []
+    for k in range(n):
+        cy, cx, r = rng.uniform(10, size - 10), rng.uniform(10, size - 10), rng.uniform(4, 7)
+        labels = ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+        image = (100 + 800.0 * labels + rng.normal(0, 20, labels.shape)).astype(np.float32)
+        samples += case_slices(image, labels, None, f"s{seed}c{k}")
+    return to_class_indices(samples, [0, 1])
+
+
+def test_victim_learns_a_trivially_learnable_task():
+    settings = TrainSettings(
+        epochs=3, iterations_per_epoch=8, batch_size=4, patch_size=32, learning_rate=0.01,
+        augment=NO_AUGMENTATION, device="cpu",
+    )  # fmt: skip
+    run = train_victim(disk_cases(6, 0), disk_cases(3, 1), "unet", 2, settings)
+    assert len(run.curve) == 3
+    assert run.best > 0.5, run.curve
+
+
+def test_training_is_deterministic_with_a_seed():
+    train, test = disk_cases(3, 0), disk_cases(2, 1)
+    first = train_victim(train, test, "unet", 2, TINY)
+    second = train_victim(train, test, "unet", 2, TINY)
+    assert first.curve == second.curve
+    assert len(first.curve) == TINY.epochs
+
+
+def test_run_summary_and_ratio_math():
+    run = TrainingRun("unet", [0.2, 0.8, 0.6], 1.0)
+    assert (run.best, run.best_epoch, run.final) == (0.8, 2, 0.6)
+    assert ratio(0.08, 0.8) == pytest.approx(0.1)
+    assert np.isnan(ratio(0.3, 0.0))
+
+
+def test_labels_are_mapped_to_class_indices_and_undeclared_values_refused():
+    image = np.zeros((8, 8), np.float32)
+    labels = np.zeros((8, 8), np.uint8)
+    labels[2:4, 2:4] = 5
+    (sample,) = to_class_indices(case_slices(image, labels, None, "c"), [0, 5])
+    assert set(np.unique(sample.labels)) == {0, 1}
+    with pytest.raises(InputError, match=r"case c: label values \[5\]"):
+        to_class_indices(case_slices(image, labels, None, "c"), [0, 1])
+
+
+def _protected_copy(clean, target, change: int = 3):
+    """A copy of ``clean`` whose training images change by ``change`` inside the labels."""
+    shutil.copytree(clean, target)
+    for path in sorted((target / "imagesTr").iterdir()):
+        image = sitk.ReadImage(str(path))
+        label = sitk.ReadImage(str(target / "labelsTr" / path.name.replace("_0000", "")))
+        array = sitk.GetArrayFromImage(image)
+        array[sitk.GetArrayViewFromImage(label) > 0] += change
+        out = sitk.GetImageFromArray(array)
+        out.CopyInformation(image)
+        sitk.WriteImage(out, str(path))
+    return target
+
+
+@pytest.fixture
+def clean_and_protected(tmp_path):
+    clean = write_nnunet_dataset(tmp_path / "clean", n_train=3, n_test=1, shape=(32, 32), n_lesions=1)
+    return clean, _protected_copy(clean, tmp_path / "protected")
+
+
+def test_evaluate_reports_dsc_ratio_quality_and_curves(clean_and_protected):
+    clean, protected = clean_and_protected
+    report = evaluate(clean, protected, settings=TINY, defenses=("blur",))
+    assert [(r["data"], r["defense"]) for r in report["runs"]] == [("clean", "none"), ("protected", "none"), ("protected", "blur")]
+    assert all(len(r["curve"]) == TINY.epochs for r in report["runs"])
+    row = report["summary"][0]
+    assert row["ratio_best"] == pytest.approx(ratio(row["protected_best"], row["clean_best"]), nan_ok=True)
+    assert row["clean_best"] == report["runs"][0]["best_dsc"]
+    assert (report["train_cases"], report["test_cases"], report["classes"]) == (3, 1, 2)
+    q = report["quality"]
+    assert np.isfinite(q["psnr_db_mean"]) and q["ssim_mean"] < 1 and q["max_abs_change"] == 3
+    json.dumps(report)  # JSON-ready
+
+
+def test_evaluation_data_checks(clean_and_protected, tmp_path):
+    clean, protected = clean_and_protected
+    moved = tmp_path / "clean_no_test"
+    shutil.copytree(clean, moved)
+    shutil.rmtree(moved / "imagesTs")
+    with pytest.raises(InputError, match="no labelled test cases"):
+        load_evaluation_data(moved, protected)
+    data = load_evaluation_data(moved, protected, test_dir=clean)  # test cases from --test-dir
+    assert data.test_source.endswith("imagesTs") and len(data.test) == 1
+    label = protected / "labelsTr" / "case000.nii.gz"
+    image = sitk.ReadImage(str(label))
+    array = sitk.GetArrayFromImage(image)
+    array[0, 0] = 1
+    changed = sitk.GetImageFromArray(array)
+    changed.CopyInformation(image)
+    sitk.WriteImage(changed, str(label))
+    with pytest.raises(InputError, match="labels of case case000 differ"):
+        load_evaluation_data(clean, protected)
+
+
+def test_cli_evaluate_end_to_end(clean_and_protected, tmp_path, capsys):
+    clean, protected = clean_and_protected
+    report_path = tmp_path / "report.json"
+    argv = ["evaluate", str(clean), str(protected), "--epochs", "1", "--iterations", "1", "--batch-size", "2",
+            "--patch-size", "32", "--device", "cpu", "-o", str(report_path)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ratio" in out and "mean PSNR" in out
+    report = json.loads(report_path.read_text())
+    assert report["runs"][0]["curve"] and report["summary"][0]["victim"] == "unet"
+    assert main(["evaluate", str(clean), str(tmp_path / "missing")]) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
