@@ -76,16 +76,16 @@ def find_pairs(folder: Path) -> list[BatchCase]:
     files = {p.name: split_ending(p.name) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
     files = {name: split for name, split in files.items() if split is not None}
     masks = {name: MASK_NAME.match(stem) for name, (stem, _) in files.items() if MASK_NAME.match(stem)}
-    images = {stem: name for name, (stem, _) in files.items() if name not in masks}
+    images = [name for name in files if name not in masks]
     cases, paired = [], set()
     for mask_name, match in masks.items():
-        candidates = [match["base"], f"{match['base']}{match['sep']}image"]
-        found = [images[stem] for stem in candidates if stem in images]
+        candidates = {match["base"], f"{match['base']}{match['sep']}image"}
+        found = [name for name in images if files[name][0] in candidates]
         if len(found) != 1:
             raise InputError(f"{folder / mask_name}: expected exactly one image for this mask, found {found or 'none'}")
         cases.append(BatchCase(files[found[0]][0], folder / found[0], folder / mask_name, Path(found[0])))
         paired.add(found[0])
-    unpaired = sorted(set(images.values()) - paired)
+    unpaired = sorted(set(images) - paired)
     if unpaired:
         raise InputError(f"{folder}: no mask found for {', '.join(unpaired[:3])} (name masks like IMAGE_label.nrrd or IMAGE.seg.nrrd)")
     if not cases:
@@ -115,8 +115,6 @@ def find_cases(folder: Path) -> tuple[list[BatchCase], list[Path]]:
 
 def run(args: argparse.Namespace, log=print) -> int:
     """Protect every case; return the exit code. Must run inside Slicer (or with slicer-core)."""
-    import slicer
-    from UMedProtect import ProtectionSettings, UMedProtectLogic
     from UMedProtectLib.errors import InputError
     from UMedProtectLib.io import check_writable_dir, copy_file
 
@@ -128,6 +126,9 @@ def run(args: argparse.Namespace, log=print) -> int:
     if existing and not args.overwrite:
         raise InputError(f"{existing[0]}: output already exists ({len(existing)} file(s); use --overwrite)")
     check_writable_dir(output)
+
+    import slicer
+    from UMedProtect import ProtectionSettings, UMedProtectLogic
 
     logic = UMedProtectLogic()
     logic.ensureDependencies(askConfirmation=False)
