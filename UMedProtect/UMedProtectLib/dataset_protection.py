@@ -193,7 +193,7 @@ def _validate_cases(dataset: NnUNetDataset, label_values: list[int] | None, allo
             problem = io.geometry_difference(header, headers[0])
             if problem:
                 raise InputError(f"{path}: channel grid differs from {case.images[0].name} ({problem})")
-        labels, _ = io.to_array(io.read_label(case.label, headers[0]))
+        labels, _ = io.to_array(io.read_label(case.label, headers[0], hint=" (nnU-Net needs masks on the image grid)"))
         found = {int(v) for v in np.unique(labels)}
         undeclared = sorted(found - dataset.label_values)
         if undeclared:

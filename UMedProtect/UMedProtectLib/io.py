@@ -73,15 +73,21 @@ def read_header(path: str | os.PathLike) -> sitk.ImageFileReader:
     return _check_header(path, [str(path)])
 
 
+RESAMPLE_HINT = " (use --resample-mask to resample it onto the image grid)"
+
+
 def read_label(
-    path: str | os.PathLike, reference: sitk.Image | sitk.ImageFileReader, resample: bool = False
+    path: str | os.PathLike,
+    reference: sitk.Image | sitk.ImageFileReader,
+    resample: bool = False,
+    hint: str = RESAMPLE_HINT,
 ) -> sitk.Image:
     """Read a label map (or a Slicer ``.seg.nrrd``) on the grid of ``reference`` (an image or a header).
 
     Size or geometry differences beyond a small tolerance are an InputError unless ``resample``,
     which resamples the mask onto the image grid with nearest neighbour. ``.seg.nrrd`` segments
     become labels 1, 2, ... in file order and are always resampled onto the image grid.
-    Within tolerance, the reference's geometry is copied onto the mask.
+    Within tolerance, the reference's geometry is copied onto the mask. ``hint`` ends mismatch messages.
     """
     path = Path(path)
     if isinstance(reference, sitk.ImageFileReader):
@@ -106,14 +112,13 @@ def read_label(
     if label.GetSize() != reference.GetSize():
         if not resample:
             raise InputError(
-                f"{path}: mask size {label.GetSize()} does not match image size {reference.GetSize()} "
-                "(use --resample-mask to resample it onto the image grid)"
+                f"{path}: mask size {label.GetSize()} does not match image size {reference.GetSize()}{hint}"
             )
         return _resample_like(label, reference, path)
     problem = geometry_difference(label, reference)
     if problem:
         if not resample:
-            raise InputError(f"{path}: mask {problem} (use --resample-mask to resample it onto the image grid)")
+            raise InputError(f"{path}: mask {problem}{hint}")
         return _resample_like(label, reference, path)
     label.CopyInformation(reference)
     return label
@@ -283,37 +288,48 @@ def _check_header(path: Path, files: list[str]) -> sitk.ImageFileReader:
             f"only {available / 2**30:.1f} GiB available"
         )
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        _check_nifti_complete(path)
+        _check_nifti_data(path)
     return info
 
 
-def _check_nifti_complete(path: Path) -> None:
-    """ITK reads truncated NIfTI files silently (missing voxels become garbage): check the length and gzip CRC."""
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy type
+
+
+def _check_nifti_data(path: Path) -> None:
+    """Check a NIfTI file's data before ITK reads it, because ITK does so silently.
+
+    ITK reads truncated files (missing voxels become garbage) and turns NaN/Inf voxels into 0.
+    This checks the gzip stream, the data length and, for float data, that every voxel is finite.
+    """
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
-            header = handle.read(544)
-            length = len(header) + sum(len(chunk) for chunk in iter(lambda: handle.read(1 << 22), b""))
+            content = handle.read()
     except (OSError, EOFError, zlib.error):
         raise InputError(f"{path}: cannot read the image data (compressed stream truncated or corrupt)") from None
     for order in "<>":
-        sizeof_hdr = struct.unpack(f"{order}i", header[:4])[0] if len(header) >= 4 else 0
-        if sizeof_hdr == 348 and len(header) >= 348:  # NIfTI-1
-            dims = struct.unpack(f"{order}8h", header[40:56])
-            bitpix = struct.unpack(f"{order}h", header[72:74])[0]
-            offset = int(struct.unpack(f"{order}f", header[108:112])[0])
+        sizeof_hdr = struct.unpack(f"{order}i", content[:4])[0] if len(content) >= 4 else 0
+        if sizeof_hdr == 348 and len(content) >= 348:  # NIfTI-1
+            dims = struct.unpack(f"{order}8h", content[40:56])
+            datatype, bitpix = struct.unpack(f"{order}2h", content[70:74])
+            offset = int(struct.unpack(f"{order}f", content[108:112])[0])
             break
-        if sizeof_hdr == 540 and len(header) >= 540:  # NIfTI-2
-            dims = struct.unpack(f"{order}8q", header[16:80])
-            bitpix = struct.unpack(f"{order}h", header[14:16])[0]
-            offset = struct.unpack(f"{order}q", header[168:176])[0]
+        if sizeof_hdr == 540 and len(content) >= 540:  # NIfTI-2
+            datatype, bitpix = struct.unpack(f"{order}2h", content[12:16])
+            dims = struct.unpack(f"{order}8q", content[16:80])
+            offset = struct.unpack(f"{order}q", content[168:176])[0]
             break
     else:
         raise InputError(f"{path}: not a NIfTI file (bad header)")
-    n_voxels = int(np.prod([max(d, 1) for d in dims[1 : 1 + max(min(dims[0], 7), 0)]], dtype=np.int64))
-    expected = max(offset, sizeof_hdr) + n_voxels * bitpix // 8
-    if length < expected:
-        raise InputError(f"{path}: file is truncated ({length} of {expected} bytes); the image data is incomplete")
+    n_values = int(np.prod([max(d, 1) for d in dims[1 : 1 + max(min(dims[0], 7), 0)]], dtype=np.int64))
+    offset = max(offset, sizeof_hdr)
+    expected = offset + n_values * bitpix // 8
+    if len(content) < expected:
+        raise InputError(f"{path}: file is truncated ({len(content)} of {expected} bytes); the image data is incomplete")
+    if datatype in NIFTI_FLOAT_TYPES:
+        values = np.frombuffer(content, dtype=order + NIFTI_FLOAT_TYPES[datatype], count=n_values, offset=offset)
+        if not np.isfinite(values).all():
+            raise InputError(f"{path}: image contains NaN or infinite voxels")
 
 
 def _check_structure(path: Path, image: sitk.Image | sitk.ImageFileReader) -> None:
