@@ -209,3 +209,35 @@ def test_in_slicer_self_test_passes_with_the_bundled_protector(scene):
     assert DEFAULT_PROTECTOR_PATH.is_file()
     result = UMedProtect.UMedProtectTest("runTest").run()
     assert result.wasSuccessful(), result.failures + result.errors
+
+
+SMALL_FIT = {"steps": 2, "batch_size": 2, "patch_size": 32, "surrogate_steps": 1, "surrogate_channels": 4, "device": "cpu"}
+
+
+def test_fit_on_the_segmented_cases_in_the_scene(case, tmp_path):
+    from UMedProtectLib.protector import load_protector
+
+    volume, _, _, _, _ = case
+    unsegmented = slicer.util.addVolumeFromArray(np.zeros((2, 8, 8), np.int16), name="not a case")
+    logic = UMedProtect.UMedProtectLogic()
+    assert [v.GetID() for v, _s in logic.sceneCases()] == [volume.GetID()]
+    assert unsegmented.GetID() not in [v.GetID() for v, _s in logic.sceneCases()]
+    reports = []
+    path = logic.fit(str(tmp_path / "fitted.safetensors"), epsilon=6.0, bandRadius=2,
+                     progressCallback=lambda f, m: reports.append(f), **SMALL_FIT)  # fmt: skip
+    fitted = load_protector(path)
+    assert (fitted.config.epsilon, fitted.config.band_radius) == (6.0, 2)
+    assert fitted.config.training["cases"] == ["ct"]
+    assert reports[0] == 0.0 and reports[-1] == 1.0
+
+
+def test_fit_on_an_nnunet_folder_and_bad_requests(scene, nnunet_dataset, tmp_path):
+    from UMedProtectLib.protector import load_protector
+
+    logic = UMedProtect.UMedProtectLogic()
+    path = logic.fit(str(tmp_path / "fitted.safetensors"), datasetDir=str(nnunet_dataset), **SMALL_FIT)
+    assert load_protector(path).config.training["datasets"] == [str(nnunet_dataset)]
+    with pytest.raises(InputError, match="no segmented cases in the scene"):
+        logic.fit(str(tmp_path / "other.safetensors"), **SMALL_FIT)
+    with pytest.raises(InputError, match="unsupported file type"):
+        logic.fit(str(tmp_path / "fitted.pt"), datasetDir=str(nnunet_dataset), **SMALL_FIT)

@@ -323,8 +323,8 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     lambda progress, cancel: self.logic.fit(
                         pathOrNone(p.fitOutputPath),
                         datasetDir=pathOrNone(p.fitDatasetPath) if p.fitFromFolder else None,
-                        epsilon=p.epsilon, bandRadius=p.bandRadius, steps=p.fitSteps, device=p.device,
-                        progressCallback=progress, cancelCheck=cancel,
+                        epsilon=p.epsilon, bandRadius=p.bandRadius, progressCallback=progress, cancelCheck=cancel,
+                        steps=p.fitSteps, device=p.device,
                     ),
                 )
             except Cancelled:
@@ -629,13 +629,16 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
         datasetDir: str | None = None,
         epsilon: float | None = None,
         bandRadius: int | None = None,
-        steps: int | None = None,
-        device: str = "auto",
         progressCallback: ProgressCallback | None = None,
         cancelCheck: Callable[[], bool] | None = None,
+        **fitOptions,
     ) -> pathlib.Path:
         """Fit a protector on an nnU-Net-layout folder, or (``datasetDir=None``) on the segmented cases
-        in the scene (:meth:`sceneCases`), and save it to ``outputPath``."""
+        in the scene (:meth:`sceneCases`), and save it to ``outputPath``.
+
+        ``epsilon``/``bandRadius`` default to the protector defaults; ``fitOptions`` are
+        ``UMedProtectLib.fit.FitSettings`` fields (``steps``, ``device``, ``seed``, ...).
+        """
         from dataclasses import replace
 
         from UMedProtectLib.errors import InputError
@@ -653,14 +656,14 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
             epsilon=config.epsilon if epsilon is None else float(epsilon),
             band_radius=config.band_radius if bandRadius is None else int(bandRadius),
         )
-        settings = FitSettings(device=device) if steps is None else FitSettings(device=device, steps=int(steps))
+        settings = FitSettings(**fitOptions)
 
         def fitProgress(step: int, total: int, record: dict) -> None:
             report(step / max(total, 1), _("Fitting: step {step}/{total}").format(step=step, total=total))
 
         report(0.0, _("Preparing training slices..."))
         if datasetDir:
-            protector, _history = fit_on_datasets([datasetDir], config, settings, fitProgress, cancelCheck)
+            protector, history = fit_on_datasets([datasetDir], config, settings, fitProgress, cancelCheck)
         else:
             cases = self.sceneCases()
             if not cases:
@@ -673,8 +676,8 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
                     self.spacingPerArrayAxis(volume),
                     volume.GetName(),
                 )
-            config = replace(config, training={"scene_cases": [volume.GetName() for volume, _seg in cases]})
-            protector, _history = fit_protector(samples, config, settings, fitProgress, cancelCheck)
+            protector, history = fit_protector(samples, config, settings, fitProgress, cancelCheck)
+        logging.info(f"UMedProtect: fitted a protector in {len(history)} steps")
         return save_protector(protector, outputPath)
 
 
