@@ -103,7 +103,8 @@ def make_screenshot(path: Path = SCREENSHOT) -> dict:
     m = result.metrics
     figure.suptitle(
         f"UMed Protect preview - brain1 (sample), slice {index}:  PSNR {m['psnr_db']:.1f} dB   SSIM {m['ssim']:.4f}   "
-        f"max change {m['max_abs_change']:.3g} (budget {m['budget_native']:.3g})   voxels changed {100 * m['fraction_changed']:.2f} %",
+        f"max change {m['max_abs_change']:.3g} (budget {m['budget_native']:.3g})   "
+        f"voxels changed {100 * m['fraction_changed']:.2f} %",
         color="white", fontsize=10,
     )
     save(figure, path, facecolor="black")

@@ -114,7 +114,8 @@ def test_full_run_on_an_nnunet_dataset_with_slicer_core(batch, tmp_path, random_
         before, after = sitk.GetArrayFromImage(original), sitk.GetArrayFromImage(protected)
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(source / "labelsTr" / f"case{k:03d}.nii.gz")))
         assert (before != after).any() and not (before != after)[labels == 0].all()
-        assert (out / "labelsTr" / f"case{k:03d}.nii.gz").read_bytes() == (source / "labelsTr" / f"case{k:03d}.nii.gz").read_bytes()
+        label = Path("labelsTr") / f"case{k:03d}.nii.gz"
+        assert (out / label).read_bytes() == (source / label).read_bytes()
     assert json.loads((out / "dataset.json").read_text()) == json.loads((source / "dataset.json").read_text())
     assert (out / "imagesTs" / "case002_0000.nii.gz").read_bytes() == (source / "imagesTs" / "case002_0000.nii.gz").read_bytes()
 

@@ -111,7 +111,8 @@ def test_module_cmake_lists_every_python_file_and_resource():
         if p.is_file()
     }
     assert "UMedProtectLib/data/default_protector.safetensors" in resources
-    assert shipped - set(resources) == set(), f"resources missing from MODULE_PYTHON_RESOURCES: {sorted(shipped - set(resources))}"
+    missing = sorted(shipped - set(resources))
+    assert not missing, f"resources missing from MODULE_PYTHON_RESOURCES: {missing}"
     assert set(resources) - shipped == set(), f"listed resources that do not exist: {sorted(set(resources) - shipped)}"
 
     text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")

@@ -87,7 +87,9 @@ def find_pairs(folder: Path) -> list[BatchCase]:
         paired.add(found[0])
     unpaired = sorted(set(images) - paired)
     if unpaired:
-        raise InputError(f"{folder}: no mask found for {', '.join(unpaired[:3])} (name masks like IMAGE_label.nrrd or IMAGE.seg.nrrd)")
+        raise InputError(
+            f"{folder}: no mask found for {', '.join(unpaired[:3])} (name masks like IMAGE_label.nrrd or IMAGE.seg.nrrd)"
+        )
     if not cases:
         raise InputError(f"{folder}: no image/mask pairs found")
     return sorted(cases, key=lambda case: case.name)
