@@ -134,7 +134,9 @@ def run(args: argparse.Namespace, log=print) -> int:
 
     logic = UMedProtectLogic()
     logic.ensureDependencies(askConfirmation=False)
-    settings = ProtectionSettings(args.epsilon, args.band_radius, args.protector, args.device)
+    settings = ProtectionSettings(
+        epsilon=args.epsilon, bandRadius=args.band_radius, protectorPath=args.protector, device=args.device
+    )
     failures: list[str] = []
     log(f"UMed Protect batch: {len(cases)} image(s) from {args.input} -> {output}")
     for number, case in enumerate(cases, start=1):
