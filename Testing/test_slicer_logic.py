@@ -241,3 +241,15 @@ def test_fit_on_an_nnunet_folder_and_bad_requests(scene, nnunet_dataset, tmp_pat
         logic.fit(str(tmp_path / "other.safetensors"), **SMALL_FIT)
     with pytest.raises(InputError, match="unsupported file type"):
         logic.fit(str(tmp_path / "fitted.pt"), datasetDir=str(nnunet_dataset), **SMALL_FIT)
+
+
+def test_preview_puts_the_heatmap_over_the_input_in_every_slice_view(case, scene, protector_file):
+    volume, segmentation, _, _, _ = case
+    views = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
+    logic = UMedProtect.UMedProtectLogic()
+    output = logic.process(volume, segmentation, None, settings(protector_file))
+    logic.showPreview(volume, output.heatmapVolume, 0.35)
+    for view in views:
+        assert view.GetBackgroundVolumeID() == volume.GetID()
+        assert view.GetForegroundVolumeID() == output.heatmapVolume.GetID()
+        assert view.GetForegroundOpacity() == pytest.approx(0.35)
