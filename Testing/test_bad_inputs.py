@@ -454,6 +454,16 @@ def dataset_resume_with_other_settings(tmp, protector):
     return dataset_argv(tmp, protector, "--no-progress", "--epsilon", "2")
 
 
+@bad("--protector applies to --method umed only")
+def dataset_baseline_with_a_protector(tmp, protector):
+    from UMedProtectLib.cli.protect_dataset import method_names
+
+    if "random" not in method_names():
+        pytest.skip("baselines not installed")
+    dataset(tmp)
+    return dataset_argv(tmp, protector, "--method", "random")
+
+
 @bad("manifest not found")
 def verify_without_manifest(tmp, protector):
     (tmp / "out").mkdir()

@@ -51,9 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="print the full traceback of unexpected errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
-        if importlib.util.find_spec(f"{__name__}.{name}") is not None:
-            importlib.import_module(f"{__name__}.{name}").add_parser(subparsers)
+        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+            continue
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:  # an optional dependency of that command is missing
+            _add_unavailable(subparsers, name.replace("_", "-"), exc.name or str(exc))
+            continue
+        module.add_parser(subparsers)
     return parser
+
+
+def _add_unavailable(subparsers: argparse._SubParsersAction, command: str, missing: str) -> None:
+    """A placeholder for a command whose optional dependencies are not installed."""
+    message = f"'{command}' needs the Python package '{missing}', which is not installed (see the README's install section)"
+    parser = subparsers.add_parser(command, help=f"(unavailable: needs {missing})", description=message, add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(args: argparse.Namespace) -> int:
+        raise InputError(message)
+
+    parser.set_defaults(func=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .. import io
 from ..devices import DEVICE_CHOICES, describe_devices, resolve_device
@@ -120,7 +121,13 @@ def run(args: argparse.Namespace) -> int:
         if not args.allow_empty:
             raise InputError(f"{mask_path}: mask is empty; nothing to protect (use --allow-empty to write the image unchanged)")
         log.warning(f"{mask_path}: mask is empty; {args.output} is the unchanged image (--allow-empty)")
-    result = case_protector(array, labels, spacing=spacing)  # an empty mask leaves the image unchanged
+    with tqdm(desc="protect", unit="slice", disable=None, leave=False) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = case_protector(array, labels, spacing=spacing, progress=progress)  # empty mask: image unchanged
     protect_s = time.perf_counter() - started - read_s
 
     io.write_like(result.protected, image, outputs["output"], overwrite=args.overwrite)

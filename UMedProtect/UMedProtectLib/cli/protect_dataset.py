@@ -47,7 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--method",
         default="umed",
         choices=method_names(),
-        help="protection method (default umed; the others are baselines for comparison)",
+        help="protection method (default umed; the others are baselines for comparison, "
+        "which take --epsilon, --device and --seed but not --protector, --band-radius or --labels)",
     )
     add_protection_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -60,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from .. import baselines
 
+        for option, value in (("--protector", args.protector), ("--band-radius", args.band_radius), ("--labels", args.labels)):
+            if value is not None:
+                raise InputError(f"{option} applies to --method umed only, not to the {args.method} baseline")
         torch.manual_seed(args.seed)
         epsilon = 4.0 if args.epsilon is None else args.epsilon
         if not 0 < epsilon <= 64:
