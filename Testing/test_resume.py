@@ -15,7 +15,7 @@ from conftest import ROOT, write_nnunet_dataset
 
 from UMedProtectLib import io
 from UMedProtectLib.cli import main
-from UMedProtectLib.dataset_protection import MANIFEST_NAME
+from UMedProtectLib.dataset_protection import LOCK_NAME, MANIFEST_NAME
 
 N_CASES = 6
 
@@ -187,3 +187,20 @@ def test_verify_of_an_unfinished_run(tmp_path, protector_file, capsys):
     report = capsys.readouterr().out
     assert "did not finish" in report and "case001: in the source but not in the manifest" in report
     assert "imagesTr/case001_0000.nii.gz: file not listed in the manifest" in report
+
+
+def test_a_second_concurrent_run_is_refused_and_a_stale_lock_is_taken_over(tmp_path, protector_file, capsys):
+    source = write_nnunet_dataset(tmp_path / "Dataset005_Small", n_train=2, n_test=0, shape=(4, 24, 24))
+    out = tmp_path / "protected"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_NAME).write_text(str(sleeper.pid))
+        argv = ["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]
+        assert main(argv) == 2
+        assert f"another protect-dataset run (pid {sleeper.pid})" in capsys.readouterr().err
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert main(argv) == 0  # the lock of a dead process is stale
+    assert not (out / LOCK_NAME).exists()

@@ -8,10 +8,11 @@ match are skipped, the interrupted one is redone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from .nnunet import Case, NnUNetDataset, read_dataset
 from .protect import ProtectionResult
 
 MANIFEST_NAME = "umedprotect_manifest.json"
+LOCK_NAME = ".umedprotect.lock"  # holds the pid of the run writing the folder
 MANIFEST_FORMAT = "umedprotect-dataset-manifest"
 MANIFEST_VERSION = 1
 BUDGET_RTOL = 1e-6  # float rounding allowance when re-checking the ε bound
@@ -62,23 +64,24 @@ def protect_dataset(
     empty = _validate_cases(dataset, label_values, allow_empty)  # before anything is written
     manifest = _start_manifest(dataset, out, method_name, parameters, protector_info, device, allow_empty, overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    _remove_partial_files(out)
-    manifest["dataset_json"] = {"sha256": io.copy_file(dataset.root / "dataset.json", out / "dataset.json", overwrite=True)}
-    _save(manifest, out)
-
-    bar = tqdm(dataset.training, desc="protect-dataset", unit="case", disable=None if progress else True)
-    for case in bar:
-        bar.set_postfix_str(case.case_id)
-        if _is_finished(manifest["cases"].get(case.case_id), dataset, case, out):
-            continue
-        if case.case_id in empty and not allow_empty:
-            manifest["cases"][case.case_id] = {"status": "skipped_empty"}
-        else:
-            manifest["cases"][case.case_id] = _protect_case(dataset, case, out, case_protector, case.case_id in empty)
+    with _exclusive(out):
+        _remove_partial_files(out)
+        dataset_json = io.copy_file(dataset.root / "dataset.json", out / "dataset.json", overwrite=True)
+        manifest["dataset_json"] = {"sha256": dataset_json}
         _save(manifest, out)
-    manifest["test"] = [_copy_test_case(dataset, case, out) for case in dataset.test]
-    manifest["status"] = "complete"
-    _save(manifest, out)
+        bar = tqdm(dataset.training, desc="protect-dataset", unit="case", disable=None if progress else True)
+        for case in bar:
+            bar.set_postfix_str(case.case_id)
+            if _is_finished(manifest["cases"].get(case.case_id), dataset, case, out):
+                continue
+            if case.case_id in empty and not allow_empty:
+                manifest["cases"][case.case_id] = {"status": "skipped_empty"}
+            else:
+                manifest["cases"][case.case_id] = _protect_case(dataset, case, out, case_protector, case.case_id in empty)
+            _save(manifest, out)
+        manifest["test"] = [_copy_test_case(dataset, case, out) for case in dataset.test]
+        manifest["status"] = "complete"
+        _save(manifest, out)
     skipped = [cid for cid, entry in manifest["cases"].items() if entry["status"] == "skipped_empty"]
     if skipped:
         log.warning(
@@ -108,7 +111,7 @@ def verify(out_dir: str | os.PathLike, source_dir: str | os.PathLike | None = No
         source_dataset = None
         log.warning(f"{source}: source dataset not found; checking hashes only (pass --source to check labels and ε)")
     problems += _check_file(out / "dataset.json", manifest["dataset_json"]["sha256"])
-    expected_files = {"dataset.json", MANIFEST_NAME}
+    expected_files = {"dataset.json", MANIFEST_NAME, LOCK_NAME}
     for case_id, entry in manifest["cases"].items():
         if entry["status"] == "skipped_empty":
             continue
@@ -350,6 +353,46 @@ def _load_manifest(out: Path) -> dict:
 
 def _save(manifest: dict, out: Path) -> None:
     io.write_json(manifest, out / MANIFEST_NAME)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Refuse a second run writing into ``out`` at the same time; a lock left by a killed run is taken over."""
+    lock = out / LOCK_NAME
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and _alive(owner):
+                raise InputError(
+                    f"{out}: another protect-dataset run (pid {owner}) is writing this folder "
+                    f"(if there is none, delete {lock.name})"
+                ) from None
+            lock.unlink(missing_ok=True)  # stale: its run was killed
+            continue
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(str(os.getpid()))
+        break
+    else:
+        raise InputError(f"{out}: cannot take the folder lock {lock}")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_partial_files(out: Path) -> None:
