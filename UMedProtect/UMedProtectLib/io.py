@@ -34,6 +34,8 @@ DIRECTION_ATOL = 1e-4
 ORIGIN_TOL = 1e-3  # in units of the smallest voxel spacing
 BYTES_PER_VOXEL_OVERHEAD = 48  # working arrays of protect_array and the metrics (float64 temporaries)
 MEMORY_ENV = "UMEDPROTECT_MEMORY_LIMIT_MB"  # overrides the available-memory reading (for tests)
+RESAMPLE_HINT = " (use --resample-mask to resample it onto the image grid)"
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy type
 
 
 def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:
@@ -71,9 +73,6 @@ def read_header(path: str | os.PathLike) -> sitk.ImageFileReader:
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     return _check_header(path, [str(path)])
-
-
-RESAMPLE_HINT = " (use --resample-mask to resample it onto the image grid)"
 
 
 def read_label(
@@ -124,7 +123,7 @@ def read_label(
     return label
 
 
-def geometry_difference(image: sitk.Image, reference: sitk.Image) -> str | None:
+def geometry_difference(image: sitk.Image | sitk.ImageFileReader, reference: sitk.Image | sitk.ImageFileReader) -> str | None:
     """Describe how ``image``'s grid differs from ``reference`` beyond the tolerance, or None."""
     if image.GetSize() != reference.GetSize():
         return f"size {image.GetSize()} differs from {reference.GetSize()}"
@@ -186,7 +185,10 @@ def write_like(array: np.ndarray, reference: sitk.Image, path: str | os.PathLike
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(path, overwrite=overwrite) as tmp:
-            sitk.WriteImage(image, str(tmp), useCompression=True)
+            try:
+                sitk.WriteImage(image, str(tmp), useCompression=True)
+            except RuntimeError:
+                raise InputError(f"{path}: this image cannot be written in this format; use .nrrd or .mha") from None
             written = _read_information(tmp)
             problem = geometry_difference(written, reference)
             if problem or written.GetPixelID() != reference.GetPixelID():
@@ -240,6 +242,76 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def copy_file(source: str | os.PathLike, destination: str | os.PathLike, overwrite: bool = False) -> str:
+    """Copy bytes atomically; return the SHA-256, checked equal on both sides."""
+    source, destination = Path(source), Path(destination)
+    expected = sha256(source)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(destination, overwrite=overwrite) as tmp:
+            shutil.copyfile(source, tmp)
+            if sha256(tmp) != expected:
+                raise OSError(f"{destination}: copy does not match {source} (hash differs)")
+    except FileExistsError:
+        raise InputError(f"{destination}: output already exists (use --overwrite to replace it)") from None
+    return expected
+
+
+def input_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, or of a folder's files (``name  hash`` lines, sorted) for a DICOM folder."""
+    path = Path(path)
+    if path.is_dir():
+        lines = "".join(f"{p.relative_to(path)}  {sha256(p)}\n" for p in sorted(path.rglob("*")) if p.is_file())
+        return hashlib.sha256(lines.encode()).hexdigest()
+    return sha256(path)
+
+
+def write_json(data: dict, path: str | os.PathLike, overwrite: bool = True) -> Path:
+    """Write ``data`` as indented JSON atomically (non-finite floats become strings like "inf")."""
+    path = Path(path)
+    text = json.dumps(_json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    try:
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    except FileExistsError:
+        raise InputError(f"{path}: output already exists (use --overwrite to replace it)") from None
+    return path
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    """A JSON object from a file; InputError naming the file when it is missing or malformed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a JSON object is expected")
+    return data
+
+
+def json_roundtrip(data: dict) -> dict:
+    """``data`` as it reads back from :func:`write_json` (tuples become lists, inf becomes "inf")."""
+    return json.loads(json.dumps(_json_safe(data), allow_nan=False))
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the package and of the libraries that determine the output bytes."""
+    import torch
+
+    from . import __version__
+
+    return {
+        "umedprotect": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "SimpleITK": sitk.Version.VersionString(),
+        "numpy": np.__version__,
+    }
+
+
 def _dicom_series_files(folder: Path, series_uid: str | None) -> list[str]:
     uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not uids:
@@ -290,9 +362,6 @@ def _check_header(path: Path, files: list[str]) -> sitk.ImageFileReader:
     if path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti_data(path)
     return info
-
-
-NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy type
 
 
 def _check_nifti_data(path: Path) -> None:
@@ -395,76 +464,6 @@ def _resample_like(label: sitk.Image, reference: sitk.Image, source: Path) -> si
                 f"{source}: mask is {label.GetDimension()}D but the image is {reference.GetDimension()}D; they cannot be aligned"
             )
     return sitk.Resample(label, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
-
-
-def copy_file(source: str | os.PathLike, destination: str | os.PathLike, overwrite: bool = False) -> str:
-    """Copy bytes atomically; return the SHA-256, checked equal on both sides."""
-    source, destination = Path(source), Path(destination)
-    expected = sha256(source)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with atomic_path(destination, overwrite=overwrite) as tmp:
-            shutil.copyfile(source, tmp)
-            if sha256(tmp) != expected:
-                raise OSError(f"{destination}: copy does not match {source} (hash differs)")
-    except FileExistsError:
-        raise InputError(f"{destination}: output already exists (use --overwrite to replace it)") from None
-    return expected
-
-
-def input_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, or of a folder's files (``name  hash`` lines, sorted) for a DICOM folder."""
-    path = Path(path)
-    if path.is_dir():
-        lines = "".join(f"{p.relative_to(path)}  {sha256(p)}\n" for p in sorted(path.rglob("*")) if p.is_file())
-        return hashlib.sha256(lines.encode()).hexdigest()
-    return sha256(path)
-
-
-def write_json(data: dict, path: str | os.PathLike, overwrite: bool = True) -> Path:
-    """Write ``data`` as indented JSON atomically (non-finite floats become strings like "inf")."""
-    path = Path(path)
-    text = json.dumps(_json_safe(data), indent=2, sort_keys=False, allow_nan=False) + "\n"
-    try:
-        with atomic_path(path, overwrite=overwrite) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    except FileExistsError:
-        raise InputError(f"{path}: output already exists (use --overwrite to replace it)") from None
-    return path
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    """A JSON object from a file; InputError naming the file when it is missing or malformed."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: a JSON object is expected")
-    return data
-
-
-def json_roundtrip(data: dict) -> dict:
-    """``data`` as it reads back from :func:`write_json` (tuples become lists, inf becomes "inf")."""
-    return json.loads(json.dumps(_json_safe(data), allow_nan=False))
-
-
-def software_versions() -> dict[str, str]:
-    """Versions of the package and of the libraries that determine the output bytes."""
-    import torch
-
-    from . import __version__
-
-    return {
-        "umedprotect": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "SimpleITK": sitk.Version.VersionString(),
-        "numpy": np.__version__,
-    }
 
 
 def _json_safe(value):
