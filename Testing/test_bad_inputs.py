@@ -477,6 +477,17 @@ def verify_with_corrupt_manifest(tmp, protector):
     return ["verify", str(tmp / "out")]
 
 
+@bad("manifest is malformed (KeyError")
+def verify_with_edited_manifest(tmp, protector):
+    dataset(tmp)
+    assert main(dataset_argv(tmp, protector, "--no-progress")) == 0
+    manifest_path = tmp / "out" / "protected" / "umedprotect_manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["cases"]["case000"]["images"][0]["output_sha256"]
+    manifest_path.write_text(json.dumps(manifest))
+    return ["verify", str(tmp / "out" / "protected")]
+
+
 def snapshot(folder: Path) -> dict[str, str | None]:
     """Every entry under ``folder``: files by content, folders and links by name."""
     state = {}

@@ -101,6 +101,13 @@ def verify(out_dir: str | os.PathLike, source_dir: str | os.PathLike | None = No
     """
     out = Path(out_dir)
     manifest = _load_manifest(out)
+    try:
+        return _verify(out, manifest, source_dir)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InputError(f"{out / MANIFEST_NAME}: manifest is malformed ({type(exc).__name__}: {exc})") from None
+
+
+def _verify(out: Path, manifest: dict, source_dir: str | os.PathLike | None) -> list[str]:
     problems: list[str] = []
     if manifest.get("status") != "complete":
         problems.append("manifest: the run did not finish (rerun protect-dataset to resume it)")
