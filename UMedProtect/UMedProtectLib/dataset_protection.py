@@ -181,6 +181,8 @@ def _start_manifest(
             f"{out}: holds a run with other settings (source, method, parameters or protector); "
             "use --overwrite to start again or choose another folder"
         )
+    if previous.get("versions") != fresh["versions"]:
+        log.warning(f"{out}: resuming a run made with other software versions ({previous.get('versions')})")
     fresh["cases"] = previous.get("cases", {})
     n_done = sum(1 for e in fresh["cases"].values() if e.get("status") in ("protected", "copied_empty"))
     log.info(f"resuming: {n_done} of {len(dataset.training)} case(s) already finished in {out}")
