@@ -16,6 +16,7 @@ from UMedProtectLib.errors import InputError
 from UMedProtectLib.evaluation import (
     TrainSettings,
     TrainingRun,
+    ct_normalised,
     evaluate,
     load_evaluation_data,
     ratio,
@@ -75,6 +76,19 @@ def test_labels_are_mapped_to_class_indices_and_undeclared_values_refused():
         to_class_indices(case_slices(image, labels, None, "c"), [0, 1])
 
 
+def test_ct_normalisation_uses_training_foreground_statistics_for_both_sets():
+    train, test = disk_cases(3, 0), disk_cases(2, 1)
+    test[0].image[0, 0] = 1e6  # an outlier far outside the training foreground range
+    train_n, test_n = ct_normalised(train, test)
+    foreground = np.concatenate([s.image[s.labels > 0] for s in train])
+    lo, hi = np.percentile(foreground, (0.5, 99.5))
+    assert all(s.image.min() >= lo and s.image.max() <= hi for s in train_n + test_n)
+    assert test_n[0].image[0, 0] == pytest.approx(hi)
+    assert {s.mean for s in train_n + test_n} == {train_n[0].mean}
+    assert train_n[0].mean == pytest.approx(np.clip(foreground, lo, hi).mean(), rel=1e-5)
+    assert [s.labels.tolist() for s in test_n] == [s.labels.tolist() for s in test]
+
+
 def _protected_copy(clean, target, change: int = 3):
     """A copy of ``clean`` whose training images change by ``change`` inside the labels."""
     shutil.copytree(clean, target)
@@ -104,6 +118,7 @@ def test_evaluate_reports_dsc_ratio_quality_and_curves(clean_and_protected):
     assert row["ratio_best"] == pytest.approx(ratio(row["protected_best"], row["clean_best"]), nan_ok=True)
     assert row["clean_best"] == report["runs"][0]["best_dsc"]
     assert (report["train_cases"], report["test_cases"], report["classes"]) == (3, 1, 2)
+    assert report["normalisation"] == "ct"  # the tiny dataset's channel is named CT
     q = report["quality"]
     assert np.isfinite(q["psnr_db_mean"]) and q["ssim_mean"] < 1 and q["max_abs_change"] == 3
     json.dumps(report)  # JSON-ready

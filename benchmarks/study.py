@@ -76,7 +76,7 @@ SETTINGS = {
         datasets=["001", "002"], victims=["unet", "plainconvunet", "segresnet"],
         defenses=["blur", "bitdepth", "jpeg", "downup", "strong-aug", "mix-clean"], defense_victims=["unet"],
         defense_methods=["umed-fitted"],
-        train=TrainSettings(epochs=6, iterations_per_epoch=15, batch_size=8, patch_size=64),
+        train=TrainSettings(epochs=8, iterations_per_epoch=20, batch_size=8, patch_size=64),
         baseline=BaselineSettings(surrogate_steps=100, em_rounds=4, em_pgd_steps=2, pgd_steps=6, sep_checkpoints=3),
         fit=FitSettings(steps=300, min_steps=300, batch_size=8, patch_size=64),
         threads=2,
@@ -179,7 +179,7 @@ def run_study(setting: str, device: str, seed: int, resume: bool, data_dir: Path
                 print(f"[{source.name}] training {victim} on {method}" + ("" if defense == "none" else f" + {defense}"), flush=True)
                 reference = data[METHODS[0]]
                 run = train_victim(train, reference.test, victim, reference.n_classes, settings,
-                                   progress=_print_epoch, run_name=key)  # fmt: skip
+                                   progress=_print_epoch, run_name=key, normalisation=reference.normalisation)  # fmt: skip
                 runs[key] = run.to_dict()
                 save()
         entry["test_source"] = _relative(data[METHODS[0]].test_source)

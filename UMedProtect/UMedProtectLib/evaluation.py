@@ -1,7 +1,9 @@
 """The unauthorised-training check: train victims on clean and on protected data, test on clean data.
 
 A victim is trained from scratch on 2D slices (along each case's coarsest axis) with nnU-Net-like
-settings: per-case z-score normalisation, random patches with foreground oversampling, the
+settings: nnU-Net's normalisation (CT, as named in dataset.json's channel_names: clipping to the
+0.5-99.5 percentiles of the training set's foreground voxels, then z-score with their mean and
+std; other modalities: per-case z-score), random patches with foreground oversampling, the
 victim-like augmentation of :mod:`augment`, Dice + CE loss, SGD with Nesterov momentum 0.99 and a
 poly learning-rate decay. After every epoch it segments the clean test cases; the test DSC of a
 case is the mean Dice over the foreground labels present in it (3D, over all its slices), and
@@ -33,6 +35,7 @@ from .slices import SliceSample, crop_or_pad, patch_origin
 from .victims import build_victim, victim_spec
 
 EpochProgress = Callable[[str, int, int, float], None]  # (run name, epoch, epochs, test DSC)
+NORMALISATIONS = ("zscore", "ct")  # per-case z-score; nnU-Net's CT normalisation
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,25 @@ def by_case(samples: Sequence[SliceSample]) -> dict[str, list[SliceSample]]:
     return {k: sorted(v, key=lambda s: s.index) for k, v in cases.items()}
 
 
+def ct_normalised(train: Sequence[SliceSample], test: Sequence[SliceSample]) -> tuple[list, list]:
+    """nnU-Net's CT normalisation, statistics from the training foreground, applied to both sets.
+
+    Images are clipped to the 0.5 and 99.5 percentiles of the training slices' foreground voxels;
+    their mean and std become every slice's z-score statistics.
+    """
+    foreground = np.concatenate([s.image[s.labels > 0] for s in train]).astype(np.float64)
+    if not foreground.size:
+        foreground = np.concatenate([s.image.ravel() for s in train]).astype(np.float64)
+    lo, hi = np.percentile(foreground, (0.5, 99.5))
+    clipped = np.clip(foreground, lo, hi)
+    mean, std = float(clipped.mean()), float(clipped.std()) or 1.0
+
+    def apply(samples):
+        return [replace(s, image=np.clip(s.image, lo, hi).astype(np.float32), mean=mean, std=std) for s in samples]
+
+    return apply(train), apply(test)
+
+
 def train_victim(
     train: Sequence[SliceSample],
     test: Sequence[SliceSample],
@@ -123,13 +145,21 @@ def train_victim(
     settings: TrainSettings | None = None,
     progress: EpochProgress | None = None,
     run_name: str = "",
+    normalisation: str = "zscore",
 ) -> TrainingRun:
-    """Train ``victim`` from scratch on ``train`` slices (labels 0..n_classes-1); test on ``test`` each epoch."""
+    """Train ``victim`` from scratch on ``train`` slices (labels 0..n_classes-1); test on ``test`` each epoch.
+
+    ``normalisation``: ``zscore`` (per case) or ``ct`` (see :func:`ct_normalised`).
+    """
     settings = settings or TrainSettings()
     if not train:
         raise InputError("no training slices")
     if not test:
         raise InputError("no test slices")
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {normalisation!r}")
+    if normalisation == "ct":
+        train, test = ct_normalised(train, test)
     spec = victim_spec(victim)
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
@@ -187,7 +217,7 @@ def _sample_batch(
 
 
 def _zscore(image: np.ndarray, sample: SliceSample) -> np.ndarray:
-    """Per-case z-score (the case's mean and std, as nnU-Net does for non-CT data)."""
+    """Z-score with the sample's statistics (its case's, or the CT normalisation's)."""
     return ((image - sample.mean) / max(sample.std, 1e-6)).astype(np.float32)
 
 
@@ -229,6 +259,7 @@ class EvaluationData:
     n_classes: int
     quality: dict
     test_source: str
+    normalisation: str  # "ct" when dataset.json names the channel CT, else "zscore"
 
 
 def load_evaluation_data(clean_dir: str | Path, protected_dir: str | Path, test_dir: str | Path | None = None) -> EvaluationData:
@@ -280,7 +311,8 @@ def load_evaluation_data(clean_dir: str | Path, protected_dir: str | Path, test_
         "max_abs_change": max(q["max_abs_change"] for q in per_case.values()),
         "cases": per_case,
     }
-    return EvaluationData(clean, protected, test, len(values), quality, test_source)
+    normalisation = "ct" if str(clean_set.meta["channel_names"]["0"]).strip().upper() == "CT" else "zscore"
+    return EvaluationData(clean, protected, test, len(values), quality, test_source, normalisation)
 
 
 def _mean(values) -> float:
@@ -314,12 +346,14 @@ def evaluate(
     data = load_evaluation_data(clean_dir, protected_dir, test_dir)
     runs, summary = [], []
     for victim in victims:
-        clean_run = train_victim(data.clean, data.test, victim, data.n_classes, settings, progress, f"{victim}/clean")
+        clean_run = train_victim(
+            data.clean, data.test, victim, data.n_classes, settings, progress, f"{victim}/clean", data.normalisation
+        )
         runs.append({"data": "clean", "defense": "none", **clean_run.to_dict()})
         for defense in ("none", *defenses):
             train, run_settings = defend(defense, data.protected, data.clean, settings)
             name = f"{victim}/protected" + ("" if defense == "none" else f"+{defense}")
-            run = train_victim(train, data.test, victim, data.n_classes, run_settings, progress, name)
+            run = train_victim(train, data.test, victim, data.n_classes, run_settings, progress, name, data.normalisation)
             runs.append({"data": "protected", "defense": defense, **run.to_dict()})
             summary.append(
                 {
@@ -342,6 +376,7 @@ def evaluate(
         "test_cases": len(by_case(data.test)),
         "test_slices": len(data.test),
         "classes": data.n_classes,
+        "normalisation": data.normalisation,
         "settings": settings.summary(),
         "quality": data.quality,
         "summary": summary,

@@ -24,8 +24,9 @@ Test cases: the labelled test cases of CLEAN_DIR (imagesTs/ with labelsTs/) when
 otherwise --test-dir, an nnU-Net raw dataset whose labelled test cases (or, if it has none, its
 training cases) are used. Test cases must not be training cases.
 
-Training (nnU-Net-like, 2D): slices along each case's coarsest axis, per-case z-score
-normalisation, random patches (a third centred on the ROI), flips, rotation/scale resampling,
+Training (nnU-Net-like, 2D): slices along each case's coarsest axis, nnU-Net's normalisation
+(channel named CT in dataset.json: clip to the 0.5-99.5 percentiles of the training foreground,
+z-score with its mean/std; otherwise per-case z-score), random patches (a third centred on the ROI), flips, rotation/scale resampling,
 brightness/contrast/gamma/noise/blur/low-resolution augmentation, Dice + CE loss, SGD with
 Nesterov momentum 0.99 and poly learning-rate decay. Test DSC of a case = mean Dice over the
 foreground labels it contains (3D over all its slices); the epoch's DSC = mean over test cases.
