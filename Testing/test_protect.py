@@ -129,8 +129,21 @@ def test_generator_output_respects_regions_and_texture_bound(random_protector):
     maps = torch.zeros(2, 3, 32, 32)
     maps[:, 1, 8:12, 8:24] = 1  # band
     maps[:, 2, 14:20, 10:20] = 0.5  # interior with texture bound 0.5
-    delta = random_protector(x, maps, epsilon=4)
+    labels = (maps[:, 1] + maps[:, 2] > 0).long()
+    delta = random_protector(x, maps, labels, epsilon=4)
     outside = (maps[:, 1:2] == 0) & (maps[:, 2:3] == 0)
     assert torch.all(delta[outside] == 0)
     assert delta.abs().max() <= 4 / 255
     assert delta[:, :, 14:20, 10:20].abs().max() <= 0.5 * 4 / 255 + 1e-7
+
+
+def test_label_codes_are_tiled_on_the_image_grid(random_protector):
+    period = random_protector.config.code_period
+    labels = torch.tensor([[[0, 1, 2, 17]]]).expand(1, period * 2, 4).contiguous()
+    full = random_protector.code_field(labels, torch.tensor([[0, 0]]))
+    shifted = random_protector.code_field(labels[:, period:], torch.tensor([[period, 0]]))
+    assert torch.equal(full[:, :, period:], shifted)
+    assert torch.equal(full[:, :, :period], full[:, :, period:])  # periodic along rows
+    codes = random_protector.codes
+    assert torch.equal(full[0, 0, 0, 0], codes[0, 0, 0])  # background code
+    assert torch.equal(full[0, 0, 0, 1], codes[1, 0, 1]) and torch.equal(full[0, 0, 0, 3], codes[2, 0, 3])  # 17 wraps to code 2

@@ -142,6 +142,18 @@ def test_wrong_tensor_names_shapes_dtypes_and_values_are_refused(tmp_path, prote
         load_protector(tmp_path / "nan.safetensors")
 
 
+def test_edited_weights_with_valid_structure_are_refused(tmp_path, protector_file):
+    from safetensors.torch import load_file, save_file
+
+    header, _ = split(protector_file)
+    tensors = load_file(str(protector_file))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 0.01  # same names, shapes, dtype, finite values
+    save_file(tensors, str(tmp_path / "edited.safetensors"), metadata=header["__metadata__"])
+    with pytest.raises(InputError, match="checksum mismatch"):
+        load_protector(tmp_path / "edited.safetensors")
+
+
 def test_torch_load_is_never_called_without_weights_only():
     """Every ``torch.load(`` in the code must pass ``weights_only=True``; no pickle loading at all."""
     offenders = []

@@ -73,15 +73,16 @@ def prepare(samples: Sequence[SliceSample], config: ProtectorConfig) -> list[Pre
 def sample_batch(
     data: Sequence[PreparedSlice], settings: FitSettings, rng: np.random.Generator, device: torch.device
 ) -> tuple[torch.Tensor, ...]:
-    """Random patches: (image, maps, labels, zmean, zstd) tensors."""
+    """Random patches: (image, maps, labels, origin, zmean, zstd) tensors."""
     p = settings.patch_size
-    images, maps, labels, zm, zs = [], [], [], [], []
+    images, maps, labels, origins, zm, zs = [], [], [], [], [], []
     for _ in range(settings.batch_size):
         s = data[rng.integers(len(data))]
         top, left = patch_origin(s.labels, p, rng, rng.random() < settings.foreground_fraction)
         images.append(crop_or_pad(s.image[None], top, left, p, float(s.image.min())))
         maps.append(crop_or_pad(s.maps, top, left, p, 0.0))
         labels.append(crop_or_pad(s.labels, top, left, p, 0))
+        origins.append((top, left))
         zm.append(s.zmean)
         zs.append(s.zstd)
     as_tensor = lambda a, dtype: torch.as_tensor(np.stack(a), dtype=dtype, device=device)  # noqa: E731
@@ -89,6 +90,7 @@ def sample_batch(
         as_tensor(images, torch.float32),
         as_tensor(maps, torch.float32),
         as_tensor(labels, torch.long),
+        as_tensor(origins, torch.long),
         as_tensor(zm, torch.float32).view(-1, 1, 1, 1),
         as_tensor(zs, torch.float32).view(-1, 1, 1, 1),
     )
@@ -124,7 +126,7 @@ def fit_protector(
     eps = config.epsilon / 255.0
 
     def victim_view(batch, delta):
-        image, _, labels, zmean, zstd = batch
+        image, _, labels, _, zmean, zstd = batch
         return augment_batch((image + delta - zmean) / zstd, labels, settings.augment, augment_rng)
 
     history: list[dict] = []
@@ -140,7 +142,7 @@ def fit_protector(
         for _ in range(settings.surrogate_steps):  # (a) surrogate on protected data
             batch = sample_batch(data, settings, rng, device)
             with torch.no_grad():
-                delta = protector(batch[0], batch[1])
+                delta = protector(*batch[:4])
             x, y = victim_view(batch, delta)
             logits = surrogate(x)
             loss_s = dice_ce_loss(logits, y)
@@ -149,7 +151,7 @@ def fit_protector(
             optimiser_s.step()
             dice_ema = 0.9 * dice_ema + 0.1 * _batch_dice(logits.detach(), y)
         batch = sample_batch(data, settings, rng, device)  # (b) generators minimise the same loss
-        delta = protector(batch[0], batch[1])
+        delta = protector(*batch[:4])
         x, y = victim_view(batch, delta)
         region = (batch[1][:, :2].sum(dim=1, keepdim=True) > 0).float() + (batch[1][:, 2:3] > 0).float()
         visibility = ((delta / eps) ** 2).sum() / region.sum().clamp_min(1.0)

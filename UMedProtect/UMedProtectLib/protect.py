@@ -115,7 +115,8 @@ def protect_array(
             batch = indices[start : start + batch_size]
             original = stack_image[batch][(slice(None), *crop)]
             labels_crop = stack_labels[batch][(slice(None), *crop)]
-            delta = _perturb(protector, normalize(original, window), labels_crop, band_radius, epsilon, torch_device)
+            origin = (crop[0].start, crop[1].start)
+            delta = _perturb(protector, normalize(original, window), labels_crop, origin, band_radius, epsilon, torch_device)
             new = apply_change(original, delta * window.width, budget)
             for k, i in enumerate(batch):
                 stack_protected[i][crop] = new[k]
@@ -151,22 +152,26 @@ def _perturb(
     protector: Protector,
     image_norm: np.ndarray,
     labels: np.ndarray,
+    origin: tuple[int, int],
     band_radius: int,
     epsilon: float,
     device: torch.device,
 ) -> np.ndarray:
-    """Generator forward pass on a batch of slices (B,H,W); returns the change in window units."""
+    """Generator forward pass on a batch of crops (B,H,W) at ``origin``; returns the change in window units."""
     cfg = protector.config
     maps = np.stack(
         [region_maps(img, lab, band_radius, cfg.texture_floor, cfg.texture_window) for img, lab in zip(image_norm, labels)]
     )
     x = torch.from_numpy(image_norm[:, None]).to(device)
     m = torch.from_numpy(maps).to(device)
+    y = torch.from_numpy(labels.astype(np.int64)).to(device)
     h, w = x.shape[-2:]
     d = protector.divisor
     pad = (0, (-w) % d, 0, (-h) % d)
     if any(pad):
         x = F.pad(x, pad, mode="replicate")
         m = F.pad(m, pad)
-    delta = protector(x, m, epsilon)[:, 0, :h, :w]
+        y = F.pad(y, pad)
+    start = torch.tensor([origin], dtype=torch.long, device=device).expand(len(labels), 2)
+    delta = protector(x, m, y, start, epsilon)[:, 0, :h, :w]
     return delta.float().cpu().numpy()

@@ -6,6 +6,7 @@ header metadata. Loading parses data only and never executes code from the file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,6 +26,7 @@ from .regions import DEFAULT_BAND_RADIUS, DEFAULT_TEXTURE_FLOOR, DEFAULT_TEXTURE
 FORMAT_NAME = "umedprotect-protector"
 FORMAT_VERSION = 1
 METADATA_KEY = "umedprotect"
+DIGEST_KEY = "umedprotect_weights_sha256"
 DEFAULT_PROTECTOR_PATH = Path(__file__).with_name("data") / "default_protector.safetensors"
 
 
@@ -39,6 +41,8 @@ class ProtectorConfig:
     cdc_theta: float = 0.7  # central difference weight in G_c's encoder
     base_channels: int = 8
     levels: int = 3
+    code_period: int = 8  # period (pixels) of the learnable per-label shortcut codes, tiled on the image grid
+    code_classes: int = 16  # number of codes: background + labels (label values wrap around)
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
@@ -76,6 +80,8 @@ class ProtectorConfig:
             "cdc_theta": lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
             "base_channels": lambda v: isinstance(v, int) and 1 <= v <= 128,
             "levels": lambda v: isinstance(v, int) and 1 <= v <= 6,
+            "code_period": lambda v: isinstance(v, int) and 1 <= v <= 64,
+            "code_classes": lambda v: isinstance(v, int) and 2 <= v <= 256,
             "percentiles": lambda v: isinstance(v, list) and len(v) == 2 and 0 <= v[0] < v[1] <= 100,
             "package_version": lambda v: isinstance(v, str),
             "training": lambda v: isinstance(v, dict),
@@ -89,7 +95,12 @@ class ProtectorConfig:
 
 
 class Protector(nn.Module):
-    """G_c (CDC encoder-decoder on the contour band) + G_t (encoder-decoder under the texture bound)."""
+    """G_c (CDC encoder-decoder on the contour band) + G_t (encoder-decoder under the texture bound).
+
+    Both add a learnable per-label code, tiled on the image grid with period ``code_period``, to
+    their pre-activation: a class-wise shortcut that fitting shapes to survive the victim's
+    augmentation, while the generators adapt it to each image.
+    """
 
     def __init__(self, config: ProtectorConfig | None = None) -> None:
         super().__init__()
@@ -97,22 +108,44 @@ class Protector(nn.Module):
         c = self.config
         self.contour = UNet2d(2, 1, c.base_channels, c.levels, cdc_theta=c.cdc_theta)
         self.texture = UNet2d(2, 1, c.base_channels, c.levels)
+        generator = torch.Generator().manual_seed(0)
+        self.codes = nn.Parameter(torch.randn(c.code_classes, c.code_period, c.code_period, generator=generator))
 
     @property
     def divisor(self) -> int:
         return self.contour.divisor
 
-    def forward(self, image: torch.Tensor, maps: torch.Tensor, epsilon: float | None = None) -> torch.Tensor:
-        """Perturbation in window units for normalised ``image`` (B,1,H,W) and ``maps`` (B,3,H,W).
+    def code_field(self, labels: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        """Per-pixel code (B,1,H,W) for ``labels`` (B,H,W) whose top-left pixel is at ``origin`` (B,2)."""
+        n, period = self.codes.shape[0], self.codes.shape[1]
+        h, w = labels.shape[-2:]
+        rows = (origin[:, 0:1] + torch.arange(h, device=labels.device)) % period
+        cols = (origin[:, 1:2] + torch.arange(w, device=labels.device)) % period
+        index = torch.where(labels > 0, 1 + (labels - 1) % (n - 1), torch.zeros_like(labels))
+        return self.codes[index, rows[:, :, None], cols[:, None, :]][:, None]
 
-        ``maps`` holds (roi, contour band, texture bound) from :func:`regions.region_maps`.
+    def forward(
+        self,
+        image: torch.Tensor,
+        maps: torch.Tensor,
+        labels: torch.Tensor,
+        origin: torch.Tensor | None = None,
+        epsilon: float | None = None,
+    ) -> torch.Tensor:
+        """Perturbation in window units for normalised ``image`` (B,1,H,W), ``maps`` (B,3,H,W), ``labels`` (B,H,W).
+
+        ``maps`` holds (roi, contour band, texture bound) from :func:`regions.region_maps`;
+        ``origin`` (B,2) is each crop's top-left pixel in the slice (default 0, 0).
         The result is zero outside ROI ∪ band and bounded by ``epsilon``/255 everywhere.
         """
         eps = (self.config.epsilon if epsilon is None else epsilon) / 255.0
+        if origin is None:
+            origin = torch.zeros(image.shape[0], 2, dtype=torch.long, device=image.device)
         roi, band, texture = maps[:, 0:1], maps[:, 1:2], maps[:, 2:3]
         inputs = torch.cat([image.clamp(-1.0, 2.0), roi], dim=1)
-        delta_contour = eps * torch.tanh(self.contour(inputs)) * band
-        delta_texture = eps * texture * torch.tanh(self.texture(inputs))
+        code = self.code_field(labels, origin)
+        delta_contour = eps * torch.tanh(self.contour(inputs) + code) * band
+        delta_texture = eps * texture * torch.tanh(self.texture(inputs) + code)
         return delta_contour + delta_texture
 
 
@@ -120,9 +153,20 @@ def save_protector(protector: Protector, path: str | Path) -> Path:
     """Write the protector atomically as safetensors weights + JSON config."""
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous().float() for k, v in protector.state_dict().items()}
+    metadata = {METADATA_KEY: protector.config.to_json(), DIGEST_KEY: weights_digest(tensors)}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: protector.config.to_json()})
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
+
+
+def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over tensor names, shapes and float32 bytes, in name order (detects edited weights)."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().cpu().contiguous().float()
+        digest.update(f"{key}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_protector(path: str | Path | None = None, device: str | torch.device = "cpu") -> Protector:
@@ -157,6 +201,8 @@ def load_protector(path: str | Path | None = None, device: str | torch.device = 
     for key, tensor in tensors.items():
         if tensor.dtype != torch.float32 or not bool(torch.isfinite(tensor).all()):
             raise InputError(f"{source}: tensor {key} is not finite float32")
+    if metadata.get(DIGEST_KEY) != weights_digest(tensors):
+        raise InputError(f"{source}: protector weights were modified after saving (checksum mismatch)")
     protector.load_state_dict(tensors)
     return protector.to(device).eval()
 
