@@ -3,6 +3,7 @@
     python benchmarks/study.py --setting small [--device auto] [--resume]
     python benchmarks/study.py --setting gpu --device cuda --resume
     python benchmarks/study.py --setting smoke            # < 4 min on 2 CPU cores, proves the pipeline
+    python benchmarks/study.py --setting smoke --datasets 001 --out /tmp/smoke001   # the same on real data
 
 For every dataset of the setting (built by benchmarks/prepare_data.py if missing), the training
 cases are protected with every method at the same budget (epsilon = 4/255 of each case's window):
@@ -134,8 +135,10 @@ def protect_with(method: str, source: Path, out: Path, config: dict, device: str
     return info
 
 
-def run_study(setting: str, device: str, seed: int, resume: bool, data_dir: Path, out_dir: Path) -> dict:
-    config = SETTINGS[setting]
+def run_study(
+    setting: str, device: str, seed: int, resume: bool, data_dir: Path, out_dir: Path, overrides: dict | None = None
+) -> dict:
+    config = {**SETTINGS[setting], **{k: v for k, v in (overrides or {}).items() if v}}
     torch.set_num_threads(config["threads"])
     device = str(resolve_device(device))
     train_settings = replace(config["train"], seed=seed, device=device)
@@ -333,10 +336,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="reuse finished protections and runs of results.json")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder of the nnU-Net raw datasets")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<setting>)")
+    parser.add_argument("--datasets", nargs="+", metavar="ID", help="dataset ids instead of the setting's (e.g. 001 002)")
+    parser.add_argument("--victims", nargs="+", metavar="NAME", help="victims instead of the setting's")
     args = parser.parse_args(argv)
     started = time.time()
-    run_study(args.setting, args.device, args.seed, args.resume, args.data_dir, args.out or RESULTS_DIR / args.setting)
-    print(f"study '{args.setting}' finished in {time.time() - started:.0f} s; see {args.out or RESULTS_DIR / args.setting}")
+    overrides = {"datasets": args.datasets, "victims": args.victims}
+    if args.victims:
+        overrides["defense_victims"] = [v for v in SETTINGS[args.setting]["defense_victims"] if v in args.victims] or args.victims[:1]
+    out = args.out or RESULTS_DIR / args.setting
+    run_study(args.setting, args.device, args.seed, args.resume, args.data_dir, out, overrides)
+    print(f"study '{args.setting}' finished in {time.time() - started:.0f} s; see {out}")
     return 0
 
 
