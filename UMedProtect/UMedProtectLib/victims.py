@@ -2,7 +2,8 @@
 
 ``unet`` is the project's own 2D U-Net; the others come from established libraries (nnU-Net's
 ``dynamic-network-architectures`` and MONAI), imported only when built so the core install does
-not need them (``pip install umedprotect[eval]``).
+not need them (``pip install umedprotect[eval]``, plus ``pip install --no-deps
+dynamic-network-architectures`` for the nnU-Net networks).
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from torch import nn
 from .errors import InputError
 
 EVAL_EXTRA_HINT = 'pip install "umedprotect[eval]"'
+# dynamic-network-architectures declares timm (hence torchvision and possibly a CUDA torch) as a
+# dependency but the U-Nets used here do not import it: install it without dependencies.
+NNUNET_HINT = 'pip install "umedprotect[eval]" && pip install --no-deps dynamic-network-architectures'
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ def _plain_conv_unet(n_classes: int) -> nn.Module:
     try:
         from dynamic_network_architectures.architectures.unet import PlainConvUNet
     except ImportError:
-        raise InputError(f"victim 'plainconvunet' needs dynamic-network-architectures ({EVAL_EXTRA_HINT})") from None
+        raise InputError(f"victim 'plainconvunet' needs dynamic-network-architectures ({NNUNET_HINT})") from None
     return PlainConvUNet(
         num_classes=n_classes, n_conv_per_stage=2, n_conv_per_stage_decoder=2, **_nnunet_kwargs()
     )
@@ -67,7 +71,7 @@ def _residual_encoder_unet(n_classes: int) -> nn.Module:
     try:
         from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
     except ImportError:
-        raise InputError(f"victim 'resencunet' needs dynamic-network-architectures ({EVAL_EXTRA_HINT})") from None
+        raise InputError(f"victim 'resencunet' needs dynamic-network-architectures ({NNUNET_HINT})") from None
     return ResidualEncoderUNet(
         num_classes=n_classes, n_blocks_per_stage=(1, 3, 4, 6, 6), n_conv_per_stage_decoder=1, **_nnunet_kwargs()
     )

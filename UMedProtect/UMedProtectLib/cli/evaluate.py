@@ -24,13 +24,19 @@ Test cases: the labelled test cases of CLEAN_DIR (imagesTs/ with labelsTs/) when
 otherwise --test-dir, an nnU-Net raw dataset whose labelled test cases (or, if it has none, its
 training cases) are used. Test cases must not be training cases.
 
-Training (nnU-Net-like, 2D): slices along each case's coarsest axis, nnU-Net's normalisation
+Training (nnU-Net-like, 2D): slices along each case's coarsest axis; nnU-Net's normalisation
 (channel named CT in dataset.json: clip to the 0.5-99.5 percentiles of the training foreground,
-z-score with its mean/std; otherwise per-case z-score), random patches (a third centred on the ROI), flips, rotation/scale resampling,
-brightness/contrast/gamma/noise/blur/low-resolution augmentation, Dice + CE loss, SGD with
-Nesterov momentum 0.99 and poly learning-rate decay. Test DSC of a case = mean Dice over the
+z-score with its mean/std; otherwise per-case z-score); random patches (a third centred on the
+ROI); flips, rotation/scale resampling, brightness/contrast/gamma/noise/blur/low-resolution
+augmentation; Dice + CE loss; SGD with Nesterov momentum 0.99 and poly learning-rate decay. Test DSC of a case = mean Dice over the
 foreground labels it contains (3D over all its slices); the epoch's DSC = mean over test cases.
 The defaults are CPU-sized; use more --epochs / --iterations and a larger --patch-size on a GPU."""
+
+
+VICTIM_INSTALL = (
+    'MONAI victims need: pip install "umedprotect[eval]"; the nnU-Net ones also:\n'
+    "  pip install --no-deps dynamic-network-architectures"
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="check the protection: train victims on clean vs protected data, compare test DSC",
         description=DESCRIPTION,
-        epilog=f"victims:\n{victims}\n(all but 'unet' need: pip install \"umedprotect[eval]\")\n\ndefenses "
+        epilog=f"victims:\n{victims}\n{VICTIM_INSTALL}\n\ndefenses "
         f"(applied to the protected training set; the ratio is against the undefended clean run):\n{defenses}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
