@@ -298,9 +298,8 @@ def load_evaluation_data(clean_dir: str | Path, protected_dir: str | Path, test_
     per_case = {}
     for case_id, clean_slices in clean_cases.items():
         protected_slices = protected_cases[case_id]
-        a = np.stack([s.image for s in clean_slices]) if len(clean_slices) == len(protected_slices) else None
-        b = np.stack([s.image for s in protected_slices])
-        if a is None or a.shape != b.shape:
+        a, b = (np.stack([s.image for s in slices]) for slices in (clean_slices, protected_slices))
+        if a.shape != b.shape:
             raise InputError(f"{protected_dir}: case {case_id} has a different size than in {clean_dir}")
         if any(not np.array_equal(x.labels, y.labels) for x, y in zip(clean_slices, protected_slices)):
             raise InputError(f"{protected_dir}: labels of case {case_id} differ from {clean_dir}")
@@ -316,10 +315,9 @@ def load_evaluation_data(clean_dir: str | Path, protected_dir: str | Path, test_
 
 
 def _mean(values) -> float:
-    """Mean that ignores infinite PSNRs of unchanged cases only when some case changed."""
-    values = list(values)
+    """Mean over the finite values (an unchanged case has infinite PSNR); inf when none is finite."""
     finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else float(values[0]) if values else float("nan")
+    return float(np.mean(finite)) if finite else float("inf")
 
 
 def evaluate(
