@@ -52,6 +52,7 @@ from UMedProtectLib.io import write_json  # noqa: E402
 from UMedProtectLib.nnunet import read_dataset  # noqa: E402
 from UMedProtectLib.protect import protect_array  # noqa: E402
 from UMedProtectLib.protector import ProtectorConfig, load_protector, save_protector  # noqa: E402
+from UMedProtectLib.victims import build_victim  # noqa: E402
 
 METHODS = ("umed-default", "umed-fitted", "em", "tap", "lsp", "ar", "sep", "random")
 METHOD_LABELS = {
@@ -73,7 +74,7 @@ SETTINGS = {
         fit=FitSettings(steps=4, min_steps=1, batch_size=2, patch_size=32),
         threads=2,
     ),
-    "small": dict(  # about 2 h on a 2-core CPU
+    "small": dict(  # estimated 1.5-2 h on a 2-core CPU (not measured end to end)
         datasets=["001", "002"], victims=["unet", "plainconvunet", "segresnet"],
         defenses=["blur", "bitdepth", "jpeg", "downup", "strong-aug", "mix-clean"], defense_victims=["unet"],
         defense_methods=["umed-fitted"],
@@ -82,11 +83,11 @@ SETTINGS = {
         fit=FitSettings(steps=300, min_steps=300, batch_size=8, patch_size=64),
         threads=2,
     ),
-    "gpu": dict(
+    "gpu": dict(  # estimated 30-60 min on one H100 (not measured)
         datasets=["001", "002", "003"], victims=["unet", "plainconvunet", "resencunet", "segresnet"],
         defenses=["blur", "bitdepth", "jpeg", "downup", "strong-aug", "mix-clean"],
-        defense_victims=["unet", "plainconvunet", "segresnet"], defense_methods=["umed-default", "umed-fitted"],
-        train=TrainSettings(epochs=30, iterations_per_epoch=50, batch_size=16, patch_size=128),
+        defense_victims=["unet", "segresnet"], defense_methods=["umed-fitted"],
+        train=TrainSettings(epochs=20, iterations_per_epoch=25, batch_size=16, patch_size=128),
         baseline=BaselineSettings(surrogate_steps=1000, batch_size=16, patch_size=128, em_rounds=10,
                                   em_train_steps=20, em_pgd_steps=5, pgd_steps=50, sep_checkpoints=8),
         fit=FitSettings(steps=2000, min_steps=500, batch_size=32, patch_size=128),
@@ -139,6 +140,8 @@ def run_study(
     setting: str, device: str, seed: int, resume: bool, data_dir: Path, out_dir: Path, overrides: dict | None = None
 ) -> dict:
     config = {**SETTINGS[setting], **{k: v for k, v in (overrides or {}).items() if v}}
+    for victim in config["victims"]:
+        build_victim(victim, 2)  # fail now, not after an hour, when a victim's library is missing
     torch.set_num_threads(config["threads"])
     device = str(resolve_device(device))
     train_settings = replace(config["train"], seed=seed, device=device)
