@@ -63,3 +63,14 @@ def test_fit_changes_the_generators():
     fitted, _ = fit_protector(_samples(), config, TINY)
     changed = [not torch.equal(initial[k], v) for k, v in fitted.state_dict().items()]
     assert any(changed)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path, random_protector):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = save_protector(random_protector, tmp_path / "p.safetensors")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

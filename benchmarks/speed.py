@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -96,7 +97,8 @@ def main() -> None:
                 "protect", str(image_path), str(label_path), "-o", str(folder / f"out{i}.nii.gz"), "--device", args.device,
             ]
             start = time.perf_counter()
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT / "UMedProtect"), "PATH": ""})
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "UMedProtect"), os.environ.get("PYTHONPATH")])))
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             cli_times.append(time.perf_counter() - start)
             if proc.returncode != 0:
                 raise SystemExit(proc.stderr)
@@ -105,7 +107,7 @@ def main() -> None:
         "volume": "512x512x120 int16, ROI spanning 40 slices, spacing 0.7x0.7x2.5 mm",
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(0),
         "cpu": platform.processor() or platform.machine(),
-        "cores": __import__("os").cpu_count(),
+        "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "sitk_read_write_s": round(min(io_times), 2),
         "protect_array_s": round(min(array_times), 2),
