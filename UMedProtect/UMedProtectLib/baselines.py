@@ -41,9 +41,8 @@ from .devices import resolve_device
 from .errors import InputError
 from .intensity import apply_change, intensity_window, normalize
 from .losses import dice_ce_loss
-from .metrics import image_quality
 from .networks import UNet2d
-from .protect import ProtectionResult, check_inputs, slice_axis_for
+from .protect import ProtectionResult, check_inputs, make_result, slice_axis_for
 from .slices import SliceSample, crop_or_pad, patch_origin
 
 METHOD_NAMES = ("em", "tap", "lsp", "ar", "sep", "random")
@@ -132,15 +131,7 @@ def _protect(image: np.ndarray, labels: np.ndarray, spacing, epsilon: float, per
     delta[~region] = 0
     protected = apply_change(image, delta * window.width, budget)
     change = (protected.astype(np.float64) - image.astype(np.float64)).astype(np.float32)
-    metrics = image_quality(image, protected)
-    metrics.update(
-        epsilon=epsilon,
-        budget_native=budget,
-        window=[window.lo, window.hi],
-        slices_protected=len(indices),
-        region_voxels=int(region.sum()),
-    )
-    return ProtectionResult(protected, change, region, window, budget, axis, metrics)
+    return make_result(image, protected, change, region, window, budget, axis, epsilon=epsilon, slices_protected=len(indices))
 
 
 def _random_perturbation(seed: int) -> Perturbation:

@@ -124,15 +124,23 @@ def protect_array(
                 stack_region[i][crop] = (labels_crop[k] != 0) | contour_band(labels_crop[k], band_radius)
             if progress is not None:
                 progress(min(start + batch_size, len(indices)), len(indices))
+    details = dict(epsilon=epsilon, band_radius=band_radius, slices_protected=len(indices))
+    return make_result(image, protected, change, region, window, budget, axis, **details)
+
+
+def make_result(
+    image: np.ndarray,
+    protected: np.ndarray,
+    change: np.ndarray,
+    region: np.ndarray,
+    window: Window,
+    budget: float,
+    axis: int | None,
+    **details,
+) -> ProtectionResult:
+    """A ProtectionResult with the visibility metrics of ``protected`` and the run's ``details``."""
     metrics = image_quality(image, protected)
-    metrics.update(
-        epsilon=epsilon,
-        band_radius=band_radius,
-        budget_native=budget,
-        window=[window.lo, window.hi],
-        slices_protected=len(indices),
-        region_voxels=int(region.sum()),
-    )
+    metrics.update(budget_native=budget, window=[window.lo, window.hi], region_voxels=int(region.sum()), **details)
     return ProtectionResult(protected, change, region, window, budget, axis, metrics)
 
 
