@@ -1,4 +1,4 @@
-"""Heatmap preview PNG: original | |perturbation| | protected on the ROI's central slice."""
+"""Heatmap preview PNG: original | |perturbation| | protected on the ROI's central slice, zoomed on the ROI."""
 
 from __future__ import annotations
 
@@ -24,6 +24,21 @@ def central_slice(region: np.ndarray, slice_axis: int | None) -> int | None:
     return int(touched[touched.size // 2])
 
 
+def zoom_box(region2d: np.ndarray, margin: int = 24, minimum: int = 96) -> tuple[slice, slice]:
+    """Square-ish box around ``region2d`` (grown by ``margin``, at least ``minimum`` pixels a side)."""
+    if not region2d.any():
+        return slice(None), slice(None)
+    box = []
+    for axis, size in enumerate(region2d.shape):
+        idx = np.nonzero(region2d.any(axis=1 - axis))[0]
+        lo, hi = int(idx[0]) - margin, int(idx[-1]) + margin + 1
+        grow = max(minimum - (hi - lo), 0)
+        lo, hi = lo - grow // 2, hi + grow - grow // 2
+        lo, hi = max(lo, 0), min(hi, size)
+        box.append(slice(lo, hi))
+    return box[0], box[1]
+
+
 def save_heatmap_png(
     original: np.ndarray,
     protected: np.ndarray,
@@ -40,8 +55,9 @@ def save_heatmap_png(
     """
     index = central_slice(region, slice_axis)
     take = (lambda a: np.asarray(a)) if index is None else (lambda a: np.take(np.asarray(a), index, axis=slice_axis))
-    before = take(original).astype(np.float64)
-    after = take(protected).astype(np.float64)
+    box = zoom_box(take(region))
+    before = take(original)[box].astype(np.float64)
+    after = take(protected)[box].astype(np.float64)
     change = np.abs(after - before)
     window = intensity_window(np.asarray(original))
 
@@ -58,7 +74,7 @@ def save_heatmap_png(
     axes[2].set_title("protected")
     for axis in axes:
         axis.set_axis_off()
-    where = "" if index is None else f"slice {index} along axis {slice_axis}   "
+    where = ("" if index is None else f"slice {index} along axis {slice_axis}, ") + "zoomed on the ROI   "
     figure.suptitle(
         f"{where}PSNR {metrics['psnr_db']:.1f} dB   SSIM {metrics['ssim']:.4f}   "
         f"max change {metrics['max_abs_change']:.4g}"
