@@ -34,8 +34,8 @@ def images(draw):
         array = rng.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
     flat = array.reshape(-1)
     flat[0], flat[-1] = (0, 1) if flat[0] == flat[-1] else (flat[0], flat[-1])  # never constant
-    spacing = draw(st.lists(st.floats(0.05, 20.0), min_size=ndim, max_size=ndim))
-    origin = draw(st.lists(st.floats(-500.0, 500.0), min_size=ndim, max_size=ndim))
+    spacing = draw(st.lists(st.floats(0.05, 20.0, allow_subnormal=False), min_size=ndim, max_size=ndim))
+    origin = draw(st.lists(st.floats(-500.0, 500.0, allow_subnormal=False), min_size=ndim, max_size=ndim))
     q, r = np.linalg.qr(rng.normal(size=(ndim, ndim)))
     direction = q * np.sign(np.diag(r))  # random orthonormal matrix, reflections included
     image = sitk.GetImageFromArray(array)
@@ -52,7 +52,7 @@ def assert_geometry_close(a: sitk.Image, b: sitk.Image, atol: float):
     np.testing.assert_allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=atol)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(image=images(), ending=st.sampled_from(sorted(GEOMETRY_ATOL)))
 def test_read_then_write_like_reproduces_voxels_geometry_and_pixel_type(image, ending):
     with tempfile.TemporaryDirectory() as folder:
@@ -69,7 +69,7 @@ def test_read_then_write_like_reproduces_voxels_geometry_and_pixel_type(image, e
         assert sorted(p.name for p in Path(folder).iterdir()) == sorted([source.name, out.name])
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, derandomize=True)
 @given(image=images())
 def test_a_mask_on_the_image_grid_reads_back_unchanged_with_or_without_resampling(image):
     labels = (sitk.GetArrayFromImage(image) % 3).astype(np.uint8)
