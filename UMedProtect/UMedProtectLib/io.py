@@ -123,16 +123,21 @@ def read_label(
     return label
 
 
+def _fmt(values) -> str:
+    """Coordinates as a short readable tuple, e.g. (0.781, 0.781, 6.5)."""
+    return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
+
+
 def geometry_difference(image: sitk.Image | sitk.ImageFileReader, reference: sitk.Image | sitk.ImageFileReader) -> str | None:
     """Describe how ``image``'s grid differs from ``reference`` beyond the tolerance, or None."""
     if image.GetSize() != reference.GetSize():
         return f"size {image.GetSize()} differs from {reference.GetSize()}"
     spacing, ref_spacing = np.array(image.GetSpacing()), np.array(reference.GetSpacing())
     if not np.allclose(spacing, ref_spacing, rtol=SPACING_RTOL, atol=0):
-        return f"spacing {tuple(spacing)} differs from the image spacing {tuple(ref_spacing)}"
+        return f"spacing {_fmt(spacing)} differs from the image spacing {_fmt(ref_spacing)}"
     origin, ref_origin = np.array(image.GetOrigin()), np.array(reference.GetOrigin())
     if np.max(np.abs(origin - ref_origin)) > ORIGIN_TOL * ref_spacing.min():
-        return f"origin {tuple(origin)} differs from the image origin {tuple(ref_origin)}"
+        return f"origin {_fmt(origin)} differs from the image origin {_fmt(ref_origin)}"
     if np.max(np.abs(np.array(image.GetDirection()) - np.array(reference.GetDirection()))) > DIRECTION_ATOL:
         return "direction differs from the image direction"
     return None
