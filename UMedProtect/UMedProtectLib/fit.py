@@ -199,22 +199,27 @@ def _batch_dice(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 2 * inter / denom if denom else 1.0
 
 
+def dataset_slices(dataset_dirs: Sequence[str]) -> list[SliceSample]:
+    """Training slices touching the ROI from the labelled training cases of nnU-Net-layout datasets."""
+    from .nnunet import read_dataset
+    from .slices import load_slices
+
+    samples: list[SliceSample] = []
+    for folder in dataset_dirs:
+        dataset = read_dataset(folder)
+        samples += load_slices([c for c in dataset.training if c.label is not None])
+    return samples
+
+
 def fit_on_datasets(
     dataset_dirs: Sequence[str],
     config: ProtectorConfig | None = None,
     settings: FitSettings | None = None,
     progress: FitProgress | None = None,
     cancel: Callable[[], bool] | None = None,
+    samples: Sequence[SliceSample] | None = None,
 ) -> tuple[Protector, list[dict]]:
-    """Fit on the training cases of one or more nnU-Net-layout datasets (slices touching the ROI)."""
-    from .nnunet import read_dataset
-    from .slices import load_slices
-
-    config = config or ProtectorConfig()
-    samples: list[SliceSample] = []
-    for folder in dataset_dirs:
-        dataset = read_dataset(folder)
-        cases = [c for c in dataset.training if c.label is not None]
-        samples += load_slices(cases)
-    config = replace(config, training={"datasets": [str(d) for d in dataset_dirs]})
+    """Fit on the training cases of one or more nnU-Net-layout datasets (``samples``: already loaded)."""
+    config = replace(config or ProtectorConfig(), training={"datasets": [str(d) for d in dataset_dirs]})
+    samples = dataset_slices(dataset_dirs) if samples is None else samples
     return fit_protector(samples, config, settings, progress, cancel)

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..devices import DEVICE_CHOICES
-from ..fit import FitSettings, fit_on_datasets
+from ..fit import FitSettings, dataset_slices, fit_on_datasets
 from ..io import check_output_path
 from ..protector import ProtectorConfig, save_protector
 
@@ -53,13 +53,14 @@ def run(args: argparse.Namespace) -> int:
     names = {f.name for f in fields(FitSettings)}
     settings = FitSettings(**{k: v for k, v in vars(args).items() if k in names})
     config = ProtectorConfig(epsilon=args.epsilon, band_radius=args.band_radius, base_channels=args.base_channels)
+    samples = dataset_slices(args.datasets)  # validates the datasets before the progress bar starts
     with tqdm(total=settings.steps, desc="fitting", unit="step") as bar:
 
         def progress(step: int, total: int, record: dict) -> None:
             bar.update(step - bar.n)
             bar.set_postfix(dice=record["surrogate_dice_ema"], loss=record["generator_loss"])
 
-        protector, history = fit_on_datasets(args.datasets, config, settings, progress)
+        protector, history = fit_on_datasets(args.datasets, config, settings, progress, samples=samples)
     save_protector(protector, output)
     if history_path is not None:
         with atomic_path(history_path) as tmp:

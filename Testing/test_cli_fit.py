@@ -1,0 +1,35 @@
+"""``umedprotect fit`` end to end on a tiny nnU-Net dataset, and use of the fitted protector."""
+
+from __future__ import annotations
+
+import json
+
+from UMedProtectLib.cli import main
+from UMedProtectLib.protector import load_protector
+
+TINY = ["--steps", "3", "--min-steps", "1", "--batch-size", "2", "--patch-size", "32", "--base-channels", "4", "--device", "cpu"]
+
+
+def test_fit_writes_a_loadable_protector_and_its_history(nnunet_dataset, tmp_path, capsys):
+    out, history = tmp_path / "mine.safetensors", tmp_path / "history.json"
+    assert main(["fit", str(nnunet_dataset), "-o", str(out), "--history", str(history), "--epsilon", "6", *TINY]) == 0
+    protector = load_protector(out)
+    assert protector.config.epsilon == 6 and protector.config.base_channels == 4
+    assert protector.config.training["datasets"] == [str(nnunet_dataset)]
+    assert len(protector.config.training["cases"]) == 3
+    assert [r["step"] for r in json.loads(history.read_text())] == [1, 2, 3]
+    assert "after 3 steps" in capsys.readouterr().out
+    image = next((nnunet_dataset / "imagesTr").iterdir())
+    label = nnunet_dataset / "labelsTr" / image.name.replace("_0000", "")
+    assert main(["protect", str(image), str(label), "-o", str(tmp_path / "p.nii.gz"), "--protector", str(out), "--device", "cpu"]) == 0
+
+
+def test_fit_refuses_an_existing_output_and_a_missing_dataset(nnunet_dataset, tmp_path, capsys):
+    out = tmp_path / "exists.safetensors"
+    out.write_bytes(b"keep me")
+    assert main(["fit", str(nnunet_dataset), "-o", str(out), *TINY]) == 2
+    assert out.read_bytes() == b"keep me"
+    assert main(["fit", str(tmp_path / "nowhere"), "-o", str(tmp_path / "new.safetensors"), *TINY]) == 2
+    assert not (tmp_path / "new.safetensors").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("umedprotect: error:") for line in err)
