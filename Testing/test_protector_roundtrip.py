@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from UMedProtectLib.errors import InputError
 from UMedProtectLib.fit import FitSettings, fit_protector
 from UMedProtectLib.phantoms import phantom_slice
 from UMedProtectLib.protect import protect_array
@@ -74,3 +75,15 @@ def test_written_files_get_the_usual_permissions(tmp_path, random_protector):
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_targeted_objective_freezes_a_pretrained_surrogate_and_fits():
+    from dataclasses import replace
+
+    config = ProtectorConfig(base_channels=4, levels=2)
+    settings = replace(TINY, objective="targeted", pretrain_steps=2)
+    fitted, history = fit_protector(_samples(), config, settings)
+    assert len(history) == TINY.steps and fitted.config.training["settings"]["objective"] == "targeted"
+    assert len({r["surrogate_loss"] for r in history}) == 1  # the surrogate no longer trains
+    with pytest.raises(InputError, match="objective"):
+        fit_protector(_samples(), config, replace(TINY, objective="max-max"))

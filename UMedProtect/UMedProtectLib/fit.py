@@ -40,6 +40,8 @@ class FitSettings:
     surrogate_reset_every: int = 200  # generator steps between surrogate re-initialisations
     visibility_weight: float = 0.002  # weight of mean (delta/epsilon)^2 in the generator loss
     foreground_fraction: float = 0.67
+    objective: str = "min-min"  # or "targeted": error-maximising towards shifted labels, frozen surrogate
+    pretrain_steps: int = 300  # "targeted": surrogate steps on clean data before it is frozen
     stop_dice: float = 0.95  # stop once a fresh surrogate reaches this training Dice...
     min_steps: int = 200  # ...and at least this many generator steps were taken
     seed: int = 0
@@ -124,22 +126,39 @@ def fit_protector(
 
     surrogate, optimiser_s = new_surrogate()
     eps = config.epsilon / 255.0
+    targeted = settings.objective == "targeted"
+    if settings.objective not in ("min-min", "targeted"):
+        raise InputError(f"unknown fitting objective {settings.objective!r} (min-min or targeted)")
 
     def victim_view(batch, delta):
-        image, _, labels, _, zmean, zstd = batch
+        image, maps, labels, _, zmean, zstd = batch
+        if targeted:  # inside ROI ∪ band, aim at the next class: what the victim should learn instead
+            labels = torch.where(maps[:, :2].sum(dim=1) > 0, (labels + 1) % n_classes, labels)
         return augment_batch((image + delta - zmean) / zstd, labels, settings.augment, augment_rng)
 
+    dice_ema, loss_s = 0.0, torch.zeros(())
+    for _ in range(settings.pretrain_steps if targeted else 0):  # surrogate on clean data, then frozen
+        image, maps, labels, origin, zmean, zstd = sample_batch(data, settings, rng, device)
+        x, y = augment_batch((image - zmean) / zstd, labels, settings.augment, augment_rng)
+        logits = surrogate(x)
+        loss_s = dice_ce_loss(logits, y)
+        optimiser_s.zero_grad(set_to_none=True)
+        loss_s.backward()
+        optimiser_s.step()
+        dice_ema = 0.9 * dice_ema + 0.1 * _batch_dice(logits.detach(), y)
+    surrogate.requires_grad_(not targeted)
+
     history: list[dict] = []
-    dice_ema, since_reset = 0.0, 0
+    since_reset = 0
     start = time.time()
     for step in range(1, settings.steps + 1):
         if cancel is not None and cancel():
             raise Cancelled("fitting cancelled")
-        if since_reset >= settings.surrogate_reset_every:
+        if not targeted and since_reset >= settings.surrogate_reset_every:
             surrogate, optimiser_s = new_surrogate()
             dice_ema, since_reset = 0.0, 0
         since_reset += 1
-        for _ in range(settings.surrogate_steps):  # (a) surrogate on protected data
+        for _ in range(0 if targeted else settings.surrogate_steps):  # (a) surrogate on protected data
             batch = sample_batch(data, settings, rng, device)
             with torch.no_grad():
                 delta = protector(*batch[:4])
@@ -153,7 +172,7 @@ def fit_protector(
         batch = sample_batch(data, settings, rng, device)  # (b) generators minimise the same loss
         delta = protector(*batch[:4])
         x, y = victim_view(batch, delta)
-        region = (batch[1][:, :2].sum(dim=1, keepdim=True) > 0).float() + (batch[1][:, 2:3] > 0).float()
+        region = (batch[1][:, :2].sum(dim=1, keepdim=True) > 0).float()  # ROI ∪ band
         visibility = ((delta / eps) ** 2).sum() / region.sum().clamp_min(1.0)
         loss_g = dice_ce_loss(surrogate(x), y) + settings.visibility_weight * visibility
         optimiser_g.zero_grad(set_to_none=True)
@@ -169,7 +188,7 @@ def fit_protector(
         history.append(record)
         if progress is not None:
             progress(step, settings.steps, record)
-        if step >= settings.min_steps and since_reset >= 50 and dice_ema >= settings.stop_dice:
+        if not targeted and step >= settings.min_steps and since_reset >= 50 and dice_ema >= settings.stop_dice:
             break
     protector = protector.cpu().eval()
     protector.config = replace(

@@ -38,6 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=defaults.steps, help="generator steps at most (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per step (default %(default)s)")
     p.add_argument("--patch-size", type=int, default=defaults.patch_size, help="patch size in pixels (default %(default)s)")
+    p.add_argument(
+        "--objective", choices=("min-min", "targeted"), default=defaults.objective,
+        help="min-min: error-minimising shortcut against a surrogate trained alongside (UMed); targeted: "
+        "error-maximising towards the next class against a surrogate pre-trained on clean data (default %(default)s)",
+    )
+    p.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps, help="targeted: surrogate steps on clean data (default %(default)s)")
     p.add_argument("--stop-dice", type=float, default=defaults.stop_dice, help="stopping rule: surrogate training Dice (default %(default)s)")
     p.add_argument("--min-steps", type=int, default=defaults.min_steps, help="steps before the stopping rule applies (default %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
