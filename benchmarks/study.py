@@ -139,7 +139,7 @@ def protect_with(method: str, source: Path, out: Path, config: dict, device: str
 def run_study(
     setting: str, device: str, seed: int, resume: bool, data_dir: Path, out_dir: Path, overrides: dict | None = None
 ) -> dict:
-    config = {**SETTINGS[setting], **{k: v for k, v in (overrides or {}).items() if v}}
+    config = {**SETTINGS[setting], **{k: v for k, v in (overrides or {}).items() if v is not None}}
     for victim in config["victims"]:
         build_victim(victim, 2)  # fail now, not after an hour, when a victim's library is missing
     torch.set_num_threads(config["threads"])
@@ -341,9 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<setting>)")
     parser.add_argument("--datasets", nargs="+", metavar="ID", help="dataset ids instead of the setting's (e.g. 001 002)")
     parser.add_argument("--victims", nargs="+", metavar="NAME", help="victims instead of the setting's")
+    parser.add_argument("--defenses", nargs="*", metavar="NAME", help="defenses instead of the setting's (none: skip)")
     args = parser.parse_args(argv)
     started = time.time()
-    overrides = {"datasets": args.datasets, "victims": args.victims}
+    overrides = {"datasets": args.datasets, "victims": args.victims, "defenses": args.defenses}
     if args.victims:
         overrides["defense_victims"] = [v for v in SETTINGS[args.setting]["defense_victims"] if v in args.victims] or args.victims[:1]
     out = args.out or RESULTS_DIR / args.setting
