@@ -136,16 +136,25 @@ def fit_protector(
             labels = torch.where(maps[:, :2].sum(dim=1) > 0, (labels + 1) % n_classes, labels)
         return augment_batch((image + delta - zmean) / zstd, labels, settings.augment, augment_rng)
 
-    dice_ema, loss_s = 0.0, torch.zeros(())
-    for _ in range(settings.pretrain_steps if targeted else 0):  # surrogate on clean data, then frozen
-        image, maps, labels, origin, zmean, zstd = sample_batch(data, settings, rng, device)
-        x, y = augment_batch((image - zmean) / zstd, labels, settings.augment, augment_rng)
+    def surrogate_step(protected: bool) -> torch.Tensor:
+        """One surrogate update on a fresh batch of clean or protected patches (generators frozen)."""
+        nonlocal dice_ema
+        batch = sample_batch(data, settings, rng, device)
+        image, _, labels, _, zmean, zstd = batch
+        with torch.no_grad():
+            delta = protector(*batch[:4]) if protected else torch.zeros_like(image)
+        x, y = augment_batch((image + delta - zmean) / zstd, labels, settings.augment, augment_rng)
         logits = surrogate(x)
-        loss_s = dice_ce_loss(logits, y)
+        loss = dice_ce_loss(logits, y)
         optimiser_s.zero_grad(set_to_none=True)
-        loss_s.backward()
+        loss.backward()
         optimiser_s.step()
         dice_ema = 0.9 * dice_ema + 0.1 * _batch_dice(logits.detach(), y)
+        return loss.detach()
+
+    dice_ema, loss_s = 0.0, torch.zeros(())
+    for _ in range(settings.pretrain_steps if targeted else 0):  # surrogate on clean data, then frozen
+        loss_s = surrogate_step(protected=False)
     surrogate.requires_grad_(not targeted)
 
     history: list[dict] = []
@@ -159,16 +168,7 @@ def fit_protector(
             dice_ema, since_reset = 0.0, 0
         since_reset += 1
         for _ in range(0 if targeted else settings.surrogate_steps):  # (a) surrogate on protected data
-            batch = sample_batch(data, settings, rng, device)
-            with torch.no_grad():
-                delta = protector(*batch[:4])
-            x, y = victim_view(batch, delta)
-            logits = surrogate(x)
-            loss_s = dice_ce_loss(logits, y)
-            optimiser_s.zero_grad(set_to_none=True)
-            loss_s.backward()
-            optimiser_s.step()
-            dice_ema = 0.9 * dice_ema + 0.1 * _batch_dice(logits.detach(), y)
+            loss_s = surrogate_step(protected=True)
         batch = sample_batch(data, settings, rng, device)  # (b) generators minimise the same loss
         delta = protector(*batch[:4])
         x, y = victim_view(batch, delta)
