@@ -44,6 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "error-maximising towards the next class against a surrogate pre-trained on clean data (default %(default)s)",
     )
     p.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps, help="targeted: surrogate steps on clean data (default %(default)s)")
+    p.add_argument(
+        "--surrogate-reset-every", type=int, default=defaults.surrogate_reset_every,
+        help="min-min: generator steps between surrogate re-initialisations (default %(default)s)",
+    )
     p.add_argument("--stop-dice", type=float, default=defaults.stop_dice, help="stopping rule: surrogate training Dice (default %(default)s)")
     p.add_argument("--min-steps", type=int, default=defaults.min_steps, help="steps before the stopping rule applies (default %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
