@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .regions import bounding_box
+
 SSIM_WINDOW = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 
@@ -16,15 +18,7 @@ def data_range(original: np.ndarray) -> float:
 
 def changed_box(original: np.ndarray, protected: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
     """Bounding box of the voxels that differ, grown by ``margin`` (None when nothing changed)."""
-    changed = protected != original
-    if not changed.any():
-        return None
-    box = []
-    for axis in range(changed.ndim):
-        other = tuple(a for a in range(changed.ndim) if a != axis)
-        idx = np.nonzero(changed.any(axis=other))[0]
-        box.append(slice(max(int(idx[0]) - margin, 0), int(idx[-1]) + margin + 1))
-    return tuple(box)
+    return bounding_box(protected != original, margin)
 
 
 def psnr(original: np.ndarray, protected: np.ndarray) -> float:

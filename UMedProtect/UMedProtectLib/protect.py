@@ -14,7 +14,7 @@ from .errors import Cancelled, InputError
 from .intensity import Window, apply_change, intensity_window, normalize
 from .metrics import image_quality
 from .protector import Protector, load_protector
-from .regions import contour_band, region_maps, roi_mask
+from .regions import bounding_box, contour_band, region_maps, roi_mask
 
 CONTEXT_MARGIN = 16  # pixels of image context the generators see around the ROI
 
@@ -108,7 +108,7 @@ def protect_array(
 
     indices = [i for i in range(stack_labels.shape[0]) if stack_labels[i].any()]
     if indices:
-        crop = _crop_box(stack_labels[indices], band_radius + CONTEXT_MARGIN)
+        crop = bounding_box(stack_labels[indices].any(axis=0), band_radius + CONTEXT_MARGIN)
         for start in range(0, len(indices), batch_size):
             if cancel is not None and cancel():
                 raise Cancelled("protection cancelled")
@@ -142,17 +142,6 @@ def make_result(
     metrics = image_quality(image, protected)
     metrics.update(budget_native=budget, window=[window.lo, window.hi], region_voxels=int(region.sum()), **details)
     return ProtectionResult(protected, change, region, window, budget, axis, metrics)
-
-
-def _crop_box(labels: np.ndarray, margin: int) -> tuple[slice, slice]:
-    """In-plane bounding box of all labels in a slice stack, grown by ``margin`` and clipped."""
-    rows = np.nonzero(labels.any(axis=(0, 2)))[0]
-    cols = np.nonzero(labels.any(axis=(0, 1)))[0]
-    h, w = labels.shape[1:]
-    return (
-        slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + margin + 1, h)),
-        slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + margin + 1, w)),
-    )
 
 
 @torch.inference_mode()

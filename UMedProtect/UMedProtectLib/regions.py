@@ -17,6 +17,18 @@ def disk(radius: int) -> np.ndarray:
     return (yy * yy + xx * xx) <= r * r
 
 
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Bounding box of the non-zero voxels, grown by ``margin`` and clipped to the array (None if empty)."""
+    if not mask.any():
+        return None
+    box = []
+    for axis, size in enumerate(mask.shape):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        idx = np.nonzero(mask.any(axis=other))[0]
+        box.append(slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + margin + 1, size)))
+    return tuple(box)
+
+
 def roi_mask(labels: np.ndarray, label_values: list[int] | None = None) -> np.ndarray:
     """Boolean ROI: voxels carrying any of ``label_values`` (default: any non-zero label)."""
     if label_values is None:
