@@ -83,15 +83,15 @@ SETTINGS = {
         fit=FitSettings(steps=300, min_steps=300, batch_size=8, patch_size=64),
         threads=2,
     ),
-    "gpu": dict(  # estimated 30-60 min on one H100 (not measured)
-        datasets=["001", "002", "003"], victims=["unet", "plainconvunet", "resencunet", "segresnet"],
+    "gpu": dict(  # sized for benchmarks/gpu_study.sh: one process per dataset and victim on one GPU, < 10 min
+        datasets=["001", "002", "003"], victims=["unet", "plainconvunet", "segresnet"],
         defenses=["blur", "bitdepth", "jpeg", "downup", "strong-aug", "mix-clean"],
-        defense_victims=["unet", "segresnet"], defense_methods=["umed-fitted"],
-        train=TrainSettings(epochs=20, iterations_per_epoch=25, batch_size=16, patch_size=128),
-        baseline=BaselineSettings(surrogate_steps=1000, batch_size=16, patch_size=128, em_rounds=10,
-                                  em_train_steps=20, em_pgd_steps=5, pgd_steps=50, sep_checkpoints=8),
-        fit=FitSettings(steps=2000, min_steps=500, batch_size=32, patch_size=128),
-        threads=4,
+        defense_victims=["unet"], defense_methods=["umed-fitted"],
+        train=TrainSettings(epochs=12, iterations_per_epoch=25, batch_size=16, patch_size=128),
+        baseline=BaselineSettings(surrogate_steps=200, batch_size=16, patch_size=128, em_rounds=4,
+                                  em_train_steps=10, em_pgd_steps=5, pgd_steps=20, sep_checkpoints=4),
+        fit=FitSettings(steps=500, min_steps=500, batch_size=32, patch_size=128),
+        threads=2,
     ),
 }  # fmt: skip
 
@@ -190,10 +190,32 @@ def run_study(
                 save()
         entry["test_source"] = _relative(data[METHODS[0]].test_source)
         figure_perturbations(source, work, out_dir / f"perturbations_{source.name}.png")
-        figure_curves(entry, config["victims"][0], source.name, out_dir / f"curves_{source.name}.png")
+        if config["victims"]:
+            figure_curves(entry, config["victims"][0], source.name, out_dir / f"curves_{source.name}.png")
     (out_dir / "tables.md").write_text(tables(results, config))
     save()
     return results
+
+
+def merge_results(parts: list[Path], setting: str, out_dir: Path) -> dict:
+    """Combine the results.json of several partial runs (e.g. one per dataset and victim) into ``out_dir``."""
+    merged: dict = {}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for part in parts:
+        results = json.loads((part / "results.json").read_text())
+        datasets = merged.setdefault("datasets", {})
+        merged.update({k: v for k, v in results.items() if k != "datasets"})
+        for name, entry in results.get("datasets", {}).items():
+            target = datasets.setdefault(name, {})
+            for key, value in entry.items():
+                target[key] = {**target.get(key, {}), **value} if isinstance(value, dict) else value
+        for figure in part.glob("perturbations_*.png"):
+            shutil.copy2(figure, out_dir / figure.name)
+    for name, entry in merged.get("datasets", {}).items():
+        figure_curves(entry, SETTINGS[setting]["victims"][0], name, out_dir / f"curves_{name}.png")
+    (out_dir / "tables.md").write_text(tables(merged, SETTINGS[setting]))
+    write_json(merged, out_dir / "results.json")
+    return merged
 
 
 def _relative(path: str) -> str:
@@ -342,12 +364,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", metavar="ID", help="dataset ids instead of the setting's (e.g. 001 002)")
     parser.add_argument("--victims", nargs="+", metavar="NAME", help="victims instead of the setting's")
     parser.add_argument("--defenses", nargs="*", metavar="NAME", help="defenses instead of the setting's (none: skip)")
+    parser.add_argument("--protect-only", action="store_true", help="protect with every method, train no victim")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
+                        help="only combine the results of these partial runs into --out (tables included)")
     args = parser.parse_args(argv)
     started = time.time()
-    overrides = {"datasets": args.datasets, "victims": args.victims, "defenses": args.defenses}
+    out = args.out or RESULTS_DIR / args.setting
+    if args.merge:
+        merge_results(args.merge, args.setting, out)
+        print(f"merged {len(args.merge)} result folder(s) into {out}")
+        return 0
+    overrides = {"datasets": args.datasets, "victims": [] if args.protect_only else args.victims,
+                 "defenses": args.defenses}  # fmt: skip
     if args.victims:
         overrides["defense_victims"] = [v for v in SETTINGS[args.setting]["defense_victims"] if v in args.victims] or args.victims[:1]
-    out = args.out or RESULTS_DIR / args.setting
     run_study(args.setting, args.device, args.seed, args.resume, args.data_dir, out, overrides)
     print(f"study '{args.setting}' finished in {time.time() - started:.0f} s; see {out}")
     return 0
