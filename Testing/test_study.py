@@ -42,3 +42,22 @@ def test_curves_figure_is_written(tmp_path):
     path = tmp_path / "curves.png"
     study.figure_curves(_results()["datasets"]["DatasetX"], "unet", "DatasetX", path)
     assert path.stat().st_size > 1000
+
+
+def test_merge_combines_partial_runs_of_several_processes(tmp_path):
+    import json
+
+    first, second = _results(), _results()
+    second["datasets"]["DatasetX"]["runs"] = {"segresnet|clean|none": {"best_dsc": 0.5, "curve": [0.5]},
+                                              "segresnet|umed-default|none": {"best_dsc": 0.25, "curve": [0.25]}}  # fmt: skip
+    for name, results in (("a", first), ("b", second)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    (tmp_path / "a" / "perturbations_DatasetX.png").write_bytes(b"png")
+    merged = study.merge_results([tmp_path / "a", tmp_path / "b"], "smoke", tmp_path / "out")
+    assert set(merged["datasets"]["DatasetX"]["runs"]) == {*first["datasets"]["DatasetX"]["runs"], "segresnet|clean|none",
+                                                          "segresnet|umed-default|none"}  # fmt: skip
+    assert merged["datasets"]["DatasetX"]["protection"]["umed-fitted"]["fit_seconds"] == 30.0
+    assert (tmp_path / "out" / "perturbations_DatasetX.png").read_bytes() == b"png"
+    assert (tmp_path / "out" / "curves_DatasetX.png").is_file()
+    assert "| UMed (default protector) | 0.080 | 0.100 |" in (tmp_path / "out" / "tables.md").read_text()
