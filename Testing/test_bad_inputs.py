@@ -241,6 +241,23 @@ def band_radius_too_large(tmp, protector):
     return protect_argv(image, mask, out, protector, "--band-radius", "99")
 
 
+@bad("--min-psnr 5.0 is out of range")
+def min_psnr_too_low(tmp, protector):
+    image, mask, out = base(tmp)
+    return protect_argv(image, mask, out, protector, "--min-psnr", "5")
+
+
+@bad("--min-psnr applies to --method umed only")
+def dataset_baseline_with_min_psnr(tmp, protector):
+    from UMedProtectLib.cli.protect_dataset import method_names
+
+    if "random" not in method_names():
+        pytest.skip("baselines not installed")
+    dataset(tmp)
+    return ["protect-dataset", str(tmp / "in" / "Dataset001"), "-o", str(tmp / "out" / "p"), "--method", "random",
+            "--min-psnr", "50"]  # fmt: skip
+
+
 @bad("invalid choice: 'tpu'")
 def unknown_device(tmp, protector):
     image, mask, out = base(tmp)

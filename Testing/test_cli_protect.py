@@ -62,7 +62,7 @@ def test_protect_3d_end_to_end(tmp_path, protector_file, ending, capsys):
     assert data["inputs"]["mask"]["labels"] == [1, 2]
     assert data["output"]["sha256"] == io.sha256(out)
     assert data["protector"]["sha256"] == io.sha256(protector_file)
-    assert data["parameters"] == {"epsilon": 4.0, "band_radius": 3, "labels": None, "seed": 0}
+    assert data["parameters"] == {"epsilon": 4.0, "band_radius": 3, "labels": None, "min_psnr": None, "seed": 0}
     assert set(data["versions"]) >= {"umedprotect", "torch", "SimpleITK", "numpy"}
     assert data["device"].startswith("cpu") and data["timing_s"]["total"] > 0
     assert data["metrics"]["psnr_db"] > 40
@@ -82,6 +82,21 @@ def test_protect_2d_keeps_geometry_and_pixel_type(tmp_path, protector_file, dtyp
     assert_same_geometry(protected, original)
     assert (after != before).any()
     assert not (after != before)[~dilate_in_plane(labels, 3)].any()
+
+
+def test_min_psnr_floor_is_applied_and_reported(tmp_path, protector_file):
+    image, labels = phantom_slice((48, 40), n_lesions=1, rng=3)
+    image_path = write_image(image.astype(np.int16), tmp_path / "x.nii.gz", spacing=(0.6, 1.1))
+    mask_path = write_image(labels, tmp_path / "m.nii.gz", spacing=(0.6, 1.1))
+    reports = {}
+    for floor in (None, 60.0):
+        out, report = tmp_path / f"out{floor}.nii.gz", tmp_path / f"r{floor}.json"
+        extra = [] if floor is None else ["--min-psnr", str(floor)]
+        argv = ["protect", str(image_path), str(mask_path), "-o", str(out), "--protector", str(protector_file)]
+        assert main([*argv, "--report", str(report), "--epsilon", "8", *extra]) == 0
+        reports[floor] = json.loads(report.read_text())
+    assert reports[None]["metrics"]["psnr_db"] < 60 <= reports[60.0]["metrics"]["psnr_db"]
+    assert reports[60.0]["parameters"]["min_psnr"] == 60.0 and reports[60.0]["metrics"]["change_scale"] < 1
 
 
 def test_multi_label_selection(tmp_path, protector_file):

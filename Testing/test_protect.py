@@ -147,3 +147,25 @@ def test_label_codes_are_tiled_on_the_image_grid(random_protector):
     codes = random_protector.codes
     assert torch.equal(full[0, 0, 0, 0], codes[0, 0, 0])  # background code
     assert torch.equal(full[0, 0, 0, 1], codes[1, 0, 1]) and torch.equal(full[0, 0, 0, 3], codes[2, 0, 3])  # 17 wraps to code 2
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_min_psnr_scales_the_perturbation_down_to_the_floor_and_keeps_its_shape(phantom2d, random_protector, dtype):
+    image, labels = phantom2d
+    image = (image / image.max() * 1000).astype(dtype)
+    full = protect_array(image, labels, random_protector, epsilon=8.0)
+    floor = full.metrics["psnr_db"] + 6.0
+    capped = protect_array(image, labels, random_protector, epsilon=8.0, min_psnr=floor)
+    assert floor <= capped.metrics["psnr_db"] < floor + 1.0
+    assert 0.4 < capped.metrics["change_scale"] < 0.55  # 6 dB = half the amplitude
+    assert np.array_equal(capped.change, capped.protected.astype(np.float64) - image.astype(np.float64))
+    assert np.all(np.sign(capped.change) * np.sign(full.change) >= 0)  # same direction, never more
+    assert np.all(np.abs(capped.change) <= np.abs(full.change))
+    assert capped.protected.dtype == image.dtype
+    above = protect_array(image, labels, random_protector, epsilon=8.0, min_psnr=full.metrics["psnr_db"] - 1)
+    assert np.array_equal(above.protected, full.protected) and above.metrics["change_scale"] == 1.0
+
+
+def test_min_psnr_out_of_range_is_an_input_error(phantom2d, random_protector):
+    with pytest.raises(InputError, match="minimum PSNR"):
+        protect_array(*phantom2d, random_protector, min_psnr=5)

@@ -5,6 +5,8 @@ Skipped when slicer-core is not installed (``pip install slicer-core==5.12.4.0``
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -113,6 +115,16 @@ def test_only_the_selected_segments_are_protected(case, protector_file):
     changed_both = slicer.util.arrayFromVolume(both.protectedVolume) != image
     assert changed_both[lesions == 1].any() and changed_both[lesions == 2].any()
     assert both.protectedVolume.GetID() != second.protectedVolume.GetID()  # every run without a node makes a new one
+
+
+def test_visibility_floor_is_passed_to_the_backend(case, protector_file):
+    volume, segmentation, _, image, _ = case
+    logic = UMedProtect.UMedProtectLogic()
+    free = logic.process(volume, segmentation, None, settings(protector_file))
+    floor = free.metrics["psnr_db"] + 3.0
+    capped = logic.process(volume, segmentation, None, replace(settings(protector_file), minPsnr=floor))
+    assert capped.metrics["psnr_db"] >= floor and capped.metrics["change_scale"] < 1
+    assert image_quality(image, slicer.util.arrayFromVolume(capped.protectedVolume))["psnr_db"] >= floor
 
 
 def test_label_array_gives_each_selected_segment_its_own_label(case):

@@ -82,6 +82,7 @@ class UMedProtectParameterNode:
     protectorPath: pathlib.Path
     epsilon: Annotated[float, WithinRange(0.5, 16.0)] = 4.0
     bandRadius: Annotated[int, WithinRange(0, 32)] = 3
+    minPsnr: Annotated[float, WithinRange(0.0, 120.0)] = 0.0  # 0: no visibility floor
     device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
     showProtected: bool = False
@@ -101,6 +102,7 @@ class ProtectionSettings:
 
     epsilon: float | None = None  # budget in 1/255 of the case's intensity window
     bandRadius: int | None = None  # contour band half-width, pixels
+    minPsnr: float | None = None  # visibility floor, dB: the perturbation is scaled down to stay above it
     protectorPath: str | None = None  # None: the bundled default protector
     device: str = "auto"
 
@@ -220,6 +222,7 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return ProtectionSettings(
             epsilon=p.epsilon,
             bandRadius=p.bandRadius,
+            minPsnr=p.minPsnr or None,
             protectorPath=None if p.useDefaultProtector else pathOrNone(p.protectorPath),
             device=p.device,
         )
@@ -483,6 +486,7 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
             spacing=spacing[1:] if squeeze else spacing,
             epsilon=parameters.epsilon,
             band_radius=parameters.bandRadius,
+            min_psnr=parameters.minPsnr,
             device=parameters.device,
             progress=backendProgress,
             cancel=cancelCheck,

@@ -1,7 +1,7 @@
 """Protect a folder of cases with 3D Slicer in batch mode (no main window), through the module's logic.
 
     Slicer --no-splash --no-main-window --python-script UMedProtect/Scripts/protect_batch.py \\
-        -- IN_DIR -o OUT_DIR [--protector FILE] [--epsilon 4] [--band-radius 3] [--device auto] [--overwrite]
+        -- IN_DIR -o OUT_DIR [--protector FILE] [--epsilon 4] [--band-radius 3] [--min-psnr DB] [--device auto] [--overwrite]
 
 IN_DIR is either an nnU-Net v2 raw dataset (``dataset.json``, ``imagesTr/``, ``labelsTr/``: every
 training image channel is protected; dataset.json, labels and ``imagesTs/`` are copied unchanged)
@@ -53,6 +53,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--protector", help="protector file (.safetensors); default: the bundled protector")
     parser.add_argument("--epsilon", type=float, help="budget in 1/255 of the intensity window (default: the protector's)")
     parser.add_argument("--band-radius", type=int, help="contour band half-width in pixels (default: the protector's)")
+    parser.add_argument("--min-psnr", type=float, help="visibility floor in dB: scale the perturbation down below it (default: none)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device (default: auto)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser.parse_args(argv)
@@ -135,7 +136,8 @@ def run(args: argparse.Namespace, log=print) -> int:
     logic = UMedProtectLogic()
     logic.ensureDependencies(askConfirmation=False)
     settings = ProtectionSettings(
-        epsilon=args.epsilon, bandRadius=args.band_radius, protectorPath=args.protector, device=args.device
+        epsilon=args.epsilon, bandRadius=args.band_radius, minPsnr=args.min_psnr, protectorPath=args.protector,
+        device=args.device,
     )
     failures: list[str] = []
     log(f"UMed Protect batch: {len(cases)} image(s) from {args.input} -> {output}")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .devices import resolve_device
 from .errors import Cancelled, InputError
 from .intensity import Window, apply_change, intensity_window, normalize
-from .metrics import image_quality
+from .metrics import data_range, image_quality
 from .protector import Protector, load_protector
 from .regions import bounding_box, contour_band, region_maps, roi_mask
 
@@ -70,6 +70,7 @@ def protect_array(
     band_radius: int | None = None,
     label_values: Sequence[int] | None = None,
     device: str = "auto",
+    min_psnr: float | None = None,
     batch_size: int = 16,
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
@@ -78,7 +79,8 @@ def protect_array(
 
     ``spacing`` is per numpy axis (3D volumes are processed slice-wise along the coarsest one);
     ``epsilon`` (in 1/255 of the window) and ``band_radius`` override the protector's config;
-    ``label_values`` restricts the ROI to these labels (default: every non-zero label).
+    ``label_values`` restricts the ROI to these labels (default: every non-zero label);
+    ``min_psnr`` (dB) scales the whole perturbation down where it would be more visible than that.
     Voxels outside ROI ∪ band are bit-identical to the input.
     """
     check_inputs(image, labels)
@@ -91,6 +93,8 @@ def protect_array(
         raise InputError(f"epsilon {epsilon} is out of range (0, 64] (units of 1/255 of the intensity window)")
     if not 0 <= band_radius <= 32:
         raise InputError(f"band radius {band_radius} is out of range [0, 32] pixels")
+    if min_psnr is not None and not 20 <= min_psnr <= 120:
+        raise InputError(f"minimum PSNR {min_psnr} dB is out of range [20, 120]")
 
     window = intensity_window(image, config.percentiles)
     budget = window.budget(epsilon)
@@ -125,7 +129,30 @@ def protect_array(
             if progress is not None:
                 progress(min(start + batch_size, len(indices)), len(indices))
     details = dict(epsilon=epsilon, band_radius=band_radius, slices_protected=len(indices))
+    if min_psnr is not None:
+        details.update(min_psnr=min_psnr, change_scale=limit_visibility(image, protected, change, budget, min_psnr))
     return make_result(image, protected, change, region, window, budget, axis, **details)
+
+
+def limit_visibility(
+    image: np.ndarray, protected: np.ndarray, change: np.ndarray, budget: float, min_psnr: float
+) -> float:
+    """Scale ``change`` down (in place, with ``protected``) until PSNR >= ``min_psnr``; returns the scale.
+
+    The scaled change is rounded to the image's dtype again, so the budget bound still holds.
+    """
+    changed = change != 0
+    original = image[changed]
+    full = change[changed].astype(np.float64)
+    max_mse = data_range(image) ** 2 / 10 ** (min_psnr / 10) * image.size
+    scale, new, diff = 1.0, protected[changed], full
+    while np.sum(diff * diff) > max_mse:
+        scale *= 0.995 * np.sqrt(max_mse / np.sum(diff * diff))
+        new = apply_change(original, full * scale, budget)
+        diff = new.astype(np.float64) - original.astype(np.float64)
+    protected[changed] = new
+    change[changed] = diff
+    return float(scale)
 
 
 def make_result(

@@ -47,6 +47,7 @@ def add_protection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epsilon", type=float, metavar="E", help="budget in 1/255 of the case's intensity window (default: the protector's, 4)")
     parser.add_argument("--band-radius", type=int, metavar="PX", help="contour band half-width in pixels (default: the protector's, 3)")
     parser.add_argument("--labels", type=parse_labels, metavar="1,2", help="protect only these label values (default: every non-zero label)")
+    parser.add_argument("--min-psnr", type=float, metavar="DB", help="scale the perturbation down where a case's PSNR would fall below this (e.g. 50; default: no floor)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default: auto = CUDA if available, else CPU)")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed; same inputs + protector + seed give byte-identical outputs (default 0)")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="slices per forward pass (default 16)")
@@ -81,6 +82,8 @@ def umed_setup(args: argparse.Namespace) -> tuple[functools.partial, dict, dict,
         raise InputError(f"--epsilon {epsilon} is out of range (0, 64] (units of 1/255 of the intensity window)")
     if not 0 <= band_radius <= 32:
         raise InputError(f"--band-radius {band_radius} is out of range [0, 32] pixels")
+    if args.min_psnr is not None and not 20 <= args.min_psnr <= 120:
+        raise InputError(f"--min-psnr {args.min_psnr} is out of range [20, 120] dB")
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size} must be at least 1")
     case_protector = functools.partial(
@@ -89,10 +92,11 @@ def umed_setup(args: argparse.Namespace) -> tuple[functools.partial, dict, dict,
         epsilon=epsilon,
         band_radius=band_radius,
         label_values=args.labels,
+        min_psnr=args.min_psnr,
         device=str(device),
         batch_size=args.batch_size,
     )
-    parameters = {"epsilon": epsilon, "band_radius": band_radius, "labels": args.labels, "seed": args.seed}
+    parameters = {"epsilon": epsilon, "band_radius": band_radius, "labels": args.labels, "min_psnr": args.min_psnr, "seed": args.seed}
     info = {
         "path": "bundled default" if args.protector is None else str(protector_path),
         "sha256": io.sha256(protector_path),

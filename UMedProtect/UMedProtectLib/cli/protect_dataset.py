@@ -48,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default="umed",
         choices=method_names(),
         help="protection method (default umed; the others are baselines for comparison, "
-        "which take --epsilon, --device and --seed but not --protector, --band-radius or --labels)",
+        "which take --epsilon, --device and --seed but not --protector, --band-radius, --labels or --min-psnr)",
     )
     add_protection_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from .. import baselines
 
-        for option, value in (("--protector", args.protector), ("--band-radius", args.band_radius), ("--labels", args.labels)):
+        umed_only = (("--protector", args.protector), ("--band-radius", args.band_radius), ("--labels", args.labels),
+                     ("--min-psnr", args.min_psnr))  # fmt: skip
+        for option, value in umed_only:
             if value is not None:
                 raise InputError(f"{option} applies to --method umed only, not to the {args.method} baseline")
         torch.manual_seed(args.seed)
