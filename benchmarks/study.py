@@ -1,7 +1,8 @@
 """The comparison study of issue 3: UMed vs baselines, several victims, defenses, on real data.
 
     python benchmarks/study.py --setting small [--device auto] [--resume]
-    python benchmarks/study.py --setting gpu --device cuda --resume
+    bash benchmarks/gpu_study.sh          # the gpu setting as parallel processes on one GPU machine, then
+    python benchmarks/study.py --setting gpu --merge DIR [DIR ...] --out benchmarks/results/gpu
     python benchmarks/study.py --setting smoke            # < 4 min on 2 CPU cores, proves the pipeline
     python benchmarks/study.py --setting smoke --datasets 001 --out /tmp/smoke001   # the same on real data
 
