@@ -1,0 +1,51 @@
+"""Diagnostic: does a protected dataset stop a victim trained WITHOUT augmentation?
+
+Not a protection claim (METHOD.md: never claim protection from an un-augmented victim) but a
+way to tell two failures apart: if the protection stops the un-augmented victim and not the
+augmented one, the perturbation is a shortcut that augmentation washes out; if it stops neither,
+the fitted perturbation is no shortcut at all. The defaults are the study's `small` training
+schedule, so its augmented row (benchmarks/results/small) is the counterpart.
+
+    python benchmarks/augmentation_probe.py CLEAN_DIR PROTECTED_DIR -o probe.json [--epochs 8 --iterations 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "UMedProtect"))
+
+from UMedProtectLib.augment import NO_AUGMENTATION  # noqa: E402
+from UMedProtectLib.evaluation import TrainSettings, evaluate  # noqa: E402
+from UMedProtectLib.io import write_json  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("clean_dir", type=Path)
+    parser.add_argument("protected_dir", type=Path)
+    parser.add_argument("-o", "--output", type=Path, required=True, help="JSON report")
+    parser.add_argument("--victim", default="unet")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--patch-size", type=int, default=64)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    settings = TrainSettings(epochs=args.epochs, iterations_per_epoch=args.iterations, batch_size=args.batch_size,
+                             patch_size=args.patch_size, device=args.device)  # fmt: skip
+    report = evaluate(args.clean_dir, args.protected_dir, victims=[args.victim],
+                      settings=replace(settings, augment=NO_AUGMENTATION))  # fmt: skip
+    row = report["summary"][0]
+    print(f"no augmentation: clean best {row['clean_best']:.4f}  protected best {row['protected_best']:.4f}  "
+          f"ratio {row['ratio_best']:.3f}")  # fmt: skip
+    write_json(report, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
