@@ -60,4 +60,4 @@ def test_merge_combines_partial_runs_of_several_processes(tmp_path):
     assert merged["datasets"]["DatasetX"]["protection"]["umed-fitted"]["fit_seconds"] == 30.0
     assert (tmp_path / "out" / "perturbations_DatasetX.png").read_bytes() == b"png"
     assert (tmp_path / "out" / "curves_DatasetX.png").is_file()
-    assert "| UMed (default protector) | 0.080 | 0.100 |" in (tmp_path / "out" / "tables.md").read_text()
+    assert "| UMed (default protector) | 0.080 | 0.100 |" in (tmp_path / "out" / "tables.md").read_text(encoding="utf-8")

@@ -112,7 +112,7 @@ def protect_with(method: str, source: Path, out: Path, config: dict, device: str
     """Protect the training cases of ``source`` into ``out`` with ``method``; times and provenance."""
     info: dict = {"method": method}
     if (out / MANIFEST_NAME).is_file() and (out / "study_protection.json").is_file():  # finished earlier (--resume)
-        return json.loads((out / "study_protection.json").read_text())
+        return json.loads((out / "study_protection.json").read_text(encoding="utf-8"))
     started = time.perf_counter()
     if method.startswith("umed"):
         if method == "umed-default":
@@ -147,7 +147,7 @@ def run_study(
     device = str(resolve_device(device))
     train_settings = replace(config["train"], seed=seed, device=device)
     results_path = out_dir / "results.json"
-    results = json.loads(results_path.read_text()) if resume and results_path.is_file() else {}
+    results = json.loads(results_path.read_text(encoding="utf-8")) if resume and results_path.is_file() else {}
     results.update(setting=setting, device=device, seed=seed, epsilon=EPSILON, train=train_settings.summary(),
                    baseline={k: v for k, v in asdict(config["baseline"]).items() if k != "augment"},
                    fit={k: v for k, v in asdict(config["fit"]).items() if k != "augment"})  # fmt: skip
@@ -159,7 +159,7 @@ def run_study(
 
     for dataset_id in config["datasets"]:
         source = dataset_dir(data_dir, dataset_id)
-        entry = results["datasets"].setdefault(source.name, {"split": json.loads((source / "dataset.json").read_text()).get("split")})
+        entry = results["datasets"].setdefault(source.name, {"split": json.loads((source / "dataset.json").read_text(encoding="utf-8")).get("split")})
         protections = entry.setdefault("protection", {})
         runs = entry.setdefault("runs", {})
         work = WORK_DIR / setting / source.name
@@ -193,7 +193,7 @@ def run_study(
         figure_perturbations(source, work, out_dir / f"perturbations_{source.name}.png")
         if config["victims"]:
             figure_curves(entry, config["victims"][0], source.name, out_dir / f"curves_{source.name}.png")
-    (out_dir / "tables.md").write_text(tables(results, config))
+    (out_dir / "tables.md").write_text(tables(results, config), encoding="utf-8")
     save()
     return results
 
@@ -203,7 +203,7 @@ def merge_results(parts: list[Path], setting: str, out_dir: Path) -> dict:
     merged: dict = {}
     out_dir.mkdir(parents=True, exist_ok=True)
     for part in parts:
-        results = json.loads((part / "results.json").read_text())
+        results = json.loads((part / "results.json").read_text(encoding="utf-8"))
         datasets = merged.setdefault("datasets", {})
         merged.update({k: v for k, v in results.items() if k != "datasets"})
         for name, entry in results.get("datasets", {}).items():
@@ -214,7 +214,7 @@ def merge_results(parts: list[Path], setting: str, out_dir: Path) -> dict:
             shutil.copy2(figure, out_dir / figure.name)
     for name, entry in merged.get("datasets", {}).items():
         figure_curves(entry, SETTINGS[setting]["victims"][0], name, out_dir / f"curves_{name}.png")
-    (out_dir / "tables.md").write_text(tables(merged, SETTINGS[setting]))
+    (out_dir / "tables.md").write_text(tables(merged, SETTINGS[setting]), encoding="utf-8")
     write_json(merged, out_dir / "results.json")
     return merged
 
