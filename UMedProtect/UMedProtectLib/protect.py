@@ -17,6 +17,7 @@ from .protector import Protector, load_protector
 from .regions import bounding_box, contour_band, region_maps, roi_mask
 
 CONTEXT_MARGIN = 16  # pixels of image context the generators see around the ROI
+MIN_PSNR_RANGE = (20.0, 120.0)  # dB, accepted visibility floors
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -93,8 +94,8 @@ def protect_array(
         raise InputError(f"epsilon {epsilon} is out of range (0, 64] (units of 1/255 of the intensity window)")
     if not 0 <= band_radius <= 32:
         raise InputError(f"band radius {band_radius} is out of range [0, 32] pixels")
-    if min_psnr is not None and not 20 <= min_psnr <= 120:
-        raise InputError(f"minimum PSNR {min_psnr} dB is out of range [20, 120]")
+    if min_psnr is not None and not MIN_PSNR_RANGE[0] <= min_psnr <= MIN_PSNR_RANGE[1]:
+        raise InputError(f"minimum PSNR {min_psnr} dB is out of range [{MIN_PSNR_RANGE[0]:g}, {MIN_PSNR_RANGE[1]:g}]")
 
     window = intensity_window(image, config.percentiles)
     budget = window.budget(epsilon)
@@ -146,8 +147,8 @@ def limit_visibility(
     full = change[changed].astype(np.float64)
     max_mse = data_range(image) ** 2 / 10 ** (min_psnr / 10) * image.size
     scale, new, diff = 1.0, protected[changed], full
-    while np.sum(diff * diff) > max_mse:
-        scale *= 0.995 * np.sqrt(max_mse / np.sum(diff * diff))
+    while (squared := np.sum(diff * diff)) > max_mse:
+        scale *= 0.995 * np.sqrt(max_mse / squared)
         new = apply_change(original, full * scale, budget)
         diff = new.astype(np.float64) - original.astype(np.float64)
     protected[changed] = new

@@ -69,7 +69,7 @@ def umed_setup(args: argparse.Namespace) -> tuple[functools.partial, dict, dict,
     """Case protector, recorded parameters, protector provenance and device name for UMed options."""
     import torch
 
-    from ..protect import protect_array
+    from ..protect import MIN_PSNR_RANGE, protect_array
     from ..protector import DEFAULT_PROTECTOR_PATH, load_protector, protector_summary
 
     torch.manual_seed(args.seed)
@@ -82,8 +82,9 @@ def umed_setup(args: argparse.Namespace) -> tuple[functools.partial, dict, dict,
         raise InputError(f"--epsilon {epsilon} is out of range (0, 64] (units of 1/255 of the intensity window)")
     if not 0 <= band_radius <= 32:
         raise InputError(f"--band-radius {band_radius} is out of range [0, 32] pixels")
-    if args.min_psnr is not None and not 20 <= args.min_psnr <= 120:
-        raise InputError(f"--min-psnr {args.min_psnr} is out of range [20, 120] dB")
+    low, high = MIN_PSNR_RANGE
+    if args.min_psnr is not None and not low <= args.min_psnr <= high:
+        raise InputError(f"--min-psnr {args.min_psnr} is out of range [{low:g}, {high:g}] dB")
     if args.batch_size < 1:
         raise InputError(f"--batch-size {args.batch_size} must be at least 1")
     case_protector = functools.partial(
