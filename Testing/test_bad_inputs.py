@@ -505,6 +505,21 @@ def verify_with_edited_manifest(tmp, protector):
     return ["verify", str(tmp / "out" / "protected")]
 
 
+# --- the unauthorised-training check -------------------------------------------------------------
+
+
+@bad("--learning-rate 0.0 is out of range")
+def evaluate_learning_rate_zero(tmp, protector):
+    source = dataset(tmp)
+    return ["evaluate", str(source), str(source), "--learning-rate", "0", "-o", str(tmp / "out" / "report.json")]
+
+
+@bad("--epochs must be at least 1")
+def evaluate_no_epochs(tmp, protector):
+    source = dataset(tmp)
+    return ["evaluate", str(source), str(source), "--epochs", "0", "--optimizer", "adam"]
+
+
 def snapshot(folder: Path) -> dict[str, str | None]:
     """Every entry under ``folder``: files by content, folders and links by name."""
     state = {}

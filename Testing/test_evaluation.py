@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -47,8 +48,46 @@ def test_victim_learns_a_trivially_learnable_task():
         augment=NO_AUGMENTATION, device="cpu",
     )  # fmt: skip
     run = train_victim(disk_cases(6, 0), disk_cases(3, 1), "unet", 2, settings)
-    assert len(run.curve) == 3
+    assert len(run.curve) == len(run.train_curve) == 3
     assert run.best > 0.5, run.curve
+    assert run.train_curve[-1] > 0.5, run.train_curve  # it fits its own training cases too
+
+
+def test_adam_victim_learns_and_unknown_optimizers_are_refused():
+    settings = TrainSettings(
+        epochs=3, iterations_per_epoch=8, batch_size=4, patch_size=32, optimizer="adam", learning_rate=3e-3,
+        augment=NO_AUGMENTATION, device="cpu",
+    )  # fmt: skip
+    assert train_victim(disk_cases(6, 0), disk_cases(3, 1), "unet", 2, settings).best > 0.5
+    with pytest.raises(InputError, match="unknown optimizer 'rmsprop'"):
+        train_victim(disk_cases(2, 0), disk_cases(1, 1), "unet", 2, replace(settings, optimizer="rmsprop"))
+
+
+def shortcut_cases(n: int, seed: int, size: int = 32) -> tuple[list, list]:
+    """Disk labels on noise, (protected) marked only by a dark checkerboard inside the disk, and (clean) not at all."""
+    checker = np.indices((size, size)).sum(axis=0) % 2 * -400.0
+    protected, clean = [], []
+    for s in disk_cases(n, seed, size):
+        noise = 100 + np.random.default_rng([seed, len(clean)]).normal(0, 20, s.labels.shape)
+        for out, image in ((protected, noise + checker * s.labels), (clean, noise)):
+            image = image.astype(np.float32)
+            out.append(replace(s, image=image, mean=float(image.mean()), std=float(image.std())))
+    return protected, clean
+
+
+def test_fit_check_tells_a_learned_shortcut_from_learned_anatomy():
+    """Trained where only a shortcut marks the labels, the victim fits its training cases and fails the test."""
+    settings = TrainSettings(
+        epochs=3, iterations_per_epoch=10, batch_size=4, patch_size=32, optimizer="adam", learning_rate=3e-3,
+        augment=NO_AUGMENTATION, device="cpu",
+    )  # fmt: skip
+    train, clean_train = shortcut_cases(6, 0)
+    run = train_victim(train, disk_cases(3, 1), "unet", 2, settings, clean_train=clean_train)
+    assert run.train_curve[-1] > 0.5, run.train_curve
+    assert run.final < 0.5 * run.train_curve[-1], (run.curve, run.train_curve)
+    assert run.clean_train_curve[-1] < 0.5 * run.train_curve[-1], run.clean_train_curve
+    anatomy = train_victim(disk_cases(6, 0), disk_cases(3, 1), "unet", 2, settings, clean_train=disk_cases(6, 0))
+    assert anatomy.clean_train_curve == anatomy.train_curve  # a clean victim's two checks coincide
 
 
 def test_training_is_deterministic_with_a_seed():
@@ -113,10 +152,13 @@ def test_evaluate_reports_dsc_ratio_quality_and_curves(clean_and_protected):
     clean, protected = clean_and_protected
     report = evaluate(clean, protected, settings=TINY, defenses=("blur",))
     assert [(r["data"], r["defense"]) for r in report["runs"]] == [("clean", "none"), ("protected", "none"), ("protected", "blur")]
-    assert all(len(r["curve"]) == TINY.epochs for r in report["runs"])
+    assert all(len(r["curve"]) == len(r["train_curve"]) == TINY.epochs for r in report["runs"])
     row = report["summary"][0]
     assert row["ratio_best"] == pytest.approx(ratio(row["protected_best"], row["clean_best"]), nan_ok=True)
     assert row["clean_best"] == report["runs"][0]["best_dsc"]
+    assert row["protected_train_dsc"] == report["runs"][1]["train_dsc_final"] == report["runs"][1]["train_curve"][-1]
+    assert row["protected_clean_train_dsc"] == report["runs"][1]["clean_train_curve"][-1]
+    assert len(report["runs"][1]["clean_train_curve"]) == TINY.epochs
     assert (report["train_cases"], report["test_cases"], report["classes"]) == (3, 1, 2)
     assert report["normalisation"] == "ct"  # the tiny dataset's channel is named CT
     q = report["quality"]
@@ -148,11 +190,12 @@ def test_cli_evaluate_end_to_end(clean_and_protected, tmp_path, capsys):
     clean, protected = clean_and_protected
     report_path = tmp_path / "report.json"
     argv = ["evaluate", str(clean), str(protected), "--epochs", "1", "--iterations", "1", "--batch-size", "2",
-            "--patch-size", "32", "--device", "cpu", "-o", str(report_path)]  # fmt: skip
+            "--patch-size", "32", "--device", "cpu", "--optimizer", "adam", "-o", str(report_path)]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "ratio" in out and "mean PSNR" in out
+    assert "ratio" in out and "mean PSNR" in out and "prot. fit" in out
     report = json.loads(report_path.read_text())
     assert report["runs"][0]["curve"] and report["summary"][0]["victim"] == "unet"
+    assert report["settings"]["optimizer"] == "adam" and report["settings"]["learning_rate"] == 1e-3
     assert main(["evaluate", str(clean), str(tmp_path / "missing")]) == 2
     assert "dataset folder not found" in capsys.readouterr().err

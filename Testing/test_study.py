@@ -15,7 +15,7 @@ study = pytest.importorskip("study")
 def _results() -> dict:
     runs = {
         "unet|clean|none": {"best_dsc": 0.8, "curve": [0.5, 0.8]},
-        "unet|umed-default|none": {"best_dsc": 0.08, "curve": [0.05, 0.08]},
+        "unet|umed-default|none": {"best_dsc": 0.08, "curve": [0.05, 0.08], "train_dsc_final": 0.9, "clean_train_dsc_final": 0.1},
         "unet|umed-default|blur": {"best_dsc": 0.4, "curve": [0.4, 0.2]},
     }
     protection = {"umed-default": {"protection_seconds": 1.5, "quality": {"psnr_db_mean": 50.1, "ssim_mean": 0.999}},
@@ -32,7 +32,8 @@ def test_tables_show_every_method_with_measured_ratios_and_missing_runs_as_na():
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
     for method in ("clean", *study.METHODS):
         assert study.METHOD_LABELS[method] in rows
-    assert "| 0.080 | 0.100 | 50.10 | 0.9990 | 1.5 |" in rows["UMed (default protector)"]
+    assert "| 0.080 | 0.100 | 0.900 / 0.100 | 50.10 | 0.9990 | 1.5 |" in rows["UMed (default protector)"]
+    assert "| 0.800 | 1.000 | n/a / n/a |" in rows["clean (no protection)"]  # results without the check
     assert "2.0 (+30 fit)" in rows["UMed (fitted on this dataset)"]
     assert rows["EM"].count("n/a") >= 2  # not run: shown, not hidden
     assert "| DatasetX | UMed (default protector) | unet | 0.100 (0.080) | 0.500 (0.400) | n/a |" in text

@@ -186,7 +186,8 @@ def run_study(
                 print(f"[{source.name}] training {victim} on {method}" + ("" if defense == "none" else f" + {defense}"), flush=True)
                 reference = data[METHODS[0]]
                 run = train_victim(train, reference.test, victim, reference.n_classes, settings,
-                                   progress=_print_epoch, run_name=key, normalisation=reference.normalisation)  # fmt: skip
+                                   progress=_print_epoch, run_name=key, normalisation=reference.normalisation,
+                                   clean_train=reference.clean)  # fmt: skip
                 runs[key] = run.to_dict()
                 save()
         entry["test_source"] = _relative(data[METHODS[0]].test_source)
@@ -242,11 +243,15 @@ def tables(results: dict, config: dict) -> str:
              "intensity window. DSC = best-epoch test DSC on the clean test cases (mean over test cases of the "
              "mean Dice over the foreground labels present); ratio = DSC(protected) / DSC(clean), same victim. "
              "PSNR/SSIM: protected vs clean training images (mean over cases). Protection time includes the "
-             "surrogate training of EM/TAP/SEP; fitting time of UMed fitted in brackets.", ""]  # fmt: skip
+             "surrogate training of EM/TAP/SEP; fitting time of UMed fitted in brackets. Fit check "
+             f"({victims[0]}, last epoch, on the training cases): DSC on the training images as trained on / "
+             "on their clean versions; a victim that relies on the perturbation has the first high and the "
+             "second low.", ""]  # fmt: skip
     for name, entry in results["datasets"].items():
         runs = entry.get("runs", {})
         lines += [f"## {name}", "", f"Split: {entry.get('split')}. Test cases: {entry.get('test_source')}.", ""]
-        header = ["method", *[f"DSC {v}" for v in victims], *[f"ratio {v}" for v in victims], "PSNR dB", "SSIM", "time s"]
+        header = ["method", *[f"DSC {v}" for v in victims], *[f"ratio {v}" for v in victims], f"fit check {victims[0]}",
+                  "PSNR dB", "SSIM", "time s"]  # fmt: skip
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for method in ("clean", *METHODS):
             dsc = [runs.get(f"{v}|{method}|none", {}).get("best_dsc") for v in victims]
@@ -257,7 +262,9 @@ def tables(results: dict, config: dict) -> str:
             seconds = _fmt(info.get("protection_seconds"), 1) if method != "clean" else "—"
             if "fit_seconds" in info:
                 seconds += f" (+{info['fit_seconds']:.0f} fit)"
-            row = [METHOD_LABELS[method], *[_fmt(d) for d in dsc], *[_fmt(r) for r in ratios],
+            first = runs.get(f"{victims[0]}|{method}|none", {})
+            fit = f"{_fmt(first.get('train_dsc_final'))} / {_fmt(first.get('clean_train_dsc_final'))}"
+            row = [METHOD_LABELS[method], *[_fmt(d) for d in dsc], *[_fmt(r) for r in ratios], fit,
                    _fmt(quality.get("psnr_db_mean"), 2) if method != "clean" else "—",
                    _fmt(quality.get("ssim_mean"), 4) if method != "clean" else "—", seconds]  # fmt: skip
             lines.append("| " + " | ".join(row) + " |")

@@ -4,10 +4,17 @@ A victim is trained from scratch on 2D slices (along each case's coarsest axis) 
 settings: nnU-Net's normalisation (CT, as named in dataset.json's channel_names: clipping to the
 0.5-99.5 percentiles of the training set's foreground voxels, then z-score with their mean and
 std; other modalities: per-case z-score), random patches with foreground oversampling, the
-victim-like augmentation of :mod:`augment`, Dice + CE loss, SGD with Nesterov momentum 0.99 and a
-poly learning-rate decay. After every epoch it segments the clean test cases; the test DSC of a
-case is the mean Dice over the foreground labels present in it (3D, over all its slices), and
-the epoch's DSC is the mean over test cases. The headline is the best epoch.
+victim-like augmentation of :mod:`augment`, Dice + CE loss, SGD with Nesterov momentum 0.99 (or
+Adam) and a poly learning-rate decay. After every epoch it segments the clean test cases; the test
+DSC of a case is the mean Dice over the foreground labels present in it (3D, over all its slices),
+and the epoch's DSC is the mean over test cases. The headline is the best epoch.
+
+Two checks beside it, on (up to :data:`FIT_CHECK_CASES` of) the victim's own training cases: the
+*fit*, its DSC on them as it was trained on them, and, for a protected victim, its DSC on the clean
+versions of the same cases. A victim that does not fit its training data has learned neither the
+anatomy nor a shortcut, and its ratio says nothing. A protected victim that fits its protected
+cases but fails on their clean versions relies on the perturbation; this is measured on the same
+subject and slices, so unlike the test DSC it does not mix in how well the victim generalises.
 
 ``evaluate`` trains the same victim (same seed, same schedule, same patches, since the labels are
 identical) on the clean and on the protected training cases and reports
@@ -36,6 +43,8 @@ from .victims import build_victim, victim_spec
 
 EpochProgress = Callable[[str, int, int, float], None]  # (run name, epoch, epochs, test DSC)
 NORMALISATIONS = ("zscore", "ct")  # per-case z-score; nnU-Net's CT normalisation
+DEFAULT_LEARNING_RATES = {"sgd": 0.01, "adam": 1e-3}  # nnU-Net's SGD; the usual Adam rate
+FIT_CHECK_CASES = 8  # training cases segmented after every epoch to check the victim fits its data
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,8 @@ class TrainSettings:
     iterations_per_epoch: int = 25
     batch_size: int = 8
     patch_size: int = 96  # rounded up to a multiple of the victim's divisor
-    learning_rate: float = 0.01
+    optimizer: str = "sgd"  # "sgd" (nnU-Net: Nesterov, momentum below) or "adam"
+    learning_rate: float = DEFAULT_LEARNING_RATES["sgd"]
     momentum: float = 0.99
     weight_decay: float = 3e-5
     foreground_fraction: float = 0.33  # nnU-Net's oversampling of patches centred on the ROI
@@ -61,11 +71,13 @@ class TrainSettings:
 
 @dataclass
 class TrainingRun:
-    """Test DSC of one victim after every epoch."""
+    """Test DSC of one victim after every epoch; its DSC on its training cases and on their clean versions."""
 
     victim: str
     curve: list[float]
     seconds: float
+    train_curve: list[float] = field(default_factory=list)
+    clean_train_curve: list[float] = field(default_factory=list)
 
     @property
     def final(self) -> float:
@@ -87,8 +99,16 @@ class TrainingRun:
             "best_epoch": self.best_epoch,
             "final_dsc": self.final,
             "curve": self.curve,
+            "train_dsc_final": _last(self.train_curve),
+            "clean_train_dsc_final": _last(self.clean_train_curve),
+            "train_curve": self.train_curve,
+            "clean_train_curve": self.clean_train_curve,
             "seconds": round(self.seconds, 1),
         }
+
+
+def _last(curve: list[float]) -> float:
+    return curve[-1] if curve else float("nan")
 
 
 def ratio(protected: float, clean: float) -> float:
@@ -118,8 +138,8 @@ def by_case(samples: Sequence[SliceSample]) -> dict[str, list[SliceSample]]:
     return {k: sorted(v, key=lambda s: s.index) for k, v in cases.items()}
 
 
-def ct_normalised(train: Sequence[SliceSample], test: Sequence[SliceSample]) -> tuple[list, list]:
-    """nnU-Net's CT normalisation, statistics from the training foreground, applied to both sets.
+def ct_normalised(train: Sequence[SliceSample], *others: Sequence[SliceSample]) -> tuple[list, ...]:
+    """nnU-Net's CT normalisation, statistics from the training foreground, applied to every set.
 
     Images are clipped to the 0.5 and 99.5 percentiles of the training slices' foreground voxels;
     their mean and std become every slice's z-score statistics.
@@ -134,7 +154,7 @@ def ct_normalised(train: Sequence[SliceSample], test: Sequence[SliceSample]) -> 
     def apply(samples):
         return [replace(s, image=np.clip(s.image, lo, hi).astype(np.float32), mean=mean, std=std) for s in samples]
 
-    return apply(train), apply(test)
+    return apply(train), *(apply(samples) for samples in others)
 
 
 def train_victim(
@@ -146,10 +166,12 @@ def train_victim(
     progress: EpochProgress | None = None,
     run_name: str = "",
     normalisation: str = "zscore",
+    clean_train: Sequence[SliceSample] | None = None,
 ) -> TrainingRun:
     """Train ``victim`` from scratch on ``train`` slices (labels 0..n_classes-1); test on ``test`` each epoch.
 
     ``normalisation``: ``zscore`` (per case) or ``ct`` (see :func:`ct_normalised`).
+    ``clean_train``: the clean versions of the (protected) training cases, for the fit check.
     """
     settings = settings or TrainSettings()
     if not train:
@@ -158,8 +180,11 @@ def train_victim(
         raise InputError("no test slices")
     if normalisation not in NORMALISATIONS:
         raise ValueError(f"unknown normalisation {normalisation!r}")
+    if settings.optimizer not in DEFAULT_LEARNING_RATES:
+        raise InputError(f"unknown optimizer {settings.optimizer!r} (choose from {', '.join(DEFAULT_LEARNING_RATES)})")
+    clean_train = list(clean_train or [])
     if normalisation == "ct":
-        train, test = ct_normalised(train, test)
+        train, test, clean_train = ct_normalised(train, test, clean_train)
     spec = victim_spec(victim)
     device = resolve_device(settings.device)
     torch.manual_seed(settings.seed)
@@ -167,14 +192,16 @@ def train_victim(
     rng = np.random.default_rng(settings.seed)
     augment_rng = torch.Generator().manual_seed(settings.seed)
     patch = math.ceil(settings.patch_size / spec.divisor) * spec.divisor
-    optimiser = torch.optim.SGD(
-        model.parameters(), lr=settings.learning_rate, momentum=settings.momentum, nesterov=True,
-        weight_decay=settings.weight_decay,
-    )  # fmt: skip
+    optimiser = _optimiser(model, settings)
     total = settings.epochs * settings.iterations_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda it: (1 - it / total) ** 0.9)
     with_roi = [s for s in train if s.labels.any()]
+    fit_check = _fit_check_slices(train)
+    checked = {s.case_id for s in fit_check}
+    clean_check = [s for s in clean_train if s.case_id in checked]
     curve: list[float] = []
+    train_curve: list[float] = []
+    clean_train_curve: list[float] = []
     start = time.time()
     for epoch in range(1, settings.epochs + 1):
         model.train()
@@ -188,9 +215,28 @@ def train_victim(
             optimiser.step()
             schedule.step()
         curve.append(test_dsc(model, test, n_classes, spec.divisor, settings.test_batch_size, device))
+        train_curve.append(test_dsc(model, fit_check, n_classes, spec.divisor, settings.test_batch_size, device))
+        if clean_check:
+            clean_train_curve.append(test_dsc(model, clean_check, n_classes, spec.divisor, settings.test_batch_size, device))
         if progress is not None:
             progress(run_name or victim, epoch, settings.epochs, curve[-1])
-    return TrainingRun(victim, curve, time.time() - start)
+    return TrainingRun(victim, curve, time.time() - start, train_curve, clean_train_curve)
+
+
+def _optimiser(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=settings.learning_rate, momentum=settings.momentum, nesterov=True,
+        weight_decay=settings.weight_decay,
+    )  # fmt: skip
+
+
+def _fit_check_slices(train: Sequence[SliceSample]) -> list[SliceSample]:
+    """The slices of up to FIT_CHECK_CASES training cases with ROI, evenly spread over the cases."""
+    cases = [slices for slices in by_case(train).values() if any(s.labels.any() for s in slices)]
+    step = max(1, math.ceil(len(cases) / FIT_CHECK_CASES))
+    return [s for slices in cases[::step] for s in slices]
 
 
 def _sample_batch(
@@ -351,7 +397,9 @@ def evaluate(
         for defense in ("none", *defenses):
             train, run_settings = defend(defense, data.protected, data.clean, settings)
             name = f"{victim}/protected" + ("" if defense == "none" else f"+{defense}")
-            run = train_victim(train, data.test, victim, data.n_classes, run_settings, progress, name, data.normalisation)
+            run = train_victim(
+                train, data.test, victim, data.n_classes, run_settings, progress, name, data.normalisation, data.clean
+            )
             runs.append({"data": "protected", "defense": defense, **run.to_dict()})
             summary.append(
                 {
@@ -361,6 +409,9 @@ def evaluate(
                     "clean_final": clean_run.final,
                     "protected_best": run.best,
                     "protected_final": run.final,
+                    "clean_train_dsc": clean_run.train_curve[-1],
+                    "protected_train_dsc": run.train_curve[-1],
+                    "protected_clean_train_dsc": run.clean_train_curve[-1],
                     "ratio_best": ratio(run.best, clean_run.best),
                     "ratio_final": ratio(run.final, clean_run.final),
                 }

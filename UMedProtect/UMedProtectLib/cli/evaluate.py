@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..devices import DEVICE_CHOICES
-from ..evaluation import TrainSettings, evaluate
+from ..evaluation import DEFAULT_LEARNING_RATES, TrainSettings, evaluate
 from ..io import check_writable_dir, write_json
 from ..victims import VICTIMS
 
@@ -28,8 +28,16 @@ Training (nnU-Net-like, 2D): slices along each case's coarsest axis; nnU-Net's n
 (channel named CT in dataset.json: clip to the 0.5-99.5 percentiles of the training foreground,
 z-score with its mean/std; otherwise per-case z-score); random patches (a third centred on the
 ROI); flips, rotation/scale resampling, brightness/contrast/gamma/noise/blur/low-resolution
-augmentation; Dice + CE loss; SGD with Nesterov momentum 0.99 and poly learning-rate decay. Test DSC of a case = mean Dice over the
-foreground labels it contains (3D over all its slices); the epoch's DSC = mean over test cases.
+augmentation; Dice + CE loss; SGD with Nesterov momentum 0.99 (or --optimizer adam) and poly
+learning-rate decay. Test DSC of a case = mean Dice over the foreground labels it contains (3D over
+all its slices); the epoch's DSC = mean over test cases.
+
+Checks after the last epoch, on (up to 8 of) the training cases: 'clean fit' and 'prot. fit', each
+victim's DSC on its own training cases; 'prot. on clean', the protected victim's DSC on the clean
+versions of its training cases. A victim that does not fit its training data has learned neither
+the anatomy nor a shortcut, and its ratio says nothing about the protection: train longer. A
+protected victim that fits its protected cases but fails on their clean versions relies on the
+perturbation (same subject and slices: no generalisation gap mixed in).
 The defaults are CPU-sized; use more --epochs / --iterations and a larger --patch-size on a GPU."""
 
 
@@ -62,7 +70,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, default=defaults.iterations_per_epoch, help="iterations per epoch (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per iteration (default %(default)s)")
     p.add_argument("--patch-size", type=int, default=defaults.patch_size, help="patch size in pixels (default %(default)s)")
-    p.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="initial SGD learning rate (default %(default)s)")
+    p.add_argument("--optimizer", choices=tuple(DEFAULT_LEARNING_RATES), default=defaults.optimizer, help="victim optimiser (default %(default)s, as nnU-Net)")
+    p.add_argument("--learning-rate", type=float, help="initial learning rate (default: sgd 0.01, adam 0.001)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default %(default)s)")
     p.add_argument("-o", "--output", metavar="REPORT.json", help="write the full report (per-epoch DSC curves included)")
@@ -75,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     for name in ("epochs", "iterations", "batch_size", "patch_size"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    learning_rate = DEFAULT_LEARNING_RATES[args.optimizer] if args.learning_rate is None else args.learning_rate
+    if not 0 < learning_rate <= 1:
+        raise InputError(f"--learning-rate {learning_rate} is out of range (0, 1]")
     if args.output:
         check_writable_dir(Path(args.output).resolve().parent)
     settings = TrainSettings(
@@ -82,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
         iterations_per_epoch=args.iterations,
         batch_size=args.batch_size,
         patch_size=args.patch_size,
-        learning_rate=args.learning_rate,
+        optimizer=args.optimizer,
+        learning_rate=learning_rate,
         seed=args.seed,
         device=args.device,
     )
@@ -100,12 +113,16 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(report: dict) -> str:
     """The summary as a small fixed-width table, with the visibility line under it."""
-    header = f"{'victim':<14}{'defense':<12}{'clean best':>11}{'prot. best':>11}{'clean last':>11}{'prot. last':>11}{'ratio':>8}"
+    header = (
+        f"{'victim':<14}{'defense':<12}{'clean best':>11}{'prot. best':>11}{'clean last':>11}{'prot. last':>11}"
+        f"{'ratio':>8}{'clean fit':>10}{'prot. fit':>10}{'prot. on clean':>15}"
+    )
     lines = [header, "-" * len(header)]
     for row in report["summary"]:
         lines.append(
             f"{row['victim']:<14}{row['defense']:<12}{row['clean_best']:>11.4f}{row['protected_best']:>11.4f}"
             f"{row['clean_final']:>11.4f}{row['protected_final']:>11.4f}{_fmt(row['ratio_best']):>8}"
+            f"{row['clean_train_dsc']:>10.4f}{row['protected_train_dsc']:>10.4f}{row['protected_clean_train_dsc']:>15.4f}"
         )
     q = report["quality"]
     lines.append(
