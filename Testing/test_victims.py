@@ -35,7 +35,12 @@ def test_victim_maps_image_to_class_logits(name):
 
 def test_every_victim_is_known_and_library_ones_are_covered():
     assert "unet" in VICTIMS
-    assert set(PACKAGE_OF) == set(VICTIM_NAMES) - {"unet"}
+    assert set(PACKAGE_OF) == set(VICTIM_NAMES) - {"unet", "unet-small"}
+
+
+def test_small_unet_is_the_unet_with_a_quarter_of_the_weights():
+    count = lambda name: sum(p.numel() for p in build_victim(name, 2).parameters())  # noqa: E731
+    assert 0.2 < count("unet-small") / count("unet") < 0.3
 
 
 def test_unknown_victim_is_an_input_error():

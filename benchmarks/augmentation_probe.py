@@ -7,6 +7,7 @@ the fitted perturbation is no shortcut at all. The defaults are the study's `sma
 schedule, so its augmented row (benchmarks/results/small) is the counterpart.
 
     python benchmarks/augmentation_probe.py CLEAN_DIR PROTECTED_DIR -o probe.json [--epochs 8 --iterations 20]
+        [--victim unet-small --optimizer adam --learning-rate 0.003 --patch-size 96]
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
 
 from UMedProtectLib.augment import NO_AUGMENTATION  # noqa: E402
-from UMedProtectLib.evaluation import TrainSettings, evaluate  # noqa: E402
+from UMedProtectLib.evaluation import DEFAULT_LEARNING_RATES, TrainSettings, evaluate  # noqa: E402
 from UMedProtectLib.io import write_json  # noqa: E402
 
 
@@ -34,15 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--patch-size", type=int, default=64)
+    parser.add_argument("--optimizer", choices=tuple(DEFAULT_LEARNING_RATES), default="sgd")
+    parser.add_argument("--learning-rate", type=float, help="default: sgd 0.01, adam 0.001")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    learning_rate = args.learning_rate or DEFAULT_LEARNING_RATES[args.optimizer]
     settings = TrainSettings(epochs=args.epochs, iterations_per_epoch=args.iterations, batch_size=args.batch_size,
-                             patch_size=args.patch_size, device=args.device)  # fmt: skip
+                             patch_size=args.patch_size, optimizer=args.optimizer, learning_rate=learning_rate,
+                             device=args.device)  # fmt: skip
     report = evaluate(args.clean_dir, args.protected_dir, victims=[args.victim],
                       settings=replace(settings, augment=NO_AUGMENTATION))  # fmt: skip
     row = report["summary"][0]
     print(f"no augmentation: clean best {row['clean_best']:.4f}  protected best {row['protected_best']:.4f}  "
-          f"ratio {row['ratio_best']:.3f}")  # fmt: skip
+          f"ratio {row['ratio_best']:.3f}  protected fit {row['protected_train_dsc']:.4f}  "
+          f"on clean versions {row['protected_clean_train_dsc']:.4f}")  # fmt: skip
     write_json(report, args.output)
     return 0
 

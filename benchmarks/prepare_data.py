@@ -16,6 +16,8 @@ Datasets written to DATA_DIR/nnUNet_raw (the split is declared in each dataset.j
       around the subject's lesion centroid (the same box for every slice of a subject).
   Dataset002_TotalSegCT  2D abdominal CT slices, labels liver, spleen, kidney (left+right), stomach.
       Split by subject: train example_ct_sm (3 mm); test the DICOM CT resampled to 3 mm.
+  Dataset004_TotalSegCTLiver  the Dataset002 slices with the liver as the only label (binary: the
+      task a short victim training learns well enough for its ratio to mean something).
   Dataset003_TotalSegMR  2D abdominal MR slices, same four labels. One subject only: split by slice
       blocks, train slices 0-13, test slices 16-19 (two slices left out between the blocks).
   Dataset011_PyradiomicsLesions3D  the Dataset001 subjects as 3D volumes (same split and crop).
@@ -188,7 +190,7 @@ def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
         for z in zs
         if sitk.GetArrayViewFromImage(label)[z].any()
     ]
-    if which & {"002", "012"}:
+    if which & {"002", "004", "012"}:
         train_image = _read_lps(source / "example_ct_sm.nii.gz")
         train_label = _organ_labels(sitk.ReadImage(str(source / "example_seg.nii.gz")), train_image)
         reader = sitk.ImageSeriesReader()
@@ -203,6 +205,12 @@ def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
                           organ_slices(train_image, train_label, "ct_sm", range(train_image.GetSize()[2])),
                           organ_slices(test_image, test_label, "ct_dicom", range(test_image.GetSize()[2])),
                           split + "; each axial slice with an organ is a case")  # fmt: skip
+        if "004" in which:
+            liver = lambda label: sitk.Cast(label == 1, sitk.sitkUInt8)  # noqa: E731
+            write_dataset(out / "Dataset004_TotalSegCTLiver", "TotalSegCTLiver", {"background": 0, "liver": 1}, "CT",
+                          organ_slices(train_image, liver(train_label), "ct_sm", range(train_image.GetSize()[2])),
+                          organ_slices(test_image, liver(test_label), "ct_dicom", range(test_image.GetSize()[2])),
+                          split + "; each axial slice with liver is a case")  # fmt: skip
         if "012" in which:
             write_dataset(out / "Dataset012_TotalSegCT3D", "TotalSegCT3D", labels, "CT",
                           [("ct_sm", train_image, train_label)], [("ct_dicom", test_image, test_label)], split)  # fmt: skip
@@ -233,7 +241,7 @@ def phantom_dataset(out: Path, n_train: int = 16, n_test: int = 6, size: int = 9
                   "synthetic: independent random phantoms (seeds 0-15 train, 1000-1005 test)")  # fmt: skip
 
 
-DATASETS = ("001", "002", "003", "011", "012", "900")
+DATASETS = ("001", "002", "003", "004", "011", "012", "900")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     which = set(args.only)
     if which & {"001", "011"}:
         lesion_datasets(args.data_dir, out, which)
-    if which & {"002", "003", "012"}:
+    if which & {"002", "003", "004", "012"}:
         organ_datasets(args.data_dir, out, which)
     if "900" in which:
         phantom_dataset(out)

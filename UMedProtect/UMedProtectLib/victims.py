@@ -31,10 +31,14 @@ class VictimSpec:
     builder: Callable[[int], nn.Module]
 
 
-def _unet(n_classes: int) -> nn.Module:
+def _unet(n_classes: int, base_channels: int = 32) -> nn.Module:
     from .networks import UNet2d
 
-    return UNet2d(1, n_classes, base_channels=32, levels=4)
+    return UNet2d(1, n_classes, base_channels=base_channels, levels=4)
+
+
+def _small_unet(n_classes: int) -> nn.Module:
+    return _unet(n_classes, base_channels=16)
 
 
 def _nnunet_kwargs() -> dict:
@@ -97,6 +101,7 @@ VICTIMS: dict[str, VictimSpec] = {
     spec.name: spec
     for spec in (
         VictimSpec("unet", "UMedProtect's 2D U-Net (4 levels, 32 base channels)", 8, _unet),
+        VictimSpec("unet-small", "the same with 16 base channels (about 3x faster: CPU checks)", 8, _small_unet),
         VictimSpec("plainconvunet", "nnU-Net PlainConvUNet, 2D, 5 stages (dynamic-network-architectures)", 16, _plain_conv_unet),
         VictimSpec("resencunet", "nnU-Net ResidualEncoderUNet (ResEnc-M-like), 2D, 5 stages", 16, _residual_encoder_unet),
         VictimSpec("segresnet", "MONAI SegResNet, 2D, 16 initial filters", 8, _segresnet),

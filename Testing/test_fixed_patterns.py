@@ -1,0 +1,46 @@
+"""The positive-control datasets of benchmarks/fixed_patterns.py: within budget, ROI only, labels untouched."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import ROOT, write_nnunet_dataset
+
+from UMedProtectLib.intensity import intensity_window
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+fixed_patterns = pytest.importorskip("fixed_patterns")
+
+
+def _array(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+@pytest.mark.parametrize("name", fixed_patterns.PATTERNS)
+def test_pattern_copies_change_training_images_within_budget_only_where_stated(name, tmp_path):
+    source = write_nnunet_dataset(tmp_path / "clean", n_train=2, n_test=1, shape=(3, 32, 32), n_lesions=1)
+    assert fixed_patterns.main([str(source), str(tmp_path / "out"), "--patterns", name]) == 0
+    out = tmp_path / "out" / name
+    for image_path in sorted((source / "imagesTr").iterdir()):
+        before, after = _array(image_path), _array(out / "imagesTr" / image_path.name)
+        labels = _array(source / "labelsTr" / image_path.name.replace("_0000", ""))
+        change = after.astype(np.float64) - before
+        assert np.abs(change).max() <= intensity_window(before).budget(4.0)
+        assert np.abs(change[labels > 0]).max() > 0  # the ROI is changed
+        if name != "dim":
+            assert not change[labels == 0].any()  # nothing outside the ROI
+        assert (_array(out / "labelsTr" / image_path.name.replace("_0000", "")) == labels).all()
+    for test_image in (source / "imagesTs").iterdir():
+        assert test_image.read_bytes() == (out / "imagesTs" / test_image.name).read_bytes()
+
+
+def test_dim_lowers_the_roi_and_raises_a_ring_around_it():
+    labels = np.zeros((1, 16, 16), np.uint8)
+    labels[0, 6:10, 6:10] = 1
+    unit = fixed_patterns.pattern("dim", labels)
+    assert (unit[labels > 0] == -1).all()
+    assert unit[0, 3, 8] == 1 and unit[0, 2, 8] == 0  # three pixels out, not four
+    assert unit[:, 0].sum() == 0

@@ -1,0 +1,90 @@
+"""Positive controls: copies of an nnU-Net raw dataset "protected" by fixed patterns inside the ROI.
+
+Not protection methods but yardsticks for the measurement (METHOD.md's probe): a fixed pattern is
+the simplest shortcut there is, so a victim schedule that is not fooled by one even *without*
+augmentation is too short to say anything about a protection. Every pattern uses the full budget
+(epsilon/255 of each case's intensity window, rounded to the dtype with the project's
+``apply_change``) and changes only the ROI (any non-zero label) unless stated:
+
+  checker   +-budget pixel checkerboard (period 2) -- METHOD.md's probe pattern
+  tile8     a fixed random +-budget 8x8 tile, repeated (survives blur and resampling better)
+  offset    +budget everywhere in the ROI
+  dim       -budget in the ROI and +budget in a 3-pixel ring outside it (flattens the edge)
+
+    python benchmarks/fixed_patterns.py IN_DIR OUT_ROOT [--patterns checker tile8 ...] [--epsilon 4]
+
+writes OUT_ROOT/<pattern>/ (nnU-Net raw layout: protected imagesTr, everything else copied).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy.ndimage import binary_dilation
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "UMedProtect"))
+
+from UMedProtectLib.intensity import apply_change, intensity_window  # noqa: E402
+from UMedProtectLib.nnunet import read_dataset  # noqa: E402
+
+TILE = np.random.default_rng(0).choice([-1.0, 1.0], size=(8, 8))
+
+
+def pattern(name: str, labels: np.ndarray) -> np.ndarray:
+    """Unit pattern (values in [-1, 1]) for one case's labels, on its last two axes."""
+    roi = labels > 0
+    rows, cols = np.indices(labels.shape[-2:])
+    if name == "checker":
+        return np.where((rows + cols) % 2 == 0, 1.0, -1.0) * roi
+    if name == "tile8":
+        return TILE[rows % 8, cols % 8] * roi
+    if name == "offset":
+        return roi.astype(np.float64)
+    if name == "dim":
+        structure = np.zeros((3,) * roi.ndim, bool)
+        structure[(1,) * (roi.ndim - 2)] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # in-plane neighbours only
+        ring = binary_dilation(roi, structure, iterations=3) & ~roi
+        return ring.astype(np.float64) - roi
+    raise ValueError(f"unknown pattern {name!r}")
+
+
+PATTERNS = ("checker", "tile8", "offset", "dim")
+
+
+def write_protected_copy(source: Path, out: Path, name: str, epsilon: float) -> None:
+    """Copy ``source`` to ``out`` with every training image changed by pattern ``name``."""
+    dataset = read_dataset(source)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(source, out)
+    for case in dataset.training:
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))
+        for path in case.images:
+            image = sitk.ReadImage(str(path))
+            array = sitk.GetArrayFromImage(image)
+            budget = intensity_window(array).budget(epsilon)
+            protected = sitk.GetImageFromArray(apply_change(array, pattern(name, labels) * budget, budget))
+            protected.CopyInformation(image)
+            sitk.WriteImage(protected, str(out / path.relative_to(source)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", type=Path, help="nnU-Net raw dataset")
+    parser.add_argument("out_root", type=Path, help="one folder per pattern is written here")
+    parser.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
+    parser.add_argument("--epsilon", type=float, default=4.0, help="budget in 1/255 of each case's window")
+    args = parser.parse_args(argv)
+    for name in args.patterns:
+        write_protected_copy(args.source, args.out_root / name, name, args.epsilon)
+        print(f"wrote {args.out_root / name}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
