@@ -87,3 +87,48 @@ def test_targeted_objective_freezes_a_pretrained_surrogate_and_fits():
     assert len({r["surrogate_loss"] for r in history}) == 1  # the surrogate no longer trains
     with pytest.raises(InputError, match="objective"):
         fit_protector(_samples(), config, replace(TINY, objective="max-max"))
+
+
+def test_alignment_objective_trains_the_surrogate_alongside_and_fits():
+    from dataclasses import replace
+
+    config = ProtectorConfig(base_channels=4, levels=2)
+    fitted, history = fit_protector(_samples(), config, replace(TINY, objective="alignment", pretrain_steps=2))
+    assert len(history) == TINY.steps and fitted.config.training["settings"]["objective"] == "alignment"
+    assert len({r["surrogate_loss"] for r in history}) > 1  # the surrogate trains on protected data, as a victim
+    assert all(0 <= r["generator_loss"] - 0.002 * r["visibility"] <= 2 + 1e-4 for r in history)
+
+
+def test_misalignment_is_two_for_identical_views_and_differentiable_in_the_protected_input():
+    from UMedProtectLib.fit import _misalignment
+
+    torch.manual_seed(0)
+    surrogate = torch.nn.Conv2d(1, 2, 3, padding=1)
+    x = torch.randn(2, 1, 8, 8)
+    y = torch.randint(0, 2, (2, 8, 8))
+    protected = x.clone().requires_grad_(True)
+    value = _misalignment(surrogate, (x, y), (protected, y))
+    assert value.item() == pytest.approx(2.0, abs=1e-5)  # the same gradient points away from "raise the clean loss"
+    value.backward()
+    assert protected.grad is not None
+
+
+def test_fit_slices_of_a_ct_dataset_carry_the_victims_ct_normalisation(tmp_path):
+    import json
+
+    from conftest import write_nnunet_dataset
+
+    from UMedProtectLib.evaluation import ct_statistics
+    from UMedProtectLib.fit import dataset_slices, prepare, sample_batch, victim_input
+
+    root = write_nnunet_dataset(tmp_path / "ct", n_train=2, n_test=1, shape=(3, 32, 32), n_lesions=1)
+    slices = dataset_slices([str(root)])
+    lo, hi, mean, std = ct_statistics(slices)
+    assert all(s.clip == (lo, hi) and (s.mean, s.std) == (mean, std) for s in slices)
+    batch = sample_batch(prepare(slices, ProtectorConfig()), TINY, np.random.default_rng(0), torch.device("cpu"))
+    x = victim_input(batch[0], batch)
+    assert x.max() <= (hi - mean) / std + 1e-4 and x.min() >= (lo - mean) / std - 1e-4
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "MRI"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert all(s.clip is None for s in dataset_slices([str(root)]))

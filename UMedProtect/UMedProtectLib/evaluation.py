@@ -138,18 +138,23 @@ def by_case(samples: Sequence[SliceSample]) -> dict[str, list[SliceSample]]:
     return {k: sorted(v, key=lambda s: s.index) for k, v in cases.items()}
 
 
+def ct_statistics(train: Sequence[SliceSample]) -> tuple[float, float, float, float]:
+    """nnU-Net's CT statistics: the 0.5/99.5 percentiles of the training foreground, and its clipped mean and std."""
+    foreground = np.concatenate([s.image[s.labels > 0] for s in train]).astype(np.float64)
+    if not foreground.size:
+        foreground = np.concatenate([s.image.ravel() for s in train]).astype(np.float64)
+    lo, hi = np.percentile(foreground, (0.5, 99.5))
+    clipped = np.clip(foreground, lo, hi)
+    return float(lo), float(hi), float(clipped.mean()), float(clipped.std()) or 1.0
+
+
 def ct_normalised(train: Sequence[SliceSample], *others: Sequence[SliceSample]) -> tuple[list, ...]:
     """nnU-Net's CT normalisation, statistics from the training foreground, applied to every set.
 
     Images are clipped to the 0.5 and 99.5 percentiles of the training slices' foreground voxels;
     their mean and std become every slice's z-score statistics.
     """
-    foreground = np.concatenate([s.image[s.labels > 0] for s in train]).astype(np.float64)
-    if not foreground.size:
-        foreground = np.concatenate([s.image.ravel() for s in train]).astype(np.float64)
-    lo, hi = np.percentile(foreground, (0.5, 99.5))
-    clipped = np.clip(foreground, lo, hi)
-    mean, std = float(clipped.mean()), float(clipped.std()) or 1.0
+    lo, hi, mean, std = ct_statistics(train)
 
     def apply(samples):
         return [replace(s, image=np.clip(s.image, lo, hi).astype(np.float32), mean=mean, std=std) for s in samples]
@@ -356,7 +361,7 @@ def load_evaluation_data(clean_dir: str | Path, protected_dir: str | Path, test_
         "max_abs_change": max(q["max_abs_change"] for q in per_case.values()),
         "cases": per_case,
     }
-    normalisation = "ct" if str(clean_set.meta["channel_names"]["0"]).strip().upper() == "CT" else "zscore"
+    normalisation = "ct" if clean_set.is_ct else "zscore"
     return EvaluationData(clean, protected, test, len(values), quality, test_source, normalisation)
 
 

@@ -1,9 +1,20 @@
-"""Min-min fitting of a protector against a surrogate segmenter, through victim-like augmentation.
+"""Fitting a protector against a surrogate segmenter, through victim-like augmentation.
 
-Alternates (a) surrogate steps on protected, augmented patches (generators frozen) and (b) generator
-steps that *minimise* the surrogate's Dice+CE loss on the same pipeline, plus a visibility penalty.
-The surrogate is re-initialised periodically, so the perturbation must stay a shortcut that a
-network trained from scratch picks up first, as an unauthorised victim would.
+Objectives (each plus a visibility penalty):
+
+- ``min-min`` (UMed's): alternate (a) surrogate steps on protected, augmented patches (generators
+  frozen) and (b) generator steps that *minimise* the surrogate's Dice+CE loss on the same
+  pipeline. The surrogate is re-initialised periodically, so the perturbation must stay a
+  shortcut that a network trained from scratch picks up first, as an unauthorised victim would.
+- ``targeted``: error-maximising towards shifted labels against a surrogate pre-trained on clean
+  data and then frozen.
+- ``alignment`` (gradient alignment, as in Fowl et al.'s secure dataset release): against a
+  surrogate pre-trained on clean data, make the training gradient on protected patches point
+  where the loss on the *clean* patches rises, so that training on protected data unlearns the
+  anatomy. The surrogate keeps training on protected data, as a victim would.
+
+The surrogate sees what a victim sees: the victim's normalisation (CT datasets: nnU-Net's clipping
+and foreground statistics; otherwise per-case z-score) and augmentation.
 """
 
 from __future__ import annotations
@@ -40,8 +51,8 @@ class FitSettings:
     surrogate_reset_every: int = 200  # generator steps between surrogate re-initialisations
     visibility_weight: float = 0.002  # weight of mean (delta/epsilon)^2 in the generator loss
     foreground_fraction: float = 0.67
-    objective: str = "min-min"  # or "targeted": error-maximising towards shifted labels, frozen surrogate
-    pretrain_steps: int = 300  # "targeted": surrogate steps on clean data before it is frozen
+    objective: str = "min-min"  # see OBJECTIVES
+    pretrain_steps: int = 300  # "targeted", "alignment": surrogate steps on clean data first
     stop_dice: float = 0.95  # stop once a fresh surrogate reaches this training Dice...
     min_steps: int = 200  # ...and at least this many generator steps were taken
     seed: int = 0
@@ -56,9 +67,11 @@ class PreparedSlice:
     labels: np.ndarray
     zmean: float  # case mean in window units (the victim's z-score statistics)
     zstd: float
+    clip: tuple[float, float]  # the victim's clipping range in window units (infinite: none)
 
 
 FitProgress = Callable[[int, int, dict], None]
+OBJECTIVES = ("min-min", "targeted", "alignment")
 
 
 def prepare(samples: Sequence[SliceSample], config: ProtectorConfig) -> list[PreparedSlice]:
@@ -68,16 +81,18 @@ def prepare(samples: Sequence[SliceSample], config: ProtectorConfig) -> list[Pre
         image = normalize(s.image, s.window)
         maps = region_maps(image, s.labels, config.band_radius, config.texture_floor, config.texture_window)
         zmean = (s.mean - s.window.lo) / s.window.width
-        prepared.append(PreparedSlice(image, maps, s.labels, zmean, max(s.std / s.window.width, 1e-3)))
+        lo, hi = s.clip or (-np.inf, np.inf)
+        clip = ((lo - s.window.lo) / s.window.width, (hi - s.window.lo) / s.window.width)
+        prepared.append(PreparedSlice(image, maps, s.labels, zmean, max(s.std / s.window.width, 1e-3), clip))
     return prepared
 
 
 def sample_batch(
     data: Sequence[PreparedSlice], settings: FitSettings, rng: np.random.Generator, device: torch.device
 ) -> tuple[torch.Tensor, ...]:
-    """Random patches: (image, maps, labels, origin, zmean, zstd) tensors."""
+    """Random patches: (image, maps, labels, origin, zmean, zstd, clip) tensors; clip is (B,2,1,1)."""
     p = settings.patch_size
-    images, maps, labels, origins, zm, zs = [], [], [], [], [], []
+    images, maps, labels, origins, zm, zs, clips = [], [], [], [], [], [], []
     for _ in range(settings.batch_size):
         s = data[rng.integers(len(data))]
         top, left = patch_origin(s.labels, p, rng, rng.random() < settings.foreground_fraction)
@@ -87,6 +102,7 @@ def sample_batch(
         origins.append((top, left))
         zm.append(s.zmean)
         zs.append(s.zstd)
+        clips.append(s.clip)
     as_tensor = lambda a, dtype: torch.as_tensor(np.stack(a), dtype=dtype, device=device)  # noqa: E731
     return (
         as_tensor(images, torch.float32),
@@ -95,7 +111,14 @@ def sample_batch(
         as_tensor(origins, torch.long),
         as_tensor(zm, torch.float32).view(-1, 1, 1, 1),
         as_tensor(zs, torch.float32).view(-1, 1, 1, 1),
+        as_tensor(clips, torch.float32).view(-1, 2, 1, 1),
     )
+
+
+def victim_input(image: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Window-unit patches as the victim normalises them: clipped (CT), then z-scored."""
+    zmean, zstd, clip = batch[4:7]
+    return (torch.clamp(image, clip[:, :1], clip[:, 1:]) - zmean) / zstd
 
 
 def fit_protector(
@@ -124,26 +147,24 @@ def fit_protector(
         net = UNet2d(1, n_classes, settings.surrogate_channels, 3).to(device).train()
         return net, torch.optim.Adam(net.parameters(), lr=settings.surrogate_lr)
 
+    if settings.objective not in OBJECTIVES:
+        raise InputError(f"unknown fitting objective {settings.objective!r} (choose from {', '.join(OBJECTIVES)})")
     surrogate, optimiser_s = new_surrogate()
     eps = config.epsilon / 255.0
     targeted = settings.objective == "targeted"
-    if settings.objective not in ("min-min", "targeted"):
-        raise InputError(f"unknown fitting objective {settings.objective!r} (min-min or targeted)")
+    alignment = settings.objective == "alignment"
 
-    def victim_view(batch, delta):
-        image, maps, labels, _, zmean, zstd = batch
-        if targeted:  # inside ROI ∪ band, aim at the next class: what the victim should learn instead
-            labels = torch.where(maps[:, :2].sum(dim=1) > 0, (labels + 1) % n_classes, labels)
-        return augment_batch((image + delta - zmean) / zstd, labels, settings.augment, augment_rng)
+    def victim_view(batch, delta, labels=None):
+        labels = batch[2] if labels is None else labels
+        return augment_batch(victim_input(batch[0] + delta, batch), labels, settings.augment, augment_rng)
 
     def surrogate_step(protected: bool) -> torch.Tensor:
         """One surrogate update on a fresh batch of clean or protected patches (generators frozen)."""
         nonlocal dice_ema
         batch = sample_batch(data, settings, rng, device)
-        image, _, labels, _, zmean, zstd = batch
         with torch.no_grad():
-            delta = protector(*batch[:4]) if protected else torch.zeros_like(image)
-        x, y = augment_batch((image + delta - zmean) / zstd, labels, settings.augment, augment_rng)
+            delta = protector(*batch[:4]) if protected else torch.zeros_like(batch[0])
+        x, y = victim_view(batch, delta)
         logits = surrogate(x)
         loss = dice_ce_loss(logits, y)
         optimiser_s.zero_grad(set_to_none=True)
@@ -152,8 +173,17 @@ def fit_protector(
         dice_ema = 0.9 * dice_ema + 0.1 * _batch_dice(logits.detach(), y)
         return loss.detach()
 
+    def generator_objective(batch, delta) -> torch.Tensor:
+        if alignment:
+            return _misalignment(surrogate, victim_view(batch, torch.zeros_like(delta)), victim_view(batch, delta))
+        labels = batch[2]
+        if targeted:  # inside ROI ∪ band, aim at the next class: what the victim should learn instead
+            labels = torch.where(batch[1][:, :2].sum(dim=1) > 0, (labels + 1) % n_classes, labels)
+        x, y = victim_view(batch, delta, labels)
+        return dice_ce_loss(surrogate(x), y)
+
     dice_ema, loss_s = 0.0, torch.zeros(())
-    for _ in range(settings.pretrain_steps if targeted else 0):  # surrogate on clean data, then frozen
+    for _ in range(settings.pretrain_steps if targeted or alignment else 0):  # surrogate on clean data first
         loss_s = surrogate_step(protected=False)
     surrogate.requires_grad_(not targeted)
 
@@ -163,18 +193,17 @@ def fit_protector(
     for step in range(1, settings.steps + 1):
         if cancel is not None and cancel():
             raise Cancelled("fitting cancelled")
-        if not targeted and since_reset >= settings.surrogate_reset_every:
+        if settings.objective == "min-min" and since_reset >= settings.surrogate_reset_every:
             surrogate, optimiser_s = new_surrogate()
             dice_ema, since_reset = 0.0, 0
         since_reset += 1
         for _ in range(0 if targeted else settings.surrogate_steps):  # (a) surrogate on protected data
             loss_s = surrogate_step(protected=True)
-        batch = sample_batch(data, settings, rng, device)  # (b) generators minimise the same loss
+        batch = sample_batch(data, settings, rng, device)  # (b) a generator step
         delta = protector(*batch[:4])
-        x, y = victim_view(batch, delta)
         region = (batch[1][:, :2].sum(dim=1, keepdim=True) > 0).float()  # ROI ∪ band
         visibility = ((delta / eps) ** 2).sum() / region.sum().clamp_min(1.0)
-        loss_g = dice_ce_loss(surrogate(x), y) + settings.visibility_weight * visibility
+        loss_g = generator_objective(batch, delta) + settings.visibility_weight * visibility
         optimiser_g.zero_grad(set_to_none=True)
         loss_g.backward()
         optimiser_g.step()
@@ -188,7 +217,10 @@ def fit_protector(
         history.append(record)
         if progress is not None:
             progress(step, settings.steps, record)
-        if not targeted and step >= settings.min_steps and since_reset >= 50 and dice_ema >= settings.stop_dice:
+        if (
+            settings.objective == "min-min" and step >= settings.min_steps and since_reset >= 50
+            and dice_ema >= settings.stop_dice
+        ):  # fmt: skip
             break
     protector = protector.cpu().eval()
     protector.config = replace(
@@ -209,6 +241,21 @@ def fit_protector(
     return protector, history
 
 
+def _misalignment(surrogate: torch.nn.Module, clean: tuple, protected: tuple) -> torch.Tensor:
+    """1 - cosine between the training gradient on ``protected`` and minus the gradient of the loss on ``clean``.
+
+    A descent step along the first then climbs the second: training on the protected patches
+    raises the loss on the clean ones. Both arguments are (input, labels) views; the result is
+    differentiable in the protected input.
+    """
+    params = [p for p in surrogate.parameters() if p.requires_grad]
+    clean_gradient = torch.autograd.grad(dice_ce_loss(surrogate(clean[0]), clean[1]), params)
+    poison = torch.autograd.grad(dice_ce_loss(surrogate(protected[0]), protected[1]), params, create_graph=True)
+    dot = sum((-c * g).sum() for c, g in zip(clean_gradient, poison))
+    norm = torch.sqrt(sum((c * c).sum() for c in clean_gradient)) * torch.sqrt(sum((g * g).sum() for g in poison))
+    return 1 - dot / norm.clamp_min(1e-12)
+
+
 def _batch_dice(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Foreground Dice of argmax predictions over the batch."""
     pred = logits.argmax(dim=1)
@@ -219,14 +266,23 @@ def _batch_dice(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def dataset_slices(dataset_dirs: Sequence[str]) -> list[SliceSample]:
-    """Training slices touching the ROI from the labelled training cases of nnU-Net-layout datasets."""
+    """Training slices touching the ROI from the labelled training cases of nnU-Net-layout datasets.
+
+    Slices of a CT dataset carry nnU-Net's CT normalisation (clipping range and foreground
+    statistics of that dataset), as the victim would use it.
+    """
+    from .evaluation import ct_statistics
     from .nnunet import read_dataset
     from .slices import load_slices
 
     samples: list[SliceSample] = []
     for folder in dataset_dirs:
         dataset = read_dataset(folder)
-        samples += load_slices([c for c in dataset.training if c.label is not None])
+        slices = load_slices([c for c in dataset.training if c.label is not None])
+        if dataset.is_ct and slices:
+            lo, hi, mean, std = ct_statistics(slices)
+            slices = [replace(s, mean=mean, std=std, clip=(lo, hi)) for s in slices]
+        samples += slices
     return samples
 
 

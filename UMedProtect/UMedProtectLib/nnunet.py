@@ -40,6 +40,11 @@ class NnUNetDataset:
     labels: dict[str, int] = field(default_factory=dict)
 
     @property
+    def is_ct(self) -> bool:
+        """True when the first channel is named CT (nnU-Net then normalises it with fixed statistics)."""
+        return str(self.meta["channel_names"]["0"]).strip().upper() == "CT"
+
+    @property
     def label_values(self) -> set[int]:
         """Every label value dataset.json declares (background included)."""
         return set(self.labels.values())

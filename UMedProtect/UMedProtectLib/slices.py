@@ -22,6 +22,7 @@ class SliceSample:
     window: Window
     mean: float
     std: float
+    clip: tuple[float, float] | None = None  # the victim's clipping range before its z-score, if any
 
 
 def case_slices(

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..devices import DEVICE_CHOICES
-from ..fit import FitSettings, dataset_slices, fit_on_datasets
+from ..fit import OBJECTIVES, FitSettings, dataset_slices, fit_on_datasets
 from ..io import check_output_path
 from ..protector import ProtectorConfig, save_protector
 
@@ -39,11 +39,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per step (default %(default)s)")
     p.add_argument("--patch-size", type=int, default=defaults.patch_size, help="patch size in pixels (default %(default)s)")
     p.add_argument(
-        "--objective", choices=("min-min", "targeted"), default=defaults.objective,
+        "--objective", choices=OBJECTIVES, default=defaults.objective,
         help="min-min: error-minimising shortcut against a surrogate trained alongside (UMed); targeted: "
-        "error-maximising towards the next class against a surrogate pre-trained on clean data (default %(default)s)",
+        "error-maximising towards the next class against a surrogate pre-trained on clean data; alignment: "
+        "training gradients on protected data aligned with raising the loss on clean data (Fowl et al.), "
+        "against a surrogate pre-trained on clean data (default %(default)s)",
     )
-    p.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps, help="targeted: surrogate steps on clean data (default %(default)s)")
+    p.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps, help="targeted, alignment: surrogate steps on clean data first (default %(default)s)")
     p.add_argument(
         "--surrogate-reset-every", type=int, default=defaults.surrogate_reset_every,
         help="min-min: generator steps between surrogate re-initialisations (default %(default)s)",

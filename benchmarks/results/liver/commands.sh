@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Dataset004 (liver only, Dataset002's split): a victim schedule that fits its training data, positive
+# controls, the default protector and a protector fitted with the gradient-alignment objective.
+# 2-core CPU; run from the repository root after `python benchmarks/prepare_data.py --only 004`.
+set -euo pipefail
+D=benchmarks/data/nnUNet_raw/Dataset004_TotalSegCTLiver
+W=benchmarks/data/liver
+R=benchmarks/results/liver
+V="--victim unet-small --optimizer adam --learning-rate 0.003 --epochs 5 --iterations 100 --batch-size 8 --patch-size 96 --device cpu"
+mkdir -p $W
+python benchmarks/fixed_patterns.py $D $W --patterns checker
+python benchmarks/augmentation_probe.py $D $W/checker -o $R/checker_no_aug.json $V
+umedprotect evaluate $D $W/checker -o $R/checker.json $V
+umedprotect protect-dataset $D -o $W/default --no-progress --overwrite
+umedprotect evaluate $D $W/default -o $R/default.json $V
+umedprotect fit $D -o $W/alignment.safetensors --objective alignment --steps 200 --pretrain-steps 200 \
+  --batch-size 8 --patch-size 64 --device cpu --history $R/alignment_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/alignment --protector $W/alignment.safetensors --no-progress --overwrite
+umedprotect evaluate $D $W/alignment -o $R/alignment.json $V
