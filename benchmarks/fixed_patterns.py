@@ -70,7 +70,7 @@ def write_protected_copy(source: Path, out: Path, name: str, epsilon: float) -> 
             budget = intensity_window(array).budget(epsilon)
             protected = sitk.GetImageFromArray(apply_change(array, pattern(name, labels) * budget, budget))
             protected.CopyInformation(image)
-            sitk.WriteImage(protected, str(out / path.relative_to(source)))
+            sitk.WriteImage(protected, str(out / path.relative_to(dataset.root)))
 
 
 def main(argv: list[str] | None = None) -> int:

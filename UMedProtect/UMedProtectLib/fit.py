@@ -174,8 +174,10 @@ def fit_protector(
         return loss.detach()
 
     def generator_objective(batch, delta) -> torch.Tensor:
-        if alignment:
-            return _misalignment(surrogate, victim_view(batch, torch.zeros_like(delta)), victim_view(batch, delta))
+        if alignment:  # clean and protected patches through the same augmentation, as two channels
+            both = torch.cat([victim_input(batch[0], batch), victim_input(batch[0] + delta, batch)], dim=1)
+            x, y = augment_batch(both, batch[2], settings.augment, augment_rng)
+            return _misalignment(surrogate, (x[:, :1], y), (x[:, 1:], y))
         labels = batch[2]
         if targeted:  # inside ROI ∪ band, aim at the next class: what the victim should learn instead
             labels = torch.where(batch[1][:, :2].sum(dim=1) > 0, (labels + 1) % n_classes, labels)
