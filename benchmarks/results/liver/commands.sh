@@ -17,3 +17,15 @@ umedprotect fit $D -o $W/alignment.safetensors --objective alignment --steps 200
   --batch-size 8 --patch-size 64 --device cpu --history $R/alignment_fit.json --overwrite
 umedprotect protect-dataset $D -o $W/alignment --protector $W/alignment.safetensors --no-progress --overwrite
 umedprotect evaluate $D $W/alignment -o $R/alignment.json $V
+# Gradient alignment, longer (at commit ec7d6c2: clean and protected patches share each augmentation draw)
+umedprotect fit $D -o $W/alignment600.safetensors --objective alignment --steps 600 --pretrain-steps 200 \
+  --batch-size 8 --patch-size 64 --device cpu --history $R/alignment600_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/alignment600 --protector $W/alignment600.safetensors --no-progress --overwrite
+umedprotect evaluate $D $W/alignment600 -o $R/alignment600.json $V
+# Fixed pattern "dim" (-budget in the liver, +budget in a 3-pixel ring around it)
+python benchmarks/fixed_patterns.py $D $W --patterns dim
+umedprotect evaluate $D $W/dim -o $R/dim.json $V
+# The short victim of the augmentation probe (unet, SGD, 8 x 20 iterations, no augmentation) on Dataset002 with the checkerboard
+D2=benchmarks/data/nnUNet_raw/Dataset002_TotalSegCT
+python benchmarks/fixed_patterns.py $D2 $W/d2 --patterns checker
+python benchmarks/augmentation_probe.py $D2 $W/d2/checker -o $R/d2_checker_no_aug_short_victim.json --device cpu
