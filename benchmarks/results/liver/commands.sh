@@ -29,3 +29,8 @@ umedprotect evaluate $D $W/dim -o $R/dim.json $V
 D2=benchmarks/data/nnUNet_raw/Dataset002_TotalSegCT
 python benchmarks/fixed_patterns.py $D2 $W/d2 --patterns checker
 python benchmarks/augmentation_probe.py $D2 $W/d2/checker -o $R/d2_checker_no_aug_short_victim.json --device cpu
+# UMed's own min-min objective, fitted on Dataset004 with the CT-normalised victim view (commit ec7d6c2 or later)
+umedprotect fit $D -o $W/minmin.safetensors --steps 400 --min-steps 400 --batch-size 8 --patch-size 64 --device cpu \
+  --history $R/minmin_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/minmin --protector $W/minmin.safetensors --no-progress --overwrite
+umedprotect evaluate $D $W/minmin -o $R/minmin.json $V
