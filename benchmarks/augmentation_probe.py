@@ -39,9 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, help="default: sgd 0.01, adam 0.001")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    learning_rate = args.learning_rate or DEFAULT_LEARNING_RATES[args.optimizer]
     settings = TrainSettings(epochs=args.epochs, iterations_per_epoch=args.iterations, batch_size=args.batch_size,
-                             patch_size=args.patch_size, optimizer=args.optimizer, learning_rate=learning_rate,
+                             patch_size=args.patch_size, optimizer=args.optimizer, learning_rate=args.learning_rate,
                              device=args.device)  # fmt: skip
     report = evaluate(args.clean_dir, args.protected_dir, victims=[args.victim],
                       settings=replace(settings, augment=NO_AUGMENTATION))  # fmt: skip

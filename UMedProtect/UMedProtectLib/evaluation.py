@@ -56,7 +56,7 @@ class TrainSettings:
     batch_size: int = 8
     patch_size: int = 96  # rounded up to a multiple of the victim's divisor
     optimizer: str = "sgd"  # "sgd" (nnU-Net: Nesterov, momentum below) or "adam"
-    learning_rate: float = DEFAULT_LEARNING_RATES["sgd"]
+    learning_rate: float | None = None  # None: the optimizer's DEFAULT_LEARNING_RATES entry
     momentum: float = 0.99
     weight_decay: float = 3e-5
     foreground_fraction: float = 0.33  # nnU-Net's oversampling of patches centred on the ROI
@@ -64,6 +64,10 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     augment: AugmentSettings = field(default_factory=AugmentSettings)
+
+    def __post_init__(self) -> None:
+        if self.learning_rate is None:
+            object.__setattr__(self, "learning_rate", DEFAULT_LEARNING_RATES.get(self.optimizer))
 
     def summary(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k != "augment"}

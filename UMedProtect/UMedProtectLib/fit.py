@@ -151,8 +151,7 @@ def fit_protector(
         raise InputError(f"unknown fitting objective {settings.objective!r} (choose from {', '.join(OBJECTIVES)})")
     surrogate, optimiser_s = new_surrogate()
     eps = config.epsilon / 255.0
-    targeted = settings.objective == "targeted"
-    alignment = settings.objective == "alignment"
+    min_min, targeted, alignment = (settings.objective == name for name in ("min-min", "targeted", "alignment"))
 
     def victim_view(batch, delta, labels=None):
         labels = batch[2] if labels is None else labels
@@ -185,7 +184,7 @@ def fit_protector(
         return dice_ce_loss(surrogate(x), y)
 
     dice_ema, loss_s = 0.0, torch.zeros(())
-    for _ in range(settings.pretrain_steps if targeted or alignment else 0):  # surrogate on clean data first
+    for _ in range(0 if min_min else settings.pretrain_steps):  # surrogate on clean data first
         loss_s = surrogate_step(protected=False)
     surrogate.requires_grad_(not targeted)
 
@@ -195,7 +194,7 @@ def fit_protector(
     for step in range(1, settings.steps + 1):
         if cancel is not None and cancel():
             raise Cancelled("fitting cancelled")
-        if settings.objective == "min-min" and since_reset >= settings.surrogate_reset_every:
+        if min_min and since_reset >= settings.surrogate_reset_every:
             surrogate, optimiser_s = new_surrogate()
             dice_ema, since_reset = 0.0, 0
         since_reset += 1
@@ -219,10 +218,7 @@ def fit_protector(
         history.append(record)
         if progress is not None:
             progress(step, settings.steps, record)
-        if (
-            settings.objective == "min-min" and step >= settings.min_steps and since_reset >= 50
-            and dice_ema >= settings.stop_dice
-        ):  # fmt: skip
+        if min_min and step >= settings.min_steps and since_reset >= 50 and dice_ema >= settings.stop_dice:
             break
     protector = protector.cpu().eval()
     protector.config = replace(

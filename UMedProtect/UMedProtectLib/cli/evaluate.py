@@ -84,9 +84,6 @@ def run(args: argparse.Namespace) -> int:
     for name in ("epochs", "iterations", "batch_size", "patch_size"):
         if getattr(args, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-    learning_rate = DEFAULT_LEARNING_RATES[args.optimizer] if args.learning_rate is None else args.learning_rate
-    if not 0 < learning_rate <= 1:
-        raise InputError(f"--learning-rate {learning_rate} is out of range (0, 1]")
     if args.output:
         check_writable_dir(Path(args.output).resolve().parent)
     settings = TrainSettings(
@@ -95,10 +92,12 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         patch_size=args.patch_size,
         optimizer=args.optimizer,
-        learning_rate=learning_rate,
+        learning_rate=args.learning_rate,
         seed=args.seed,
         device=args.device,
     )
+    if not 0 < settings.learning_rate <= 1:
+        raise InputError(f"--learning-rate {settings.learning_rate} is out of range (0, 1]")
 
     def progress(run_name: str, epoch: int, epochs: int, dsc: float) -> None:
         print(f"{run_name}: epoch {epoch}/{epochs} test DSC {dsc:.4f}", file=sys.stderr, flush=True)
