@@ -33,3 +33,16 @@ def test_fit_refuses_an_existing_output_and_a_missing_dataset(nnunet_dataset, tm
     assert not (tmp_path / "new.safetensors").exists()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("umedprotect: error:") for line in err)
+
+
+def test_fit_takes_tone_and_texture_floor_and_refuses_them_out_of_range(nnunet_dataset, tmp_path, capsys):
+    out = tmp_path / "toned.safetensors"
+    assert main(["fit", str(nnunet_dataset), "-o", str(out), "--tone", "3", "--texture-floor", "0.5", *TINY]) == 0
+    config = load_protector(out).config
+    assert config.tone == 3 and config.texture_floor == 0.5
+    capsys.readouterr()
+    for option, value in (("--tone", "-1"), ("--texture-floor", "1.5"), ("--epsilon", "0")):
+        bad = tmp_path / f"bad{option}.safetensors"
+        assert main(["fit", str(nnunet_dataset), "-o", str(bad), option, value, *TINY]) == 2
+        assert not bad.exists()
+        assert capsys.readouterr().err.strip() == f"umedprotect: error: {option} {float(value):g} is out of range"

@@ -30,7 +30,7 @@ def test_pattern_copies_change_training_images_within_budget_only_where_stated(n
         change = after.astype(np.float64) - before
         assert np.abs(change).max() <= intensity_window(before).budget(4.0)
         assert np.abs(change[labels > 0]).max() > 0  # the ROI is changed
-        if name != "dim":
+        if name not in ("dim", "flat-dim"):
             assert not change[labels == 0].any()  # nothing outside the ROI
         assert (_array(out / "labelsTr" / image_path.name.replace("_0000", "")) == labels).all()
     for test_image in (source / "imagesTs").iterdir():
@@ -40,7 +40,18 @@ def test_pattern_copies_change_training_images_within_budget_only_where_stated(n
 def test_dim_lowers_the_roi_and_raises_a_ring_around_it():
     labels = np.zeros((1, 16, 16), np.uint8)
     labels[0, 6:10, 6:10] = 1
-    unit = fixed_patterns.pattern("dim", labels)
+    unit = fixed_patterns.pattern("dim", labels, np.zeros(labels.shape))
     assert (unit[labels > 0] == -1).all()
     assert unit[0, 3, 8] == 1 and unit[0, 2, 8] == 0  # three pixels out, not four
     assert unit[:, 0].sum() == 0
+
+
+def test_flat_dim_pulls_the_roi_to_one_tone_below_its_mean():
+    labels = np.zeros((1, 16, 16), np.uint8)
+    labels[0, 4:12, 4:12] = 1
+    image = np.random.default_rng(0).normal(10.0, 0.05, labels.shape)  # budget units
+    unit = fixed_patterns.pattern("flat-dim", labels, image)
+    flattened = (image + unit)[labels > 0]
+    assert flattened.std() < 1e-9  # within the budget everywhere: one tone
+    assert abs(flattened.mean() - (image[labels > 0].mean() - 0.75)) < 1e-6
+    assert unit[0, 2, 8] == 1 and unit[0, 0, 8] == 0

@@ -10,6 +10,8 @@ augmentation is too short to say anything about a protection. Every pattern uses
   tile8     a fixed random +-budget 8x8 tile, repeated (survives blur and resampling better)
   offset    +budget everywhere in the ROI
   dim       -budget in the ROI and +budget in a 3-pixel ring outside it (flattens the edge)
+  flat-dim  dim's ring, and the ROI pulled towards one flat tone 3/4 budget below its mean
+            (its texture removed as far as the budget allows)
 
     python benchmarks/fixed_patterns.py IN_DIR OUT_ROOT [--patterns checker tile8 ...] [--epsilon 4]
 
@@ -36,8 +38,8 @@ from UMedProtectLib.nnunet import read_dataset  # noqa: E402
 TILE = np.random.default_rng(0).choice([-1.0, 1.0], size=(8, 8))
 
 
-def pattern(name: str, labels: np.ndarray) -> np.ndarray:
-    """Unit pattern (values in [-1, 1]) for one case's labels, on its last two axes."""
+def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """Unit pattern (values in [-1, 1]) for one case, on its last two axes; ``image`` in budget units."""
     roi = labels > 0
     rows, cols = np.indices(labels.shape[-2:])
     if name == "checker":
@@ -46,15 +48,18 @@ def pattern(name: str, labels: np.ndarray) -> np.ndarray:
         return TILE[rows % 8, cols % 8] * roi
     if name == "offset":
         return roi.astype(np.float64)
-    if name == "dim":
+    if name in ("dim", "flat-dim"):
         structure = np.zeros((3,) * roi.ndim, bool)
         structure[(1,) * (roi.ndim - 2)] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # in-plane neighbours only
-        ring = binary_dilation(roi, structure, iterations=3) & ~roi
-        return ring.astype(np.float64) - roi
+        ring = (binary_dilation(roi, structure, iterations=3) & ~roi).astype(np.float64)
+        if name == "dim" or not roi.any():
+            return ring - roi
+        tone = image[roi].mean() - 0.75
+        return ring + np.clip(tone - image, -1.0, 1.0) * roi
     raise ValueError(f"unknown pattern {name!r}")
 
 
-PATTERNS = ("checker", "tile8", "offset", "dim")
+PATTERNS = ("checker", "tile8", "offset", "dim", "flat-dim")
 
 
 def write_protected_copy(source: Path, out: Path, name: str, epsilon: float) -> None:
@@ -68,7 +73,8 @@ def write_protected_copy(source: Path, out: Path, name: str, epsilon: float) -> 
             image = sitk.ReadImage(str(path))
             array = sitk.GetArrayFromImage(image)
             budget = intensity_window(array).budget(epsilon)
-            protected = sitk.GetImageFromArray(apply_change(array, pattern(name, labels) * budget, budget))
+            unit = pattern(name, labels, array / budget)
+            protected = sitk.GetImageFromArray(apply_change(array, unit * budget, budget))
             protected.CopyInformation(image)
             sitk.WriteImage(protected, str(out / path.relative_to(dataset.root)))
 

@@ -18,6 +18,12 @@ Datasets written to DATA_DIR/nnUNet_raw (the split is declared in each dataset.j
       Split by subject: train example_ct_sm (3 mm); test the DICOM CT resampled to 3 mm.
   Dataset004_TotalSegCTLiver  the Dataset002 slices with the liver as the only label (binary: the
       task a short victim training learns well enough for its ratio to mean something).
+  Dataset005_TotalSegCTLiverBlocks  liver slices of one subject (example_ct, the 112-slice scan that
+      example_ct_sm is the top of; mask example_seg_fast_force_split). Split by slice blocks: test
+      the liver slices at positions 10-14 and 28-32 (cranio-caudal order), one slice left out on
+      each side of a test block, train the rest. No change of subject or contrast phase between
+      train and test (Dataset004's test subject is contrast-enhanced: liver 89 HU against 45 HU),
+      so the clean victim generalises and the ratio measures the protection, not the domain gap.
   Dataset003_TotalSegMR  2D abdominal MR slices, same four labels. One subject only: split by slice
       blocks, train slices 0-13, test slices 16-19 (two slices left out between the blocks).
   Dataset011_PyradiomicsLesions3D  the Dataset001 subjects as 3D volumes (same split and crop).
@@ -54,6 +60,7 @@ CROP = 256  # in-plane crop of the 512x512 lung CTs, pixels
 ORGANS = {"liver": (5,), "spleen": (1,), "kidney": (2, 3), "stomach": (6,)}  # TotalSegmentator v2 ids
 ORGAN_SPACING = 3.0  # mm, isotropic, for the CT test subject (as the training subject)
 MR_TRAIN_SLICES, MR_TEST_SLICES = range(0, 14), range(16, 20)
+LIVER_TEST_BLOCKS = (range(10, 15), range(28, 33))  # Dataset005: positions among the liver slices
 
 
 def fetch(package: str, data_dir: Path) -> Path:
@@ -214,6 +221,19 @@ def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
         if "012" in which:
             write_dataset(out / "Dataset012_TotalSegCT3D", "TotalSegCT3D", labels, "CT",
                           [("ct_sm", train_image, train_label)], [("ct_dicom", test_image, test_label)], split)  # fmt: skip
+    if "005" in which:
+        image = _read_lps(source / "example_ct.nii.gz")
+        seg = sitk.Resample(sitk.ReadImage(str(source / "example_seg_fast_force_split.nii.gz")), image,
+                            sitk.Transform(), sitk.sitkNearestNeighbor, 0)  # fmt: skip
+        liver = sitk.Cast(sitk.BinaryThreshold(seg, *ORGANS["liver"] * 2, 1, 0), sitk.sitkUInt8)
+        zs = [z for z in range(image.GetSize()[2]) if sitk.GetArrayViewFromImage(liver)[z].any()]
+        test = [z for i, z in enumerate(zs) if any(i in block for block in LIVER_TEST_BLOCKS)]
+        left_out = {i for block in LIVER_TEST_BLOCKS for i in (block.start - 1, block.stop)}
+        train = [z for i, z in enumerate(zs) if i not in left_out and not any(i in block for block in LIVER_TEST_BLOCKS)]
+        write_dataset(out / "Dataset005_TotalSegCTLiverBlocks", "TotalSegCTLiverBlocks", {"background": 0, "liver": 1}, "CT",
+                      organ_slices(image, liver, "ct", train), organ_slices(image, liver, "ct", test),
+                      "one subject (example_ct, 3 mm): by slice blocks of its liver slices in cranio-caudal order, "
+                      "test positions 10-14 and 28-32, one slice left out on each side of a test block, train the rest")  # fmt: skip
     if "003" in which:
         image = _read_lps(source / "example_mr_sm.nii.gz")
         label = _organ_labels(sitk.ReadImage(str(source / "example_seg_mr.nii.gz")), image)
@@ -241,7 +261,7 @@ def phantom_dataset(out: Path, n_train: int = 16, n_test: int = 6, size: int = 9
                   "synthetic: independent random phantoms (seeds 0-15 train, 1000-1005 test)")  # fmt: skip
 
 
-DATASETS = ("001", "002", "003", "004", "011", "012", "900")
+DATASETS = ("001", "002", "003", "004", "005", "011", "012", "900")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     which = set(args.only)
     if which & {"001", "011"}:
         lesion_datasets(args.data_dir, out, which)
-    if which & {"002", "003", "004", "012"}:
+    if which & {"002", "003", "004", "005", "012"}:
         organ_datasets(args.data_dir, out, which)
     if "900" in which:
         phantom_dataset(out)

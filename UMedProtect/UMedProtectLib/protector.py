@@ -30,6 +30,28 @@ DIGEST_KEY = "umedprotect_weights_sha256"
 DEFAULT_PROTECTOR_PATH = Path(__file__).with_name("data") / "default_protector.safetensors"
 
 
+_VALID_VALUES = {
+    "epsilon": lambda v: isinstance(v, (int, float)) and 0 < v <= 64,
+    "band_radius": lambda v: isinstance(v, int) and 0 <= v <= 32,
+    "texture_floor": lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
+    "texture_window": lambda v: isinstance(v, int) and 1 <= v <= 31,
+    "cdc_theta": lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
+    "base_channels": lambda v: isinstance(v, int) and 1 <= v <= 128,
+    "levels": lambda v: isinstance(v, int) and 1 <= v <= 6,
+    "code_period": lambda v: isinstance(v, int) and 1 <= v <= 64,
+    "code_classes": lambda v: isinstance(v, int) and 2 <= v <= 256,
+    "tone": lambda v: isinstance(v, (int, float)) and 0 <= v <= 10,
+    "percentiles": lambda v: isinstance(v, list) and len(v) == 2 and 0 <= v[0] < v[1] <= 100,
+    "package_version": lambda v: isinstance(v, str),
+    "training": lambda v: isinstance(v, dict),
+}
+
+
+def invalid_config_values(values: dict) -> list[str]:
+    """Names of the entries of ``values`` that are out of range for a :class:`ProtectorConfig`."""
+    return [key for key, ok in _VALID_VALUES.items() if key in values and not ok(values[key])]
+
+
 @dataclass
 class ProtectorConfig:
     """Everything needed to rebuild and apply a protector (stored in the file's JSON header)."""
@@ -43,6 +65,7 @@ class ProtectorConfig:
     levels: int = 3
     code_period: int = 8  # period (pixels) of the learnable per-label shortcut codes, tiled on the image grid
     code_classes: int = 16  # number of codes: background + labels (label values wrap around)
+    tone: float = 0.0  # fixed pre-activation offset: -tone inside the labels, +tone outside (a darker organ, a brighter rim)
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
@@ -72,23 +95,9 @@ class ProtectorConfig:
         unknown = sorted(set(raw) - set(known))
         if unknown:
             raise InputError(f"{source}: unknown protector config keys {unknown}")
-        checks = {
-            "epsilon": lambda v: isinstance(v, (int, float)) and 0 < v <= 64,
-            "band_radius": lambda v: isinstance(v, int) and 0 <= v <= 32,
-            "texture_floor": lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
-            "texture_window": lambda v: isinstance(v, int) and 1 <= v <= 31,
-            "cdc_theta": lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
-            "base_channels": lambda v: isinstance(v, int) and 1 <= v <= 128,
-            "levels": lambda v: isinstance(v, int) and 1 <= v <= 6,
-            "code_period": lambda v: isinstance(v, int) and 1 <= v <= 64,
-            "code_classes": lambda v: isinstance(v, int) and 2 <= v <= 256,
-            "percentiles": lambda v: isinstance(v, list) and len(v) == 2 and 0 <= v[0] < v[1] <= 100,
-            "package_version": lambda v: isinstance(v, str),
-            "training": lambda v: isinstance(v, dict),
-        }
-        for key, ok in checks.items():
-            if key in raw and not ok(raw[key]):
-                raise InputError(f"{source}: invalid protector config value {key}={raw[key]!r}")
+        bad = invalid_config_values(raw)
+        if bad:
+            raise InputError(f"{source}: invalid protector config value {bad[0]}={raw[bad[0]]!r}")
         if "percentiles" in raw:
             raw["percentiles"] = tuple(raw["percentiles"])
         return cls(**raw)
@@ -99,7 +108,9 @@ class Protector(nn.Module):
 
     Both add a learnable per-label code, tiled on the image grid with period ``code_period``, to
     their pre-activation: a class-wise shortcut that fitting shapes to survive the victim's
-    augmentation, while the generators adapt it to each image.
+    augmentation, while the generators adapt it to each image. A fixed ``tone`` offset pushes the
+    organ darker and its rim brighter: a low-frequency contrast change that resampling, blur and
+    noise do not wash out (BENCHMARKS.md, "tone").
     """
 
     def __init__(self, config: ProtectorConfig | None = None) -> None:
@@ -143,7 +154,7 @@ class Protector(nn.Module):
             origin = torch.zeros(image.shape[0], 2, dtype=torch.long, device=image.device)
         roi, band, texture = maps[:, 0:1], maps[:, 1:2], maps[:, 2:3]
         inputs = torch.cat([image.clamp(-1.0, 2.0), roi], dim=1)
-        code = self.code_field(labels, origin)
+        code = self.code_field(labels, origin) + self.config.tone * torch.where(labels > 0, -1.0, 1.0)[:, None]
         delta_contour = eps * torch.tanh(self.contour(inputs) + code) * band
         delta_texture = eps * texture * torch.tanh(self.texture(inputs) + code)
         return delta_contour + delta_texture

@@ -10,9 +10,10 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..devices import DEVICE_CHOICES
+from ..errors import InputError
 from ..fit import OBJECTIVES, FitSettings, dataset_slices, fit_on_datasets
 from ..io import check_output_path
-from ..protector import ProtectorConfig, save_protector
+from ..protector import ProtectorConfig, invalid_config_values, save_protector
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +35,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="protector file to write (.safetensors)")
     p.add_argument("--epsilon", type=float, default=config.epsilon, help="budget in 1/255 of the intensity window (default %(default)s)")
     p.add_argument("--band-radius", type=int, default=config.band_radius, help="contour band half-width in pixels (default %(default)s)")
+    p.add_argument("--texture-floor", type=float, default=config.texture_floor, help="lowest texture bound, fraction of the budget (default %(default)s)")
+    p.add_argument("--tone", type=float, default=config.tone, help="fixed darker-organ, brighter-rim offset before tanh; 0 = none (default %(default)s)")
     p.add_argument("--base-channels", type=int, default=config.base_channels, help="generator width (default %(default)s)")
     p.add_argument("--steps", type=int, default=defaults.steps, help="generator steps at most (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per step (default %(default)s)")
@@ -64,7 +67,11 @@ def run(args: argparse.Namespace) -> int:
     history_path = check_output_path(args.history, args.overwrite, endings=(".json",)) if args.history else None
     names = {f.name for f in fields(FitSettings)}
     settings = FitSettings(**{k: v for k, v in vars(args).items() if k in names})
-    config = ProtectorConfig(epsilon=args.epsilon, band_radius=args.band_radius, base_channels=args.base_channels)
+    values = {name: getattr(args, name) for name in ("epsilon", "band_radius", "base_channels", "texture_floor", "tone")}
+    bad = invalid_config_values(values)
+    if bad:
+        raise InputError(f"--{bad[0].replace('_', '-')} {values[bad[0]]:g} is out of range")
+    config = ProtectorConfig(**values)
     samples = dataset_slices(args.datasets)  # validates the datasets before the progress bar starts
     with tqdm(total=settings.steps, desc="fitting", unit="step") as bar:
 
