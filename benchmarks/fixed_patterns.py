@@ -9,6 +9,9 @@ augmentation is too short to say anything about a protection. Every pattern uses
   checker   +-budget pixel checkerboard (period 2) -- METHOD.md's probe pattern
   tile8     a fixed random +-budget 8x8 tile, repeated (survives blur and resampling better)
   offset    +budget everywhere in the ROI
+  blobs     a fixed isotropic band-pass texture (blobs about 8 pixels apart), +-budget: low
+            frequency and without orientation, so rotation, scaling, blur and low-resolution
+            simulation keep it
   dim       -budget in the ROI and +budget in a 3-pixel ring outside it (flattens the edge)
   flat-dim  dim's ring, and the ROI pulled towards one flat tone 3/4 budget below its mean
             (its texture removed as far as the budget allows)
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import binary_dilation
+from scipy.ndimage import binary_dilation, gaussian_filter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
@@ -36,6 +39,14 @@ from UMedProtectLib.intensity import apply_change, intensity_window  # noqa: E40
 from UMedProtectLib.nnunet import read_dataset  # noqa: E402
 
 TILE = np.random.default_rng(0).choice([-1.0, 1.0], size=(8, 8))
+BLOB_SIGMAS = (1.5, 3.0)  # difference of Gaussians, pixels
+
+
+def blob_field(shape: tuple[int, int]) -> np.ndarray:
+    """Seeded isotropic band-pass noise on a ``shape`` grid, pushed towards +-1."""
+    noise = np.random.default_rng(0).standard_normal(shape)
+    band = gaussian_filter(noise, BLOB_SIGMAS[0]) - gaussian_filter(noise, BLOB_SIGMAS[1])
+    return np.tanh(3.0 * band / band.std())
 
 
 def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -46,6 +57,8 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
         return np.where((rows + cols) % 2 == 0, 1.0, -1.0) * roi
     if name == "tile8":
         return TILE[rows % 8, cols % 8] * roi
+    if name == "blobs":
+        return blob_field(labels.shape[-2:]) * roi
     if name == "offset":
         return roi.astype(np.float64)
     if name in ("dim", "flat-dim"):
@@ -59,7 +72,7 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown pattern {name!r}")
 
 
-PATTERNS = ("checker", "tile8", "offset", "dim", "flat-dim")
+PATTERNS = ("checker", "tile8", "blobs", "offset", "dim", "flat-dim")
 
 
 def write_protected_copy(source: Path, out: Path, name: str, epsilon: float) -> None:
