@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Dataset005 (liver of one CT subject, split by slice blocks): no change of subject or contrast phase
+# between train and test, so the clean victim generalises (test DSC 0.87) and the ratio measures the
+# protection. Same victim as benchmarks/results/liver. 2-core CPU; run from the repository root after
+# `python benchmarks/prepare_data.py --only 005`.
+set -euo pipefail
+D=benchmarks/data/nnUNet_raw/Dataset005_TotalSegCTLiverBlocks
+W=benchmarks/data/liver5
+R=benchmarks/results/liver5
+V="--victim unet-small --optimizer adam --learning-rate 0.003 --epochs 5 --iterations 100 --batch-size 8 --patch-size 96 --device cpu"
+mkdir -p $W
+python benchmarks/fixed_patterns.py $D $W --patterns flat-dim dim checker
+umedprotect protect-dataset $D -o $W/default --no-progress --overwrite
+for n in flat-dim default dim checker; do
+  umedprotect evaluate $D $W/$n -o $R/$n.json $V
+done
+# The shipped default protector with a tone of 3 set in its config (weights unchanged)
+python -c "
+from UMedProtectLib.protector import load_protector, save_protector
+p = load_protector(); p.config.tone = 3.0; p.config.training['tone_set_after_fitting'] = 3.0
+save_protector(p, '$W/default_tone3.safetensors')"
+umedprotect protect-dataset $D -o $W/default_tone3 --protector $W/default_tone3.safetensors --no-progress --overwrite
+umedprotect evaluate $D $W/default_tone3 -o $R/default_tone3.json $V
+# min-min fitted on Dataset005 with a tone of 3
+umedprotect fit $D -o $W/minmin_tone3.safetensors --tone 3 --steps 400 --min-steps 400 --batch-size 8 --patch-size 64 --device cpu \
+  --history $R/minmin_tone3_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/minmin_tone3 --protector $W/minmin_tone3.safetensors --no-progress --overwrite
+umedprotect evaluate $D $W/minmin_tone3 -o $R/minmin_tone3.json $V
+# Fixed isotropic band-pass texture (blobs)
+python benchmarks/fixed_patterns.py $D $W --patterns blobs
+umedprotect evaluate $D $W/blobs -o $R/blobs.json $V
