@@ -161,3 +161,17 @@ def test_configs_without_a_tone_load_as_untoned_and_bad_values_are_refused():
     assert '"tone"' not in text and ProtectorConfig.from_json(text, "old.safetensors").tone == 0.0
     with pytest.raises(InputError, match="tone=-1"):
         ProtectorConfig.from_json(ProtectorConfig(tone=-1).to_json(), "bad.safetensors")
+
+
+def test_blob_codes_are_band_pass_textures_per_label_and_none_for_the_background():
+    from UMedProtectLib.protector import BLOB_GAIN, Protector
+
+    codes = Protector(ProtectorConfig(code_init="blobs", code_period=32)).codes.detach()
+    assert codes.shape == (16, 32, 32) and not codes[0].any()
+    assert torch.allclose(codes[1:].std(dim=(1, 2)), torch.full((15,), BLOB_GAIN), atol=1e-4)
+    power = torch.fft.fft2(codes[1:]).abs() ** 2
+    freq = torch.fft.fftfreq(32)
+    radius = torch.sqrt(freq[:, None] ** 2 + freq[None, :] ** 2)
+    assert power[:, 0, 0].max() < 1e-6 * power.sum()  # no tone
+    assert power[:, radius > 0.25].sum() < 0.02 * power.sum()  # no pixel-level pattern
+    assert not torch.equal(codes[1], codes[2])  # each label its own texture

@@ -12,7 +12,10 @@ augmentation is too short to say anything about a protection. Every pattern uses
   blobs     a fixed isotropic band-pass texture (blobs about 8 pixels apart), +-budget: low
             frequency and without orientation, so rotation, scaling, blur and low-resolution
             simulation keep it
+  blobs-large  the same with blobs about twice as far apart
   dim       -budget in the ROI and +budget in a 3-pixel ring outside it (flattens the edge)
+  shade     -budget in the ROI (dim without its ring)
+  rim       +budget in the 3-pixel ring outside the ROI only (dim without the darker ROI)
   flat-dim  dim's ring, and the ROI pulled towards one flat tone 3/4 budget below its mean
             (its texture removed as far as the budget allows)
 
@@ -39,13 +42,13 @@ from UMedProtectLib.intensity import apply_change, intensity_window  # noqa: E40
 from UMedProtectLib.nnunet import read_dataset  # noqa: E402
 
 TILE = np.random.default_rng(0).choice([-1.0, 1.0], size=(8, 8))
-BLOB_SIGMAS = (1.5, 3.0)  # difference of Gaussians, pixels
+BLOB_SIGMAS = {"blobs": (1.5, 3.0), "blobs-large": (3.0, 6.0)}  # difference of Gaussians, pixels
 
 
-def blob_field(shape: tuple[int, int]) -> np.ndarray:
+def blob_field(shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS["blobs"]) -> np.ndarray:
     """Seeded isotropic band-pass noise on a ``shape`` grid, pushed towards +-1."""
     noise = np.random.default_rng(0).standard_normal(shape)
-    band = gaussian_filter(noise, BLOB_SIGMAS[0]) - gaussian_filter(noise, BLOB_SIGMAS[1])
+    band = gaussian_filter(noise, sigmas[0]) - gaussian_filter(noise, sigmas[1])
     return np.tanh(3.0 * band / band.std())
 
 
@@ -57,14 +60,18 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
         return np.where((rows + cols) % 2 == 0, 1.0, -1.0) * roi
     if name == "tile8":
         return TILE[rows % 8, cols % 8] * roi
-    if name == "blobs":
-        return blob_field(labels.shape[-2:]) * roi
+    if name in BLOB_SIGMAS:
+        return blob_field(labels.shape[-2:], BLOB_SIGMAS[name]) * roi
     if name == "offset":
         return roi.astype(np.float64)
-    if name in ("dim", "flat-dim"):
+    if name == "shade":
+        return -roi.astype(np.float64)
+    if name in ("dim", "rim", "flat-dim"):
         structure = np.zeros((3,) * roi.ndim, bool)
         structure[(1,) * (roi.ndim - 2)] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # in-plane neighbours only
         ring = (binary_dilation(roi, structure, iterations=3) & ~roi).astype(np.float64)
+        if name == "rim":
+            return ring
         if name == "dim" or not roi.any():
             return ring - roi
         tone = image[roi].mean() - 0.75
@@ -72,7 +79,7 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown pattern {name!r}")
 
 
-PATTERNS = ("checker", "tile8", "blobs", "offset", "dim", "flat-dim")
+PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "offset", "shade", "dim", "rim", "flat-dim")
 
 
 def write_protected_copy(source: Path, out: Path, name: str, epsilon: float) -> None:

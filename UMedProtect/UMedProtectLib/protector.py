@@ -28,6 +28,9 @@ FORMAT_VERSION = 1
 METADATA_KEY = "umedprotect"
 DIGEST_KEY = "umedprotect_weights_sha256"
 DEFAULT_PROTECTOR_PATH = Path(__file__).with_name("data") / "default_protector.safetensors"
+CODE_INITS = ("normal", "blobs")
+BLOB_SIGMAS = (1.5, 3.0)  # difference-of-Gaussians band of the "blobs" codes, pixels
+BLOB_GAIN = 3.0  # pre-activation scale of the "blobs" codes (tanh(3) = 0.995: nearly the full budget)
 
 
 _VALID_VALUES = {
@@ -41,6 +44,7 @@ _VALID_VALUES = {
     "code_period": lambda v: isinstance(v, int) and 1 <= v <= 64,
     "code_classes": lambda v: isinstance(v, int) and 2 <= v <= 256,
     "tone": lambda v: isinstance(v, (int, float)) and 0 <= v <= 10,
+    "code_init": lambda v: v in CODE_INITS,
     "percentiles": lambda v: isinstance(v, list) and len(v) == 2 and 0 <= v[0] < v[1] <= 100,
     "package_version": lambda v: isinstance(v, str),
     "training": lambda v: isinstance(v, dict),
@@ -66,6 +70,7 @@ class ProtectorConfig:
     code_period: int = 8  # period (pixels) of the learnable per-label shortcut codes, tiled on the image grid
     code_classes: int = 16  # number of codes: background + labels (label values wrap around)
     tone: float = 0.0  # fixed pre-activation offset: -tone inside the labels, +tone outside (a darker organ, a brighter rim)
+    code_init: str = "normal"  # initial codes: "normal" (white noise) or "blobs" (isotropic band-pass texture per label)
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
@@ -120,7 +125,8 @@ class Protector(nn.Module):
         self.contour = UNet2d(2, 1, c.base_channels, c.levels, cdc_theta=c.cdc_theta)
         self.texture = UNet2d(2, 1, c.base_channels, c.levels)
         generator = torch.Generator().manual_seed(0)
-        self.codes = nn.Parameter(torch.randn(c.code_classes, c.code_period, c.code_period, generator=generator))
+        codes = torch.randn(c.code_classes, c.code_period, c.code_period, generator=generator)
+        self.codes = nn.Parameter(blob_codes(codes) if c.code_init == "blobs" else codes)
 
     @property
     def divisor(self) -> int:
@@ -158,6 +164,22 @@ class Protector(nn.Module):
         delta_contour = eps * torch.tanh(self.contour(inputs) + code) * band
         delta_texture = eps * texture * torch.tanh(self.texture(inputs) + code)
         return delta_contour + delta_texture
+
+
+def blob_codes(noise: torch.Tensor) -> torch.Tensor:
+    """Isotropic band-pass textures from white ``noise`` (classes, P, P), tileable; zero for the background.
+
+    Blobs a few pixels apart and without orientation survive flips, rotation, scaling, blur and
+    low-resolution simulation, which erase pixel-level patterns (BENCHMARKS.md, "blobs").
+    """
+    period = noise.shape[-1]
+    freq = torch.fft.fftfreq(period)
+    radius2 = freq[:, None] ** 2 + freq[None, :] ** 2
+    transfer = sum(sign * torch.exp(-2 * (torch.pi * s) ** 2 * radius2) for sign, s in zip((1, -1), BLOB_SIGMAS))
+    band = torch.fft.ifft2(torch.fft.fft2(noise) * transfer).real
+    codes = BLOB_GAIN * band / band.std(dim=(1, 2), keepdim=True).clamp_min(1e-12)
+    codes[0] = 0.0  # the background side of the band keeps what the generators make
+    return codes
 
 
 def save_protector(protector: Protector, path: str | Path) -> Path:

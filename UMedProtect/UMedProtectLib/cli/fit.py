@@ -13,7 +13,7 @@ from ..devices import DEVICE_CHOICES
 from ..errors import InputError
 from ..fit import OBJECTIVES, FitSettings, dataset_slices, fit_on_datasets
 from ..io import check_output_path
-from ..protector import ProtectorConfig, invalid_config_values, save_protector
+from ..protector import CODE_INITS, ProtectorConfig, invalid_config_values, save_protector
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +37,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--band-radius", type=int, default=config.band_radius, help="contour band half-width in pixels (default %(default)s)")
     p.add_argument("--texture-floor", type=float, default=config.texture_floor, help="lowest texture bound, fraction of the budget (default %(default)s)")
     p.add_argument("--tone", type=float, default=config.tone, help="fixed darker-organ, brighter-rim offset before tanh; 0 = none (default %(default)s)")
+    p.add_argument("--codes", dest="code_init", choices=CODE_INITS, default=config.code_init, help="initial per-label codes: white noise or isotropic blobs (default %(default)s)")
+    p.add_argument("--code-period", type=int, default=config.code_period, help="period of the per-label codes, pixels (default %(default)s)")
     p.add_argument("--base-channels", type=int, default=config.base_channels, help="generator width (default %(default)s)")
     p.add_argument("--steps", type=int, default=defaults.steps, help="generator steps at most (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per step (default %(default)s)")
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     history_path = check_output_path(args.history, args.overwrite, endings=(".json",)) if args.history else None
     names = {f.name for f in fields(FitSettings)}
     settings = FitSettings(**{k: v for k, v in vars(args).items() if k in names})
-    values = {name: getattr(args, name) for name in ("epsilon", "band_radius", "base_channels", "texture_floor", "tone")}
+    values = {name: getattr(args, name) for name in ("epsilon", "band_radius", "base_channels", "texture_floor", "tone", "code_init", "code_period")}
     bad = invalid_config_values(values)
     if bad:
         raise InputError(f"--{bad[0].replace('_', '-')} {values[bad[0]]:g} is out of range")
