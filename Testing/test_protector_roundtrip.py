@@ -175,3 +175,26 @@ def test_blob_codes_are_band_pass_textures_per_label_and_none_for_the_background
     assert power[:, 0, 0].max() < 1e-6 * power.sum()  # no tone
     assert power[:, radius > 0.25].sum() < 0.02 * power.sum()  # no pixel-level pattern
     assert not torch.equal(codes[1], codes[2])  # each label its own texture
+
+
+def test_the_victims_statistics_follow_the_perturbation():
+    from UMedProtectLib.fit import PreparedSlice, sample_batch, victim_input
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((32, 32), np.int64)
+    labels[8:24, 8:24] = 1
+    image = (0.4 + 0.05 * rng.standard_normal((32, 32))).astype(np.float32)
+    maps = np.stack([labels > 0, np.zeros_like(labels), np.zeros_like(labels)]).astype(np.float32)
+    settings = FitSettings(batch_size=2, patch_size=32, foreground_fraction=1.0)
+    for clip in ((0.3, 0.5), (-np.inf, np.inf)):  # CT (foreground statistics), z-score (whole image)
+        data = [PreparedSlice(image, maps, labels, 0.4, 0.05, clip)]
+        batch = sample_batch(data, settings, rng, torch.device("cpu"))
+        region = batch[1][:, :1] > 0 if np.isfinite(clip[0]) else torch.ones_like(batch[0], dtype=torch.bool)
+        shift = torch.where(region, 0.01, 0.0).requires_grad_()  # the whole statistics region, uniformly
+        x = victim_input(batch[0], batch, shift)
+        assert torch.allclose(x[region], victim_input(batch[0], batch)[region], atol=1e-4)  # normalised away
+        bump = torch.zeros_like(batch[0])
+        bump[:, :, 12:14, 12:14] = 0.01  # a local change is not
+        assert (victim_input(batch[0], batch, bump) - victim_input(batch[0], batch)).abs().max() > 0.1
+        x.sum().backward()
+        assert shift.grad is not None

@@ -13,6 +13,7 @@ augmentation is too short to say anything about a protection. Every pattern uses
             frequency and without orientation, so rotation, scaling, blur and low-resolution
             simulation keep it
   blobs-large  the same with blobs about twice as far apart
+  dim-blobs dim's ring, and in the ROI half the budget darker plus blobs at half the budget
   dim       -budget in the ROI and +budget in a 3-pixel ring outside it (flattens the edge)
   shade     -budget in the ROI (dim without its ring)
   rim       +budget in the 3-pixel ring outside the ROI only (dim without the darker ROI)
@@ -66,7 +67,7 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
         return roi.astype(np.float64)
     if name == "shade":
         return -roi.astype(np.float64)
-    if name in ("dim", "rim", "flat-dim"):
+    if name in ("dim", "rim", "flat-dim", "dim-blobs"):
         structure = np.zeros((3,) * roi.ndim, bool)
         structure[(1,) * (roi.ndim - 2)] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # in-plane neighbours only
         ring = (binary_dilation(roi, structure, iterations=3) & ~roi).astype(np.float64)
@@ -74,12 +75,14 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
             return ring
         if name == "dim" or not roi.any():
             return ring - roi
+        if name == "dim-blobs":
+            return ring + (0.5 * blob_field(labels.shape[-2:]) - 0.5) * roi
         tone = image[roi].mean() - 0.75
         return ring + np.clip(tone - image, -1.0, 1.0) * roi
     raise ValueError(f"unknown pattern {name!r}")
 
 
-PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "offset", "shade", "dim", "rim", "flat-dim")
+PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "offset", "shade", "dim", "rim", "flat-dim", "dim-blobs")
 
 
 def write_protected_copy(source: Path, out: Path, name: str, epsilon: float) -> None:

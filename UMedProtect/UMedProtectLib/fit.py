@@ -14,7 +14,8 @@ Objectives (each plus a visibility penalty):
   anatomy. The surrogate keeps training on protected data, as a victim would.
 
 The surrogate sees what a victim sees: the victim's normalisation (CT datasets: nnU-Net's clipping
-and foreground statistics; otherwise per-case z-score) and augmentation.
+and foreground statistics; otherwise per-case z-score), computed as the victim would on the
+protected data, and augmentation.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class PreparedSlice:
 
 FitProgress = Callable[[int, int, dict], None]
 OBJECTIVES = ("min-min", "targeted", "alignment")
+MIN_STATISTICS_PIXELS = 64  # a patch's statistics follow its perturbation only with this many pixels in their region
 
 
 def prepare(samples: Sequence[SliceSample], config: ProtectorConfig) -> list[PreparedSlice]:
@@ -115,10 +117,34 @@ def sample_batch(
     )
 
 
-def victim_input(image: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Window-unit patches as the victim normalises them: clipped (CT), then z-scored."""
+def victim_input(image: torch.Tensor, batch: tuple[torch.Tensor, ...], delta: torch.Tensor | None = None) -> torch.Tensor:
+    """Window-unit patches (plus ``delta``) as the victim normalises them: clipped (CT), then z-scored.
+
+    A victim computes its statistics on the data it is given: with ``delta``, the clean statistics
+    follow the change it makes to each patch's statistics region (CT: the foreground, whose
+    percentiles and moments nnU-Net uses; otherwise the whole image), differentiably. A uniform
+    shift of the organ is then normalised away, as a real victim would, and is no shortcut.
+    """
     zmean, zstd, clip = batch[4:7]
-    return (torch.clamp(image, clip[:, :1], clip[:, 1:]) - zmean) / zstd
+    if delta is None:
+        return (torch.clamp(image, clip[:, :1], clip[:, 1:]) - zmean) / zstd
+    protected = image + delta
+    ct = torch.isfinite(clip[:, :1])
+    region = torch.where(ct, batch[1][:, :1], torch.ones_like(batch[1][:, :1]))
+    count = region.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
+
+    def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = (x * region).sum(dim=(1, 2, 3), keepdim=True) / count
+        var = (((x - mean) * region) ** 2).sum(dim=(1, 2, 3), keepdim=True) / count
+        return mean, torch.sqrt(var + 1e-12)
+
+    (clean_mean, clean_std), (mean, std) = moments(image), moments(protected)
+    enough = (count >= MIN_STATISTICS_PIXELS) & (clean_std > 1e-6)  # else too few pixels to estimate a change
+    scale = torch.where(enough, (std / clean_std.clamp_min(1e-6)).clamp(0.5, 2.0), torch.ones_like(std))
+    zmean = zmean + torch.where(enough, mean - clean_mean, torch.zeros_like(mean))
+    finite = torch.where(ct, clip, torch.zeros_like(clip))  # no inf in the graph: its gradient would be nan
+    lo, hi = (torch.where(ct, zmean + (finite[:, i : i + 1] - batch[4]) * scale, clip[:, i : i + 1]) for i in (0, 1))
+    return (torch.minimum(torch.maximum(protected, lo), hi) - zmean) / (zstd * scale)
 
 
 def fit_protector(
@@ -155,7 +181,7 @@ def fit_protector(
 
     def victim_view(batch, delta, labels=None):
         labels = batch[2] if labels is None else labels
-        return augment_batch(victim_input(batch[0] + delta, batch), labels, settings.augment, augment_rng)
+        return augment_batch(victim_input(batch[0], batch, delta), labels, settings.augment, augment_rng)
 
     def surrogate_step(protected: bool) -> torch.Tensor:
         """One surrogate update on a fresh batch of clean or protected patches (generators frozen)."""
@@ -174,7 +200,7 @@ def fit_protector(
 
     def generator_objective(batch, delta) -> torch.Tensor:
         if alignment:  # clean and protected patches through the same augmentation, as two channels
-            both = torch.cat([victim_input(batch[0], batch), victim_input(batch[0] + delta, batch)], dim=1)
+            both = torch.cat([victim_input(batch[0], batch), victim_input(batch[0], batch, delta)], dim=1)
             x, y = augment_batch(both, batch[2], settings.augment, augment_rng)
             return _misalignment(surrogate, (x[:, :1], y), (x[:, 1:], y))
         labels = batch[2]
