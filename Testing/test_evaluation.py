@@ -161,6 +161,9 @@ def test_evaluate_reports_dsc_ratio_quality_and_curves(clean_and_protected):
     assert len(report["runs"][1]["clean_train_curve"]) == TINY.epochs
     assert (report["train_cases"], report["test_cases"], report["classes"]) == (3, 1, 2)
     assert report["normalisation"] == "ct"  # the tiny dataset's channel is named CT
+    stats = report["ct_statistics"]
+    assert stats["clean"]["clip_low"] < stats["clean"]["mean"] < stats["clean"]["clip_high"] and stats["clean"]["std"] > 0
+    assert stats["protected"] != stats["clean"]  # computed from each victim's own training data
     q = report["quality"]
     assert np.isfinite(q["psnr_db_mean"]) and q["ssim_mean"] < 1 and q["max_abs_change"] == 3
     json.dumps(report)  # JSON-ready

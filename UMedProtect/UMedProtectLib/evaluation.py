@@ -166,6 +166,12 @@ def ct_normalised(train: Sequence[SliceSample], *others: Sequence[SliceSample]) 
     return apply(train), *(apply(samples) for samples in others)
 
 
+def _ct_statistics_report(data) -> dict:
+    """The CT normalisation each victim derives from its training foreground (clip range, mean, std)."""
+    keys = ("clip_low", "clip_high", "mean", "std")
+    return {name: dict(zip(keys, ct_statistics(train))) for name, train in (("clean", data.clean), ("protected", data.protected))}
+
+
 def train_victim(
     train: Sequence[SliceSample],
     test: Sequence[SliceSample],
@@ -435,6 +441,7 @@ def evaluate(
         "test_slices": len(data.test),
         "classes": data.n_classes,
         "normalisation": data.normalisation,
+        **({"ct_statistics": _ct_statistics_report(data)} if data.normalisation == "ct" else {}),
         "settings": settings.summary(),
         "quality": data.quality,
         "summary": summary,

@@ -34,3 +34,6 @@ umedprotect fit $D -o $W/minmin.safetensors --steps 400 --min-steps 400 --batch-
   --history $R/minmin_fit.json --overwrite
 umedprotect protect-dataset $D -o $W/minmin --protector $W/minmin.safetensors --no-progress --overwrite
 umedprotect evaluate $D $W/minmin -o $R/minmin.json $V
+# Fixed isotropic band-pass texture (blobs), fourth session
+python benchmarks/fixed_patterns.py $D $W --patterns blobs
+umedprotect evaluate $D $W/blobs -o $R/blobs.json $V

@@ -21,7 +21,7 @@ p = load_protector(); p.config.tone = 3.0; p.config.training['tone_set_after_fit
 save_protector(p, '$W/default_tone3.safetensors')"
 umedprotect protect-dataset $D -o $W/default_tone3 --protector $W/default_tone3.safetensors --no-progress --overwrite
 umedprotect evaluate $D $W/default_tone3 -o $R/default_tone3.json $V
-# min-min fitted on Dataset005 with a tone of 3
+# min-min fitted on Dataset005 with a tone of 3 (at commit a904453: surrogate normalised with the clean statistics)
 umedprotect fit $D -o $W/minmin_tone3.safetensors --tone 3 --steps 400 --min-steps 400 --batch-size 8 --patch-size 64 --device cpu \
   --history $R/minmin_tone3_fit.json --overwrite
 umedprotect protect-dataset $D -o $W/minmin_tone3 --protector $W/minmin_tone3.safetensors --no-progress --overwrite
@@ -29,3 +29,27 @@ umedprotect evaluate $D $W/minmin_tone3 -o $R/minmin_tone3.json $V
 # Fixed isotropic band-pass texture (blobs)
 python benchmarks/fixed_patterns.py $D $W --patterns blobs
 umedprotect evaluate $D $W/blobs -o $R/blobs.json $V
+python benchmarks/fixed_patterns.py $D $W --patterns blobs-large dim-blobs
+for n in blobs-large dim-blobs; do
+  umedprotect evaluate $D $W/$n -o $R/$n.json $V
+done
+# min-min with blob codes and the full budget in the interior (at commit bb01fcd: clean statistics)
+umedprotect fit $D -o $W/minmin_blobs.safetensors --codes blobs --code-period 32 --texture-floor 1 --steps 300 --min-steps 300 \
+  --batch-size 8 --patch-size 64 --device cpu --history $R/minmin_blobs_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/minmin_blobs --protector $W/minmin_blobs.safetensors --no-progress --overwrite
+umedprotect evaluate $D $W/minmin_blobs -o $R/minmin_blobs.json $V
+# the same with the surrogate's statistics following the perturbation (commit 4a64020 or later)
+umedprotect fit $D -o $W/minmin_blobs_stats.safetensors --codes blobs --code-period 32 --texture-floor 1 --steps 300 --min-steps 300 \
+  --batch-size 8 --patch-size 64 --device cpu --history $R/minmin_blobs_stats_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/minmin_blobs_stats --protector $W/minmin_blobs_stats.safetensors --no-progress --overwrite
+umedprotect evaluate $D $W/minmin_blobs_stats -o $R/minmin_blobs_stats.json $V
+# The CT normalisation a victim derives from each training set (nnU-Net: foreground percentiles, mean, std)
+python -c "
+import sys
+from UMedProtectLib.evaluation import ct_statistics
+from UMedProtectLib.nnunet import read_dataset
+from UMedProtectLib.slices import load_slices
+for name in sys.argv[1:]:
+    lo, hi, mean, std = ct_statistics(load_slices(read_dataset(name).training))
+    print(f'{name}: clip {lo:.0f} .. {hi:.0f} HU, mean {mean:.1f}, std {std:.1f}')
+" $D $W/default $W/minmin_blobs $W/minmin_blobs_stats $W/dim $W/flat-dim $W/blobs > $R/ct_statistics.txt
