@@ -134,33 +134,11 @@ def test_fit_slices_of_a_ct_dataset_carry_the_victims_ct_normalisation(tmp_path)
     assert all(s.clip is None for s in dataset_slices([str(root)]))
 
 
-def test_tone_darkens_the_organ_and_brightens_its_rim():
-    from UMedProtectLib.protector import Protector
-    from UMedProtectLib.regions import region_maps
-
-    protector = Protector(ProtectorConfig(tone=4.0)).eval()
-    with torch.no_grad():  # generators and codes silenced: what is left is the tone
-        for p in protector.parameters():
-            p.zero_()
-    labels = np.zeros((32, 32), np.int64)
-    labels[10:22, 10:22] = 1
-    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
-    maps = torch.from_numpy(region_maps(image, labels))[None]
-    with torch.no_grad():
-        delta = protector(torch.from_numpy(image)[None, None], maps, torch.from_numpy(labels)[None])[0, 0].numpy()
-    eps = 4.0 / 255
-    band = maps[0, 1].numpy() > 0
-    assert np.allclose(delta[band & (labels > 0)], -eps * np.tanh(4.0), atol=1e-6)
-    assert np.allclose(delta[band & (labels == 0)], eps * np.tanh(4.0), atol=1e-6)
-    assert (delta[16, 16] < 0) and not delta[labels == 0][~band[labels == 0]].any()
-    assert np.abs(delta).max() <= eps
-
-
-def test_configs_without_a_tone_load_as_untoned_and_bad_values_are_refused():
-    text = ProtectorConfig().to_json().replace(', "tone": 0.0', "")
-    assert '"tone"' not in text and ProtectorConfig.from_json(text, "old.safetensors").tone == 0.0
-    with pytest.raises(InputError, match="tone=-1"):
-        ProtectorConfig.from_json(ProtectorConfig(tone=-1).to_json(), "bad.safetensors")
+def test_configs_from_before_code_init_load_with_normal_codes_and_bad_values_are_refused():
+    text = ProtectorConfig().to_json().replace(', "code_init": "normal"', "")
+    assert '"code_init"' not in text and ProtectorConfig.from_json(text, "old.safetensors").code_init == "normal"
+    with pytest.raises(InputError, match="code_init='stripes'"):
+        ProtectorConfig.from_json(ProtectorConfig(code_init="stripes").to_json(), "bad.safetensors")
 
 
 def test_blob_codes_are_band_pass_textures_per_label_and_none_for_the_background():

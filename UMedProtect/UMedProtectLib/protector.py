@@ -43,7 +43,6 @@ _VALID_VALUES = {
     "levels": lambda v: isinstance(v, int) and 1 <= v <= 6,
     "code_period": lambda v: isinstance(v, int) and 1 <= v <= 64,
     "code_classes": lambda v: isinstance(v, int) and 2 <= v <= 256,
-    "tone": lambda v: isinstance(v, (int, float)) and 0 <= v <= 10,
     "code_init": lambda v: v in CODE_INITS,
     "percentiles": lambda v: isinstance(v, list) and len(v) == 2 and 0 <= v[0] < v[1] <= 100,
     "package_version": lambda v: isinstance(v, str),
@@ -69,7 +68,6 @@ class ProtectorConfig:
     levels: int = 3
     code_period: int = 8  # period (pixels) of the learnable per-label shortcut codes, tiled on the image grid
     code_classes: int = 16  # number of codes: background + labels (label values wrap around)
-    tone: float = 0.0  # fixed pre-activation offset: -tone inside the labels, +tone outside (a darker organ, a brighter rim)
     code_init: str = "normal"  # initial codes: "normal" (white noise) or "blobs" (isotropic band-pass texture per label)
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
     format: str = FORMAT_NAME
@@ -113,9 +111,7 @@ class Protector(nn.Module):
 
     Both add a learnable per-label code, tiled on the image grid with period ``code_period``, to
     their pre-activation: a class-wise shortcut that fitting shapes to survive the victim's
-    augmentation, while the generators adapt it to each image. A fixed ``tone`` offset pushes the
-    organ darker and its rim brighter: a low-frequency contrast change that resampling, blur and
-    noise do not wash out (BENCHMARKS.md, "tone").
+    augmentation, while the generators adapt it to each image.
     """
 
     def __init__(self, config: ProtectorConfig | None = None) -> None:
@@ -160,7 +156,7 @@ class Protector(nn.Module):
             origin = torch.zeros(image.shape[0], 2, dtype=torch.long, device=image.device)
         roi, band, texture = maps[:, 0:1], maps[:, 1:2], maps[:, 2:3]
         inputs = torch.cat([image.clamp(-1.0, 2.0), roi], dim=1)
-        code = self.code_field(labels, origin) + self.config.tone * torch.where(labels > 0, -1.0, 1.0)[:, None]
+        code = self.code_field(labels, origin)
         delta_contour = eps * torch.tanh(self.contour(inputs) + code) * band
         delta_texture = eps * texture * torch.tanh(self.texture(inputs) + code)
         return delta_contour + delta_texture

@@ -36,7 +36,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epsilon", type=float, default=config.epsilon, help="budget in 1/255 of the intensity window (default %(default)s)")
     p.add_argument("--band-radius", type=int, default=config.band_radius, help="contour band half-width in pixels (default %(default)s)")
     p.add_argument("--texture-floor", type=float, default=config.texture_floor, help="lowest texture bound, fraction of the budget (default %(default)s)")
-    p.add_argument("--tone", type=float, default=config.tone, help="fixed darker-organ, brighter-rim offset before tanh; 0 = none (default %(default)s)")
     p.add_argument("--codes", dest="code_init", choices=CODE_INITS, default=config.code_init, help="initial per-label codes: white noise or isotropic blobs (default %(default)s)")
     p.add_argument("--code-period", type=int, default=config.code_period, help="period of the per-label codes, pixels (default %(default)s)")
     p.add_argument("--base-channels", type=int, default=config.base_channels, help="generator width (default %(default)s)")
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     history_path = check_output_path(args.history, args.overwrite, endings=(".json",)) if args.history else None
     names = {f.name for f in fields(FitSettings)}
     settings = FitSettings(**{k: v for k, v in vars(args).items() if k in names})
-    values = {name: getattr(args, name) for name in ("epsilon", "band_radius", "base_channels", "texture_floor", "tone", "code_init", "code_period")}
+    values = {name: getattr(args, name) for name in ("epsilon", "band_radius", "base_channels", "texture_floor", "code_init", "code_period")}
     bad = invalid_config_values(values)
     if bad:
         raise InputError(f"--{bad[0].replace('_', '-')} {values[bad[0]]:g} is out of range")

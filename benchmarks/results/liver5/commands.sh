@@ -14,7 +14,7 @@ umedprotect protect-dataset $D -o $W/default --no-progress --overwrite
 for n in flat-dim default dim checker; do
   umedprotect evaluate $D $W/$n -o $R/$n.json $V
 done
-# The shipped default protector with a tone of 3 set in its config (weights unchanged)
+# The shipped default protector with a tone of 3 set in its config (weights unchanged; at commit a904453, the option is gone since)
 python -c "
 from UMedProtectLib.protector import load_protector, save_protector
 p = load_protector(); p.config.tone = 3.0; p.config.training['tone_set_after_fitting'] = 3.0
