@@ -47,3 +47,12 @@ def test_fit_takes_the_protector_options_and_refuses_them_out_of_range(nnunet_da
         assert main(["fit", str(nnunet_dataset), "-o", str(bad), option, value, *TINY]) == 2
         assert not bad.exists()
         assert capsys.readouterr().err.strip() == f"umedprotect: error: {option} {float(value):g} is out of range"
+
+
+def test_fit_refuses_a_schedule_it_cannot_run(nnunet_dataset, tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    for option, value in (("--steps", "0"), ("--batch-size", "0"), ("--patch-size", "8"), ("--stop-dice", "2"), ("--offset-weight", "-1")):
+        assert main(["fit", str(nnunet_dataset), "-o", str(bad), *TINY, option, value]) == 2, option
+        assert not bad.exists()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("umedprotect: error: --") and option in err[0]

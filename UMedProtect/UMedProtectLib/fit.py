@@ -51,6 +51,7 @@ class FitSettings:
     surrogate_channels: int = 16
     surrogate_reset_every: int = 200  # generator steps between surrogate re-initialisations
     visibility_weight: float = 0.002  # weight of mean (delta/epsilon)^2 in the generator loss
+    offset_weight: float = 0.0  # weight of the squared mean change inside each patch's ROI (in epsilon): against a uniform shift
     foreground_fraction: float = 0.67
     objective: str = "min-min"  # see OBJECTIVES
     pretrain_steps: int = 300  # "targeted", "alignment": surrogate steps on clean data first
@@ -230,7 +231,9 @@ def fit_protector(
         delta = protector(*batch[:4])
         region = (batch[1][:, :2].sum(dim=1, keepdim=True) > 0).float()  # ROI ∪ band
         visibility = ((delta / eps) ** 2).sum() / region.sum().clamp_min(1.0)
-        loss_g = generator_objective(batch, delta) + settings.visibility_weight * visibility
+        roi = batch[1][:, :1]
+        offset = ((delta * roi).sum(dim=(1, 2, 3)) / roi.sum(dim=(1, 2, 3)).clamp_min(1.0) / eps).pow(2).mean()
+        loss_g = generator_objective(batch, delta) + settings.visibility_weight * visibility + settings.offset_weight * offset
         optimiser_g.zero_grad(set_to_none=True)
         loss_g.backward()
         optimiser_g.step()
@@ -240,6 +243,7 @@ def fit_protector(
             "generator_loss": round(loss_g.item(), 4),
             "surrogate_dice_ema": round(dice_ema, 4),
             "visibility": round(visibility.item(), 4),
+            "offset": round(offset.item(), 4),
         }
         history.append(record)
         if progress is not None:

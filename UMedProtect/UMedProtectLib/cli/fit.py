@@ -54,6 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--surrogate-reset-every", type=int, default=defaults.surrogate_reset_every,
         help="min-min: generator steps between surrogate re-initialisations (default %(default)s)",
     )
+    p.add_argument("--offset-weight", type=float, default=defaults.offset_weight, help="penalty on a uniform shift of the ROI (default %(default)s)")
     p.add_argument("--stop-dice", type=float, default=defaults.stop_dice, help="stopping rule: surrogate training Dice (default %(default)s)")
     p.add_argument("--min-steps", type=int, default=defaults.min_steps, help="steps before the stopping rule applies (default %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
@@ -66,6 +67,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     output = check_output_path(args.output, args.overwrite, endings=(".safetensors",))
     history_path = check_output_path(args.history, args.overwrite, endings=(".json",)) if args.history else None
+    for name, low in (("steps", 1), ("batch_size", 1), ("patch_size", 16), ("surrogate_reset_every", 1), ("min_steps", 0), ("pretrain_steps", 0)):
+        if getattr(args, name) < low:
+            raise InputError(f"--{name.replace('_', '-')} must be at least {low}")
+    if not 0 < args.stop_dice <= 1 or args.offset_weight < 0:
+        raise InputError("--stop-dice must be in (0, 1] and --offset-weight at least 0")
     names = {f.name for f in fields(FitSettings)}
     settings = FitSettings(**{k: v for k, v in vars(args).items() if k in names})
     values = {name: getattr(args, name) for name in ("epsilon", "band_radius", "base_channels", "texture_floor", "code_init", "code_period")}
