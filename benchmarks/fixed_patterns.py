@@ -15,8 +15,6 @@ augmentation is too short to say anything about a protection. Every pattern uses
   blobs-large  the same with blobs about twice as far apart
   dim-blobs dim's ring, and in the ROI half the budget darker plus blobs at half the budget
   dim       -budget in the ROI and +budget in a 3-pixel ring outside it (flattens the edge)
-  shade     -budget in the ROI (dim without its ring)
-  rim       +budget in the 3-pixel ring outside the ROI only (dim without the darker ROI)
   flat-dim  dim's ring, and the ROI pulled towards one flat tone 3/4 budget below its mean
             (its texture removed as far as the budget allows)
 
@@ -65,14 +63,10 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
         return blob_field(labels.shape[-2:], BLOB_SIGMAS[name]) * roi
     if name == "offset":
         return roi.astype(np.float64)
-    if name == "shade":
-        return -roi.astype(np.float64)
-    if name in ("dim", "rim", "flat-dim", "dim-blobs"):
+    if name in ("dim", "flat-dim", "dim-blobs"):
         structure = np.zeros((3,) * roi.ndim, bool)
         structure[(1,) * (roi.ndim - 2)] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # in-plane neighbours only
         ring = (binary_dilation(roi, structure, iterations=3) & ~roi).astype(np.float64)
-        if name == "rim":
-            return ring
         if name == "dim" or not roi.any():
             return ring - roi
         if name == "dim-blobs":
@@ -82,7 +76,7 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown pattern {name!r}")
 
 
-PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "offset", "shade", "dim", "rim", "flat-dim", "dim-blobs")
+PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "offset", "dim", "flat-dim", "dim-blobs")
 
 
 def write_protected_copy(source: Path, out: Path, name: str, epsilon: float) -> None:
