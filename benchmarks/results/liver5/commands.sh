@@ -43,6 +43,11 @@ umedprotect fit $D -o $W/minmin_blobs_stats.safetensors --codes blobs --code-per
   --batch-size 8 --patch-size 64 --device cpu --history $R/minmin_blobs_stats_fit.json --overwrite
 umedprotect protect-dataset $D -o $W/minmin_blobs_stats --protector $W/minmin_blobs_stats.safetensors --no-progress --overwrite
 umedprotect evaluate $D $W/minmin_blobs_stats -o $R/minmin_blobs_stats.json $V
+# ... and with a penalty on a uniform shift of the ROI (--offset-weight 10)
+umedprotect fit $D -o $W/minmin_blobs_nooffset.safetensors --codes blobs --code-period 32 --texture-floor 1 --offset-weight 10 \
+  --steps 300 --min-steps 300 --batch-size 8 --patch-size 64 --device cpu --history $R/minmin_blobs_nooffset_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/minmin_blobs_nooffset --protector $W/minmin_blobs_nooffset.safetensors --no-progress --overwrite
+umedprotect evaluate $D $W/minmin_blobs_nooffset -o $R/minmin_blobs_nooffset.json $V
 # The CT normalisation a victim derives from each training set (nnU-Net: foreground percentiles, mean, std)
 python -c "
 import sys
@@ -52,7 +57,7 @@ from UMedProtectLib.slices import load_slices
 for name in sys.argv[1:]:
     lo, hi, mean, std = ct_statistics(load_slices(read_dataset(name).training))
     print(f'{name}: clip {lo:.0f} .. {hi:.0f} HU, mean {mean:.1f}, std {std:.1f}')
-" $D $W/default $W/minmin_blobs $W/minmin_blobs_stats $W/dim $W/flat-dim $W/blobs > $R/ct_statistics.txt
+" $D $W/default $W/minmin_blobs $W/minmin_blobs_stats $W/minmin_blobs_nooffset $W/dim $W/flat-dim $W/blobs > $R/ct_statistics.txt
 # How far fitting moved the blob codes from their start (both files were fitted with --code-period 32)
 python -c "
 import sys, numpy as np
@@ -62,4 +67,4 @@ start = Protector(ProtectorConfig(code_init='blobs', code_period=32)).codes.deta
 for path in sys.argv[1:]:
     codes = load_file(path)['codes']
     print(path, 'liver code vs its start: correlation %.4f' % np.corrcoef(codes[1].ravel(), start[1].ravel())[0, 1])
-" $W/minmin_blobs.safetensors $W/minmin_blobs_stats.safetensors > $R/code_drift.txt
+" $W/minmin_blobs.safetensors $W/minmin_blobs_stats.safetensors $W/minmin_blobs_nooffset.safetensors > $R/code_drift.txt
