@@ -39,16 +39,18 @@ sys.path.insert(0, str(ROOT / "UMedProtect"))
 
 from UMedProtectLib.intensity import apply_change, intensity_window  # noqa: E402
 from UMedProtectLib.nnunet import read_dataset  # noqa: E402
+from UMedProtectLib.protector import BLOB_GAIN  # noqa: E402
+from UMedProtectLib.protector import BLOB_SIGMAS as PROTECTOR_BLOB_SIGMAS  # noqa: E402
 
 TILE = np.random.default_rng(0).choice([-1.0, 1.0], size=(8, 8))
-BLOB_SIGMAS = {"blobs": (1.5, 3.0), "blobs-large": (3.0, 6.0)}  # difference of Gaussians, pixels
+BLOB_SIGMAS = {"blobs": PROTECTOR_BLOB_SIGMAS, "blobs-large": tuple(2 * s for s in PROTECTOR_BLOB_SIGMAS)}  # DoG, pixels
 
 
 def blob_field(shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS["blobs"]) -> np.ndarray:
     """Seeded isotropic band-pass noise on a ``shape`` grid, pushed towards +-1."""
     noise = np.random.default_rng(0).standard_normal(shape)
     band = gaussian_filter(noise, sigmas[0]) - gaussian_filter(noise, sigmas[1])
-    return np.tanh(3.0 * band / band.std())
+    return np.tanh(BLOB_GAIN * band / band.std())
 
 
 def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:

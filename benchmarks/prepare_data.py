@@ -227,9 +227,10 @@ def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
                             sitk.Transform(), sitk.sitkNearestNeighbor, 0)  # fmt: skip
         liver = sitk.Cast(sitk.BinaryThreshold(seg, *ORGANS["liver"] * 2, 1, 0), sitk.sitkUInt8)
         zs = [z for z in range(image.GetSize()[2]) if sitk.GetArrayViewFromImage(liver)[z].any()]
-        test = [z for i, z in enumerate(zs) if any(i in block for block in LIVER_TEST_BLOCKS)]
+        tested = {i for block in LIVER_TEST_BLOCKS for i in block}
         left_out = {i for block in LIVER_TEST_BLOCKS for i in (block.start - 1, block.stop)}
-        train = [z for i, z in enumerate(zs) if i not in left_out and not any(i in block for block in LIVER_TEST_BLOCKS)]
+        test = [z for i, z in enumerate(zs) if i in tested]
+        train = [z for i, z in enumerate(zs) if i not in tested | left_out]
         write_dataset(out / "Dataset005_TotalSegCTLiverBlocks", "TotalSegCTLiverBlocks", {"background": 0, "liver": 1}, "CT",
                       organ_slices(image, liver, "ct", train), organ_slices(image, liver, "ct", test),
                       "one subject (example_ct, 3 mm): by slice blocks of its liver slices in cranio-caudal order, "

@@ -70,8 +70,10 @@ def run(args: argparse.Namespace) -> int:
     for name, low in (("steps", 1), ("batch_size", 1), ("patch_size", 16), ("surrogate_reset_every", 1), ("min_steps", 0), ("pretrain_steps", 0)):
         if getattr(args, name) < low:
             raise InputError(f"--{name.replace('_', '-')} must be at least {low}")
-    if not 0 < args.stop_dice <= 1 or args.offset_weight < 0:
-        raise InputError("--stop-dice must be in (0, 1] and --offset-weight at least 0")
+    if not 0 < args.stop_dice <= 1:
+        raise InputError(f"--stop-dice {args.stop_dice:g} is out of range (0, 1]")
+    if args.offset_weight < 0:
+        raise InputError(f"--offset-weight {args.offset_weight:g} must be at least 0")
     names = {f.name for f in fields(FitSettings)}
     settings = FitSettings(**{k: v for k, v in vars(args).items() if k in names})
     values = {name: getattr(args, name) for name in ("epsilon", "band_radius", "base_channels", "texture_floor", "code_init", "code_period")}
