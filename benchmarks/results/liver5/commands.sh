@@ -68,3 +68,13 @@ for path in sys.argv[1:]:
     codes = load_file(path)['codes']
     print(path, 'liver code vs its start: correlation %.4f' % np.corrcoef(codes[1].ravel(), start[1].ravel())[0, 1])
 " $W/minmin_blobs.safetensors $W/minmin_blobs_stats.safetensors $W/minmin_blobs_nooffset.safetensors > $R/code_drift.txt
+# Why Dataset004's ratios measure a domain gap: mean liver intensity of its training and test subjects
+python -c "
+import numpy as np
+from UMedProtectLib.nnunet import read_dataset
+from UMedProtectLib.slices import load_slices
+dataset = read_dataset('benchmarks/data/nnUNet_raw/Dataset004_TotalSegCTLiver')
+for name, cases in (('training', dataset.training), ('test', dataset.test)):
+    liver = np.concatenate([s.image[s.labels > 0] for s in load_slices(cases)])
+    print(f'Dataset004 {name} subject: liver mean {liver.mean():.0f} HU')
+" > $R/dataset004_liver_intensity.txt
