@@ -55,3 +55,26 @@ def test_flat_dim_pulls_the_roi_to_one_tone_below_its_mean():
     assert flattened.std() < 1e-9  # within the budget everywhere: one tone
     assert abs(flattened.mean() - (image[labels > 0].mean() - 0.75)) < 1e-6
     assert unit[0, 2, 8] == 1 and unit[0, 0, 8] == 0
+
+
+def test_soft_blobs_are_the_blobs_less_saturated():
+    labels = np.ones((1, 64, 64), np.uint8)
+    hard = fixed_patterns.pattern("blobs", labels, np.zeros(labels.shape))
+    soft = fixed_patterns.pattern("soft-blobs", labels, np.zeros(labels.shape))
+    assert (np.sign(soft) == np.sign(hard)).all()
+    assert (np.abs(soft) <= np.abs(hard)).all()
+    assert (soft**2).mean() < 0.6 * (hard**2).mean()  # about half the energy
+
+
+def test_swap_blobs_replace_the_roi_texture_within_the_budget():
+    labels = np.zeros((1, 32, 32), np.uint8)
+    labels[0, 8:24, 8:24] = 1
+    rng = np.random.default_rng(0)
+    image = rng.normal(10.0, 0.05, labels.shape)  # budget units: texture well inside the budget
+    unit = fixed_patterns.pattern("swap-blobs", labels, image)
+    roi = labels > 0
+    blobs = fixed_patterns.blob_field(labels.shape[-2:])[None]
+    reachable = roi & (np.abs(image[roi].mean() + blobs - image) <= 1.0)
+    assert reachable.sum() > 0.8 * roi.sum()
+    np.testing.assert_allclose((image + unit)[reachable], (image[roi].mean() + blobs)[reachable])
+    assert np.abs(unit).max() <= 1.0 and not unit[~roi].any()

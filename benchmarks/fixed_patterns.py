@@ -13,6 +13,10 @@ augmentation is too short to say anything about a protection. Every pattern uses
             frequency and without orientation, so rotation, scaling, blur and low-resolution
             simulation keep it
   blobs-large  the same with blobs about twice as far apart
+  soft-blobs  the blobs less saturated (tanh gain 1 instead of 3): the full budget only at blob
+            centres, about half the energy for the same peak change
+  swap-blobs  the ROI's own texture replaced by the blobs as far as the budget allows: each pixel
+            pulled towards the ROI's mean plus the blob texture
   dim-blobs dim's ring, and in the ROI half the budget darker plus blobs at half the budget
   dim       -budget in the ROI and +budget in a 3-pixel ring outside it (flattens the edge)
   flat-dim  dim's ring, and the ROI pulled towards one flat tone 3/4 budget below its mean
@@ -46,11 +50,11 @@ TILE = np.random.default_rng(0).choice([-1.0, 1.0], size=(8, 8))
 BLOB_SIGMAS = {"blobs": PROTECTOR_BLOB_SIGMAS, "blobs-large": tuple(2 * s for s in PROTECTOR_BLOB_SIGMAS)}  # DoG, pixels
 
 
-def blob_field(shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS["blobs"]) -> np.ndarray:
-    """Seeded isotropic band-pass noise on a ``shape`` grid, pushed towards +-1."""
+def blob_field(shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS["blobs"], gain: float = BLOB_GAIN) -> np.ndarray:
+    """Seeded isotropic band-pass noise on a ``shape`` grid, squashed into [-1, 1] by tanh(gain * noise / std)."""
     noise = np.random.default_rng(0).standard_normal(shape)
     band = gaussian_filter(noise, sigmas[0]) - gaussian_filter(noise, sigmas[1])
-    return np.tanh(BLOB_GAIN * band / band.std())
+    return np.tanh(gain * band / band.std())
 
 
 def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -63,6 +67,10 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
         return TILE[rows % 8, cols % 8] * roi
     if name in BLOB_SIGMAS:
         return blob_field(labels.shape[-2:], BLOB_SIGMAS[name]) * roi
+    if name == "soft-blobs":
+        return blob_field(labels.shape[-2:], gain=1.0) * roi
+    if name == "swap-blobs":
+        return np.clip(image[roi].mean() + blob_field(labels.shape[-2:]) - image, -1.0, 1.0) * roi if roi.any() else 0 * image
     if name == "offset":
         return roi.astype(np.float64)
     if name in ("dim", "flat-dim", "dim-blobs"):
@@ -78,7 +86,7 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown pattern {name!r}")
 
 
-PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "offset", "dim", "flat-dim", "dim-blobs")
+PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "soft-blobs", "swap-blobs", "offset", "dim", "flat-dim", "dim-blobs")
 
 
 def write_protected_copy(source: Path, out: Path, name: str, epsilon: float) -> None:
