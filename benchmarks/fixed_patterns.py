@@ -15,6 +15,12 @@ augmentation is too short to say anything about a protection. Every pattern uses
   blobs-large  the same with blobs about twice as far apart
   soft-blobs  the blobs less saturated (tanh gain 1 instead of 3): the full budget only at blob
             centres, about half the energy for the same peak change
+  sparse-blobs  only the blobs' cores: the pixels within 0.7 std of zero band-pass noise are left
+            unchanged (about half the ROI), the rest rise smoothly to +-budget
+  stretch   the ROI's own texture amplified: each pixel moved by the budget away from the ROI's
+            mean (its deviation in std, through tanh(3 .)); raises the foreground std a victim
+            normalises with more than uncorrelated change of the same energy does
+  stretch-blobs  the same for the deviation plus the blobs' band-pass noise (1 std each)
   swap-blobs  the ROI's own texture replaced by the blobs as far as the budget allows: each pixel
             pulled towards the ROI's mean plus the blob texture
   dim-blobs dim's ring, and in the ROI half the budget darker plus blobs at half the budget
@@ -46,15 +52,21 @@ from UMedProtectLib.nnunet import read_dataset  # noqa: E402
 from UMedProtectLib.protector import BLOB_GAIN  # noqa: E402
 from UMedProtectLib.protector import BLOB_SIGMAS as PROTECTOR_BLOB_SIGMAS  # noqa: E402
 
+SPARSE_THRESHOLD = 0.7  # sparse-blobs: band-pass noise below this (in std) is left unchanged
 TILE = np.random.default_rng(0).choice([-1.0, 1.0], size=(8, 8))
 BLOB_SIGMAS = {"blobs": PROTECTOR_BLOB_SIGMAS, "blobs-large": tuple(2 * s for s in PROTECTOR_BLOB_SIGMAS)}  # DoG, pixels
 
 
-def blob_field(shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS["blobs"], gain: float = BLOB_GAIN) -> np.ndarray:
-    """Seeded isotropic band-pass noise on a ``shape`` grid, squashed into [-1, 1] by tanh(gain * noise / std)."""
+def band_noise(shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS["blobs"]) -> np.ndarray:
+    """Seeded isotropic band-pass (difference-of-Gaussians) noise on a ``shape`` grid, unit std."""
     noise = np.random.default_rng(0).standard_normal(shape)
     band = gaussian_filter(noise, sigmas[0]) - gaussian_filter(noise, sigmas[1])
-    return np.tanh(gain * band / band.std())
+    return band / band.std()
+
+
+def blob_field(shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS["blobs"], gain: float = BLOB_GAIN) -> np.ndarray:
+    """Band-pass noise squashed into [-1, 1] by tanh(gain * noise): blobs, nearly +-1 for the default gain."""
+    return np.tanh(gain * band_noise(shape, sigmas))
 
 
 def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -69,6 +81,16 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
         return blob_field(labels.shape[-2:], BLOB_SIGMAS[name]) * roi
     if name == "soft-blobs":
         return blob_field(labels.shape[-2:], gain=1.0) * roi
+    if name == "sparse-blobs":
+        z = band_noise(labels.shape[-2:])
+        return np.tanh(BLOB_GAIN * np.sign(z) * np.maximum(np.abs(z) - SPARSE_THRESHOLD, 0.0)) * roi
+    if name in ("stretch", "stretch-blobs"):  # the sign of each pixel's deviation from the ROI mean (plus blobs)
+        if not roi.any():
+            return 0.0 * image
+        z = (image - image[roi].mean()) / max(image[roi].std(), 1e-6)
+        if name == "stretch-blobs":
+            z = z + band_noise(labels.shape[-2:])
+        return np.tanh(BLOB_GAIN * z) * roi
     if name == "swap-blobs":
         return np.clip(image[roi].mean() + blob_field(labels.shape[-2:]) - image, -1.0, 1.0) * roi if roi.any() else 0 * image
     if name == "offset":
@@ -86,7 +108,7 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown pattern {name!r}")
 
 
-PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "soft-blobs", "swap-blobs", "offset", "dim", "flat-dim", "dim-blobs")
+PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "soft-blobs", "sparse-blobs", "stretch", "stretch-blobs", "swap-blobs", "offset", "dim", "flat-dim", "dim-blobs")
 
 
 def write_protected_copy(source: Path, out: Path, name: str, epsilon: float) -> None:

@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="victim seed")
     args = parser.parse_args(argv)
     out = args.out_root / f"{args.pattern}_e{args.epsilon:g}"
-    if not out.exists():
-        write_protected_copy(args.dataset, out, args.pattern, args.epsilon)
+    write_protected_copy(args.dataset, out, args.pattern, args.epsilon)
     data = load_evaluation_data(args.dataset, out)
     settings = TrainSettings(epochs=5, iterations_per_epoch=100, batch_size=8, patch_size=96, optimizer="adam",
                              learning_rate=0.003, device="cpu", seed=args.seed)  # fmt: skip
