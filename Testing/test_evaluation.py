@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import replace
 
@@ -20,6 +21,7 @@ from UMedProtectLib.evaluation import (
     ct_normalised,
     evaluate,
     load_evaluation_data,
+    over_seeds,
     ratio,
     to_class_indices,
     train_victim,
@@ -202,3 +204,41 @@ def test_cli_evaluate_end_to_end(clean_and_protected, tmp_path, capsys):
     assert report["settings"]["optimizer"] == "adam" and report["settings"]["learning_rate"] == 1e-3
     assert main(["evaluate", str(clean), str(tmp_path / "missing")]) == 2
     assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_several_seeds_train_every_victim_once_per_seed_and_report_the_spread(clean_and_protected, monkeypatch, capsys):
+    from UMedProtectLib import evaluation
+
+    clean, protected = clean_and_protected
+    trained_with = []
+    real_train_victim = evaluation.train_victim
+
+    def recording_train_victim(*args, **kwargs):
+        trained_with.append(args[4].seed)
+        return real_train_victim(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "train_victim", recording_train_victim)
+    report = evaluate(clean, protected, settings=TINY, seeds=(0, 1))
+    assert report["seeds"] == [0, 1] and trained_with == [0, 0, 1, 1]
+    assert [(r["data"], r["seed"]) for r in report["runs"]] == [("clean", 0), ("protected", 0), ("clean", 1), ("protected", 1)]
+    assert [row["seed"] for row in report["summary"]] == [0, 1]
+    assert report["over_seeds"] == over_seeds(report["summary"])
+    assert "over_seeds" not in evaluate(clean, protected, settings=TINY)
+    argv = ["evaluate", str(clean), str(protected), "--epochs", "1", "--iterations", "1", "--batch-size", "2",
+            "--patch-size", "32", "--device", "cpu", "--seed", "3", "4"]  # fmt: skip
+    assert main(argv) == 0
+    assert "over seeds 3, 4: ratio mean" in capsys.readouterr().out
+    assert main(argv[:-1] + ["3"]) == 2
+    assert "--seed values must differ" in capsys.readouterr().err
+
+
+def test_over_seeds_gives_mean_and_spread_of_the_defined_ratios():
+    row = {"victim": "unet", "defense": "none", "clean_best": 0.8}
+    rows = [{**row, "seed": 0, "ratio_best": 0.2, "protected_best": 0.16}, {**row, "seed": 1, "ratio_best": 0.6, "protected_best": 0.48},
+            {**row, "seed": 2, "ratio_best": math.nan, "protected_best": 0.0}, {**row, "defense": "blur", "seed": 0, "ratio_best": math.nan,
+            "protected_best": 0.0}]  # fmt: skip
+    plain, blurred = over_seeds(rows)
+    assert plain["seeds"] == [0, 1, 2] and plain["ratio_best_mean"] == pytest.approx(0.4)
+    assert (plain["ratio_best_min"], plain["ratio_best_max"]) == (0.2, 0.6)
+    assert plain["protected_best_mean"] == pytest.approx(0.64 / 3) and plain["clean_best_mean"] == pytest.approx(0.8)
+    assert blurred["defense"] == "blur" and math.isnan(blurred["ratio_best_mean"])

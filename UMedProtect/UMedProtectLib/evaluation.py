@@ -389,6 +389,7 @@ def evaluate(
     defenses: Sequence[str] = (),
     settings: TrainSettings | None = None,
     progress: EpochProgress | None = None,
+    seeds: Sequence[int] = (),
 ) -> dict:
     """Train every victim on clean and on protected training cases (and under each defense).
 
@@ -396,30 +397,36 @@ def evaluate(
     of protected vs clean training images), every run's per-epoch test DSC, and a summary row per
     victim and defense with best/final DSC and ratio = best DSC(protected) / best DSC(clean).
     Defended runs are compared with the undefended clean run (the attacker's alternative).
+    ``seeds``: train every victim once per seed (default: ``settings.seed``); with several, the
+    report adds ``over_seeds``, the mean and spread of each victim's and defense's ratio.
     """
     from .defenses import defend
 
     settings = settings or TrainSettings()
+    seeds = list(seeds) or [settings.seed]
     for name in victims:
         victim_spec(name)
     data = load_evaluation_data(clean_dir, protected_dir, test_dir)
     runs, summary = [], []
-    for victim in victims:
+    for seed, victim in ((seed, victim) for seed in seeds for victim in victims):
+        seeded = replace(settings, seed=seed)
+        tag = f" (seed {seed})" if len(seeds) > 1 else ""
         clean_run = train_victim(
-            data.clean, data.test, victim, data.n_classes, settings, progress, f"{victim}/clean", data.normalisation
+            data.clean, data.test, victim, data.n_classes, seeded, progress, f"{victim}/clean{tag}", data.normalisation
         )
-        runs.append({"data": "clean", "defense": "none", **clean_run.to_dict()})
+        runs.append({"data": "clean", "defense": "none", "seed": seed, **clean_run.to_dict()})
         for defense in ("none", *defenses):
-            train, run_settings = defend(defense, data.protected, data.clean, settings)
-            name = f"{victim}/protected" + ("" if defense == "none" else f"+{defense}")
+            train, run_settings = defend(defense, data.protected, data.clean, seeded)
+            name = f"{victim}/protected" + ("" if defense == "none" else f"+{defense}") + tag
             run = train_victim(
                 train, data.test, victim, data.n_classes, run_settings, progress, name, data.normalisation, data.clean
             )
-            runs.append({"data": "protected", "defense": defense, **run.to_dict()})
+            runs.append({"data": "protected", "defense": defense, "seed": seed, **run.to_dict()})
             summary.append(
                 {
                     "victim": victim,
                     "defense": defense,
+                    "seed": seed,
                     "clean_best": clean_run.best,
                     "clean_final": clean_run.final,
                     "protected_best": run.best,
@@ -443,7 +450,31 @@ def evaluate(
         "normalisation": data.normalisation,
         **({"ct_statistics": _ct_statistics_report(data)} if data.normalisation == "ct" else {}),
         "settings": settings.summary(),
+        "seeds": seeds,
         "quality": data.quality,
         "summary": summary,
+        **({"over_seeds": over_seeds(summary)} if len(seeds) > 1 else {}),
         "runs": runs,
     }
+
+
+def over_seeds(summary: Sequence[dict]) -> list[dict]:
+    """Per victim and defense: how the best-epoch ratio varies with the seed (mean, lowest, highest; nan: none defined)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in summary:
+        groups.setdefault((row["victim"], row["defense"]), []).append(row)
+    rows_out = []
+    for (victim, defense), rows in groups.items():
+        ratios = [row["ratio_best"] for row in rows if math.isfinite(row["ratio_best"])]
+        spread = (float(np.mean(ratios)), min(ratios), max(ratios)) if ratios else (math.nan,) * 3
+        rows_out.append(
+            {
+                "victim": victim,
+                "defense": defense,
+                "seeds": [row["seed"] for row in rows],
+                **dict(zip(("ratio_best_mean", "ratio_best_min", "ratio_best_max"), spread)),
+                "protected_best_mean": float(np.mean([row["protected_best"] for row in rows])),
+                "clean_best_mean": float(np.mean([row["clean_best"] for row in rows])),
+            }
+        )
+    return rows_out

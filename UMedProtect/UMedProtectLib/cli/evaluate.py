@@ -72,7 +72,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--patch-size", type=int, default=defaults.patch_size, help="patch size in pixels (default %(default)s)")
     p.add_argument("--optimizer", choices=tuple(DEFAULT_LEARNING_RATES), default=defaults.optimizer, help="victim optimiser (default %(default)s, as nnU-Net)")
     p.add_argument("--learning-rate", type=float, help="initial learning rate (default: sgd 0.01, adam 0.001)")
-    p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
+    p.add_argument("--seed", type=int, nargs="+", default=[defaults.seed], metavar="N",
+                   help="random seed(s) (default %(default)s); with several, every victim is trained once per seed "
+                   "and the report adds the mean and spread of the ratio: a single best-epoch ratio can vary a lot "
+                   "with the seed")  # fmt: skip
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default %(default)s)")
     p.add_argument("-o", "--output", metavar="REPORT.json", help="write the full report (per-epoch DSC curves included)")
     p.set_defaults(func=run)
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         patch_size=args.patch_size,
         optimizer=args.optimizer,
         learning_rate=args.learning_rate,
-        seed=args.seed,
+        seed=args.seed[0],
         device=args.device,
     )
     if not 0 < settings.learning_rate <= 1:
@@ -102,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
     def progress(run_name: str, epoch: int, epochs: int, dsc: float) -> None:
         print(f"{run_name}: epoch {epoch}/{epochs} test DSC {dsc:.4f}", file=sys.stderr, flush=True)
 
-    report = evaluate(args.clean_dir, args.protected_dir, args.test_dir, args.victim, args.defense, settings, progress)
+    if len(set(args.seed)) != len(args.seed):
+        raise InputError("--seed values must differ")
+    report = evaluate(args.clean_dir, args.protected_dir, args.test_dir, args.victim, args.defense, settings, progress, args.seed)
     print(format_table(report))
     if args.output:
         write_json(report, args.output)
@@ -112,16 +117,24 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(report: dict) -> str:
     """The summary as a small fixed-width table, with the visibility line under it."""
+    seeded = len(report.get("seeds", ())) > 1
     header = (
-        f"{'victim':<14}{'defense':<12}{'clean best':>11}{'prot. best':>11}{'clean last':>11}{'prot. last':>11}"
+        f"{'victim':<14}{'defense':<12}" + (f"{'seed':>6}" if seeded else "")
+        + f"{'clean best':>11}{'prot. best':>11}{'clean last':>11}{'prot. last':>11}"
         f"{'ratio':>8}{'clean fit':>10}{'prot. fit':>10}{'prot. on clean':>15}"
     )
     lines = [header, "-" * len(header)]
     for row in report["summary"]:
         lines.append(
-            f"{row['victim']:<14}{row['defense']:<12}{row['clean_best']:>11.4f}{row['protected_best']:>11.4f}"
+            f"{row['victim']:<14}{row['defense']:<12}" + (f"{row['seed']:>6}" if seeded else "")
+            + f"{row['clean_best']:>11.4f}{row['protected_best']:>11.4f}"
             f"{row['clean_final']:>11.4f}{row['protected_final']:>11.4f}{_fmt(row['ratio_best']):>8}"
             f"{row['clean_train_dsc']:>10.4f}{row['protected_train_dsc']:>10.4f}{row['protected_clean_train_dsc']:>15.4f}"
+        )
+    for row in report.get("over_seeds", []):
+        lines.append(
+            f"{row['victim']} / {row['defense']} over seeds {', '.join(map(str, row['seeds']))}: ratio mean "
+            f"{_fmt(row['ratio_best_mean'])} (lowest {_fmt(row['ratio_best_min'])}, highest {_fmt(row['ratio_best_max'])})"
         )
     q = report["quality"]
     lines.append(
