@@ -78,3 +78,58 @@ for name, cases in (('training', dataset.training), ('test', dataset.test)):
     liver = np.concatenate([s.image[s.labels > 0] for s in load_slices(cases)])
     print(f'Dataset004 {name} subject: liver mean {liver.mean():.0f} HU')
 " > $R/dataset004_liver_intensity.txt
+# --- Fifth session: how much budget does a blob texture need? ---
+# Screening: only the protected victim is trained (the clean one, same seed and schedule, is the one above: best 0.868);
+# one JSON line per run in screen.jsonl (mean per-slice PSNR, per-epoch test DSC, fit check, the victim's CT statistics).
+# (The first ten lines were written by an identical earlier copy of the script, before it was committed.)
+for a in "blobs 6" "swap-blobs 4" "swap-blobs 6" "blobs 8" "blobs 6 --seed 1" "blobs-large 6" "soft-blobs 8" "soft-blobs 10" \
+         "blobs 8 --seed 1" "blobs 7" "sparse-blobs 10" "stretch 6" "stretch-blobs 6" "stretch-blobs 6 --seed 1" "blobs 7 --seed 1"; do
+  python benchmarks/pattern_screen.py $D $W/screen $a >> $R/screen.jsonl
+done
+# The same blob change on the whole CT volume (one case instead of 43 slices): what a user protecting this scan would see
+python - blobs:4 blobs:6 blobs:7 blobs:8 > $R/volume_psnr.txt <<'PY'
+import sys
+from pathlib import Path
+import numpy as np, SimpleITK as sitk
+sys.path[:0] = ["UMedProtect", "benchmarks"]
+from fixed_patterns import pattern
+from UMedProtectLib.intensity import apply_change, intensity_window
+from UMedProtectLib.metrics import image_quality
+src = Path("benchmarks/data/sources/totalsegmentator-2.18.0/tests/reference_files")
+image = sitk.ReadImage(str(src / "example_ct.nii.gz"))
+seg = sitk.Resample(sitk.ReadImage(str(src / "example_seg_fast_force_split.nii.gz")), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+array, liver = sitk.GetArrayFromImage(image), (sitk.GetArrayFromImage(seg) == 5).astype(np.uint8)
+for name, eps in (arg.split(":") for arg in sys.argv[1:]):
+    budget = intensity_window(array).budget(float(eps))
+    q = image_quality(array, apply_change(array, pattern(name, liver, array / budget) * budget, budget))
+    print(f"example_ct volume {array.shape}, {name} eps {eps}: budget {budget:.1f} HU, PSNR {q['psnr_db']:.2f} dB, "
+          f"SSIM {q['ssim']:.5f}, max change {q['max_abs_change']:.1f} HU")
+PY
+# Min-min with blob codes and the offset penalty at epsilon 8/255 (fitted at that budget)
+umedprotect fit $D -o $W/minmin_blobs_e8.safetensors --epsilon 8 --codes blobs --code-period 32 --texture-floor 1 --offset-weight 10 \
+  --steps 300 --min-steps 300 --batch-size 8 --patch-size 64 --device cpu --history $R/minmin_blobs_e8_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/minmin_blobs_e8 --protector $W/minmin_blobs_e8.safetensors --no-progress --overwrite
+umedprotect evaluate $D $W/minmin_blobs_e8 -o $R/minmin_blobs_e8.json $V
+# ... the same protector on the whole CT volume (liver mask from TotalSegmentator's reference segmentation), with heatmap and report
+S=benchmarks/data/sources/totalsegmentator-2.18.0/tests/reference_files
+python -c "
+import SimpleITK as sitk, sys
+image = sitk.ReadImage(sys.argv[1]); seg = sitk.Resample(sitk.ReadImage(sys.argv[2]), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+sitk.WriteImage(sitk.Cast(seg == 5, sitk.sitkUInt8), sys.argv[3])" $S/example_ct.nii.gz $S/example_seg_fast_force_split.nii.gz $W/example_ct_liver.nii.gz
+umedprotect protect $S/example_ct.nii.gz $W/example_ct_liver.nii.gz -o $W/example_ct_minmin_e8.nii.gz --protector $W/minmin_blobs_e8.safetensors \
+  --report $R/example_ct_minmin_e8.json --heatmap $R/example_ct_minmin_e8.png --device cpu --overwrite
+# The shipped default protector at epsilon 8/255
+umedprotect protect-dataset $D -o $W/default_e8 --epsilon 8 --no-progress --overwrite
+umedprotect evaluate $D $W/default_e8 -o $R/default_e8.json $V
+# The shipped default protector since the fifth session: blob codes and the offset penalty, fitted on the CPU on the
+# training splits of Dataset001/002/003 (not on Dataset005), then copied to UMedProtect/UMedProtectLib/data/default_protector.safetensors
+N=benchmarks/data/nnUNet_raw
+umedprotect fit $N/Dataset001_PyradiomicsLesions $N/Dataset002_TotalSegCT $N/Dataset003_TotalSegMR -o $W/default_blobs.safetensors \
+  --codes blobs --code-period 32 --texture-floor 1 --offset-weight 10 --steps 600 --min-steps 600 --batch-size 8 --patch-size 64 \
+  --device cpu --history $R/default_blobs_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/default_blobs_e8 --protector $W/default_blobs.safetensors --epsilon 8 --no-progress --overwrite
+umedprotect evaluate $D $W/default_blobs_e8 -o $R/default_blobs_e8.json $V
+# The fitted protector with a per-case visibility floor of 50 dB (the perturbation scaled down where a slice would fall below),
+# two victim seeds
+umedprotect protect-dataset $D -o $W/minmin_blobs_e8_psnr50 --protector $W/minmin_blobs_e8.safetensors --min-psnr 50 --no-progress --overwrite
+umedprotect evaluate $D $W/minmin_blobs_e8_psnr50 -o $R/minmin_blobs_e8_psnr50.json $V --seed 0 1
