@@ -133,3 +133,6 @@ umedprotect evaluate $D $W/default_blobs_e8 -o $R/default_blobs_e8.json $V
 # two victim seeds
 umedprotect protect-dataset $D -o $W/minmin_blobs_e8_psnr50 --protector $W/minmin_blobs_e8.safetensors --min-psnr 50 --no-progress --overwrite
 umedprotect evaluate $D $W/minmin_blobs_e8_psnr50 -o $R/minmin_blobs_e8_psnr50.json $V --seed 0 1
+# The new default protector at the default budget (4/255)
+umedprotect protect-dataset $D -o $W/default_blobs_e4 --protector $W/default_blobs.safetensors --no-progress --overwrite
+umedprotect evaluate $D $W/default_blobs_e4 -o $R/default_blobs_e4.json $V
