@@ -136,3 +136,5 @@ umedprotect evaluate $D $W/minmin_blobs_e8_psnr50 -o $R/minmin_blobs_e8_psnr50.j
 # The new default protector at the default budget (4/255)
 umedprotect protect-dataset $D -o $W/default_blobs_e4 --protector $W/default_blobs.safetensors --no-progress --overwrite
 umedprotect evaluate $D $W/default_blobs_e4 -o $R/default_blobs_e4.json $V
+# The fitted protector at 8/255 with a second victim seed
+umedprotect evaluate $D $W/minmin_blobs_e8 -o $R/minmin_blobs_e8_seed1.json $V --seed 1
