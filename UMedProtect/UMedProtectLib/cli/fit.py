@@ -28,7 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "augmentation. Input: one or more datasets in the nnU-Net v2 raw layout (their "
             "training cases with labels). Output: a protector file (safetensors weights + JSON "
             "config) for `umedprotect protect --protector`. Stops when a freshly initialised "
-            "surrogate reaches --stop-dice training Dice on the protected data, or after --steps."
+            "surrogate reaches --stop-dice training Dice on the protected data, or after --steps. "
+            "The shipped default protector was fitted with --codes blobs --code-period 32 "
+            "--texture-floor 1 --offset-weight 10 --steps 600 --min-steps 600 --batch-size 8 "
+            "--patch-size 64 (the recipe that protects best so far: README, BENCHMARKS.md)."
         ),
     )
     p.add_argument("datasets", nargs="+", metavar="IN_DIR", help="nnU-Net v2 raw dataset folder(s)")
