@@ -138,3 +138,8 @@ umedprotect protect-dataset $D -o $W/default_blobs_e4 --protector $W/default_blo
 umedprotect evaluate $D $W/default_blobs_e4 -o $R/default_blobs_e4.json $V
 # The fitted protector at 8/255 with a second victim seed
 umedprotect evaluate $D $W/minmin_blobs_e8 -o $R/minmin_blobs_e8_seed1.json $V --seed 1
+# The fitted protector with a 1-pixel contour band (less change outside the organ), two victim seeds
+umedprotect fit $D -o $W/minmin_blobs_e8_band1.safetensors --epsilon 8 --band-radius 1 --codes blobs --code-period 32 --texture-floor 1 \
+  --offset-weight 10 --steps 300 --min-steps 300 --batch-size 8 --patch-size 64 --device cpu --history $R/minmin_blobs_e8_band1_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/minmin_blobs_e8_band1 --protector $W/minmin_blobs_e8_band1.safetensors --no-progress --overwrite
+umedprotect evaluate $D $W/minmin_blobs_e8_band1 -o $R/minmin_blobs_e8_band1.json $V --seed 0 1
