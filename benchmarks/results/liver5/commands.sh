@@ -81,7 +81,7 @@ for name, cases in (('training', dataset.training), ('test', dataset.test)):
 # --- Fifth session: how much budget does a blob texture need? ---
 # Screening: only the protected victim is trained (the clean one, same seed and schedule, is the one above: best 0.868);
 # one JSON line per run in screen.jsonl (mean per-slice PSNR, per-epoch test DSC, fit check, the victim's CT statistics).
-# (The first ten lines were written by an identical earlier copy of the script, before it was committed.)
+# (The first eight lines were written by an identical earlier copy of the script, before it was committed.)
 for a in "blobs 6" "swap-blobs 4" "swap-blobs 6" "blobs 8" "blobs 6 --seed 1" "blobs-large 6" "soft-blobs 8" "soft-blobs 10" \
          "blobs 8 --seed 1" "blobs 7" "sparse-blobs 10" "stretch 6" "stretch-blobs 6" "stretch-blobs 6 --seed 1" "blobs 7 --seed 1"; do
   python benchmarks/pattern_screen.py $D $W/screen $a >> $R/screen.jsonl
