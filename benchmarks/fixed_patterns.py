@@ -71,7 +71,11 @@ def blob_field(shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS
 
 def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     """Unit pattern (values in [-1, 1]) for one case, on its last two axes; ``image`` in budget units."""
+    if name not in PATTERNS:
+        raise ValueError(f"unknown pattern {name!r}")
     roi = labels > 0
+    if not roi.any():  # nothing to change, and no ROI statistics
+        return np.zeros(labels.shape)
     rows, cols = np.indices(labels.shape[-2:])
     if name == "checker":
         return np.where((rows + cols) % 2 == 0, 1.0, -1.0) * roi
@@ -85,27 +89,24 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
         z = band_noise(labels.shape[-2:])
         return np.tanh(BLOB_GAIN * np.sign(z) * np.maximum(np.abs(z) - SPARSE_THRESHOLD, 0.0)) * roi
     if name in ("stretch", "stretch-blobs"):  # the sign of each pixel's deviation from the ROI mean (plus blobs)
-        if not roi.any():
-            return 0.0 * image
         z = (image - image[roi].mean()) / max(image[roi].std(), 1e-6)
         if name == "stretch-blobs":
             z = z + band_noise(labels.shape[-2:])
         return np.tanh(BLOB_GAIN * z) * roi
     if name == "swap-blobs":
-        return np.clip(image[roi].mean() + blob_field(labels.shape[-2:]) - image, -1.0, 1.0) * roi if roi.any() else 0 * image
+        return np.clip(image[roi].mean() + blob_field(labels.shape[-2:]) - image, -1.0, 1.0) * roi
     if name == "offset":
         return roi.astype(np.float64)
-    if name in ("dim", "flat-dim", "dim-blobs"):
-        structure = np.zeros((3,) * roi.ndim, bool)
-        structure[(1,) * (roi.ndim - 2)] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # in-plane neighbours only
-        ring = (binary_dilation(roi, structure, iterations=3) & ~roi).astype(np.float64)
-        if name == "dim" or not roi.any():
-            return ring - roi
-        if name == "dim-blobs":
-            return ring + (0.5 * blob_field(labels.shape[-2:]) - 0.5) * roi
-        tone = image[roi].mean() - 0.75
-        return ring + np.clip(tone - image, -1.0, 1.0) * roi
-    raise ValueError(f"unknown pattern {name!r}")
+    # dim, flat-dim, dim-blobs: a bright ring around the ROI
+    structure = np.zeros((3,) * roi.ndim, bool)
+    structure[(1,) * (roi.ndim - 2)] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]  # in-plane neighbours only
+    ring = (binary_dilation(roi, structure, iterations=3) & ~roi).astype(np.float64)
+    if name == "dim":
+        return ring - roi
+    if name == "dim-blobs":
+        return ring + (0.5 * blob_field(labels.shape[-2:]) - 0.5) * roi
+    tone = image[roi].mean() - 0.75
+    return ring + np.clip(tone - image, -1.0, 1.0) * roi
 
 
 PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "soft-blobs", "sparse-blobs", "stretch", "stretch-blobs", "swap-blobs", "offset", "dim", "flat-dim", "dim-blobs")
