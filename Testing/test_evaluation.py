@@ -242,3 +242,27 @@ def test_over_seeds_gives_mean_and_spread_of_the_defined_ratios():
     assert (plain["ratio_best_min"], plain["ratio_best_max"]) == (0.2, 0.6)
     assert plain["protected_best_mean"] == pytest.approx(0.64 / 3) and plain["clean_best_mean"] == pytest.approx(0.8)
     assert blurred["defense"] == "blur" and math.isnan(blurred["ratio_best_mean"])
+
+
+def test_normalisation_can_be_chosen_instead_of_nnunets(clean_and_protected, monkeypatch, capsys):
+    from UMedProtectLib import evaluation
+
+    clean, protected = clean_and_protected
+    used = []
+    real_train_victim = evaluation.train_victim
+
+    def recording_train_victim(*args, **kwargs):
+        used.append(args[7])
+        return real_train_victim(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "train_victim", recording_train_victim)
+    report = evaluate(clean, protected, settings=TINY, normalisation="zscore")
+    assert used == ["zscore", "zscore"] and report["normalisation"] == "zscore" and "ct_statistics" not in report
+    with pytest.raises(ValueError, match="unknown normalisation"):
+        evaluate(clean, protected, settings=TINY, normalisation="minmax")
+    argv = ["evaluate", str(clean), str(protected), "--epochs", "1", "--iterations", "1", "--batch-size", "2",
+            "--patch-size", "32", "--device", "cpu", "--normalisation"]  # fmt: skip
+    assert main(argv + ["zscore"]) == 0 and used[-1] == "zscore"
+    assert main(argv + ["auto"]) == 0 and used[-1] == "ct"  # the tiny dataset's channel is named CT
+    assert main(argv + ["minmax"]) == 2
+    assert "invalid choice: 'minmax'" in capsys.readouterr().err

@@ -13,6 +13,9 @@ augmentation is too short to say anything about a protection. Every pattern uses
             frequency and without orientation, so rotation, scaling, blur and low-resolution
             simulation keep it
   blobs-large  the same with blobs about twice as far apart
+  blobs-fine  the same with blobs about two thirds as far apart
+  rings     contour-following rings: +-budget alternating every RING_PERIOD/2 pixels of distance to
+            the ROI's edge (follows the organ's shape, so rotation and scaling keep it)
   soft-blobs  the blobs less saturated (tanh gain 1 instead of 3): the full budget only at blob
             centres, about half the energy for the same peak change
   sparse-blobs  only the blobs' cores: the pixels within 0.7 std of zero band-pass noise are left
@@ -42,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import binary_dilation, gaussian_filter
+from scipy.ndimage import binary_dilation, distance_transform_edt, gaussian_filter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
@@ -52,9 +55,14 @@ from UMedProtectLib.nnunet import read_dataset  # noqa: E402
 from UMedProtectLib.protector import BLOB_GAIN  # noqa: E402
 from UMedProtectLib.protector import BLOB_SIGMAS as PROTECTOR_BLOB_SIGMAS  # noqa: E402
 
+RING_PERIOD = 6.0  # rings: pixels of distance to the ROI's edge per +/- cycle
 SPARSE_THRESHOLD = 0.7  # sparse-blobs: band-pass noise below this (in std) is left unchanged
 TILE = np.random.default_rng(0).choice([-1.0, 1.0], size=(8, 8))
-BLOB_SIGMAS = {"blobs": PROTECTOR_BLOB_SIGMAS, "blobs-large": tuple(2 * s for s in PROTECTOR_BLOB_SIGMAS)}  # DoG, pixels
+BLOB_SIGMAS = {  # DoG, pixels
+    "blobs": PROTECTOR_BLOB_SIGMAS,
+    "blobs-large": tuple(2 * s for s in PROTECTOR_BLOB_SIGMAS),
+    "blobs-fine": tuple(2 / 3 * s for s in PROTECTOR_BLOB_SIGMAS),
+}
 
 
 def band_noise(shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS["blobs"]) -> np.ndarray:
@@ -83,6 +91,9 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
         return TILE[rows % 8, cols % 8] * roi
     if name in BLOB_SIGMAS:
         return blob_field(labels.shape[-2:], BLOB_SIGMAS[name]) * roi
+    if name == "rings":  # in-plane distance to the edge, slice by slice
+        depth = np.stack([distance_transform_edt(r) for r in roi.reshape(-1, *roi.shape[-2:])]).reshape(roi.shape)
+        return np.tanh(BLOB_GAIN * np.sin(2 * np.pi * (depth - 0.5) / RING_PERIOD)) * roi
     if name == "soft-blobs":
         return blob_field(labels.shape[-2:], gain=1.0) * roi
     if name == "sparse-blobs":
@@ -109,7 +120,7 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     return ring + np.clip(tone - image, -1.0, 1.0) * roi
 
 
-PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "soft-blobs", "sparse-blobs", "stretch", "stretch-blobs", "swap-blobs", "offset", "dim", "flat-dim", "dim-blobs")
+PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "blobs-fine", "rings", "soft-blobs", "sparse-blobs", "stretch", "stretch-blobs", "swap-blobs", "offset", "dim", "flat-dim", "dim-blobs")
 
 
 def write_protected_copy(source: Path, out: Path, name: str, epsilon: float) -> None:

@@ -390,6 +390,7 @@ def evaluate(
     settings: TrainSettings | None = None,
     progress: EpochProgress | None = None,
     seeds: Sequence[int] = (),
+    normalisation: str | None = None,
 ) -> dict:
     """Train every victim on clean and on protected training cases (and under each defense).
 
@@ -399,6 +400,8 @@ def evaluate(
     Defended runs are compared with the undefended clean run (the attacker's alternative).
     ``seeds``: train every victim once per seed (default: ``settings.seed``); with several, the
     report adds ``over_seeds``, the mean and spread of each victim's and defense's ratio.
+    ``normalisation``: the victims' intensity normalisation (``zscore`` or ``ct``); default: as
+    nnU-Net chooses from dataset.json's channel name.
     """
     from .defenses import defend
 
@@ -406,7 +409,11 @@ def evaluate(
     seeds = list(seeds) or [settings.seed]
     for name in victims:
         victim_spec(name)
+    if normalisation is not None and normalisation not in NORMALISATIONS:
+        raise ValueError(f"unknown normalisation {normalisation!r}")
     data = load_evaluation_data(clean_dir, protected_dir, test_dir)
+    if normalisation is not None:
+        data = replace(data, normalisation=normalisation)
     runs, summary = [], []
     for seed, victim in ((seed, victim) for seed in seeds for victim in victims):
         seeded = replace(settings, seed=seed)

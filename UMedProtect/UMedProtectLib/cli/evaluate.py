@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..devices import DEVICE_CHOICES
-from ..evaluation import DEFAULT_LEARNING_RATES, TrainSettings, evaluate
+from ..evaluation import DEFAULT_LEARNING_RATES, NORMALISATIONS, TrainSettings, evaluate
 from ..io import check_writable_dir, write_json
 from ..victims import VICTIMS
 
@@ -76,6 +76,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="random seed(s) (default %(default)s); with several, every victim is trained once per seed "
                    "and the report adds the mean and spread of the ratio: a single best-epoch ratio can vary a lot "
                    "with the seed")  # fmt: skip
+    p.add_argument("--normalisation", choices=("auto", *NORMALISATIONS), default="auto",
+                   help="victims' intensity normalisation: auto (nnU-Net's choice: ct when dataset.json names the "
+                   "channel CT, else zscore), ct, or zscore (per case; an attacker's choice when subjects differ in "
+                   "contrast phase) (default %(default)s)")  # fmt: skip
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default %(default)s)")
     p.add_argument("-o", "--output", metavar="REPORT.json", help="write the full report (per-epoch DSC curves included)")
     p.set_defaults(func=run)
@@ -107,7 +111,10 @@ def run(args: argparse.Namespace) -> int:
 
     if len(set(args.seed)) != len(args.seed):
         raise InputError("--seed values must differ")
-    report = evaluate(args.clean_dir, args.protected_dir, args.test_dir, args.victim, args.defense, settings, progress, args.seed)
+    normalisation = None if args.normalisation == "auto" else args.normalisation
+    report = evaluate(
+        args.clean_dir, args.protected_dir, args.test_dir, args.victim, args.defense, settings, progress, args.seed, normalisation
+    )
     print(format_table(report))
     if args.output:
         write_json(report, args.output)
