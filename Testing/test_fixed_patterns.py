@@ -100,3 +100,21 @@ def test_stretch_moves_each_roi_pixel_away_from_the_roi_mean():
     assert (np.sign(unit[roi]) == np.sign(deviation)).all()
     assert (image + unit)[roi].std() > 2 * image[roi].std()
     assert not unit[~roi].any()
+
+
+def test_rings_alternate_with_the_distance_to_the_roi_edge():
+    labels = np.zeros((1, 32, 32), np.uint8)
+    labels[0, 4:28, 4:28] = 1
+    unit = fixed_patterns.pattern("rings", labels, np.zeros(labels.shape))[0]
+    half = int(fixed_patterns.RING_PERIOD / 2)
+    row = unit[16, 4:16]  # from the edge to the centre
+    expected = np.where(np.arange(len(row)) // half % 2 == 0, 1.0, -1.0)  # one band of each sign per period
+    assert (np.sign(row) == expected).all() and (np.abs(row) > 0.5).all()
+    np.testing.assert_allclose(unit, unit.T)  # follows the square's shape: symmetric
+    assert not unit[labels[0] == 0].any()
+
+
+def test_fine_blobs_are_smaller_than_the_blobs():
+    labels = np.ones((1, 128, 128), np.uint8)
+    crossings = lambda name: (np.diff(np.sign(fixed_patterns.pattern(name, labels, np.zeros(labels.shape))[0]), axis=1) != 0).sum()  # noqa: E731
+    assert crossings("blobs-fine") > 1.3 * crossings("blobs") > 1.3**2 * crossings("blobs-large")
