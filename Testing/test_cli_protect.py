@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def test_protect_3d_end_to_end(tmp_path, protector_file, ending, capsys):
     out, heatmap, report = tmp_path / f"out{ending}", tmp_path / "h.png", tmp_path / "r.json"
     argv = ["protect", str(image_path), str(mask_path), "-o", str(out), "--protector", str(protector_file)]
     assert main([*argv, "--heatmap", str(heatmap), "--report", str(report)]) == 0
-    assert "PSNR" in capsys.readouterr().out
+    assert re.search(r"PSNR [\d.]+ dB \(worst slice [\d.]+ dB\)", capsys.readouterr().out)
 
     original, before = read(image_path)
     protected, after = read(out)
@@ -65,7 +66,7 @@ def test_protect_3d_end_to_end(tmp_path, protector_file, ending, capsys):
     assert data["parameters"] == {"epsilon": 4.0, "band_radius": 3, "labels": None, "min_psnr": None, "seed": 0}
     assert set(data["versions"]) >= {"umedprotect", "torch", "SimpleITK", "numpy"}
     assert data["device"].startswith("cpu") and data["timing_s"]["total"] > 0
-    assert data["metrics"]["psnr_db"] > 40
+    assert data["metrics"]["psnr_db"] > data["metrics"]["psnr_db_slice_mean"] >= data["metrics"]["psnr_db_slice_min"] > 30
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "float32", "float64"])
@@ -168,6 +169,7 @@ def test_protect_dataset_and_verify(tmp_path, protector_file, capsys):
     out = tmp_path / "protected"
     argv = ["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]
     assert main(argv) == 0
+    assert "PSNR min" in capsys.readouterr().out
     assert main(argv) == 0  # rerun: everything already finished
     assert "resuming: 3 of 3" in capsys.readouterr().err
     for name in ["dataset.json", *(f"labelsTr/case00{k}.nii.gz" for k in range(3)), "imagesTs/case003_0000.nii.gz", "labelsTs/case003.nii.gz"]:
@@ -181,6 +183,7 @@ def test_protect_dataset_and_verify(tmp_path, protector_file, capsys):
         assert record["input_sha256"] == io.sha256(source / record["input"])
         assert record["output_sha256"] == io.sha256(out / record["output"])
         assert record["psnr_db"] > 40 and 0 < record["max_abs_change"] <= record["budget_native"]
+        assert record["psnr_db_slice_min"] <= record["psnr_db_slice_mean"] < record["psnr_db"]  # volumes: per slice too
         original, before = read(source / record["input"])
         protected, after = read(out / record["output"])
         assert_same_geometry(protected, original)

@@ -169,3 +169,38 @@ def test_min_psnr_scales_the_perturbation_down_to_the_floor_and_keeps_its_shape(
 def test_min_psnr_out_of_range_is_an_input_error(phantom2d, random_protector):
     with pytest.raises(InputError, match="minimum PSNR"):
         protect_array(*phantom2d, random_protector, min_psnr=5)
+
+
+def test_volumes_report_the_psnr_of_their_changed_slices(phantom3d, random_protector):
+    image, labels = phantom3d
+    image = (image / image.max() * 1000).astype(np.int16)
+    result = protect_array(image, labels, random_protector, spacing=(3.0, 1.0, 1.0), epsilon=8)
+    m = result.metrics
+    value_range = float(image.max()) - float(image.min())
+    expected = [
+        10 * np.log10(value_range**2 / np.mean((p.astype(np.float64) - o) ** 2))
+        for o, p in zip(image, result.protected)
+        if (p != o).any()
+    ]
+    assert len(expected) == m["slices_protected"] > 1
+    assert m["psnr_db_slice_min"] == pytest.approx(min(expected)) and m["psnr_db_slice_mean"] == pytest.approx(np.mean(expected))
+    assert m["psnr_db_slice_min"] < m["psnr_db"]  # the volume's PSNR also counts its unchanged slices
+    assert "psnr_db_slice_min" not in protect_array(image[4], labels[4], random_protector).metrics  # 2D: the image is the slice
+
+
+def test_min_psnr_holds_every_slice_of_a_volume(phantom3d, random_protector):
+    from UMedProtectLib.metrics import slice_psnrs
+
+    image, labels = phantom3d
+    image = (image / image.max() * 1000).astype(np.int16)
+    full = protect_array(image, labels, random_protector, spacing=(3.0, 1.0, 1.0), epsilon=8)
+    before = slice_psnrs(image, full.protected, axis=0)
+    floor = float(np.median(before))
+    capped = protect_array(image, labels, random_protector, spacing=(3.0, 1.0, 1.0), epsilon=8, min_psnr=floor)
+    after = slice_psnrs(image, capped.protected, axis=0)
+    assert min(after) >= floor > min(before) and capped.metrics["psnr_db_slice_min"] == pytest.approx(min(after))
+    assert capped.metrics["change_scale"] < 1 and capped.metrics["psnr_db"] > full.metrics["psnr_db"]
+    changed = [k for k in range(image.shape[0]) if (full.protected[k] != image[k]).any()]
+    kept = [k for k, q in zip(changed, before) if q >= floor]
+    assert kept and all(np.array_equal(capped.protected[k], full.protected[k]) for k in kept)  # no need to scale them
+    assert np.all(np.abs(capped.change) <= np.abs(full.change))

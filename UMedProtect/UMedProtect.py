@@ -278,7 +278,9 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return None
 
     def _showMetrics(self, metrics: dict) -> None:
-        self.ui.psnrValueLabel.text = f"{metrics['psnr_db']:.1f} dB"
+        from UMedProtectLib.metrics import psnr_text
+
+        self.ui.psnrValueLabel.text = psnr_text(metrics)
         self.ui.ssimValueLabel.text = f"{metrics['ssim']:.4f}"
         self.ui.maxChangeValueLabel.text = _("{change:.3g} (budget {budget:.3g})").format(
             change=metrics["max_abs_change"], budget=metrics["budget_native"]

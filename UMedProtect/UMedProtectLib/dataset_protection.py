@@ -235,7 +235,8 @@ def _protect_case(dataset: NnUNetDataset, case: Case, out: Path, case_protector:
             io.write_like(result.protected, image, out / relative, overwrite=True)
             record["output_sha256"] = io.sha256(out / relative)
             record["budget_native"] = float(result.budget)
-            record.update({k: result.metrics[k] for k in ("psnr_db", "ssim", "max_abs_change", "fraction_changed")})
+            quality = ("psnr_db", "psnr_db_slice_min", "psnr_db_slice_mean", "ssim", "max_abs_change", "fraction_changed")
+            record.update({k: result.metrics[k] for k in quality if k in result.metrics})  # slice PSNRs: volumes only
         record["geometry"] = io.image_info(image)
         records.append(record)
     label_relative = dataset.relative(case.label)

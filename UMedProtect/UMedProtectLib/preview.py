@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from .atomic import atomic_path
 from .intensity import intensity_window
+from .metrics import psnr_text
 
 
 def central_slice(region: np.ndarray, slice_axis: int | None) -> int | None:
@@ -76,7 +77,7 @@ def save_heatmap_png(
         axis.set_axis_off()
     where = ("" if index is None else f"slice {index} along axis {slice_axis}, ") + "zoomed on the ROI   "
     figure.suptitle(
-        f"{where}PSNR {metrics['psnr_db']:.1f} dB   SSIM {metrics['ssim']:.4f}   "
+        f"{where}PSNR {psnr_text(metrics)}   SSIM {metrics['ssim']:.4f}   "
         f"max change {metrics['max_abs_change']:.4g}"
     )
     path = Path(path)

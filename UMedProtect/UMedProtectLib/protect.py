@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .devices import resolve_device
 from .errors import Cancelled, InputError
 from .intensity import Window, apply_change, intensity_window, normalize
-from .metrics import data_range, image_quality
+from .metrics import data_range, image_quality, slice_psnrs
 from .protector import Protector, load_protector
 from .regions import bounding_box, contour_band, region_maps, roi_mask
 
@@ -131,24 +131,33 @@ def protect_array(
                 progress(min(start + batch_size, len(indices)), len(indices))
     details = dict(epsilon=epsilon, band_radius=band_radius, slices_protected=len(indices))
     if min_psnr is not None:
-        details.update(min_psnr=min_psnr, change_scale=limit_visibility(image, protected, change, budget, min_psnr))
+        details.update(min_psnr=min_psnr, change_scale=limit_visibility(image, protected, change, budget, min_psnr, axis))
     return make_result(image, protected, change, region, window, budget, axis, **details)
 
 
 def limit_visibility(
-    image: np.ndarray, protected: np.ndarray, change: np.ndarray, budget: float, min_psnr: float
+    image: np.ndarray, protected: np.ndarray, change: np.ndarray, budget: float, min_psnr: float, axis: int | None = None
 ) -> float:
-    """Scale ``change`` down (in place, with ``protected``) until PSNR >= ``min_psnr``; returns the scale.
+    """Scale ``change`` down (in place, with ``protected``) until PSNR >= ``min_psnr``; returns the smallest scale.
 
-    The scaled change is rounded to the image's dtype again, so the budget bound still holds.
+    A 2D image is held to the floor as a whole, a volume slice by slice along ``axis`` (with the
+    volume's range, as :func:`metrics.slice_psnrs`): a reader sees slices, and a volume's own PSNR
+    also counts its unchanged ones. The scaled change is rounded to the dtype again, so the budget
+    bound still holds.
     """
+    peak = data_range(image) ** 2 / 10 ** (min_psnr / 10)
+    stacks = [a[None] if axis is None else np.moveaxis(a, axis, 0) for a in (image, protected, change)]
+    return min((_scale_down(*views, budget, peak * views[0].size) for views in zip(*stacks)), default=1.0)
+
+
+def _scale_down(image: np.ndarray, protected: np.ndarray, change: np.ndarray, budget: float, max_squared: float) -> float:
+    """Scale one image's ``change`` (in place, with ``protected``) until its squared sum <= ``max_squared``."""
     changed = change != 0
     original = image[changed]
     full = change[changed].astype(np.float64)
-    max_mse = data_range(image) ** 2 / 10 ** (min_psnr / 10) * image.size
     scale, new, diff = 1.0, protected[changed], full
-    while (squared := np.sum(diff * diff)) > max_mse:
-        scale *= 0.995 * np.sqrt(max_mse / squared)
+    while (squared := np.sum(diff * diff)) > max_squared:
+        scale *= 0.995 * np.sqrt(max_squared / squared)
         new = apply_change(original, full * scale, budget)
         diff = new.astype(np.float64) - original.astype(np.float64)
     protected[changed] = new
@@ -168,6 +177,12 @@ def make_result(
 ) -> ProtectionResult:
     """A ProtectionResult with the visibility metrics of ``protected`` and the run's ``details``."""
     metrics = image_quality(image, protected)
+    if axis is not None:
+        per_slice = slice_psnrs(image, protected, axis)
+        metrics.update(
+            psnr_db_slice_min=min(per_slice, default=float("inf")),
+            psnr_db_slice_mean=float(np.mean(per_slice)) if per_slice else float("inf"),
+        )
     metrics.update(budget_native=budget, window=[window.lo, window.hi], region_voxels=int(region.sum()), **details)
     return ProtectionResult(protected, change, region, window, budget, axis, metrics)
 

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from .. import io
 from ..devices import DEVICE_CHOICES, describe_devices, resolve_device
 from ..errors import InputError
+from ..metrics import psnr_text
 
 log = logging.getLogger("umedprotect")
 
@@ -47,7 +48,8 @@ def add_protection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epsilon", type=float, metavar="E", help="budget in 1/255 of the case's intensity window (default: the protector's, 4)")
     parser.add_argument("--band-radius", type=int, metavar="PX", help="contour band half-width in pixels (default: the protector's, 3)")
     parser.add_argument("--labels", type=parse_labels, metavar="1,2", help="protect only these label values (default: every non-zero label)")
-    parser.add_argument("--min-psnr", type=float, metavar="DB", help="scale the perturbation down where a case's PSNR would fall below this (e.g. 50; default: no floor)")
+    parser.add_argument("--min-psnr", type=float, metavar="DB", help="scale the perturbation down where a case's PSNR would fall below this -- a 2D image's, or "
+                        "every slice's of a volume (e.g. 50; default: no floor)")
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default: auto = CUDA if available, else CPU)")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="random seed; same inputs + protector + seed give byte-identical outputs (default 0)")
     parser.add_argument("--batch-size", type=int, default=16, metavar="N", help="slices per forward pass (default 16)")
@@ -158,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         }
         io.write_json(report, outputs["report"], overwrite=args.overwrite)
     m = result.metrics
-    print(f"{outputs['output']}: PSNR {m['psnr_db']:.1f} dB, SSIM {m['ssim']:.4f}, max change {m['max_abs_change']:.4g}")
+    print(f"{outputs['output']}: PSNR {psnr_text(m)}, SSIM {m['ssim']:.4f}, max change {m['max_abs_change']:.4g}")
     return 0
 
 

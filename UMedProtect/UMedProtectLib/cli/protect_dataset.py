@@ -88,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     done = [e for e in manifest["cases"].values() if e["status"] == "protected"]
-    psnr = [i["psnr_db"] for e in done for i in e["images"]]
+    psnr = [i.get("psnr_db_slice_min", i["psnr_db"]) for e in done for i in e["images"]]  # a volume's worst slice
     summary = f"{args.output}: {len(done)} case(s) protected with {args.method}"
     if psnr:
-        summary += f", PSNR min {min(psnr):.1f} dB"
+        summary += f", PSNR min {min(psnr):.1f} dB (per image; per slice for volumes)"
     print(summary)
     return 0
