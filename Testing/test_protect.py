@@ -126,7 +126,7 @@ def test_metrics_match_reference_formulas(phantom2d, random_protector):
 
 def test_generator_output_respects_regions_and_texture_bound(random_protector):
     x = torch.rand(2, 1, 32, 32)
-    maps = torch.zeros(2, 3, 32, 32)
+    maps = torch.zeros(2, 4, 32, 32)
     maps[:, 1, 8:12, 8:24] = 1  # band
     maps[:, 2, 14:20, 10:20] = 0.5  # interior with texture bound 0.5
     labels = (maps[:, 1] + maps[:, 2] > 0).long()
@@ -140,8 +140,9 @@ def test_generator_output_respects_regions_and_texture_bound(random_protector):
 def test_label_codes_are_tiled_on_the_image_grid(random_protector):
     period = random_protector.config.code_period
     labels = torch.tensor([[[0, 1, 2, 17]]]).expand(1, period * 2, 4).contiguous()
-    full = random_protector.code_field(labels, torch.tensor([[0, 0]]))
-    shifted = random_protector.code_field(labels[:, period:], torch.tensor([[period, 0]]))
+    depth = torch.zeros(labels.shape)
+    full = random_protector.code_field(labels, torch.tensor([[0, 0]]), depth)
+    shifted = random_protector.code_field(labels[:, period:], torch.tensor([[period, 0]]), depth[:, period:])
     assert torch.equal(full[:, :, period:], shifted)
     assert torch.equal(full[:, :, :period], full[:, :, period:])  # periodic along rows
     codes = random_protector.codes

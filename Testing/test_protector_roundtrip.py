@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -176,3 +179,51 @@ def test_the_victims_statistics_follow_the_perturbation():
         assert (victim_input(batch[0], batch, bump) - victim_input(batch[0], batch)).abs().max() > 0.1
         x.sum().backward()
         assert shift.grad is not None
+
+
+def test_edge_depth_counts_pixels_from_each_labels_edge():
+    from UMedProtectLib.regions import edge_depth
+
+    labels = np.zeros((12, 16), np.int32)
+    labels[2:10, 1:7] = 1
+    labels[2:10, 7:15] = 2  # touching labels: each has its own edge
+    depth = edge_depth(labels)
+    assert (depth[labels == 0] == 0).all()
+    np.testing.assert_array_equal(depth[5, 1:7], [1, 2, 3, 3, 2, 1])
+    np.testing.assert_array_equal(depth[5, 7:15], [1, 2, 3, 4, 4, 3, 2, 1])
+    edge = np.zeros((6, 6), np.int32)
+    edge[:, :3] = 1
+    assert edge_depth(edge)[0, 0] == 1  # the image border is an edge too
+
+
+def test_ring_codes_follow_the_depth_below_each_labels_edge():
+    from UMedProtectLib.protector import BLOB_GAIN, Protector
+
+    protector = Protector(ProtectorConfig(code_init="rings", code_period=6))
+    codes = protector.codes.detach()
+    assert codes.shape == (16, 6) and not codes[0].any()
+    assert (codes[1] > 0)[1:4].all() and (codes[1] < 0)[[0, 4, 5]].all() and codes.abs().max() <= BLOB_GAIN
+    labels = torch.zeros(1, 20, 20, dtype=torch.long)
+    labels[0, 2:18, 2:18] = 1
+    from UMedProtectLib.regions import edge_depth
+
+    depth = torch.from_numpy(edge_depth(labels[0].numpy()))[None]
+    field = protector.code_field(labels, torch.tensor([[5, 7]]), depth)[0, 0]
+    assert torch.equal(field, field.T) and not field[labels[0] == 0].any()  # follows the shape, not the grid
+    assert torch.allclose(field[10, 2:8], codes[1, [1, 2, 3, 4, 5, 0]])  # depths 1..6 from the left edge
+    assert torch.allclose(protector.code_field(labels, torch.tensor([[0, 0]]), depth * 0 + 1.5)[0, 0, 10, 10], codes[1, 1:3].mean())
+    path = save_protector(protector, Path(tempfile.mkdtemp()) / "rings.safetensors")
+    assert torch.equal(load_protector(path).codes, protector.codes)
+
+
+def test_an_unfitted_rings_protector_draws_rings_in_the_organ(random_protector):
+    from UMedProtectLib.protector import Protector
+
+    torch.manual_seed(0)
+    protector = Protector(ProtectorConfig(code_init="rings", code_period=6, texture_floor=1.0)).eval()
+    labels = np.zeros((48, 48), np.uint8)
+    labels[8:40, 8:40] = 1
+    image = np.random.default_rng(0).normal(100.0, 5.0, labels.shape).astype(np.float32)
+    change = protect_array(image, labels, protector, epsilon=8).change
+    row = change[24, 8:20]  # from the organ's edge towards its centre
+    assert (np.sign(row) == np.repeat([1, -1, 1, -1], 3)).all()

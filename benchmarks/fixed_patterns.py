@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import binary_dilation, distance_transform_edt, gaussian_filter
+from scipy.ndimage import binary_dilation, gaussian_filter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
@@ -54,6 +54,7 @@ from UMedProtectLib.intensity import apply_change, intensity_window  # noqa: E40
 from UMedProtectLib.nnunet import read_dataset  # noqa: E402
 from UMedProtectLib.protector import BLOB_GAIN  # noqa: E402
 from UMedProtectLib.protector import BLOB_SIGMAS as PROTECTOR_BLOB_SIGMAS  # noqa: E402
+from UMedProtectLib.regions import edge_depth  # noqa: E402
 
 RING_PERIOD = 6.0  # rings: pixels of distance to the ROI's edge per +/- cycle
 SPARSE_THRESHOLD = 0.7  # sparse-blobs: band-pass noise below this (in std) is left unchanged
@@ -92,7 +93,7 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     if name in BLOB_SIGMAS:
         return blob_field(labels.shape[-2:], BLOB_SIGMAS[name]) * roi
     if name == "rings":  # in-plane distance to the edge, slice by slice
-        depth = np.stack([distance_transform_edt(r) for r in roi.reshape(-1, *roi.shape[-2:])]).reshape(roi.shape)
+        depth = np.stack([edge_depth(r) for r in roi.reshape(-1, *roi.shape[-2:])]).reshape(roi.shape)
         return np.tanh(BLOB_GAIN * np.sin(2 * np.pi * (depth - 0.5) / RING_PERIOD)) * roi
     if name == "soft-blobs":
         return blob_field(labels.shape[-2:], gain=1.0) * roi

@@ -28,7 +28,7 @@ FORMAT_VERSION = 1
 METADATA_KEY = "umedprotect"
 DIGEST_KEY = "umedprotect_weights_sha256"
 DEFAULT_PROTECTOR_PATH = Path(__file__).with_name("data") / "default_protector.safetensors"
-CODE_INITS = ("normal", "blobs")
+CODE_INITS = ("normal", "blobs", "rings")
 BLOB_SIGMAS = (1.5, 3.0)  # difference-of-Gaussians band of the "blobs" codes, pixels
 BLOB_GAIN = 3.0  # pre-activation scale of the "blobs" codes (tanh(3) = 0.995: nearly the full budget)
 
@@ -66,9 +66,11 @@ class ProtectorConfig:
     cdc_theta: float = 0.7  # central difference weight in G_c's encoder
     base_channels: int = 8
     levels: int = 3
-    code_period: int = 8  # period (pixels) of the learnable per-label shortcut codes, tiled on the image grid
+    code_period: int = 8  # period (pixels) of the learnable per-label shortcut codes
     code_classes: int = 16  # number of codes: background + labels (label values wrap around)
-    code_init: str = "normal"  # initial codes: "normal" (white noise) or "blobs" (isotropic band-pass texture per label)
+    # initial codes: "normal" (white noise) or "blobs" (isotropic band-pass texture per label), both
+    # tiled on the image grid; or "rings" (a profile over the depth below the label's edge: contour-following rings)
+    code_init: str = "normal"
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
@@ -109,9 +111,10 @@ class ProtectorConfig:
 class Protector(nn.Module):
     """G_c (CDC encoder-decoder on the contour band) + G_t (encoder-decoder under the texture bound).
 
-    Both add a learnable per-label code, tiled on the image grid with period ``code_period``, to
-    their pre-activation: a class-wise shortcut that fitting shapes to survive the victim's
-    augmentation, while the generators adapt it to each image.
+    Both add a learnable per-label code to their pre-activation: a class-wise shortcut that fitting
+    shapes to survive the victim's augmentation, while the generators adapt it to each image. The
+    code is a tile on the image grid with period ``code_period``, or, for ``rings`` codes, a
+    periodic profile over each pixel's depth below its label's edge (it follows the organ's shape).
     """
 
     def __init__(self, config: ProtectorConfig | None = None) -> None:
@@ -120,21 +123,34 @@ class Protector(nn.Module):
         c = self.config
         self.contour = UNet2d(2, 1, c.base_channels, c.levels, cdc_theta=c.cdc_theta)
         self.texture = UNet2d(2, 1, c.base_channels, c.levels)
-        generator = torch.Generator().manual_seed(0)
-        codes = torch.randn(c.code_classes, c.code_period, c.code_period, generator=generator)
-        self.codes = nn.Parameter(blob_codes(codes) if c.code_init == "blobs" else codes)
+        if c.code_init == "rings":
+            self.codes = nn.Parameter(ring_codes(c.code_classes, c.code_period))
+        else:
+            generator = torch.Generator().manual_seed(0)
+            codes = torch.randn(c.code_classes, c.code_period, c.code_period, generator=generator)
+            self.codes = nn.Parameter(blob_codes(codes) if c.code_init == "blobs" else codes)
 
     @property
     def divisor(self) -> int:
         return self.contour.divisor
 
-    def code_field(self, labels: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
-        """Per-pixel code (B,1,H,W) for ``labels`` (B,H,W) whose top-left pixel is at ``origin`` (B,2)."""
+    def code_field(self, labels: torch.Tensor, origin: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """Per-pixel code (B,1,H,W) for ``labels`` (B,H,W) whose top-left pixel is at ``origin`` (B,2).
+
+        ``depth`` (B,H,W): each pixel's depth below its label's edge (:func:`regions.edge_depth`),
+        used by ``rings`` codes, linearly interpolated on their periodic profile.
+        """
         n, period = self.codes.shape[0], self.codes.shape[1]
+        index = torch.where(labels > 0, 1 + (labels - 1) % (n - 1), torch.zeros_like(labels))
+        if self.codes.ndim == 2:  # rings
+            position = torch.remainder(depth, period)
+            below = position.floor().long() % period
+            above = (below + 1) % period
+            weight = position - position.floor()
+            return ((1 - weight) * self.codes[index, below] + weight * self.codes[index, above])[:, None]
         h, w = labels.shape[-2:]
         rows = (origin[:, 0:1] + torch.arange(h, device=labels.device)) % period
         cols = (origin[:, 1:2] + torch.arange(w, device=labels.device)) % period
-        index = torch.where(labels > 0, 1 + (labels - 1) % (n - 1), torch.zeros_like(labels))
         return self.codes[index, rows[:, :, None], cols[:, None, :]][:, None]
 
     def forward(
@@ -145,9 +161,9 @@ class Protector(nn.Module):
         origin: torch.Tensor | None = None,
         epsilon: float | None = None,
     ) -> torch.Tensor:
-        """Perturbation in window units for normalised ``image`` (B,1,H,W), ``maps`` (B,3,H,W), ``labels`` (B,H,W).
+        """Perturbation in window units for normalised ``image`` (B,1,H,W), ``maps`` (B,4,H,W), ``labels`` (B,H,W).
 
-        ``maps`` holds (roi, contour band, texture bound) from :func:`regions.region_maps`;
+        ``maps`` holds (roi, contour band, texture bound, edge depth) from :func:`regions.region_maps`;
         ``origin`` (B,2) is each crop's top-left pixel in the slice (default 0, 0).
         The result is zero outside ROI ∪ band and bounded by ``epsilon``/255 everywhere.
         """
@@ -156,7 +172,7 @@ class Protector(nn.Module):
             origin = torch.zeros(image.shape[0], 2, dtype=torch.long, device=image.device)
         roi, band, texture = maps[:, 0:1], maps[:, 1:2], maps[:, 2:3]
         inputs = torch.cat([image.clamp(-1.0, 2.0), roi], dim=1)
-        code = self.code_field(labels, origin)
+        code = self.code_field(labels, origin, maps[:, 3])
         delta_contour = eps * torch.tanh(self.contour(inputs) + code) * band
         delta_texture = eps * texture * torch.tanh(self.texture(inputs) + code)
         return delta_contour + delta_texture
@@ -175,6 +191,19 @@ def blob_codes(noise: torch.Tensor) -> torch.Tensor:
     band = torch.fft.ifft2(torch.fft.fft2(noise) * transfer).real
     codes = BLOB_GAIN * band / band.std(dim=(1, 2), keepdim=True).clamp_min(1e-12)
     codes[0] = 0.0  # the background side of the band keeps what the generators make
+    return codes
+
+
+def ring_codes(classes: int, period: int) -> torch.Tensor:
+    """Contour-following rings: per label, a sine over the depth below the edge, +- in turn every
+    ``period``/2 pixels from the edge inwards; zero for the background.
+
+    They follow the organ's shape, so flips, rotation and scaling keep them, and a victim learns
+    them before the anatomy at lower energy than blobs (BENCHMARKS.md, "rings").
+    """
+    profile = BLOB_GAIN * torch.sin(2 * torch.pi * (torch.arange(period) - 0.5) / period)
+    codes = profile.repeat(classes, 1)
+    codes[0] = 0.0
     return codes
 
 

@@ -73,6 +73,16 @@ def texture_bound(
     return bound
 
 
+def edge_depth(labels2d: np.ndarray) -> np.ndarray:
+    """Distance (pixels) of every labelled pixel to the edge of its own label, 1 next to the edge; 0 outside."""
+    depth = np.zeros(labels2d.shape, dtype=np.float32)
+    for value in np.unique(labels2d):
+        if value != 0:
+            region = labels2d == value
+            depth[region] = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1][region]
+    return depth
+
+
 def region_maps(
     image2d: np.ndarray,
     labels2d: np.ndarray,
@@ -80,9 +90,9 @@ def region_maps(
     texture_floor: float = DEFAULT_TEXTURE_FLOOR,
     texture_window: int = DEFAULT_TEXTURE_WINDOW,
 ) -> np.ndarray:
-    """Stack (roi, band, interior bound) as float32 of shape (3, H, W) for one normalised slice."""
+    """Stack (roi, band, interior bound, edge depth) as float32 of shape (4, H, W) for one normalised slice."""
     roi = labels2d != 0
     band = contour_band(labels2d, band_radius)
     interior = roi & ~band
     texture = texture_bound(image2d, interior, texture_floor, texture_window)
-    return np.stack([roi.astype(np.float32), band.astype(np.float32), texture])
+    return np.stack([roi.astype(np.float32), band.astype(np.float32), texture, edge_depth(labels2d)])

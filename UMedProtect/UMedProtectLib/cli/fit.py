@@ -39,8 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epsilon", type=float, default=config.epsilon, help="budget in 1/255 of the intensity window (default %(default)s)")
     p.add_argument("--band-radius", type=int, default=config.band_radius, help="contour band half-width in pixels (default %(default)s)")
     p.add_argument("--texture-floor", type=float, default=config.texture_floor, help="lowest texture bound, fraction of the budget (default %(default)s)")
-    p.add_argument("--codes", dest="code_init", choices=CODE_INITS, default=config.code_init, help="initial per-label codes: white noise or isotropic blobs (default %(default)s)")
-    p.add_argument("--code-period", type=int, default=config.code_period, help="period of the per-label codes, pixels (default %(default)s)")
+    p.add_argument("--codes", dest="code_init", choices=CODE_INITS, default=config.code_init, help="initial per-label codes: white noise or isotropic blobs (both tiled on the image grid), or "
+                   "rings following each label's edge (default %(default)s)")
+    p.add_argument("--code-period", type=int, default=config.code_period, help="period of the per-label codes, pixels (rings: of depth below the edge) (default %(default)s)")
     p.add_argument("--base-channels", type=int, default=config.base_channels, help="generator width (default %(default)s)")
     p.add_argument("--steps", type=int, default=defaults.steps, help="generator steps at most (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per step (default %(default)s)")
