@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Sixth session: contour-following rings (Dataset005, same victim as commands.sh). 2-core CPU; run from
+# the repository root after `python benchmarks/prepare_data.py --only 005`.
+set -euo pipefail
+D=benchmarks/data/nnUNet_raw/Dataset005_TotalSegCTLiverBlocks
+W=benchmarks/data/liver5
+R=benchmarks/results/liver5
+V="--victim unet-small --optimizer adam --learning-rate 0.003 --epochs 5 --iterations 100 --batch-size 8 --patch-size 96 --device cpu"
+mkdir -p $W
+# Screening (as in commands.sh): fixed rings, finer blobs
+for a in "rings 6" "blobs-fine 6" "rings 7" "rings 6 --seed 1"; do
+  python benchmarks/pattern_screen.py $D $W/screen $a >> $R/screen.jsonl
+done
+# UMed min-min with ring codes, fitted here at 6/255 with a 1-pixel contour band; two victim seeds
+umedprotect fit $D -o $W/minmin_rings_e6.safetensors --epsilon 6 --band-radius 1 --codes rings --code-period 6 --texture-floor 1 \
+  --offset-weight 10 --steps 300 --min-steps 300 --batch-size 8 --patch-size 64 --device cpu --history $R/minmin_rings_e6_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/minmin_rings_e6 --protector $W/minmin_rings_e6.safetensors --no-progress --overwrite
+umedprotect evaluate $D $W/minmin_rings_e6 -o $R/minmin_rings_e6.json $V --seed 0 1
+# The same with every slice held to 50 dB
+umedprotect protect-dataset $D -o $W/minmin_rings_e6_psnr50 --protector $W/minmin_rings_e6.safetensors --min-psnr 50 --no-progress --overwrite
+umedprotect evaluate $D $W/minmin_rings_e6_psnr50 -o $R/minmin_rings_e6_psnr50.json $V --seed 0 1
