@@ -19,3 +19,15 @@ umedprotect evaluate $D $W/minmin_rings_e6 -o $R/minmin_rings_e6.json $V --seed 
 # The same with every slice held to 50 dB
 umedprotect protect-dataset $D -o $W/minmin_rings_e6_psnr50 --protector $W/minmin_rings_e6.safetensors --min-psnr 50 --no-progress --overwrite
 umedprotect evaluate $D $W/minmin_rings_e6_psnr50 -o $R/minmin_rings_e6_psnr50.json $V --seed 0 1
+# Screening: rings at 5/255, two victim seeds
+for a in "rings 5" "rings 5 --seed 1"; do
+  python benchmarks/pattern_screen.py $D $W/screen $a >> $R/screen.jsonl
+done
+# A default protector with ring codes (fitted on the CPU on Dataset001-003, as the blob-coded default; config budget 4/255),
+# measured here at 6/255
+N=benchmarks/data/nnUNet_raw
+umedprotect fit $N/Dataset001_PyradiomicsLesions $N/Dataset002_TotalSegCT $N/Dataset003_TotalSegMR -o $W/default_rings.safetensors \
+  --codes rings --code-period 6 --texture-floor 1 --offset-weight 10 --steps 600 --min-steps 600 --batch-size 8 --patch-size 64 \
+  --device cpu --history $R/default_rings_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/default_rings_e6 --protector $W/default_rings.safetensors --epsilon 6 --no-progress --overwrite
+umedprotect evaluate $D $W/default_rings_e6 -o $R/default_rings_e6.json $V --seed 0 1
