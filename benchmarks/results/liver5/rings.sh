@@ -16,9 +16,18 @@ umedprotect fit $D -o $W/minmin_rings_e6.safetensors --epsilon 6 --band-radius 1
   --offset-weight 10 --steps 300 --min-steps 300 --batch-size 8 --patch-size 64 --device cpu --history $R/minmin_rings_e6_fit.json --overwrite
 umedprotect protect-dataset $D -o $W/minmin_rings_e6 --protector $W/minmin_rings_e6.safetensors --no-progress --overwrite
 umedprotect evaluate $D $W/minmin_rings_e6 -o $R/minmin_rings_e6.json $V --seed 0 1
-# The same with every slice held to 50 dB
-umedprotect protect-dataset $D -o $W/minmin_rings_e6_psnr50 --protector $W/minmin_rings_e6.safetensors --min-psnr 50 --no-progress --overwrite
-umedprotect evaluate $D $W/minmin_rings_e6_psnr50 -o $R/minmin_rings_e6_psnr50.json $V --seed 0 1
+# The ring codes alone: a protector with ring codes whose generators are left at their seeded initialisation (not
+# fitted), 6/255, 1-pixel band -- the product path (protect-dataset) for the fixed rings pattern
+python -c "
+import sys; sys.path.insert(0, 'UMedProtect')
+import torch
+from UMedProtectLib.protector import Protector, ProtectorConfig, save_protector
+torch.manual_seed(0)
+config = ProtectorConfig(epsilon=6.0, band_radius=1, texture_floor=1.0, code_init='rings', code_period=6,
+                         training={'fitted': False, 'note': 'ring codes, generators at their seeded initialisation'})
+save_protector(Protector(config), '$W/rings_unfitted_e6.safetensors')"
+umedprotect protect-dataset $D -o $W/rings_unfitted_e6 --protector $W/rings_unfitted_e6.safetensors --no-progress --overwrite
+umedprotect evaluate $D $W/rings_unfitted_e6 -o $R/rings_unfitted_e6.json $V --seed 0 1
 # Screening: rings at 5/255, two victim seeds
 for a in "rings 5" "rings 5 --seed 1"; do
   python benchmarks/pattern_screen.py $D $W/screen $a >> $R/screen.jsonl
