@@ -227,3 +227,29 @@ def test_an_unfitted_rings_protector_draws_rings_in_the_organ(random_protector):
     change = protect_array(image, labels, protector, epsilon=8).change
     row = change[24, 8:20]  # from the organ's edge towards its centre
     assert (np.sign(row) == np.repeat([1, -1, 1, -1], 3)).all()
+
+
+def test_generator_gain_keeps_the_codes_sign_whatever_the_generators_say():
+    from UMedProtectLib.protector import Protector
+    from UMedProtectLib.regions import region_maps
+
+    labels = np.zeros((32, 32), np.int64)
+    labels[4:28, 4:28] = 1
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    maps = torch.from_numpy(region_maps(image, labels, 1, 1.0))[None]
+    x, y = torch.from_numpy(image)[None, None], torch.from_numpy(labels)[None]
+    signs = {}
+    for gain in (0.0, 1.0):
+        torch.manual_seed(0)
+        protector = Protector(ProtectorConfig(code_init="rings", code_period=6, generator_gain=gain))
+        with torch.no_grad():
+            for module in (protector.contour, protector.texture):
+                module.head.bias.fill_(-20.0)  # generators pushing hard the same way everywhere
+            delta = protector(x, maps, y, epsilon=8)[0, 0]
+            code = protector.code_field(y, torch.zeros(1, 2, dtype=torch.long), maps[:, 3])[0, 0]
+        inside = torch.from_numpy(labels > 0)
+        signs[gain] = (torch.sign(delta[inside]) == torch.sign(code[inside])).float().mean().item()
+    assert signs[0.0] < 0.6 and signs[1.0] == 1.0  # unbounded: overturned; bounded: the rings stay
+    with pytest.raises(InputError, match="generator_gain"):
+        ProtectorConfig.from_json(ProtectorConfig(generator_gain=-1).to_json(), "bad.safetensors")
+    assert ProtectorConfig.from_json(ProtectorConfig().to_json().replace(', "generator_gain": 0.0', ""), "old").generator_gain == 0

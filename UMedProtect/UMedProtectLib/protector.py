@@ -44,6 +44,7 @@ _VALID_VALUES = {
     "code_period": lambda v: isinstance(v, int) and 1 <= v <= 64,
     "code_classes": lambda v: isinstance(v, int) and 2 <= v <= 256,
     "code_init": lambda v: v in CODE_INITS,
+    "generator_gain": lambda v: isinstance(v, (int, float)) and 0 <= v <= 10,
     "percentiles": lambda v: isinstance(v, list) and len(v) == 2 and 0 <= v[0] < v[1] <= 100,
     "package_version": lambda v: isinstance(v, str),
     "training": lambda v: isinstance(v, dict),
@@ -71,6 +72,9 @@ class ProtectorConfig:
     # initial codes: "normal" (white noise) or "blobs" (isotropic band-pass texture per label), both
     # tiled on the image grid; or "rings" (a profile over the depth below the label's edge: contour-following rings)
     code_init: str = "normal"
+    # 0: the generators' pre-activations are unbounded; > 0: each is soft-clipped to +-generator_gain, so a
+    # code larger than that keeps its sign: the generators adapt the shortcut to the image but cannot overturn it
+    generator_gain: float = 0.0
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
@@ -173,8 +177,12 @@ class Protector(nn.Module):
         roi, band, texture = maps[:, 0:1], maps[:, 1:2], maps[:, 2:3]
         inputs = torch.cat([image.clamp(-1.0, 2.0), roi], dim=1)
         code = self.code_field(labels, origin, maps[:, 3])
-        delta_contour = eps * torch.tanh(self.contour(inputs) + code) * band
-        delta_texture = eps * texture * torch.tanh(self.texture(inputs) + code)
+        contour, texture_out = self.contour(inputs), self.texture(inputs)
+        gain = self.config.generator_gain
+        if gain > 0:
+            contour, texture_out = gain * torch.tanh(contour / gain), gain * torch.tanh(texture_out / gain)
+        delta_contour = eps * torch.tanh(contour + code) * band
+        delta_texture = eps * texture * torch.tanh(texture_out + code)
         return delta_contour + delta_texture
 
 

@@ -58,6 +58,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--surrogate-reset-every", type=int, default=defaults.surrogate_reset_every,
         help="min-min: generator steps between surrogate re-initialisations (default %(default)s)",
     )
+    p.add_argument("--generator-gain", type=float, default=config.generator_gain,
+                   help="bound on each generator's pre-activation (0: none); below the codes' amplitude (3 for "
+                   "blobs and rings) the generators adapt the codes but cannot overturn them (default %(default)s)")  # fmt: skip
     p.add_argument("--offset-weight", type=float, default=defaults.offset_weight, help="penalty on a uniform shift of the ROI (default %(default)s)")
     p.add_argument("--stop-dice", type=float, default=defaults.stop_dice, help="stopping rule: surrogate training Dice (default %(default)s)")
     p.add_argument("--min-steps", type=int, default=defaults.min_steps, help="steps before the stopping rule applies (default %(default)s)")
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--offset-weight {args.offset_weight:g} must be at least 0")
     names = {f.name for f in fields(FitSettings)}
     settings = FitSettings(**{k: v for k, v in vars(args).items() if k in names})
-    values = {name: getattr(args, name) for name in ("epsilon", "band_radius", "base_channels", "texture_floor", "code_init", "code_period")}
+    values = {name: getattr(args, name) for name in ("epsilon", "band_radius", "base_channels", "texture_floor", "code_init", "code_period", "generator_gain")}
     bad = invalid_config_values(values)
     if bad:
         raise InputError(f"--{bad[0].replace('_', '-')} {values[bad[0]]:g} is out of range")
