@@ -28,6 +28,10 @@ config = ProtectorConfig(epsilon=6.0, band_radius=1, texture_floor=1.0, code_ini
 save_protector(Protector(config), '$W/rings_unfitted_e6.safetensors')"
 umedprotect protect-dataset $D -o $W/rings_unfitted_e6 --protector $W/rings_unfitted_e6.safetensors --no-progress --overwrite
 umedprotect evaluate $D $W/rings_unfitted_e6 -o $R/rings_unfitted_e6.json $V --seed 0 1
+# The same ring protector without its contour band (--band-radius 0: the texture perturbator covers the whole ROI, nothing
+# changes outside it), victim seed 1
+umedprotect protect-dataset $D -o $W/rings_unfitted_e6_band0 --protector $W/rings_unfitted_e6.safetensors --band-radius 0 --no-progress --overwrite
+umedprotect evaluate $D $W/rings_unfitted_e6_band0 -o $R/rings_unfitted_e6_band0_seed1.json $V --seed 1
 # UMed min-min with ring codes and the generators bounded below the codes (--generator-gain 1), fitted here at 6/255
 # with a 1-pixel contour band; two victim seeds
 umedprotect fit $D -o $W/minmin_rings_g1_e6.safetensors --epsilon 6 --band-radius 1 --codes rings --code-period 6 --texture-floor 1 \
@@ -36,11 +40,11 @@ umedprotect fit $D -o $W/minmin_rings_g1_e6.safetensors --epsilon 6 --band-radiu
 umedprotect protect-dataset $D -o $W/minmin_rings_g1_e6 --protector $W/minmin_rings_g1_e6.safetensors --no-progress --overwrite
 umedprotect evaluate $D $W/minmin_rings_g1_e6 -o $R/minmin_rings_g1_e6.json $V --seed 0 1
 # A default protector with ring codes (fitted on the CPU on Dataset001-003 as the blob-coded default, config budget 4/255,
-# 1-pixel band, generators bounded), measured here at 6/255
+# 1-pixel band, generators bounded to +-0.25: the rings protect only when nearly unmodulated), measured here at 6/255
 N=benchmarks/data/nnUNet_raw
 umedprotect fit $N/Dataset001_PyradiomicsLesions $N/Dataset002_TotalSegCT $N/Dataset003_TotalSegMR -o $W/default_rings.safetensors \
-  --band-radius 1 --codes rings --code-period 6 --texture-floor 1 --generator-gain 1 --offset-weight 10 --steps 600 --min-steps 600 \
-  --batch-size 8 --patch-size 64 --device cpu --history $R/default_rings_fit.json --overwrite
+  --band-radius 1 --codes rings --code-period 6 --texture-floor 1 --generator-gain 0.25 --offset-weight 10 --steps 600 \
+  --min-steps 600 --batch-size 8 --patch-size 64 --device cpu --history $R/default_rings_fit.json --overwrite
 umedprotect protect-dataset $D -o $W/default_rings_e6 --protector $W/default_rings.safetensors --epsilon 6 --no-progress --overwrite
 umedprotect evaluate $D $W/default_rings_e6 -o $R/default_rings_e6.json $V --seed 0 1
 # (then benchmarks/results/subject/commands.sh, the by-subject check)
