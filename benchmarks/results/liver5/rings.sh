@@ -48,10 +48,6 @@ umedprotect fit $N/Dataset001_PyradiomicsLesions $N/Dataset002_TotalSegCT $N/Dat
 umedprotect protect-dataset $D -o $W/default_rings_e6 --protector $W/default_rings.safetensors --epsilon 6 --no-progress --overwrite
 umedprotect evaluate $D $W/default_rings_e6 -o $R/default_rings_e6.json $V --seed 0 1
 # (then benchmarks/results/subject/commands.sh, the by-subject check)
-# Screening: rings at 5/255, two victim seeds
-for a in "rings 5" "rings 5 --seed 1"; do
-  python benchmarks/pattern_screen.py $D $W/screen $a >> $R/screen.jsonl
-done
 # The whole CT volume protected with the ring protector (per volume and per changed slice; heatmap)
 S=benchmarks/data/sources/totalsegmentator-2.18.0/tests/reference_files
 umedprotect protect $S/example_ct.nii.gz $W/example_ct_liver.nii.gz -o $W/example_ct_rings_e6.nii.gz --protector $W/rings_unfitted_e6.safetensors \
