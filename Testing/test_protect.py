@@ -196,12 +196,24 @@ def test_min_psnr_holds_every_slice_of_a_volume(phantom3d, random_protector):
     image = (image / image.max() * 1000).astype(np.int16)
     full = protect_array(image, labels, random_protector, spacing=(3.0, 1.0, 1.0), epsilon=8)
     before = slice_psnrs(image, full.protected, axis=0)
-    floor = float(np.median(before))
+    floor = (min(before) + max(before)) / 2
     capped = protect_array(image, labels, random_protector, spacing=(3.0, 1.0, 1.0), epsilon=8, min_psnr=floor)
     after = slice_psnrs(image, capped.protected, axis=0)
     assert min(after) >= floor > min(before) and capped.metrics["psnr_db_slice_min"] == pytest.approx(min(after))
     assert capped.metrics["change_scale"] < 1 and capped.metrics["psnr_db"] > full.metrics["psnr_db"]
     changed = [k for k in range(image.shape[0]) if (full.protected[k] != image[k]).any()]
-    kept = [k for k, q in zip(changed, before) if q >= floor]
+    kept = [k for k, q in zip(changed, before) if q > floor]
     assert kept and all(np.array_equal(capped.protected[k], full.protected[k]) for k in kept)  # no need to scale them
     assert np.all(np.abs(capped.change) <= np.abs(full.change))
+
+
+def test_a_crop_is_clipped_to_the_whole_images_range_not_its_own(random_protector):
+    image = np.full((96, 96), 100, np.int16)
+    image[2, 2] = 2000  # the image's maximum, far from the ROI
+    image[40:56, 40:56] = 1000  # the ROI is the brightest tissue of its crop
+    labels = np.zeros(image.shape, np.uint8)
+    labels[40:56, 40:56] = 1
+    result = protect_array(image, labels, random_protector, epsilon=8, min_psnr=20)
+    roi = labels > 0
+    assert (result.change[roi] > 0).any()  # brighter than the crop's maximum, within the image's range
+    assert result.protected.max() <= 2000 and np.abs(result.change).max() <= result.budget

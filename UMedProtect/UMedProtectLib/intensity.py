@@ -41,15 +41,18 @@ def normalize(image: np.ndarray, window: Window) -> np.ndarray:
     return ((np.asarray(image, dtype=np.float64) - window.lo) / window.width).astype(np.float32)
 
 
-def apply_change(original: np.ndarray, change: np.ndarray, budget: float) -> np.ndarray:
+def apply_change(
+    original: np.ndarray, change: np.ndarray, budget: float, value_range: tuple[float, float] | None = None
+) -> np.ndarray:
     """Add ``change`` (native units) to ``original`` in its own dtype, keeping |result - original| <= budget.
 
     Integer images are rounded to the nearest level not beyond the budget; the result stays within
-    the dtype's range and within the original image's [min, max].
+    the dtype's range and within ``value_range``, the whole image's [min, max] (default: that of
+    ``original``; pass it when ``original`` is only a crop or a selection of the image's voxels).
     """
     original = np.asarray(original)
     change = np.clip(np.asarray(change, dtype=np.float64), -budget, budget)
-    lo, hi = float(original.min()), float(original.max())
+    lo, hi = value_range if value_range is not None else (float(original.min()), float(original.max()))
     if np.issubdtype(original.dtype, np.integer):
         step = np.floor(budget)
         change = np.clip(np.rint(change), -step, step)

@@ -99,6 +99,7 @@ def protect_array(
 
     window = intensity_window(image, config.percentiles)
     budget = window.budget(epsilon)
+    value_range = (float(image.min()), float(image.max()))  # crops are clipped to the image's range, not their own
     selected = np.where(roi_mask(labels, label_values), labels, 0).astype(np.int32)
     axis = slice_axis_for(spacing, image.ndim)
     stack_image = image[None] if axis is None else np.moveaxis(image, axis, 0)
@@ -122,7 +123,7 @@ def protect_array(
             labels_crop = stack_labels[batch][(slice(None), *crop)]
             origin = (crop[0].start, crop[1].start)
             delta = _perturb(protector, normalize(original, window), labels_crop, origin, band_radius, epsilon, torch_device)
-            new = apply_change(original, delta * window.width, budget)
+            new = apply_change(original, delta * window.width, budget, value_range)
             for k, i in enumerate(batch):
                 stack_protected[i][crop] = new[k]
                 stack_change[i][crop] = new[k].astype(np.float64) - original[k].astype(np.float64)
@@ -147,10 +148,19 @@ def limit_visibility(
     """
     peak = data_range(image) ** 2 / 10 ** (min_psnr / 10)
     stacks = [a[None] if axis is None else np.moveaxis(a, axis, 0) for a in (image, protected, change)]
-    return min((_scale_down(*views, budget, peak * views[0].size) for views in zip(*stacks)), default=1.0)
+    value_range = (float(image.min()), float(image.max()))
+    scales = (_scale_down(*views, budget, peak * views[0].size, value_range) for views in zip(*stacks))
+    return min(scales, default=1.0)
 
 
-def _scale_down(image: np.ndarray, protected: np.ndarray, change: np.ndarray, budget: float, max_squared: float) -> float:
+def _scale_down(
+    image: np.ndarray,
+    protected: np.ndarray,
+    change: np.ndarray,
+    budget: float,
+    max_squared: float,
+    value_range: tuple[float, float],
+) -> float:
     """Scale one image's ``change`` (in place, with ``protected``) until its squared sum <= ``max_squared``."""
     changed = change != 0
     original = image[changed]
@@ -158,7 +168,7 @@ def _scale_down(image: np.ndarray, protected: np.ndarray, change: np.ndarray, bu
     scale, new, diff = 1.0, protected[changed], full
     while (squared := np.sum(diff * diff)) > max_squared:
         scale *= 0.995 * np.sqrt(max_squared / squared)
-        new = apply_change(original, full * scale, budget)
+        new = apply_change(original, full * scale, budget, value_range)
         diff = new.astype(np.float64) - original.astype(np.float64)
     protected[changed] = new
     change[changed] = diff

@@ -127,6 +127,9 @@ class Protector(nn.Module):
         c = self.config
         self.contour = UNet2d(2, 1, c.base_channels, c.levels, cdc_theta=c.cdc_theta)
         self.texture = UNet2d(2, 1, c.base_channels, c.levels)
+        for generator in (self.contour, self.texture):  # start from the codes alone: a consistent shortcut
+            nn.init.zeros_(generator.head.weight)
+            nn.init.zeros_(generator.head.bias)
         if c.code_init == "rings":
             self.codes = nn.Parameter(ring_codes(c.code_classes, c.code_period))
         else:
