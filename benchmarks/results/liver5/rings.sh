@@ -39,14 +39,23 @@ umedprotect fit $D -o $W/minmin_rings_g1_e6.safetensors --epsilon 6 --band-radiu
   --history $R/minmin_rings_g1_e6_fit.json --overwrite
 umedprotect protect-dataset $D -o $W/minmin_rings_g1_e6 --protector $W/minmin_rings_g1_e6.safetensors --no-progress --overwrite
 umedprotect evaluate $D $W/minmin_rings_g1_e6 -o $R/minmin_rings_g1_e6.json $V --seed 0 1
-# A default protector with ring codes (fitted on the CPU on Dataset001-003 as the blob-coded default, config budget 4/255,
-# 1-pixel band, generators bounded to +-0.25: the rings protect only when nearly unmodulated), measured here at 6/255
+# A default candidate with ring codes (fitted on the CPU on Dataset001-003 as the blob-coded default, config budget 4/255,
+# 1-pixel band, generators bounded to +-0.25), measured here at 6/255. Run at commit 4857760 (before the two fixes of
+# commit 7a423f8: crops clipped to their own range, randomly initialised generator heads); stopped after victim seed 0
+# (best 0.356, log in default_rings_e6_seed0_stopped.log)
 N=benchmarks/data/nnUNet_raw
-umedprotect fit $N/Dataset001_PyradiomicsLesions $N/Dataset002_TotalSegCT $N/Dataset003_TotalSegMR -o $W/default_rings.safetensors \
-  --band-radius 1 --codes rings --code-period 6 --texture-floor 1 --generator-gain 0.25 --offset-weight 10 --steps 600 \
-  --min-steps 600 --batch-size 8 --patch-size 64 --device cpu --history $R/default_rings_fit.json --overwrite
-umedprotect protect-dataset $D -o $W/default_rings_e6 --protector $W/default_rings.safetensors --epsilon 6 --no-progress --overwrite
-umedprotect evaluate $D $W/default_rings_e6 -o $R/default_rings_e6.json $V --seed 0 1
+#   umedprotect fit $N/Dataset001_PyradiomicsLesions $N/Dataset002_TotalSegCT $N/Dataset003_TotalSegMR -o $W/default_rings.safetensors \
+#     --band-radius 1 --codes rings --code-period 6 --texture-floor 1 --generator-gain 0.25 --offset-weight 10 --steps 600 \
+#     --min-steps 600 --batch-size 8 --patch-size 64 --device cpu --history $R/default_rings_fit.json --overwrite
+#   umedprotect protect-dataset $D -o $W/default_rings_e6 --protector $W/default_rings.safetensors --epsilon 6 --no-progress --overwrite
+#   umedprotect evaluate $D $W/default_rings_e6 -o $R/default_rings_e6.json $V --seed 0 1
+# The new default protector (after those fixes): ring codes, generators starting at zero and bounded to +-0.25, no offset
+# penalty (the rings' own mean would be penalised), 1-pixel band; copied to UMedProtect/UMedProtectLib/data/default_protector.safetensors
+umedprotect fit $N/Dataset001_PyradiomicsLesions $N/Dataset002_TotalSegCT $N/Dataset003_TotalSegMR -o $W/default_rings2.safetensors \
+  --band-radius 1 --codes rings --code-period 6 --texture-floor 1 --generator-gain 0.25 --steps 600 --min-steps 600 \
+  --batch-size 8 --patch-size 64 --device cpu --history $R/default_rings2_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/default_rings2_e6 --protector $W/default_rings2.safetensors --epsilon 6 --no-progress --overwrite
+umedprotect evaluate $D $W/default_rings2_e6 -o $R/default_rings2_e6.json $V --seed 0 1
 # (then benchmarks/results/subject/commands.sh, the by-subject check)
 # The whole CT volume protected with the ring protector (per volume and per changed slice; heatmap)
 S=benchmarks/data/sources/totalsegmentator-2.18.0/tests/reference_files

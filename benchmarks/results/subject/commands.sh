@@ -4,9 +4,7 @@
 # test liver is 44 HU brighter, outside the clip range), so the victims here z-score each case
 # (`--normalisation zscore`), an attacker's choice that generalises across contrast phases. Same
 # victim schedule as Dataset005's. 2-core CPU; run from the repository root after
-# `python benchmarks/prepare_data.py --only 004 005` and benchmarks/results/liver5/rings.sh (which
-# fits the ring-coded default candidate on Dataset001-003: the training subject's top slices are
-# Dataset002's, the test subject is never seen).
+# `python benchmarks/prepare_data.py --only 004`.
 set -euo pipefail
 D=benchmarks/data/nnUNet_raw/Dataset004_TotalSegCTLiver
 W=benchmarks/data/subject
@@ -16,7 +14,3 @@ mkdir -p $W
 # Fixed contour-following rings at 6/255
 python benchmarks/fixed_patterns.py $D $W --patterns rings --epsilon 6
 umedprotect evaluate $D $W/rings -o $R/rings_e6.json $V --seed 0 1
-# The ring-coded default protector candidate (benchmarks/results/liver5/rings.sh) at 6/255
-umedprotect protect-dataset $D -o $W/default_rings_e6 --protector benchmarks/data/liver5/default_rings.safetensors --epsilon 6 \
-  --no-progress --overwrite
-umedprotect evaluate $D $W/default_rings_e6 -o $R/default_rings_e6.json $V --seed 0 1
