@@ -51,8 +51,32 @@ def test_fit_takes_the_protector_options_and_refuses_them_out_of_range(nnunet_da
 
 def test_fit_refuses_a_schedule_it_cannot_run(nnunet_dataset, tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
-    for option, value in (("--steps", "0"), ("--batch-size", "0"), ("--patch-size", "8"), ("--stop-dice", "2"), ("--offset-weight", "-1")):
+    for option, value in (("--steps", "-1"), ("--batch-size", "0"), ("--patch-size", "8"), ("--stop-dice", "2"), ("--offset-weight", "-1")):
         assert main(["fit", str(nnunet_dataset), "-o", str(bad), *TINY, option, value]) == 2, option
         assert not bad.exists()
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("umedprotect: error: --") and option in err[0]
+
+
+def test_fit_without_steps_writes_the_codes_alone(nnunet_dataset, tmp_path, capsys):
+    import numpy as np
+
+    from UMedProtectLib.phantoms import phantom_slice
+    from UMedProtectLib.protect import protect_array
+    from UMedProtectLib.regions import edge_depth
+
+    out = tmp_path / "rings.safetensors"
+    options = ["--codes", "rings", "--code-period", "6", "--texture-floor", "1", "--band-radius", "0", "--steps", "0"]
+    assert main(["fit", str(nnunet_dataset), "-o", str(out), *TINY[2:], *options]) == 0
+    assert "without fitting" in capsys.readouterr().out
+    protector = load_protector(out)
+    assert protector.config.training["steps_run"] == 0 and len(protector.config.training["cases"]) == 3
+    image, labels = phantom_slice((64, 64), n_lesions=1, rng=0)
+    labels = (labels > 0).astype(np.uint8)
+    result = protect_array(image.astype(np.float64), labels, protector, epsilon=6)
+    depth = edge_depth(labels)
+    expected = np.tanh(protector.codes[1].detach().numpy()[(depth.round().astype(int)) % 6]) * result.budget
+    exact = (labels > 0) & (depth == depth.round())  # integer depths: no interpolation
+    exact &= (image + expected <= image.max()) & (image + expected >= image.min())  # not clipped to the image's range
+    assert exact.sum() > 20
+    np.testing.assert_allclose(result.change[exact], expected[exact], rtol=1e-5, atol=1e-6)  # the rings, nothing else

@@ -259,7 +259,7 @@ def fit_protector(
             "slices": len(samples),
             "classes": n_classes,
             "steps_run": len(history),
-            "final": history[-1],
+            "final": history[-1] if history else {},  # no steps: the codes alone, generators at zero
             "seconds": round(time.time() - start, 1),
             "device": str(device),
             "torch": torch.__version__,

@@ -29,9 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "training cases with labels). Output: a protector file (safetensors weights + JSON "
             "config) for `umedprotect protect --protector`. Stops when a freshly initialised "
             "surrogate reaches --stop-dice training Dice on the protected data, or after --steps. "
-            "The shipped default protector was fitted with --codes blobs --code-period 32 "
-            "--texture-floor 1 --offset-weight 10 --steps 600 --min-steps 600 --batch-size 8 "
-            "--patch-size 64 (the recipe that protects best so far: README, BENCHMARKS.md)."
+            "The shipped default protector is the codes alone, not fitted: --codes rings --code-period 6 "
+            "--texture-floor 1 --steps 0 (min-min fitting weakened the rings in every run so far: README, "
+            "BENCHMARKS.md)."
         ),
     )
     p.add_argument("datasets", nargs="+", metavar="IN_DIR", help="nnU-Net v2 raw dataset folder(s)")
@@ -43,7 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    "rings following each label's edge (default %(default)s)")
     p.add_argument("--code-period", type=int, default=config.code_period, help="period of the per-label codes, pixels (rings: of depth below the edge) (default %(default)s)")
     p.add_argument("--base-channels", type=int, default=config.base_channels, help="generator width (default %(default)s)")
-    p.add_argument("--steps", type=int, default=defaults.steps, help="generator steps at most (default %(default)s)")
+    p.add_argument("--steps", type=int, default=defaults.steps, help="generator steps at most; 0: no fitting, the protector draws its codes alone (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per step (default %(default)s)")
     p.add_argument("--patch-size", type=int, default=defaults.patch_size, help="patch size in pixels (default %(default)s)")
     p.add_argument(
@@ -74,7 +74,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     output = check_output_path(args.output, args.overwrite, endings=(".safetensors",))
     history_path = check_output_path(args.history, args.overwrite, endings=(".json",)) if args.history else None
-    for name, low in (("steps", 1), ("batch_size", 1), ("patch_size", 16), ("surrogate_reset_every", 1), ("min_steps", 0), ("pretrain_steps", 0)):
+    for name, low in (("steps", 0), ("batch_size", 1), ("patch_size", 16), ("surrogate_reset_every", 1), ("min_steps", 0), ("pretrain_steps", 0)):
         if getattr(args, name) < low:
             raise InputError(f"--{name.replace('_', '-')} must be at least {low}")
     if not 0 < args.stop_dice <= 1:
@@ -100,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     if history_path is not None:
         with atomic_path(history_path) as tmp:
             tmp.write_text(json.dumps(history))
+    if not history:
+        print(f"wrote {output} without fitting (--steps 0): the codes alone, generators at zero")
+        return 0
     final = history[-1]
     print(f"wrote {output} after {len(history)} steps (surrogate Dice {final['surrogate_dice_ema']:.3f})")
     return 0
