@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def random_protector():
-    """An untrained protector with fixed random weights (fast; its output is not tuned)."""
+    """An untrained protector: generators at zero, so it draws its random (seeded) codes; not tuned."""
     from UMedProtectLib.protector import Protector
 
     torch.manual_seed(0)
