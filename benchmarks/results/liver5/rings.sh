@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sixth session: contour-following rings (Dataset005, same victim as commands.sh). 2-core CPU; run from
 # the repository root after `python benchmarks/prepare_data.py --only 005`.
+# The protector runs before the "new default protector" block ran before commit 7a423f8 (crops clipped to their own
+# intensity range, generators initialised at random); rerun now, they give different numbers.
 set -euo pipefail
 D=benchmarks/data/nnUNet_raw/Dataset005_TotalSegCTLiverBlocks
 W=benchmarks/data/liver5
