@@ -20,3 +20,7 @@ import sys; sys.path.insert(0, 'UMedProtect')
 from UMedProtectLib.evaluation import load_evaluation_data
 q = load_evaluation_data('$D', '$W/rings').quality
 print(f'mean PSNR {q[\"psnr_db_mean\"]:.2f} dB, mean SSIM {q[\"ssim_mean\"]:.4f}, max change {q[\"max_abs_change\"]:.0f}')" > $R/rings_e6_quality.txt
+# Subject or normalisation? The fixed rings at 6/255 on Dataset005 (same subject) with z-scoring victims, seed 0
+# (the rings copy from benchmarks/results/liver5/rings.sh's screening)
+D5=benchmarks/data/nnUNet_raw/Dataset005_TotalSegCTLiverBlocks
+umedprotect evaluate $D5 benchmarks/data/liver5/screen/rings_e6 -o $R/dataset005_rings_e6_zscore.json $V --seed 0
