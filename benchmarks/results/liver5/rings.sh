@@ -96,3 +96,15 @@ PY
 # The shipped default (ring codes, not fitted) at 6/255, two victim seeds
 umedprotect protect-dataset $D -o $W/default_rings0_e6 --epsilon 6 --no-progress --overwrite
 umedprotect evaluate $D $W/default_rings0_e6 -o $R/default_rings0_e6.json $V --seed 0 1
+# Where fitting moved the ring codes (label 1's profile over depths 0-5; the start is 3*sin(2*pi*(k-1/2)/6))
+python - $W/minmin_rings_e6.safetensors $W/minmin_rings_g1_e6.safetensors $W/default_rings.safetensors $W/default_rings2.safetensors \
+  > $R/rings_code_drift.txt <<'PY'
+import sys
+sys.path[:0] = ["UMedProtect"]
+from UMedProtectLib.protector import load_protector, ring_codes
+print("start:", [round(v, 2) for v in ring_codes(2, 6)[1].tolist()])
+for path in sys.argv[1:]:
+    codes = load_protector(path).codes.detach()
+    print(f"{path}: label 1 {[round(v, 2) for v in codes[1].tolist()]}, mean {codes[1].mean():.2f}, "
+          f"background at depth 0 {codes[0, 0]:.2f}")
+PY
