@@ -79,7 +79,7 @@ D, W = "benchmarks/data/nnUNet_raw/Dataset005_TotalSegCTLiverBlocks", "benchmark
 read = lambda path: sitk.GetArrayFromImage(sitk.ReadImage(path)).squeeze()
 for name in sys.argv[1:]:
     protector = load_protector(name)
-    corr, energy, same, psnr = [], [], [], []
+    corr, energy, same, psnr, largest = [], [], [], [], 0.0
     for path in sorted(glob.glob(f"{D}/imagesTr/*.nii.gz")):
         image, labels = read(path), read(path.replace("imagesTr", "labelsTr").replace("_0000", ""))
         fixed = read(path.replace(D, f"{W}/screen/rings_e6")).astype(float) - image
@@ -90,8 +90,9 @@ for name in sys.argv[1:]:
         energy.append((change[roi] ** 2).sum() / (fixed[roi] ** 2).sum())
         same.append((change == fixed).mean())
         psnr.append(result.metrics["psnr_db"])
+        largest = max(largest, float(np.abs(change - fixed).max()))
     print(f"{name}: correlation {np.nanmean(corr):.4f}, energy ratio {np.mean(energy):.3f}, identical pixels "
-          f"{np.mean(same):.4f}, mean PSNR {np.mean(psnr):.2f} dB")
+          f"{np.mean(same):.4f}, largest difference {largest:.0f} HU, mean PSNR {np.mean(psnr):.2f} dB")
 PY
 # The shipped default (ring codes, not fitted) at 6/255, two victim seeds
 umedprotect protect-dataset $D -o $W/default_rings0_e6 --epsilon 6 --no-progress --overwrite
