@@ -37,10 +37,11 @@ def test_fit_refuses_an_existing_output_and_a_missing_dataset(nnunet_dataset, tm
 
 def test_fit_takes_the_protector_options_and_refuses_them_out_of_range(nnunet_dataset, tmp_path, capsys):
     out = tmp_path / "blobs.safetensors"
-    options = ["--texture-floor", "0.5", "--codes", "blobs", "--code-period", "16"]
+    options = ["--texture-floor", "0.5", "--codes", "blobs", "--code-period", "16", "--freeze-codes"]
     assert main(["fit", str(nnunet_dataset), "-o", str(out), *options, *TINY]) == 0
     config = load_protector(out).config
     assert (config.texture_floor, config.code_init, config.code_period) == (0.5, "blobs", 16)
+    assert config.training["settings"]["freeze_codes"] is True
     capsys.readouterr()
     for option, value in (("--texture-floor", "1.5"), ("--epsilon", "0"), ("--code-period", "0")):
         bad = tmp_path / f"bad{option}.safetensors"

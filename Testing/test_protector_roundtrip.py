@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from UMedProtectLib.errors import InputError
 from UMedProtectLib.fit import FitSettings, fit_protector
 from UMedProtectLib.phantoms import phantom_slice
 from UMedProtectLib.protect import protect_array
-from UMedProtectLib.protector import DEFAULT_PROTECTOR_PATH, ProtectorConfig, load_protector, save_protector
+from UMedProtectLib.protector import DEFAULT_PROTECTOR_PATH, ProtectorConfig, load_protector, ring_codes, save_protector
 from UMedProtectLib.slices import case_slices
 
 TINY = FitSettings(steps=4, batch_size=2, patch_size=32, min_steps=2, surrogate_channels=4, device="cpu")
@@ -69,6 +70,17 @@ def test_fit_changes_the_generators():
     assert any(changed)
 
 
+def test_frozen_codes_keep_their_pattern_while_the_generators_fit():
+    config = ProtectorConfig(base_channels=4, levels=2, code_init="rings", code_period=6)
+    free, _ = fit_protector(_samples(), config, TINY)
+    frozen, _ = fit_protector(_samples(), config, replace(TINY, freeze_codes=True))
+    start = ring_codes(config.code_classes, config.code_period)
+    assert not torch.equal(free.codes.detach(), start)
+    assert torch.equal(frozen.codes.detach(), start)
+    assert frozen.config.training["settings"]["freeze_codes"] is True
+    assert torch.count_nonzero(frozen.texture.head.weight) > 0  # the generators did fit
+
+
 def test_written_files_get_the_usual_permissions(tmp_path, random_protector):
     import os
 
@@ -81,8 +93,6 @@ def test_written_files_get_the_usual_permissions(tmp_path, random_protector):
 
 
 def test_targeted_objective_freezes_a_pretrained_surrogate_and_fits():
-    from dataclasses import replace
-
     config = ProtectorConfig(base_channels=4, levels=2)
     settings = replace(TINY, objective="targeted", pretrain_steps=2)
     fitted, history = fit_protector(_samples(), config, settings)
@@ -93,8 +103,6 @@ def test_targeted_objective_freezes_a_pretrained_surrogate_and_fits():
 
 
 def test_alignment_objective_trains_the_surrogate_alongside_and_fits():
-    from dataclasses import replace
-
     config = ProtectorConfig(base_channels=4, levels=2)
     fitted, history = fit_protector(_samples(), config, replace(TINY, objective="alignment", pretrain_steps=2))
     assert len(history) == TINY.steps and fitted.config.training["settings"]["objective"] == "alignment"

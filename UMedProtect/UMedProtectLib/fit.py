@@ -52,6 +52,7 @@ class FitSettings:
     surrogate_reset_every: int = 200  # generator steps between surrogate re-initialisations
     visibility_weight: float = 0.002  # weight of mean (delta/epsilon)^2 in the generator loss
     offset_weight: float = 0.0  # weight of the squared mean change inside each patch's ROI (in epsilon): against a uniform shift
+    freeze_codes: bool = False  # fit the generators only; the shortcut codes keep their initial pattern
     foreground_fraction: float = 0.67
     objective: str = "min-min"  # see OBJECTIVES
     pretrain_steps: int = 300  # "targeted", "alignment": surrogate steps on clean data first
@@ -168,7 +169,8 @@ def fit_protector(
     n_classes = int(max(s.labels.max() for s in data)) + 1
 
     protector = Protector(config).to(device).train()
-    optimiser_g = torch.optim.Adam(protector.parameters(), lr=settings.generator_lr)
+    fitted = [p for name, p in protector.named_parameters() if not (settings.freeze_codes and name == "codes")]
+    optimiser_g = torch.optim.Adam(fitted, lr=settings.generator_lr)
 
     def new_surrogate() -> tuple[UNet2d, torch.optim.Optimizer]:
         net = UNet2d(1, n_classes, settings.surrogate_channels, 3).to(device).train()

@@ -62,6 +62,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="bound on each generator's pre-activation (0: none); below the codes' amplitude (3 for "
                    "blobs and rings) the generators adapt the codes but cannot overturn them (default %(default)s)")  # fmt: skip
     p.add_argument("--offset-weight", type=float, default=defaults.offset_weight, help="penalty on a uniform shift of the ROI (default %(default)s)")
+    p.add_argument("--freeze-codes", action="store_true", help="fit the generators only: the shortcut codes keep their initial pattern")
     p.add_argument("--stop-dice", type=float, default=defaults.stop_dice, help="stopping rule: surrogate training Dice (default %(default)s)")
     p.add_argument("--min-steps", type=int, default=defaults.min_steps, help="steps before the stopping rule applies (default %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
