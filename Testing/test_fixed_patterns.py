@@ -31,7 +31,7 @@ def test_pattern_copies_change_training_images_within_budget_only_where_stated(n
         assert np.abs(change).max() <= intensity_window(before).budget(4.0)
         if name != "sparse-blobs":  # it leaves about half the ROI unchanged (a small ROI: maybe all)
             assert np.abs(change[labels > 0]).max() > 0  # the ROI is changed
-        if name not in ("dim", "flat-dim", "dim-blobs"):
+        if name not in ("dim", "flat-dim", "dim-blobs", "rings-out1", "rings-out3"):
             assert not change[labels == 0].any()  # nothing outside the ROI
         assert (_array(out / "labelsTr" / image_path.name.replace("_0000", "")) == labels).all()
     for test_image in (source / "imagesTs").iterdir():
@@ -112,6 +112,20 @@ def test_rings_alternate_with_the_distance_to_the_roi_edge():
     assert (np.sign(row) == expected).all() and (np.abs(row) > 0.5).all()
     np.testing.assert_allclose(unit, unit.T)  # follows the square's shape: symmetric
     assert not unit[labels[0] == 0].any()
+
+
+def test_ring_variants_change_period_phase_and_reach_outside_the_roi():
+    labels = np.zeros((1, 32, 32), np.uint8)
+    labels[0, 8:24, 8:24] = 1
+    unit = lambda name: fixed_patterns.pattern(name, labels, np.zeros(labels.shape))[0]  # noqa: E731
+    row = lambda name: np.sign(unit(name)[16, 2:16])  # noqa: E731 -- six pixels outside, then edge to centre
+    np.testing.assert_array_equal(row("rings-dark"), -row("rings"))
+    assert list(row("rings8")[6:]) == [1] * 4 + [-1] * 4
+    depth = np.arange(1, 9)  # of row 16's pixels from the left edge to the centre
+    np.testing.assert_allclose(unit("rings5")[16, 8:16], np.tanh(3 * np.sin(2 * np.pi * (depth - 0.5) / 5)), atol=1e-12)
+    assert list(row("rings-out3")[:6]) == [0, 0, 0, -1, -1, -1] and list(row("rings-out1")[:6]) == [0] * 5 + [-1]
+    assert list(row("rim")) == [0] * 6 + [1] * 3 + [0] * 5
+    assert list(row("rim-pair")) == [0] * 6 + [1] * 3 + [-1] * 3 + [0] * 2
 
 
 def test_fine_blobs_are_smaller_than_the_blobs():

@@ -15,7 +15,13 @@ augmentation is too short to say anything about a protection. Every pattern uses
   blobs-large  the same with blobs about twice as far apart
   blobs-fine  the same with blobs about two thirds as far apart
   rings     contour-following rings: +-budget alternating every RING_PERIOD/2 pixels of distance to
-            the ROI's edge (follows the organ's shape, so rotation and scaling keep it)
+            the ROI's edge (follows the organ's shape, so rotation and scaling keep it); the band
+            next to the edge is bright
+  rings5, rings8  the same with a period of 5 or 8 pixels
+  rings-dark  the same in opposite phase (the band next to the edge dark)
+  rings-out1, rings-out3  rings continued 1 or 3 pixels outside the ROI (a dark band around it)
+  rim       +budget in the 3 pixels inside the ROI's edge only
+  rim-pair  rim, and -budget in the 3 pixels below it
   soft-blobs  the blobs less saturated (tanh gain 1 instead of 3): the full budget only at blob
             centres, about half the energy for the same peak change
   sparse-blobs  only the blobs' cores: the pixels within 0.7 std of zero band-pass noise are left
@@ -45,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy.ndimage import binary_dilation, gaussian_filter
+from scipy.ndimage import binary_dilation, distance_transform_edt, gaussian_filter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
@@ -57,6 +63,15 @@ from UMedProtectLib.protector import BLOB_SIGMAS as PROTECTOR_BLOB_SIGMAS  # noq
 from UMedProtectLib.regions import edge_depth  # noqa: E402
 
 RING_PERIOD = 6.0  # rings: pixels of distance to the ROI's edge per +/- cycle
+RING_VARIANTS = {  # name: (period, phase, pixels outside the ROI)
+    "rings": (RING_PERIOD, 1.0, 0),
+    "rings5": (5.0, 1.0, 0),
+    "rings8": (8.0, 1.0, 0),
+    "rings-dark": (RING_PERIOD, -1.0, 0),
+    "rings-out1": (RING_PERIOD, 1.0, 1),
+    "rings-out3": (RING_PERIOD, 1.0, 3),
+}
+RIM_WIDTH = 3  # rim, rim-pair: pixels
 SPARSE_THRESHOLD = 0.7  # sparse-blobs: band-pass noise below this (in std) is left unchanged
 TILE = np.random.default_rng(0).choice([-1.0, 1.0], size=(8, 8))
 BLOB_SIGMAS = {  # DoG, pixels
@@ -78,6 +93,15 @@ def blob_field(shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS
     return np.tanh(gain * band_noise(shape, sigmas))
 
 
+def signed_depth(roi: np.ndarray) -> np.ndarray:
+    """In-plane distance to the ROI's edge, slice by slice: 1, 2, ... inside; 0, -1, ... outside."""
+    planes = roi.reshape(-1, *roi.shape[-2:])
+    inside = np.stack([edge_depth(r) for r in planes])
+    far = float(sum(roi.shape[-2:]))  # farther than any pixel: planes without ROI
+    outside = np.stack([distance_transform_edt(~r) if r.any() else np.full(r.shape, far) for r in planes])
+    return np.where(planes, inside, 1.0 - outside).reshape(roi.shape)
+
+
 def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     """Unit pattern (values in [-1, 1]) for one case, on its last two axes; ``image`` in budget units."""
     if name not in PATTERNS:
@@ -92,9 +116,14 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
         return TILE[rows % 8, cols % 8] * roi
     if name in BLOB_SIGMAS:
         return blob_field(labels.shape[-2:], BLOB_SIGMAS[name]) * roi
-    if name == "rings":  # in-plane distance to the edge, slice by slice
-        depth = np.stack([edge_depth(r) for r in roi.reshape(-1, *roi.shape[-2:])]).reshape(roi.shape)
-        return np.tanh(BLOB_GAIN * np.sin(2 * np.pi * (depth - 0.5) / RING_PERIOD)) * roi
+    if name in RING_VARIANTS:
+        period, phase, outside = RING_VARIANTS[name]
+        depth = signed_depth(roi)
+        return phase * np.tanh(BLOB_GAIN * np.sin(2 * np.pi * (depth - 0.5) / period)) * (depth >= 1 - outside)
+    if name in ("rim", "rim-pair"):
+        depth = signed_depth(roi)
+        below = (depth > RIM_WIDTH) & (depth <= 2 * RIM_WIDTH) & (name == "rim-pair")
+        return ((depth >= 1) & (depth <= RIM_WIDTH)) - below.astype(np.float64)
     if name == "soft-blobs":
         return blob_field(labels.shape[-2:], gain=1.0) * roi
     if name == "sparse-blobs":
@@ -121,7 +150,7 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     return ring + np.clip(tone - image, -1.0, 1.0) * roi
 
 
-PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "blobs-fine", "rings", "soft-blobs", "sparse-blobs", "stretch", "stretch-blobs", "swap-blobs", "offset", "dim", "flat-dim", "dim-blobs")
+PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "blobs-fine", *RING_VARIANTS, "rim", "rim-pair", "soft-blobs", "sparse-blobs", "stretch", "stretch-blobs", "swap-blobs", "offset", "dim", "flat-dim", "dim-blobs")
 
 
 def write_protected_copy(source: Path, out: Path, name: str, epsilon: float) -> None:

@@ -1,0 +1,23 @@
+"""benchmarks/first_epoch_race.py: the first epoch of the full schedule, one victim per seed."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import pytest
+from conftest import ROOT, write_nnunet_dataset
+
+from UMedProtectLib.evaluation import TrainSettings, load_evaluation_data, train_victim
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+race = pytest.importorskip("first_epoch_race")
+
+
+def test_the_first_epoch_race_reports_the_first_epoch_of_the_full_schedule(tmp_path):
+    clean = write_nnunet_dataset(tmp_path / "clean", n_train=2, n_test=1, shape=(2, 32, 32), n_lesions=1)
+    data = load_evaluation_data(clean, clean)
+    settings = TrainSettings(epochs=3, iterations_per_epoch=2, batch_size=2, patch_size=32, optimizer="adam", device="cpu")
+    full = train_victim(data.protected, data.test, "unet-small", data.n_classes, settings, None, "", data.normalisation)
+    assert race.first_epoch_dsc(data, settings) == full.curve[0]
+    assert race.first_epoch_dsc(data, replace(settings, seed=1)) != full.curve[0]  # a victim per seed

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Seventh session: the first-epoch race over six victim seeds (Dataset005, same victim as commands.sh). 2-core CPU; run
+# from the repository root after `python benchmarks/prepare_data.py --only 005` and rings.sh (for the protectors).
+# One JSON line per run in race.jsonl: the mean PSNR of the protected training slices and the protected victim's test
+# DSC after its first epoch for seeds 0-5. The lines were first produced by a prototype of first_epoch_race.py and
+# fixed_patterns.py's ring variants (the same calls); the pattern copies are identical byte for byte, and
+# first_epoch_race.py reproduces its lines (race_repo_check.jsonl). Budgets other than 6: the one that gives
+# ≈ 50.5 dB mean PSNR per slice (50.06 for rings at 6.3).
+set -euo pipefail
+D=benchmarks/data/nnUNet_raw/Dataset005_TotalSegCTLiverBlocks
+W=benchmarks/data/liver5
+R=benchmarks/results/liver5
+V="--victim unet-small --optimizer adam --learning-rate 0.003 --epochs 5 --iterations 100 --batch-size 8 --patch-size 96 --device cpu"
+race() { python benchmarks/first_epoch_race.py $D "$1" --seeds 0 1 2 3 4 5 >> $R/race.jsonl; }
+# The clean victim (reference), the fixed rings and the shipped default at 6/255 (copies from rings.sh)
+race $D
+race $W/screen/rings_e6
+race $W/default_rings0_e6
+# Ring variants at 6/255, and at the budget that gives the rings' PSNR
+python benchmarks/fixed_patterns.py $D $W/race/e6 --patterns rings-dark rings8 rings-out3 --epsilon 6
+for p in rings-dark rings8 rings-out3; do race $W/race/e6/$p; done
+for pe in "rim 7.48" "rim-pair 6.27" "rings5 6.11" "rings-out1 5.31" "rings-out3 4.32" "rings 6.3"; do
+  set -- $pe
+  python benchmarks/fixed_patterns.py $D $W/race/e$2 --patterns $1 --epsilon $2
+  race $W/race/e$2/$1
+done
+# UMed min-min fitted here with the ring codes frozen (generators only, bounded to +-1 around the codes), 6/255
+umedprotect fit $D -o $W/minmin_rings_frozen_e6.safetensors --epsilon 6 --band-radius 1 --codes rings --code-period 6 \
+  --texture-floor 1 --freeze-codes --generator-gain 1 --steps 300 --min-steps 300 --batch-size 8 --patch-size 64 --device cpu \
+  --history $R/minmin_rings_frozen_e6_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/minmin_rings_frozen_e6 --protector $W/minmin_rings_frozen_e6.safetensors --no-progress --overwrite
+race $W/minmin_rings_frozen_e6
+# The shipped default at 6.3/255 (50.1 dB)
+umedprotect protect-dataset $D -o $W/default_rings0_e6.3 --epsilon 6.3 --no-progress --overwrite
+race $W/default_rings0_e6.3
