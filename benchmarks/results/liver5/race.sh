@@ -33,3 +33,7 @@ race $W/minmin_rings_frozen_e6
 # The shipped default at 6.3/255 (50.1 dB)
 umedprotect protect-dataset $D -o $W/default_rings0_e6.3 --epsilon 6.3 --no-progress --overwrite
 race $W/default_rings0_e6.3
+# The committed script against the prototype's line for the default at 6/255 (and evaluate's first epochs, rings.sh)
+python benchmarks/first_epoch_race.py $D $W/default_rings0_e6 --seeds 0 1 > $R/race_repo_check.jsonl
+# The shipped default at 6.3/255 with the product's own check, six victim seeds
+umedprotect evaluate $D $W/default_rings0_e6.3 -o $R/default_rings0_e6.3.json $V --seed 0 1 2 3 4 5
