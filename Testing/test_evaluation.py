@@ -227,7 +227,8 @@ def test_several_seeds_train_every_victim_once_per_seed_and_report_the_spread(cl
     argv = ["evaluate", str(clean), str(protected), "--epochs", "1", "--iterations", "1", "--batch-size", "2",
             "--patch-size", "32", "--device", "cpu", "--seed", "3", "4"]  # fmt: skip
     assert main(argv) == 0
-    assert "over seeds 3, 4: ratio mean" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "over seeds 3, 4: ratio mean" in out and "ratio <= 0.1 with " in out and " of 2 seeds" in out
     assert main(argv[:-1] + ["3"]) == 2
     assert "--seed values must differ" in capsys.readouterr().err
 
@@ -241,6 +242,8 @@ def test_over_seeds_gives_mean_and_spread_of_the_defined_ratios():
     assert plain["seeds"] == [0, 1, 2] and plain["ratio_best_mean"] == pytest.approx(0.4)
     assert (plain["ratio_best_min"], plain["ratio_best_max"]) == (0.2, 0.6)
     assert plain["protected_best_mean"] == pytest.approx(0.64 / 3) and plain["clean_best_mean"] == pytest.approx(0.8)
+    assert plain["seeds_on_target"] == 0
+    assert over_seeds([{**rows[0], "ratio_best": 0.1}, {**rows[1], "ratio_best": 0.05}])[0]["seeds_on_target"] == 2
     assert blurred["defense"] == "blur" and math.isnan(blurred["ratio_best_mean"])
 
 

@@ -52,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("clean", type=Path, help="clean nnU-Net raw dataset with labelled test cases")
     parser.add_argument("protected", type=Path, help="its protected copy (or the clean one itself)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="victim seeds")
+    parser.add_argument("--device", default=SCHEDULE.device, help="compute device (default %(default)s)")
     args = parser.parse_args(argv)
     data = load_evaluation_data(args.clean, args.protected)
-    dsc = [round(first_epoch_dsc(data, replace(SCHEDULE, seed=seed)), 3) for seed in args.seeds]
+    dsc = [round(first_epoch_dsc(data, replace(SCHEDULE, seed=seed, device=args.device)), 3) for seed in args.seeds]
     line = {"protected": str(args.protected), "psnr": round(data.quality["psnr_db_mean"], 2), "seeds": args.seeds, "first_epoch": dsc}
     print(json.dumps(line), flush=True)
     return 0

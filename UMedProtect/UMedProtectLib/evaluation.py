@@ -44,6 +44,7 @@ from .victims import build_victim, victim_spec
 EpochProgress = Callable[[str, int, int, float], None]  # (run name, epoch, epochs, test DSC)
 NORMALISATIONS = ("zscore", "ct")  # per-case z-score; nnU-Net's CT normalisation
 DEFAULT_LEARNING_RATES = {"sgd": 0.01, "adam": 1e-3}  # nnU-Net's SGD; the usual Adam rate
+TARGET_RATIO = 0.10  # the protection target: a protected victim's best DSC at most this share of the clean one's
 FIT_CHECK_CASES = 8  # training cases segmented after every epoch to check the victim fits its data
 
 
@@ -466,7 +467,8 @@ def evaluate(
 
 
 def over_seeds(summary: Sequence[dict]) -> list[dict]:
-    """Per victim and defense: how the best-epoch ratio varies with the seed (mean, lowest, highest; nan: none defined)."""
+    """Per victim and defense: how the best-epoch ratio varies with the seed (mean, lowest, highest; nan: none
+    defined), and for how many seeds it reached the protection target (ratio ≤ ``TARGET_RATIO``)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in summary:
         groups.setdefault((row["victim"], row["defense"]), []).append(row)
@@ -480,6 +482,7 @@ def over_seeds(summary: Sequence[dict]) -> list[dict]:
                 "defense": defense,
                 "seeds": [row["seed"] for row in rows],
                 **dict(zip(("ratio_best_mean", "ratio_best_min", "ratio_best_max"), spread)),
+                "seeds_on_target": sum(r <= TARGET_RATIO for r in ratios),
                 "protected_best_mean": float(np.mean([row["protected_best"] for row in rows])),
                 "clean_best_mean": float(np.mean([row["clean_best"] for row in rows])),
             }

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..devices import DEVICE_CHOICES
-from ..evaluation import DEFAULT_LEARNING_RATES, NORMALISATIONS, TrainSettings, evaluate
+from ..evaluation import DEFAULT_LEARNING_RATES, NORMALISATIONS, TARGET_RATIO, TrainSettings, evaluate
 from ..io import check_writable_dir, write_json
 from ..victims import VICTIMS
 
@@ -141,7 +141,8 @@ def format_table(report: dict) -> str:
     for row in report.get("over_seeds", []):
         lines.append(
             f"{row['victim']} / {row['defense']} over seeds {', '.join(map(str, row['seeds']))}: ratio mean "
-            f"{_fmt(row['ratio_best_mean'])} (lowest {_fmt(row['ratio_best_min'])}, highest {_fmt(row['ratio_best_max'])})"
+            f"{_fmt(row['ratio_best_mean'])} (lowest {_fmt(row['ratio_best_min'])}, highest {_fmt(row['ratio_best_max'])}); "
+            f"ratio <= {TARGET_RATIO:g} with {row['seeds_on_target']} of {len(row['seeds'])} seeds"
         )
     q = report["quality"]
     lines.append(
