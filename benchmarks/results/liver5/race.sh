@@ -33,6 +33,13 @@ race $W/minmin_rings_frozen_e6
 # The shipped default at 6.3/255 (50.1 dB)
 umedprotect protect-dataset $D -o $W/default_rings0_e6.3 --epsilon 6.3 --no-progress --overwrite
 race $W/default_rings0_e6.3
+# Gradient alignment (training on protected patches should raise the clean loss: against the anatomy being learned)
+# fitted here around frozen ring codes, 200 steps
+umedprotect fit $D -o $W/align_rings_frozen_e6.safetensors --epsilon 6 --band-radius 1 --codes rings --code-period 6 \
+  --texture-floor 1 --freeze-codes --generator-gain 1 --objective alignment --steps 200 --min-steps 200 --batch-size 8 \
+  --patch-size 64 --device cpu --history $R/align_rings_frozen_e6_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/align_rings_frozen_e6 --protector $W/align_rings_frozen_e6.safetensors --no-progress --overwrite
+race $W/align_rings_frozen_e6
 # The committed script against the prototype's line for the default at 6/255 (and evaluate's first epochs, rings.sh)
 python benchmarks/first_epoch_race.py $D $W/default_rings0_e6 --seeds 0 1 > $R/race_repo_check.jsonl
 # The shipped default at 6.3/255 with the product's own check, six victim seeds
