@@ -1,8 +1,8 @@
 """The first-epoch race, over many victim seeds: test DSC after the first epoch of the protected victim.
 
-With a contour texture near its threshold budget the victim's later epochs are all ≈ 0, so its best
-epoch -- the ratio's numerator -- is the first: whether it learned the anatomy or the texture in its
-first 100 iterations. Which one wins is decided by differences as small as the victim's seed, so a
+With a contour texture near its threshold budget the victim's later epochs are ≈ 0, so its best
+epoch -- the ratio's numerator -- is nearly always the first: whether it learned the anatomy or the
+texture in its first 100 iterations. Which one wins is decided by differences as small as the victim's seed, so a
 pattern is judged by how often it wins over several seeds. This trains only that first epoch (same
 schedule, learning-rate decay included, as `umedprotect evaluate`'s 5 x 100 iterations on
 Dataset005), one victim per seed, and prints one JSON line: the mean PSNR of the protected training
