@@ -110,6 +110,22 @@ def test_alignment_objective_trains_the_surrogate_alongside_and_fits():
     assert all(0 <= r["generator_loss"] - 0.002 * r["visibility"] <= 2 + 1e-4 for r in history)
 
 
+def test_race_objective_aligns_against_fresh_surrogates_never_pretrained(monkeypatch):
+    import UMedProtectLib.fit as fit_module
+
+    built, batches = [], []
+    network, sample_batch = fit_module.UNet2d, fit_module.sample_batch
+    monkeypatch.setattr(fit_module, "UNet2d", lambda *a, **k: built.append(1) or network(*a, **k))
+    monkeypatch.setattr(fit_module, "sample_batch", lambda *a, **k: batches.append(1) or sample_batch(*a, **k))
+    config = ProtectorConfig(base_channels=4, levels=2)
+    settings = replace(TINY, objective="race", surrogate_reset_every=2, pretrain_steps=50)
+    fitted, history = fit_protector(_samples(), config, settings)
+    assert len(history) == TINY.steps and fitted.config.training["settings"]["objective"] == "race"
+    assert len(built) == 2  # a fresh surrogate, re-initialised after 2 of the 4 steps
+    assert len(batches) == TINY.steps * (TINY.surrogate_steps + 1)  # no clean pre-training batches
+    assert all(0 <= r["generator_loss"] - 0.002 * r["visibility"] <= 2 + 1e-4 for r in history)
+
+
 def test_misalignment_is_two_for_identical_views_and_differentiable_in_the_protected_input():
     from UMedProtectLib.fit import _misalignment
 

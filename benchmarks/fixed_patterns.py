@@ -65,6 +65,8 @@ from UMedProtectLib.regions import edge_depth  # noqa: E402
 RING_PERIOD = 6.0  # rings: pixels of distance to the ROI's edge per +/- cycle
 RING_VARIANTS = {  # name: (period, phase, pixels outside the ROI)
     "rings": (RING_PERIOD, 1.0, 0),
+    "rings3": (3.0, 1.0, 0),
+    "rings4": (4.0, 1.0, 0),
     "rings5": (5.0, 1.0, 0),
     "rings8": (8.0, 1.0, 0),
     "rings-dark": (RING_PERIOD, -1.0, 0),

@@ -12,6 +12,9 @@ Objectives (each plus a visibility penalty):
   surrogate pre-trained on clean data, make the training gradient on protected patches point
   where the loss on the *clean* patches rises, so that training on protected data unlearns the
   anatomy. The surrogate keeps training on protected data, as a victim would.
+- ``race``: gradient alignment against fresh surrogates in their first steps on protected data,
+  re-initialised like min-min's and never pre-trained: the state in which a victim's first epoch
+  decides between the shortcut and the anatomy (BENCHMARKS.md, "first-epoch race").
 
 The surrogate sees what a victim sees: the victim's normalisation (CT datasets: nnU-Net's clipping
 and foreground statistics; otherwise per-case z-score), computed as the victim would on the
@@ -74,7 +77,7 @@ class PreparedSlice:
 
 
 FitProgress = Callable[[int, int, dict], None]
-OBJECTIVES = ("min-min", "targeted", "alignment")
+OBJECTIVES = ("min-min", "targeted", "alignment", "race")
 MIN_STATISTICS_PIXELS = 64  # a patch's statistics follow its perturbation only with this many pixels in their region
 
 
@@ -180,7 +183,9 @@ def fit_protector(
         raise InputError(f"unknown fitting objective {settings.objective!r} (choose from {', '.join(OBJECTIVES)})")
     surrogate, optimiser_s = new_surrogate()
     eps = config.epsilon / 255.0
-    min_min, targeted, alignment = (settings.objective == name for name in ("min-min", "targeted", "alignment"))
+    targeted = settings.objective == "targeted"
+    alignment = settings.objective in ("alignment", "race")
+    from_scratch = settings.objective in ("min-min", "race")  # fresh surrogates, re-initialised periodically
 
     def victim_view(batch, delta, labels=None):
         labels = batch[2] if labels is None else labels
@@ -213,7 +218,7 @@ def fit_protector(
         return dice_ce_loss(surrogate(x), y)
 
     dice_ema, loss_s = 0.0, torch.zeros(())
-    for _ in range(0 if min_min else settings.pretrain_steps):  # surrogate on clean data first
+    for _ in range(0 if from_scratch else settings.pretrain_steps):  # surrogate on clean data first
         loss_s = surrogate_step(protected=False)
     surrogate.requires_grad_(not targeted)
 
@@ -223,7 +228,7 @@ def fit_protector(
     for step in range(1, settings.steps + 1):
         if cancel is not None and cancel():
             raise Cancelled("fitting cancelled")
-        if min_min and since_reset >= settings.surrogate_reset_every:
+        if from_scratch and since_reset >= settings.surrogate_reset_every:
             surrogate, optimiser_s = new_surrogate()
             dice_ema, since_reset = 0.0, 0
         since_reset += 1
@@ -250,7 +255,7 @@ def fit_protector(
         history.append(record)
         if progress is not None:
             progress(step, settings.steps, record)
-        if min_min and step >= settings.min_steps and since_reset >= 50 and dice_ema >= settings.stop_dice:
+        if settings.objective == "min-min" and step >= settings.min_steps and since_reset >= 50 and dice_ema >= settings.stop_dice:
             break
     protector = protector.cpu().eval()
     protector.config = replace(

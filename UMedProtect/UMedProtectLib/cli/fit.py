@@ -51,12 +51,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="min-min: error-minimising shortcut against a surrogate trained alongside (UMed); targeted: "
         "error-maximising towards the next class against a surrogate pre-trained on clean data; alignment: "
         "training gradients on protected data aligned with raising the loss on clean data (Fowl et al.), "
-        "against a surrogate pre-trained on clean data (default %(default)s)",
+        "against a surrogate pre-trained on clean data; race: alignment against fresh surrogates in their first "
+        "steps on protected data, as a victim's first epoch (default %(default)s)",
     )
     p.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps, help="targeted, alignment: surrogate steps on clean data first (default %(default)s)")
     p.add_argument(
         "--surrogate-reset-every", type=int, default=defaults.surrogate_reset_every,
-        help="min-min: generator steps between surrogate re-initialisations (default %(default)s)",
+        help="min-min, race: generator steps between surrogate re-initialisations (default %(default)s)",
     )
     p.add_argument("--generator-gain", type=float, default=config.generator_gain,
                    help="bound on each generator's pre-activation (0: none); below the codes' amplitude (3 for "

@@ -49,3 +49,17 @@ done
 python benchmarks/first_epoch_race.py $D $W/default_rings0_e6 --seeds 0 1 > $R/race_repo_check.jsonl
 # The shipped default at 6.3/255 with the product's own check, six victim seeds
 umedprotect evaluate $D $W/default_rings0_e6.3 -o $R/default_rings0_e6.3.json $V --seed 0 1 2 3 4 5
+# Eighth session. The "race" objective: gradient alignment against fresh surrogates in their first steps on protected
+# data (re-initialised every 50 generator steps = 100 surrogate iterations, a victim's first epoch), rings frozen
+umedprotect fit $D -o $W/race_rings_frozen_e6.safetensors --epsilon 6 --band-radius 1 --codes rings --code-period 6 \
+  --texture-floor 1 --freeze-codes --generator-gain 1 --objective race --surrogate-reset-every 50 --steps 200 --batch-size 8 \
+  --patch-size 64 --device cpu --history $R/race_rings_frozen_e6_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/race_rings_frozen_e6 --protector $W/race_rings_frozen_e6.safetensors --no-progress --overwrite
+race $W/race_rings_frozen_e6
+# Shorter ring periods at 6/255
+python benchmarks/fixed_patterns.py $D $W/race/e6 --patterns rings4 rings3 --epsilon 6
+for p in rings4 rings3; do race $W/race/e6/$p; done
+# The shipped default over 14 more victim seeds at 6.3, 7 and 8/255 (20 seeds with the lines above)
+for e in 6.3 7 8; do
+  python benchmarks/first_epoch_race.py $D $W/default_rings0_e$e --seeds 6 7 8 9 10 11 12 13 14 15 16 17 18 19 >> $R/race.jsonl
+done
