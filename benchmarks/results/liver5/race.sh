@@ -63,3 +63,17 @@ for p in rings4 rings3; do race $W/race/e6/$p; done
 for e in 6.3 7 8; do
   python benchmarks/first_epoch_race.py $D $W/default_rings0_e$e --seeds 6 7 8 9 10 11 12 13 14 15 16 17 18 19 >> $R/race.jsonl
 done
+# The fixed rings at 6.3/255 over the same 14 more seeds
+python benchmarks/fixed_patterns.py $D $W/race/e6.3 --patterns rings --epsilon 6.3
+python benchmarks/first_epoch_race.py $D $W/race/e6.3/rings --seeds 6 7 8 9 10 11 12 13 14 15 16 17 18 19 >> $R/race.jsonl
+# The race objective with the ring codes fitted too (not frozen)
+umedprotect fit $D -o $W/race_rings_e6.safetensors --epsilon 6 --band-radius 1 --codes rings --code-period 6 \
+  --texture-floor 1 --generator-gain 1 --objective race --surrogate-reset-every 50 --steps 200 --batch-size 8 \
+  --patch-size 64 --device cpu --history $R/race_rings_e6_fit.json --overwrite
+umedprotect protect-dataset $D -o $W/race_rings_e6 --protector $W/race_rings_e6.safetensors --no-progress --overwrite
+race $W/race_rings_e6
+# The shipped default at 10 and 5/255 over 20 seeds
+for e in 10 5; do
+  umedprotect protect-dataset $D -o $W/default_rings0_e$e --epsilon $e --no-progress --overwrite
+  python benchmarks/first_epoch_race.py $D $W/default_rings0_e$e --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 >> $R/race.jsonl
+done
