@@ -21,3 +21,19 @@ def test_the_first_epoch_race_reports_the_first_epoch_of_the_full_schedule(tmp_p
     full = train_victim(data.protected, data.test, "unet-small", data.n_classes, settings, None, "", data.normalisation)
     assert race.first_epoch_dsc(data, settings) == full.curve[0]
     assert race.first_epoch_dsc(data, replace(settings, seed=1)) != full.curve[0]  # a victim per seed
+
+
+def test_race_summary_merges_seeds_and_counts_victims_under_the_target_ratio():
+    summary = pytest.importorskip("race_summary")
+    lines = [
+        {"protected": "a", "psnr": 50.1, "seeds": [0, 1], "first_epoch": [0.05, 0.5]},
+        {"protected": "b", "psnr": 51.0, "seeds": [0], "first_epoch": [0.2]},
+        {"protected": "a", "psnr": 50.1, "seeds": [2, 3], "first_epoch": [0.07, 0.09]},
+    ]
+    clean_best = {0: 0.6, 1: 0.9}  # seeds 2, 3: the mean, 0.75 -> threshold 0.075
+    a, b = summary.summarise(lines, clean_best)
+    assert (a["protected"], a["seeds"], a["stopped"]) == ("a", 4, 2)
+    assert a["resisting"] == {1: 0.5, 3: 0.09}
+    assert a["median"] == pytest.approx(0.08) and b["stopped"] == 0
+    evaluation = {"runs": [{"data": "clean", "seed": 0, "best_dsc": 0.6}, {"data": "protected", "seed": 0, "best_dsc": 0.1}]}
+    assert summary.clean_best_by_seed(evaluation) == {0: 0.6}

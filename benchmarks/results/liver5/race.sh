@@ -77,3 +77,5 @@ for e in 10 5; do
   umedprotect protect-dataset $D -o $W/default_rings0_e$e --epsilon $e --no-progress --overwrite
   python benchmarks/first_epoch_race.py $D $W/default_rings0_e$e --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 >> $R/race.jsonl
 done
+# Victims stopped per protected dataset over all its seeds (BENCHMARKS.md's 20-seed table)
+python benchmarks/race_summary.py $R/race.jsonl --clean-best $R/default_rings0_e6.3.json > $R/race_summary.tsv
