@@ -79,3 +79,5 @@ for e in 10 5; do
 done
 # Victims stopped per protected dataset over all its seeds (BENCHMARKS.md's 20-seed table)
 python benchmarks/race_summary.py $R/race.jsonl --clean-best $R/default_rings0_e6.3.json > $R/race_summary.tsv
+# The product's check on two of the new seeds at 6.3/255: one the race counts as not stopped (10), the borderline one (15)
+umedprotect evaluate $D $W/default_rings0_e6.3 -o $R/default_rings0_e6.3_seeds10_15.json $V --seed 10 15
