@@ -126,6 +126,8 @@ def test_ring_variants_change_period_phase_and_reach_outside_the_roi():
     assert list(row("rings-out3")[:6]) == [0, 0, 0, -1, -1, -1] and list(row("rings-out1")[:6]) == [0] * 5 + [-1]
     assert list(row("rim")) == [0] * 6 + [1] * 3 + [0] * 5
     assert list(row("rim-pair")) == [0] * 6 + [1] * 3 + [-1] * 3 + [0] * 2
+    edge, rings = unit("rings-edge")[16, 8:16], unit("rings")[16, 8:16]  # full first period, 0.6 below it
+    np.testing.assert_allclose(edge, rings * np.where(depth > fixed_patterns.RING_PERIOD, 0.6, 1.0), atol=1e-12)
 
 
 def test_fine_blobs_are_smaller_than_the_blobs():

@@ -63,15 +63,16 @@ from UMedProtectLib.protector import BLOB_SIGMAS as PROTECTOR_BLOB_SIGMAS  # noq
 from UMedProtectLib.regions import edge_depth  # noqa: E402
 
 RING_PERIOD = 6.0  # rings: pixels of distance to the ROI's edge per +/- cycle
-RING_VARIANTS = {  # name: (period, phase, pixels outside the ROI)
-    "rings": (RING_PERIOD, 1.0, 0),
-    "rings3": (3.0, 1.0, 0),
-    "rings4": (4.0, 1.0, 0),
-    "rings5": (5.0, 1.0, 0),
-    "rings8": (8.0, 1.0, 0),
-    "rings-dark": (RING_PERIOD, -1.0, 0),
-    "rings-out1": (RING_PERIOD, 1.0, 1),
-    "rings-out3": (RING_PERIOD, 1.0, 3),
+RING_VARIANTS = {  # name: (period, phase, pixels outside the ROI, amplitude below the first period)
+    "rings": (RING_PERIOD, 1.0, 0, 1.0),
+    "rings3": (3.0, 1.0, 0, 1.0),
+    "rings4": (4.0, 1.0, 0, 1.0),
+    "rings5": (5.0, 1.0, 0, 1.0),
+    "rings8": (8.0, 1.0, 0, 1.0),
+    "rings-dark": (RING_PERIOD, -1.0, 0, 1.0),
+    "rings-out1": (RING_PERIOD, 1.0, 1, 1.0),
+    "rings-out3": (RING_PERIOD, 1.0, 3, 1.0),
+    "rings-edge": (RING_PERIOD, 1.0, 0, 0.6),
 }
 RIM_WIDTH = 3  # rim, rim-pair: pixels
 SPARSE_THRESHOLD = 0.7  # sparse-blobs: band-pass noise below this (in std) is left unchanged
@@ -119,9 +120,10 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     if name in BLOB_SIGMAS:
         return blob_field(labels.shape[-2:], BLOB_SIGMAS[name]) * roi
     if name in RING_VARIANTS:
-        period, phase, outside = RING_VARIANTS[name]
+        period, phase, outside, deep = RING_VARIANTS[name]
         depth = signed_depth(roi)
-        return phase * np.tanh(BLOB_GAIN * np.sin(2 * np.pi * (depth - 0.5) / period)) * (depth >= 1 - outside)
+        amplitude = np.where(depth > period, deep, 1.0) * (depth >= 1 - outside)
+        return phase * np.tanh(BLOB_GAIN * np.sin(2 * np.pi * (depth - 0.5) / period)) * amplitude
     if name in ("rim", "rim-pair"):
         depth = signed_depth(roi)
         below = (depth > RIM_WIDTH) & (depth <= 2 * RIM_WIDTH) & (name == "rim-pair")

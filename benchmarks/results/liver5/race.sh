@@ -81,3 +81,6 @@ done
 python benchmarks/race_summary.py $R/race.jsonl --clean-best $R/default_rings0_e6.3.json > $R/race_summary.tsv
 # The product's check on two of the new seeds at 6.3/255: one the race counts as not stopped (10), the borderline one (15)
 umedprotect evaluate $D $W/default_rings0_e6.3 -o $R/default_rings0_e6.3_seeds10_15.json $V --seed 10 15
+# Rings with the first period at full amplitude and 0.6 below it, at the budget that gives the rings' 50.06 dB
+python benchmarks/fixed_patterns.py $D $W/race/e6.73 --patterns rings-edge --epsilon 6.73
+race $W/race/e6.73/rings-edge
