@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from unittest import mock
 
 import pytest
 from conftest import ROOT, write_nnunet_dataset
 
+from UMedProtectLib import evaluation
 from UMedProtectLib.evaluation import TrainSettings, load_evaluation_data, train_victim
+from UMedProtectLib.losses import dice_ce_loss
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 race = pytest.importorskip("first_epoch_race")
@@ -23,15 +26,46 @@ def test_the_first_epoch_race_reports_the_first_epoch_of_the_full_schedule(tmp_p
     assert race.first_epoch_dsc(data, replace(settings, seed=1)) != full.curve[0]  # a victim per seed
 
 
+def test_testing_more_often_does_not_change_the_training_and_init_seeds_change_only_the_weights(tmp_path):
+    clean = write_nnunet_dataset(tmp_path / "clean", n_train=2, n_test=1, shape=(2, 32, 32), n_lesions=1)
+    data = load_evaluation_data(clean, clean)
+    settings = TrainSettings(epochs=3, iterations_per_epoch=4, batch_size=2, patch_size=32, optimizer="adam", device="cpu")
+
+    def losses(every=None, init=settings.seed):
+        """The training loss of each iteration of the first epoch (the training itself, not its tests)."""
+        seen = []
+
+        def recording_loss(logits, labels):
+            loss = dice_ce_loss(logits, labels)
+            seen.append(loss.item())
+            return loss
+
+        with mock.patch.object(evaluation, "dice_ce_loss", recording_loss), race.initialised_with(init):
+            curve = race.first_epoch_curve(data, settings, every)
+        return seen, curve
+
+    once, curve = losses()
+    assert len(once) == 4 and len(curve) == 1
+    every, curve = losses(every=2)
+    assert every == once and len(curve) == 2
+    other_init, _ = losses(init=7)
+    assert other_init[0] != once[0]
+    with pytest.raises(ValueError, match="divide"):
+        race.first_epoch_curve(data, settings, every=3)
+
+
 def test_race_summary_merges_seeds_and_counts_victims_under_the_target_ratio():
     summary = pytest.importorskip("race_summary")
     lines = [
         {"protected": "a", "psnr": 50.1, "seeds": [0, 1], "first_epoch": [0.05, 0.5]},
         {"protected": "b", "psnr": 51.0, "seeds": [0], "first_epoch": [0.2]},
         {"protected": "a", "psnr": 50.1, "seeds": [2, 3], "first_epoch": [0.07, 0.09]},
+        {"protected": "a", "psnr": 50.1, "seeds": [0], "init_seeds": [1], "first_epoch": [0.9]},  # another victim
+        {"protected": "a", "psnr": 50.1, "seeds": [1], "iterations": 250, "first_epoch": [0.01]},  # another schedule
     ]
     clean_best = {0: 0.6, 1: 0.9}  # seeds 2, 3: the mean, 0.75 -> threshold 0.075
-    a, b = summary.summarise(lines, clean_best)
+    a, b, longer = summary.summarise(lines, clean_best)
+    assert (longer["protected"], longer["seeds"], longer["stopped"]) == ("a (250 iterations per epoch)", 1, 1)
     assert (a["protected"], a["seeds"], a["stopped"]) == ("a", 4, 2)
     assert a["resisting"] == {1: 0.5, 3: 0.09}
     assert a["median"] == pytest.approx(0.08) and b["stopped"] == 0

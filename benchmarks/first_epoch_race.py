@@ -9,6 +9,11 @@ Dataset005), one victim per seed, and prints one JSON line: the mean PSNR of the
 cases and the first-epoch test DSC per seed. Give the clean dataset as PROTECTED for the reference.
 
     python benchmarks/first_epoch_race.py CLEAN PROTECTED --seeds 0 1 2 3 4 5 >> race.jsonl
+
+Two views into the race: ``--every N`` adds each victim's test DSC every N iterations of its first
+epoch (``curves``; the same training, only tested more often -- what a victim early-stopped on clean
+cases could keep); ``--init-seeds`` initialises the victims' weights with other seeds than their
+data sampling and augmentation (``--seeds``), to tell which of the two decides the race.
 """
 
 from __future__ import annotations
@@ -18,10 +23,14 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
 
+from UMedProtectLib import evaluation  # noqa: E402
 from UMedProtectLib.evaluation import EvaluationData, TrainSettings, load_evaluation_data, train_victim  # noqa: E402
 
 SCHEDULE = TrainSettings(epochs=5, iterations_per_epoch=100, batch_size=8, patch_size=96, optimizer="adam",
@@ -32,19 +41,42 @@ class FirstEpochDone(Exception):
     """Raised from the progress callback to stop training after the first epoch."""
 
 
-def first_epoch_dsc(data: EvaluationData, settings: TrainSettings) -> float:
-    """Test DSC of a ``unet-small`` victim trained on the protected cases, after its first epoch of ``settings``."""
-    result = {}
+def first_epoch_curve(data: EvaluationData, settings: TrainSettings, every: int | None = None) -> list[float]:
+    """Test DSC of a ``unet-small`` victim trained on the protected cases, every ``every`` iterations of the
+    first epoch of ``settings`` (default: once, at its end). Testing more often does not change the training."""
+    every = every or settings.iterations_per_epoch
+    if every < 1 or settings.iterations_per_epoch % every:
+        raise ValueError(f"--every must divide the {settings.iterations_per_epoch} iterations of an epoch")
+    checks = settings.iterations_per_epoch // every
+    finer = replace(settings, epochs=settings.epochs * checks, iterations_per_epoch=every)  # same poly schedule
+    curve: list[float] = []
 
-    def stop(run_name: str, epoch: int, epochs: int, dsc: float) -> None:
-        result["dsc"] = dsc
-        raise FirstEpochDone
+    def record(run_name: str, epoch: int, epochs: int, dsc: float) -> None:
+        curve.append(dsc)
+        if len(curve) == checks:
+            raise FirstEpochDone
 
     try:
-        train_victim(data.protected, data.test, "unet-small", data.n_classes, settings, stop, "protected", data.normalisation)
+        train_victim(data.protected, data.test, "unet-small", data.n_classes, finer, record, "protected", data.normalisation)
     except FirstEpochDone:
         pass
-    return result["dsc"]
+    return curve
+
+
+def first_epoch_dsc(data: EvaluationData, settings: TrainSettings) -> float:
+    """Test DSC of a ``unet-small`` victim trained on the protected cases, after its first epoch of ``settings``."""
+    return first_epoch_curve(data, settings)[-1]
+
+
+def initialised_with(seed: int):
+    """Context in which victims are built with weights drawn from ``seed`` (not the training seed)."""
+    build = evaluation.build_victim
+
+    def seeded_build(victim: str, n_classes: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return build(victim, n_classes)
+
+    return mock.patch.object(evaluation, "build_victim", seeded_build)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,11 +84,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("clean", type=Path, help="clean nnU-Net raw dataset with labelled test cases")
     parser.add_argument("protected", type=Path, help="its protected copy (or the clean one itself)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="victim seeds")
+    parser.add_argument("--init-seeds", type=int, nargs="+", help="seeds of the victims' initial weights, one per --seeds "
+                        "entry (default: the same)")  # fmt: skip
+    parser.add_argument("--iterations", type=int, default=SCHEDULE.iterations_per_epoch,
+                        help="iterations per epoch of the schedule (default %(default)s; nnU-Net's epoch is 250)")  # fmt: skip
+    parser.add_argument("--every", type=int, help="also test every N iterations of the first epoch (N divides --iterations)")
     parser.add_argument("--device", default=SCHEDULE.device, help="compute device (default %(default)s)")
     args = parser.parse_args(argv)
+    if args.init_seeds and len(args.init_seeds) != len(args.seeds):
+        parser.error("give one --init-seeds entry per --seeds entry")
+    if args.iterations < 1:
+        parser.error("--iterations must be at least 1")
+    if args.every is not None and (args.every < 1 or args.iterations % args.every):
+        parser.error(f"--every must divide the {args.iterations} iterations of an epoch")
+    schedule = replace(SCHEDULE, iterations_per_epoch=args.iterations, device=args.device)
     data = load_evaluation_data(args.clean, args.protected)
-    dsc = [round(first_epoch_dsc(data, replace(SCHEDULE, seed=seed, device=args.device)), 3) for seed in args.seeds]
-    line = {"protected": str(args.protected), "psnr": round(data.quality["psnr_db_mean"], 2), "seeds": args.seeds, "first_epoch": dsc}
+    curves = []
+    for seed, init in zip(args.seeds, args.init_seeds or args.seeds):
+        with initialised_with(init):
+            curves.append([round(d, 3) for d in first_epoch_curve(data, replace(schedule, seed=seed), args.every)])
+    line = {"protected": str(args.protected), "psnr": round(data.quality["psnr_db_mean"], 2), "seeds": args.seeds,
+            "first_epoch": [c[-1] for c in curves]}  # fmt: skip
+    if args.iterations != SCHEDULE.iterations_per_epoch:
+        line["iterations"] = args.iterations
+    if args.init_seeds:
+        line["init_seeds"] = args.init_seeds
+    if args.every:
+        line["every"], line["curves"] = args.every, curves
     print(json.dumps(line), flush=True)
     return 0
 
