@@ -31,7 +31,7 @@ def test_testing_more_often_does_not_change_the_training_and_init_seeds_change_o
     data = load_evaluation_data(clean, clean)
     settings = TrainSettings(epochs=3, iterations_per_epoch=4, batch_size=2, patch_size=32, optimizer="adam", device="cpu")
 
-    def losses(every=None, init=settings.seed):
+    def losses(every=None, init=settings.seed, epochs=1):
         """The training loss of each iteration of the first epoch (the training itself, not its tests)."""
         seen = []
 
@@ -41,17 +41,21 @@ def test_testing_more_often_does_not_change_the_training_and_init_seeds_change_o
             return loss
 
         with mock.patch.object(evaluation, "dice_ce_loss", recording_loss), race.initialised_with(init):
-            curve = race.first_epoch_curve(data, settings, every)
+            curve = race.first_epoch_curve(data, settings, every, epochs)
         return seen, curve
 
     once, curve = losses()
     assert len(once) == 4 and len(curve) == 1
     every, curve = losses(every=2)
     assert every == once and len(curve) == 2
+    through_two, curve = losses(every=2, epochs=2)
+    assert through_two[:4] == once and len(through_two) == 8 and len(curve) == 4
     other_init, _ = losses(init=7)
     assert other_init[0] != once[0]
     with pytest.raises(ValueError, match="divide"):
         race.first_epoch_curve(data, settings, every=3)
+    with pytest.raises(ValueError, match="between"):
+        race.first_epoch_curve(data, settings, epochs=4)
 
 
 def test_race_summary_merges_seeds_and_counts_victims_under_the_target_ratio():

@@ -31,7 +31,7 @@ def test_pattern_copies_change_training_images_within_budget_only_where_stated(n
         assert np.abs(change).max() <= intensity_window(before).budget(4.0)
         if name != "sparse-blobs":  # it leaves about half the ROI unchanged (a small ROI: maybe all)
             assert np.abs(change[labels > 0]).max() > 0  # the ROI is changed
-        if name not in ("dim", "flat-dim", "dim-blobs", "rings-out1", "rings-out3"):
+        if name not in ("dim", "flat-dim", "dim-blobs", "dim-rings", "rings-out1", "rings-out3"):
             assert not change[labels == 0].any()  # nothing outside the ROI
         assert (_array(out / "labelsTr" / image_path.name.replace("_0000", "")) == labels).all()
     for test_image in (source / "imagesTs").iterdir():
@@ -45,6 +45,17 @@ def test_dim_lowers_the_roi_and_raises_a_ring_around_it():
     assert (unit[labels > 0] == -1).all()
     assert unit[0, 3, 8] == 1 and unit[0, 2, 8] == 0  # three pixels out, not four
     assert unit[:, 0].sum() == 0
+
+
+def test_dim_rings_are_the_rings_at_half_amplitude_on_a_roi_lowered_by_half_the_budget():
+    labels = np.zeros((1, 24, 24), np.uint8)
+    labels[0, 4:20, 4:20] = 1
+    image = np.zeros(labels.shape)
+    unit = fixed_patterns.pattern("dim-rings", labels, image)
+    rings = fixed_patterns.pattern("rings", labels, image)
+    roi = labels > 0
+    assert np.allclose(unit[roi], 0.5 * rings[roi] - 0.5) and unit[roi].max() <= 0 and unit[roi].min() < -0.9
+    assert unit[0, 1, 12] == 1 and unit[0, 0, 12] == 0  # dim's ring, three pixels out
 
 
 def test_flat_dim_pulls_the_roi_to_one_tone_below_its_mean():

@@ -10,10 +10,11 @@ cases and the first-epoch test DSC per seed. Give the clean dataset as PROTECTED
 
     python benchmarks/first_epoch_race.py CLEAN PROTECTED --seeds 0 1 2 3 4 5 >> race.jsonl
 
-Two views into the race: ``--every N`` adds each victim's test DSC every N iterations of its first
-epoch (``curves``; the same training, only tested more often -- what a victim early-stopped on clean
-cases could keep); ``--init-seeds`` initialises the victims' weights with other seeds than their
-data sampling and augmentation (``--seeds``), to tell which of the two decides the race.
+Views into the race: ``--every N`` adds each victim's test DSC every N iterations (``curves``; the
+same training, only tested more often -- what a victim early-stopped on clean cases could keep);
+``--epochs K`` tests through the first K epochs; ``--iterations`` sets the epoch length (nnU-Net's is
+250); ``--init-seeds`` initialises the victims' weights with other seeds than their data sampling
+and augmentation (``--seeds``), to tell which of the two decides the race.
 """
 
 from __future__ import annotations
@@ -41,14 +42,18 @@ class FirstEpochDone(Exception):
     """Raised from the progress callback to stop training after the first epoch."""
 
 
-def first_epoch_curve(data: EvaluationData, settings: TrainSettings, every: int | None = None) -> list[float]:
+def first_epoch_curve(data: EvaluationData, settings: TrainSettings, every: int | None = None, epochs: int = 1) -> list[float]:
     """Test DSC of a ``unet-small`` victim trained on the protected cases, every ``every`` iterations of the
-    first epoch of ``settings`` (default: once, at its end). Testing more often does not change the training."""
+    first ``epochs`` epochs of ``settings`` (default: once, at the end of the first). Testing more often does
+    not change the training."""
     every = every or settings.iterations_per_epoch
     if every < 1 or settings.iterations_per_epoch % every:
         raise ValueError(f"--every must divide the {settings.iterations_per_epoch} iterations of an epoch")
-    checks = settings.iterations_per_epoch // every
-    finer = replace(settings, epochs=settings.epochs * checks, iterations_per_epoch=every)  # same poly schedule
+    if not 1 <= epochs <= settings.epochs:
+        raise ValueError(f"--epochs must be between 1 and {settings.epochs}")
+    per_epoch = settings.iterations_per_epoch // every
+    checks = per_epoch * epochs
+    finer = replace(settings, epochs=settings.epochs * per_epoch, iterations_per_epoch=every)  # same poly schedule
     curve: list[float] = []
 
     def record(run_name: str, epoch: int, epochs: int, dsc: float) -> None:
@@ -89,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=SCHEDULE.iterations_per_epoch,
                         help="iterations per epoch of the schedule (default %(default)s; nnU-Net's epoch is 250)")  # fmt: skip
     parser.add_argument("--every", type=int, help="also test every N iterations of the first epoch (N divides --iterations)")
+    parser.add_argument("--epochs", type=int, default=1, help=f"test through this many of the {SCHEDULE.epochs} epochs "
+                        "(default 1; the line's first_epoch stays the first epoch's end)")  # fmt: skip
     parser.add_argument("--device", default=SCHEDULE.device, help="compute device (default %(default)s)")
     args = parser.parse_args(argv)
     if args.init_seeds and len(args.init_seeds) != len(args.seeds):
@@ -97,20 +104,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--iterations must be at least 1")
     if args.every is not None and (args.every < 1 or args.iterations % args.every):
         parser.error(f"--every must divide the {args.iterations} iterations of an epoch")
+    if not 1 <= args.epochs <= SCHEDULE.epochs:
+        parser.error(f"--epochs must be between 1 and {SCHEDULE.epochs}")
     schedule = replace(SCHEDULE, iterations_per_epoch=args.iterations, device=args.device)
     data = load_evaluation_data(args.clean, args.protected)
     curves = []
     for seed, init in zip(args.seeds, args.init_seeds or args.seeds):
         with initialised_with(init):
-            curves.append([round(d, 3) for d in first_epoch_curve(data, replace(schedule, seed=seed), args.every)])
+            curves.append([round(d, 3) for d in first_epoch_curve(data, replace(schedule, seed=seed), args.every, args.epochs)])
+    per_epoch = args.iterations // (args.every or args.iterations)
     line = {"protected": str(args.protected), "psnr": round(data.quality["psnr_db_mean"], 2), "seeds": args.seeds,
-            "first_epoch": [c[-1] for c in curves]}  # fmt: skip
+            "first_epoch": [c[per_epoch - 1] for c in curves]}  # fmt: skip
     if args.iterations != SCHEDULE.iterations_per_epoch:
         line["iterations"] = args.iterations
     if args.init_seeds:
         line["init_seeds"] = args.init_seeds
-    if args.every:
-        line["every"], line["curves"] = args.every, curves
+    if args.epochs > 1:
+        line["epochs"] = args.epochs
+    if args.every or args.epochs > 1:
+        line["every"], line["curves"] = args.every or args.iterations, curves
     print(json.dumps(line), flush=True)
     return 0
 

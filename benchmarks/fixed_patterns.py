@@ -33,6 +33,7 @@ augmentation is too short to say anything about a protection. Every pattern uses
   swap-blobs  the ROI's own texture replaced by the blobs as far as the budget allows: each pixel
             pulled towards the ROI's mean plus the blob texture
   dim-blobs dim's ring, and in the ROI half the budget darker plus blobs at half the budget
+  dim-rings the same with the rings instead of the blobs
   dim       -budget in the ROI and +budget in a 3-pixel ring outside it (flattens the edge)
   flat-dim  dim's ring, and the ROI pulled towards one flat tone 3/4 budget below its mean
             (its texture removed as far as the budget allows)
@@ -150,11 +151,13 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
         return ring - roi
     if name == "dim-blobs":
         return ring + (0.5 * blob_field(labels.shape[-2:]) - 0.5) * roi
+    if name == "dim-rings":
+        return ring + (0.5 * pattern("rings", labels, image) - 0.5) * roi
     tone = image[roi].mean() - 0.75
     return ring + np.clip(tone - image, -1.0, 1.0) * roi
 
 
-PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "blobs-fine", *RING_VARIANTS, "rim", "rim-pair", "soft-blobs", "sparse-blobs", "stretch", "stretch-blobs", "swap-blobs", "offset", "dim", "flat-dim", "dim-blobs")
+PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "blobs-fine", *RING_VARIANTS, "rim", "rim-pair", "soft-blobs", "sparse-blobs", "stretch", "stretch-blobs", "swap-blobs", "offset", "dim", "flat-dim", "dim-blobs", "dim-rings")
 
 
 def write_protected_copy(source: Path, out: Path, name: str, epsilon: float) -> None:

@@ -84,3 +84,30 @@ umedprotect evaluate $D $W/default_rings0_e6.3 -o $R/default_rings0_e6.3_seeds10
 # Rings with the first period at full amplitude and 0.6 below it, at the budget that gives the rings' 50.06 dB
 python benchmarks/fixed_patterns.py $D $W/race/e6.73 --patterns rings-edge --epsilon 6.73
 race $W/race/e6.73/rings-edge
+# Ninth session. Inside the first epoch: the shipped default at 6.3/255 and the clean data, tested every 10 iterations
+python benchmarks/first_epoch_race.py $D $W/default_rings0_e6.3 --seeds 0 1 2 3 4 5 --every 10 >> $R/race_every10.jsonl
+python benchmarks/first_epoch_race.py $D $D --seeds 0 1 2 3 4 5 --every 10 >> $R/race_every10.jsonl
+# Which decides the race, the victim's initial weights or its data sampling and augmentation: swapped pairs
+python benchmarks/first_epoch_race.py $D $W/default_rings0_e6.3 --seeds 2 1 3 10 4 17 3 1 --init-seeds 1 2 10 3 17 4 1 3 >> $R/race_init.jsonl
+# nnU-Net's epoch length (250 iterations, 5 epochs): the first checkpoint after 250 iterations, tested also at 125
+python benchmarks/first_epoch_race.py $D $W/default_rings0_e6.3 --iterations 250 --every 125 \
+  --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 >> $R/race_250.jsonl
+python benchmarks/race_summary.py $R/race_250.jsonl --clean-best $R/default_rings0_e6.3.json > $R/race_250_summary.tsv
+# Does more budget keep the anatomy from being learned first? The default at 10 and 8/255, tested every 10 iterations
+for e in 10 8; do
+  python benchmarks/first_epoch_race.py $D $W/default_rings0_e$e --seeds 0 1 2 3 --every 10 >> $R/race_every10.jsonl
+done
+# Fixed patterns aimed at the organ's intensity (the victim's normalisation), at ≈ 50 dB, tested every 10 iterations
+python benchmarks/fixed_patterns.py $D $W/race/e4.3 --patterns dim --epsilon 4.3
+python benchmarks/fixed_patterns.py $D $W/race/e4.9 --patterns flat-dim --epsilon 4.9
+python benchmarks/fixed_patterns.py $D $W/race/e5.85 --patterns offset --epsilon 5.85
+for p in e4.3/dim e4.9/flat-dim e5.85/offset; do
+  python benchmarks/first_epoch_race.py $D $W/race/$p --seeds 0 1 2 3 --every 10 >> $R/race_every10.jsonl
+done
+# Dim and rings together (dim's ring outside; in the ROI half the budget darker, rings at half the budget), at 46 and 50 dB
+for e in 9 5.7; do
+  python benchmarks/fixed_patterns.py $D $W/race/e$e --patterns dim-rings --epsilon $e
+  python benchmarks/first_epoch_race.py $D $W/race/e$e/dim-rings --seeds 0 1 2 3 --every 10 >> $R/race_every10.jsonl
+done
+# With nnU-Net's epoch length, all five epochs of the three victims that were furthest from stopped after 125 iterations
+python benchmarks/first_epoch_race.py $D $W/default_rings0_e6.3 --iterations 250 --epochs 5 --seeds 7 1 16 >> $R/race_250_epochs.jsonl
