@@ -111,3 +111,8 @@ for e in 9 5.7; do
 done
 # With nnU-Net's epoch length, all five epochs of the three victims that were furthest from stopped after 125 iterations
 python benchmarks/first_epoch_race.py $D $W/default_rings0_e6.3 --iterations 250 --epochs 5 --seeds 7 1 16 >> $R/race_250_epochs.jsonl
+# Far beyond the target: is the organ still learned first with the default at 16 and 24/255?
+for e in 16 24; do
+  umedprotect protect-dataset $D -o $W/default_rings0_e$e --epsilon $e --no-progress --overwrite
+  python benchmarks/first_epoch_race.py $D $W/default_rings0_e$e --seeds 0 1 2 3 --every 10 >> $R/race_every10.jsonl
+done
