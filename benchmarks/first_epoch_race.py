@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
 
 from UMedProtectLib import evaluation  # noqa: E402
+from UMedProtectLib.errors import InputError  # noqa: E402
 from UMedProtectLib.evaluation import EvaluationData, TrainSettings, load_evaluation_data, train_victim  # noqa: E402
 
 SCHEDULE = TrainSettings(epochs=5, iterations_per_epoch=100, batch_size=8, patch_size=96, optimizer="adam",
@@ -47,11 +48,7 @@ def first_epoch_curve(data: EvaluationData, settings: TrainSettings, every: int 
     first ``epochs`` epochs of ``settings`` (default: once, at the end of the first). Testing more often does
     not change the training."""
     every = every or settings.iterations_per_epoch
-    if every < 1 or settings.iterations_per_epoch % every:
-        raise ValueError(f"--every must divide the {settings.iterations_per_epoch} iterations of an epoch")
-    if not 1 <= epochs <= settings.epochs:
-        raise ValueError(f"--epochs must be between 1 and {settings.epochs}")
-    per_epoch = settings.iterations_per_epoch // every
+    per_epoch = checks_per_epoch(settings, every, epochs)
     checks = per_epoch * epochs
     finer = replace(settings, epochs=settings.epochs * per_epoch, iterations_per_epoch=every)  # same poly schedule
     curve: list[float] = []
@@ -66,6 +63,15 @@ def first_epoch_curve(data: EvaluationData, settings: TrainSettings, every: int 
     except FirstEpochDone:
         pass
     return curve
+
+
+def checks_per_epoch(settings: TrainSettings, every: int, epochs: int) -> int:
+    """How many tests every ``every`` iterations make per epoch of ``settings``; ValueError if they do not fit."""
+    if every < 1 or settings.iterations_per_epoch % every:
+        raise ValueError(f"--every must divide the {settings.iterations_per_epoch} iterations of an epoch")
+    if not 1 <= epochs <= settings.epochs:
+        raise ValueError(f"--epochs must be between 1 and {settings.epochs}")
+    return settings.iterations_per_epoch // every
 
 
 def first_epoch_dsc(data: EvaluationData, settings: TrainSettings) -> float:
@@ -102,17 +108,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give one --init-seeds entry per --seeds entry")
     if args.iterations < 1:
         parser.error("--iterations must be at least 1")
-    if args.every is not None and (args.every < 1 or args.iterations % args.every):
-        parser.error(f"--every must divide the {args.iterations} iterations of an epoch")
-    if not 1 <= args.epochs <= SCHEDULE.epochs:
-        parser.error(f"--epochs must be between 1 and {SCHEDULE.epochs}")
     schedule = replace(SCHEDULE, iterations_per_epoch=args.iterations, device=args.device)
-    data = load_evaluation_data(args.clean, args.protected)
+    try:
+        per_epoch = checks_per_epoch(schedule, args.iterations if args.every is None else args.every, args.epochs)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        data = load_evaluation_data(args.clean, args.protected)
+    except InputError as error:
+        parser.error(str(error))
     curves = []
     for seed, init in zip(args.seeds, args.init_seeds or args.seeds):
         with initialised_with(init):
             curves.append([round(d, 3) for d in first_epoch_curve(data, replace(schedule, seed=seed), args.every, args.epochs)])
-    per_epoch = args.iterations // (args.every or args.iterations)
     line = {"protected": str(args.protected), "psnr": round(data.quality["psnr_db_mean"], 2), "seeds": args.seeds,
             "first_epoch": [c[per_epoch - 1] for c in curves]}  # fmt: skip
     if args.iterations != SCHEDULE.iterations_per_epoch:
