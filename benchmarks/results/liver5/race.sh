@@ -122,3 +122,6 @@ for s in 1 10; do
   umedprotect evaluate $D $W/default_rings0_e6.3 -o $R/default_rings0_e6.3_250_seed$s.json \
     --victim unet-small --optimizer adam --learning-rate 0.003 --epochs 5 --iterations 250 --batch-size 8 --patch-size 96 --device cpu --seed $s
 done
+# A fitted protector (the race objective around frozen rings, 50.15 dB) with 250-iteration epochs, seeds 0-5
+python benchmarks/first_epoch_race.py $D $W/race_rings_frozen_e6 --iterations 250 --seeds 0 1 2 3 4 5 >> $R/race_250.jsonl
+python benchmarks/race_summary.py $R/race_250.jsonl --clean-best $R/default_rings0_e6.3.json > $R/race_250_summary.tsv
