@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations < 1:
         parser.error("--iterations must be at least 1")
     schedule = replace(SCHEDULE, iterations_per_epoch=args.iterations, device=args.device)
+    every = args.iterations if args.every is None else args.every
     try:
-        per_epoch = checks_per_epoch(schedule, args.iterations if args.every is None else args.every, args.epochs)
+        per_epoch = checks_per_epoch(schedule, every, args.epochs)
     except ValueError as error:
         parser.error(str(error))
     try:
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     curves = []
     for seed, init in zip(args.seeds, args.init_seeds or args.seeds):
         with initialised_with(init):
-            curves.append([round(d, 3) for d in first_epoch_curve(data, replace(schedule, seed=seed), args.every, args.epochs)])
+            curves.append([round(d, 3) for d in first_epoch_curve(data, replace(schedule, seed=seed), every, args.epochs)])
     line = {"protected": str(args.protected), "psnr": round(data.quality["psnr_db_mean"], 2), "seeds": args.seeds,
             "first_epoch": [c[per_epoch - 1] for c in curves]}  # fmt: skip
     if args.iterations != SCHEDULE.iterations_per_epoch:
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs > 1:
         line["epochs"] = args.epochs
     if args.every or args.epochs > 1:
-        line["every"], line["curves"] = args.every or args.iterations, curves
+        line["every"], line["curves"] = every, curves
     print(json.dumps(line), flush=True)
     return 0
 
