@@ -65,6 +65,7 @@ def test_race_summary_merges_seeds_and_counts_victims_under_the_target_ratio():
         {"protected": "b", "psnr": 51.0, "seeds": [0], "first_epoch": [0.2]},
         {"protected": "a", "psnr": 50.1, "seeds": [2, 3], "first_epoch": [0.07, 0.09]},
         {"protected": "a", "psnr": 50.1, "seeds": [0], "init_seeds": [1], "first_epoch": [0.9]},  # another victim
+        {"protected": "a", "psnr": 50.1, "seeds": [0], "normalisation": "zscore", "first_epoch": [0.9]},  # another too
         {"protected": "a", "psnr": 50.1, "seeds": [1], "iterations": 250, "first_epoch": [0.01]},  # another schedule
     ]
     clean_best = {0: 0.6, 1: 0.9}  # seeds 2, 3: the mean, 0.75 -> threshold 0.075
@@ -75,3 +76,19 @@ def test_race_summary_merges_seeds_and_counts_victims_under_the_target_ratio():
     assert a["median"] == pytest.approx(0.08) and b["stopped"] == 0
     evaluation = {"runs": [{"data": "clean", "seed": 0, "best_dsc": 0.6}, {"data": "protected", "seed": 0, "best_dsc": 0.1}]}
     assert summary.clean_best_by_seed(evaluation) == {0: 0.6}
+
+
+def test_the_race_can_z_score_its_victims_and_says_so(tmp_path, capsys):
+    clean = write_nnunet_dataset(tmp_path / "clean", n_train=2, n_test=1, shape=(2, 32, 32), n_lesions=1)
+    seen = []
+
+    def recording_train(*args):
+        seen.append(args[-1])
+        return train_victim(*args)
+
+    with mock.patch.object(race, "train_victim", recording_train):
+        assert race.main([str(clean), str(clean), "--seeds", "0", "--iterations", "2", "--normalisation", "zscore"]) == 0
+    assert seen == ["zscore"]
+    assert '"normalisation": "zscore"' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        race.main([str(clean), str(clean), "--normalisation", "minmax"])

@@ -14,7 +14,8 @@ Views into the race: ``--every N`` adds each victim's test DSC every N iteration
 same training, only tested more often -- what a victim early-stopped on clean cases could keep);
 ``--epochs K`` tests through the first K epochs; ``--iterations`` sets the epoch length (nnU-Net's is
 250); ``--init-seeds`` initialises the victims' weights with other seeds than their data sampling
-and augmentation (``--seeds``), to tell which of the two decides the race.
+and augmentation (``--seeds``), to tell which of the two decides the race; ``--normalisation zscore``
+races victims that z-score each case instead of normalising CT the nnU-Net way.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, help="also test every N iterations of the first epoch (N divides --iterations)")
     parser.add_argument("--epochs", type=int, default=1, help=f"test through this many of the {SCHEDULE.epochs} epochs "
                         "(default 1; the line's first_epoch stays the first epoch's end)")  # fmt: skip
+    parser.add_argument("--normalisation", choices=evaluation.NORMALISATIONS,
+                        help="the victims' intensity normalisation (default: as dataset.json names the channel)")  # fmt: skip
     parser.add_argument("--device", default=SCHEDULE.device, help="compute device (default %(default)s)")
     args = parser.parse_args(argv)
     if args.init_seeds and len(args.init_seeds) != len(args.seeds):
@@ -118,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         data = load_evaluation_data(args.clean, args.protected)
     except InputError as error:
         parser.error(str(error))
+    if args.normalisation:
+        data = replace(data, normalisation=args.normalisation)
     curves = []
     for seed, init in zip(args.seeds, args.init_seeds or args.seeds):
         with initialised_with(init):
@@ -128,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         line["iterations"] = args.iterations
     if args.init_seeds:
         line["init_seeds"] = args.init_seeds
+    if args.normalisation:
+        line["normalisation"] = args.normalisation
     if args.epochs > 1:
         line["epochs"] = args.epochs
     if args.every or args.epochs > 1:
