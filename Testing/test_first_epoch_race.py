@@ -78,17 +78,23 @@ def test_race_summary_merges_seeds_and_counts_victims_under_the_target_ratio():
     assert summary.clean_best_by_seed(evaluation) == {0: 0.6}
 
 
-def test_the_race_can_z_score_its_victims_and_says_so(tmp_path, capsys):
+def test_the_race_can_z_score_its_victims_or_give_the_ct_normalisation_other_statistics(tmp_path, capsys):
     clean = write_nnunet_dataset(tmp_path / "clean", n_train=2, n_test=1, shape=(2, 32, 32), n_lesions=1)
     seen = []
 
     def recording_train(*args):
-        seen.append(args[-1])
+        seen.append((args[-1], evaluation.ct_statistics(args[0])))
         return train_victim(*args)
 
+    short = [str(clean), str(clean), "--seeds", "0", "--iterations", "2"]
     with mock.patch.object(race, "train_victim", recording_train):
-        assert race.main([str(clean), str(clean), "--seeds", "0", "--iterations", "2", "--normalisation", "zscore"]) == 0
-    assert seen == ["zscore"]
-    assert '"normalisation": "zscore"' in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        race.main([str(clean), str(clean), "--normalisation", "minmax"])
+        assert race.main([*short, "--normalisation", "zscore"]) == 0
+        assert '"normalisation": "zscore"' in capsys.readouterr().out
+        assert race.main([*short, "--ct-statistics", "-200", "100", "30", "40"]) == 0
+        assert '"ct_statistics": [-200.0, 100.0, 30.0, 40.0]' in capsys.readouterr().out
+    assert seen[0][0] == "zscore" and seen[0][1] != (-200, 100, 30, 40)
+    assert seen[1] == ("ct", (-200, 100, 30, 40))
+    assert evaluation.ct_statistics(load_evaluation_data(clean, clean).clean) != (-200, 100, 30, 40)  # only within the race
+    for bad in (["--normalisation", "minmax"], ["--ct-statistics", "100", "-200", "30", "40"], ["--ct-statistics", "0", "1", "0", "0"]):
+        with pytest.raises(SystemExit):
+            race.main([str(clean), str(clean), *bad])

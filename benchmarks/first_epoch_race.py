@@ -15,14 +15,17 @@ same training, only tested more often -- what a victim early-stopped on clean ca
 ``--epochs K`` tests through the first K epochs; ``--iterations`` sets the epoch length (nnU-Net's is
 250); ``--init-seeds`` initialises the victims' weights with other seeds than their data sampling
 and augmentation (``--seeds``), to tell which of the two decides the race; ``--normalisation zscore``
-races victims that z-score each case instead of normalising CT the nnU-Net way.
+races victims that z-score each case instead of normalising CT the nnU-Net way; ``--ct-statistics``
+gives the CT normalisation other statistics (clip range, mean, std), as a broader foreground would.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from unittest import mock
@@ -91,6 +94,14 @@ def initialised_with(seed: int):
     return mock.patch.object(evaluation, "build_victim", seeded_build)
 
 
+def ct_normalised_with(statistics: Sequence[float] | None):
+    """Context in which the CT normalisation uses ``statistics`` (clip low, clip high, mean, std), if given."""
+    if statistics is None:
+        return contextlib.nullcontext()
+    fixed = tuple(statistics)
+    return mock.patch.object(evaluation, "ct_statistics", lambda train: fixed)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("clean", type=Path, help="clean nnU-Net raw dataset with labelled test cases")
@@ -105,12 +116,16 @@ def main(argv: list[str] | None = None) -> int:
                         "(default 1; the line's first_epoch stays the first epoch's end)")  # fmt: skip
     parser.add_argument("--normalisation", choices=evaluation.NORMALISATIONS,
                         help="the victims' intensity normalisation (default: as dataset.json names the channel)")  # fmt: skip
+    parser.add_argument("--ct-statistics", type=float, nargs=4, metavar=("LOW", "HIGH", "MEAN", "STD"),
+                        help="the CT normalisation's clip range, mean and std in HU (default: the training foreground's)")  # fmt: skip
     parser.add_argument("--device", default=SCHEDULE.device, help="compute device (default %(default)s)")
     args = parser.parse_args(argv)
     if args.init_seeds and len(args.init_seeds) != len(args.seeds):
         parser.error("give one --init-seeds entry per --seeds entry")
     if args.iterations < 1:
         parser.error("--iterations must be at least 1")
+    if args.ct_statistics and not (args.ct_statistics[0] < args.ct_statistics[1] and args.ct_statistics[3] > 0):
+        parser.error("--ct-statistics needs LOW < HIGH and STD > 0")
     schedule = replace(SCHEDULE, iterations_per_epoch=args.iterations, device=args.device)
     every = args.iterations if args.every is None else args.every
     try:
@@ -125,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         data = replace(data, normalisation=args.normalisation)
     curves = []
     for seed, init in zip(args.seeds, args.init_seeds or args.seeds):
-        with initialised_with(init):
+        with initialised_with(init), ct_normalised_with(args.ct_statistics):
             curves.append([round(d, 3) for d in first_epoch_curve(data, replace(schedule, seed=seed), every, args.epochs)])
     line = {"protected": str(args.protected), "psnr": round(data.quality["psnr_db_mean"], 2), "seeds": args.seeds,
             "first_epoch": [c[per_epoch - 1] for c in curves]}  # fmt: skip
@@ -135,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         line["init_seeds"] = args.init_seeds
     if args.normalisation:
         line["normalisation"] = args.normalisation
+    if args.ct_statistics:
+        line["ct_statistics"] = args.ct_statistics
     if args.epochs > 1:
         line["epochs"] = args.epochs
     if args.every or args.epochs > 1:

@@ -5,7 +5,7 @@
 
 Lines for the same protected dataset and epoch length are merged (a later line wins for a seed run
 twice); lines whose victims were initialised with other seeds (``init_seeds``) or normalise otherwise
-(``normalisation``) are other victims, with other clean references, and are left out. A victim counts as stopped when its first-epoch test DSC is at most the target ratio times
+(``normalisation``, ``ct_statistics``) are other victims, with other clean references, and are left out. A victim counts as stopped when its first-epoch test DSC is at most the target ratio times
 its clean best (`umedprotect evaluate`'s JSON given with --clean-best, for the seeds it ran) or
 times the mean clean best of those seeds (for the others). Prints one tab-separated line per dataset: PSNR,
 seeds, stopped, mean and median first-epoch DSC, and the seeds not stopped.
@@ -25,6 +25,9 @@ sys.path.insert(0, str(ROOT / "UMedProtect"))
 from UMedProtectLib.evaluation import TARGET_RATIO  # noqa: E402
 
 
+OTHER_VICTIMS = {"init_seeds", "normalisation", "ct_statistics"}  # line keys of victims unlike the clean references
+
+
 def clean_best_by_seed(evaluation: dict) -> dict[int, float]:
     """Clean victims' best-epoch test DSC per seed from an `umedprotect evaluate` result."""
     return {run["seed"]: run["best_dsc"] for run in evaluation["runs"] if run["data"] == "clean"}
@@ -33,7 +36,7 @@ def clean_best_by_seed(evaluation: dict) -> dict[int, float]:
 def summarise(lines: list[dict], clean_best: dict[int, float]) -> list[dict]:
     """One summary per protected dataset, in order of first appearance."""
     merged: dict[str, dict] = {}
-    for line in (line for line in lines if "init_seeds" not in line and "normalisation" not in line):
+    for line in (line for line in lines if not OTHER_VICTIMS & line.keys()):
         name = line["protected"] + (f" ({line['iterations']} iterations per epoch)" if "iterations" in line else "")
         entry = merged.setdefault(name, {"psnr": line["psnr"], "dsc": {}})
         entry["dsc"].update(zip(line["seeds"], line["first_epoch"]))

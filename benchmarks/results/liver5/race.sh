@@ -125,3 +125,13 @@ done
 # A fitted protector (the race objective around frozen rings, 50.15 dB) with 250-iteration epochs, seeds 0-5
 python benchmarks/first_epoch_race.py $D $W/race_rings_frozen_e6 --iterations 250 --seeds 0 1 2 3 4 5 >> $R/race_250.jsonl
 python benchmarks/race_summary.py $R/race_250.jsonl --clean-best $R/default_rings0_e6.3.json > $R/race_250_summary.tsv
+
+# --- Tenth session: victims that z-score each case (--normalisation zscore; nnU-Net's own choice for MR) ---
+# Five 100-iteration epochs (the evaluate schedule), clean and the default at 6.3, 10, 16 and 24/255, seeds 0 and 1
+for p in $D $W/default_rings0_e6.3 $W/default_rings0_e10 $W/default_rings0_e16 $W/default_rings0_e24; do
+  python benchmarks/first_epoch_race.py $D $p --seeds 0 1 --epochs 5 --normalisation zscore >> $R/race_zscore.jsonl
+done
+# nnU-Net's epoch length (5 x 250 iterations): the default at 6.3/255 and clean, seeds 0 and 1
+for p in $W/default_rings0_e6.3 $D; do
+  python benchmarks/first_epoch_race.py $D $p --seeds 0 1 --iterations 250 --epochs 5 --normalisation zscore >> $R/race_zscore.jsonl
+done
