@@ -40,8 +40,10 @@ protected victim that fits its protected cases but fails on their clean versions
 perturbation (same subject and slices: no generalisation gap mixed in).
 Victims can learn the anatomy before they come to rely on a perturbation, so a protected victim's
 best epoch is often an early one: fewer --iterations per epoch (same total) check more often, as an
-attacker who early-stops on clean cases would. The defaults are CPU-sized; use more --epochs /
---iterations and a larger --patch-size on a GPU."""
+attacker who early-stops on clean cases would. The victim's normalisation sets how large a
+perturbation is to it (nnU-Net's CT clip range around one soft-tissue organ makes it large, a
+per-case z-score small): check --normalisation zscore too. The defaults are CPU-sized; use more
+--epochs / --iterations and a larger --patch-size on a GPU."""
 
 
 VICTIM_INSTALL = (

@@ -135,3 +135,25 @@ done
 for p in $W/default_rings0_e6.3 $D; do
   python benchmarks/first_epoch_race.py $D $p --seeds 0 1 --iterations 250 --epochs 5 --normalisation zscore >> $R/race_zscore.jsonl
 done
+# nnU-Net's CT normalisation as a broader foreground gives it: Dataset002's four organs (liver, spleen, kidney,
+# stomach) give clip -245..78 HU, mean 36.4, std 29.4 (ct_statistics_dataset002.txt); on Dataset005, 250-iteration epochs
+python -c "
+import sys
+from UMedProtectLib.evaluation import ct_statistics
+from UMedProtectLib.nnunet import read_dataset
+from UMedProtectLib.slices import load_slices
+lo, hi, mean, std = ct_statistics(load_slices(read_dataset(sys.argv[1]).training))
+print(f'{sys.argv[1]}: clip {lo:.0f} .. {hi:.0f} HU, mean {mean:.1f}, std {std:.1f}')
+" benchmarks/data/nnUNet_raw/Dataset002_TotalSegCT > $R/ct_statistics_dataset002.txt
+for p in $W/default_rings0_e6.3 $D; do
+  python benchmarks/first_epoch_race.py $D $p --iterations 250 --seeds 0 1 2 3 4 5 --ct-statistics -245 78 36.4 29.4 \
+    >> $R/race_ct_statistics.jsonl
+done
+# Which of the two: the broader clip range alone (the liver's own mean 45.2 and std 15.3)
+python benchmarks/first_epoch_race.py $D $W/default_rings0_e6.3 --iterations 250 --seeds 0 1 2 3 4 5 \
+  --ct-statistics -245 78 45.2 15.3 >> $R/race_ct_statistics.jsonl
+# Z-scoring victims with nnU-Net's epoch length, more budget: 16 and 10/255
+for e in 16 10; do
+  python benchmarks/first_epoch_race.py $D $W/default_rings0_e$e --seeds 0 1 --iterations 250 --epochs 5 --normalisation zscore \
+    >> $R/race_zscore.jsonl
+done
