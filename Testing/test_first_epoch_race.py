@@ -65,7 +65,8 @@ def test_race_summary_merges_seeds_and_counts_victims_under_the_target_ratio():
         {"protected": "b", "psnr": 51.0, "seeds": [0], "first_epoch": [0.2]},
         {"protected": "a", "psnr": 50.1, "seeds": [2, 3], "first_epoch": [0.07, 0.09]},
         {"protected": "a", "psnr": 50.1, "seeds": [0], "init_seeds": [1], "first_epoch": [0.9]},  # another victim
-        {"protected": "a", "psnr": 50.1, "seeds": [0], "normalisation": "zscore", "first_epoch": [0.9]},  # another too
+        {"protected": "a", "psnr": 50.1, "seeds": [0], "normalisation": "zscore", "first_epoch": [0.9]},  # others too
+        {"protected": "a", "psnr": 50.1, "seeds": [0], "ct_statistics": [-245, 78, 36, 29], "first_epoch": [0.9]},
         {"protected": "a", "psnr": 50.1, "seeds": [1], "iterations": 250, "first_epoch": [0.01]},  # another schedule
     ]
     clean_best = {0: 0.6, 1: 0.9}  # seeds 2, 3: the mean, 0.75 -> threshold 0.075

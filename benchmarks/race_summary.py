@@ -5,9 +5,10 @@
 
 Lines for the same protected dataset and epoch length are merged (a later line wins for a seed run
 twice); lines whose victims were initialised with other seeds (``init_seeds``) or normalise otherwise
-(``normalisation``, ``ct_statistics``) are other victims, with other clean references, and are left out. A victim counts as stopped when its first-epoch test DSC is at most the target ratio times
-its clean best (`umedprotect evaluate`'s JSON given with --clean-best, for the seeds it ran) or
-times the mean clean best of those seeds (for the others). Prints one tab-separated line per dataset: PSNR,
+(``normalisation``, ``ct_statistics``) are other victims, with other clean references, and are left
+out. A victim counts as stopped when its first-epoch test DSC is at most the target ratio times its
+clean best (`umedprotect evaluate`'s JSON given with --clean-best, for the seeds it ran) or times the
+mean clean best of those seeds (for the others). Prints one tab-separated line per dataset: PSNR,
 seeds, stopped, mean and median first-epoch DSC, and the seeds not stopped.
 """
 
