@@ -99,3 +99,13 @@ def test_the_race_can_z_score_its_victims_or_give_the_ct_normalisation_other_sta
     for bad in (["--normalisation", "minmax"], ["--ct-statistics", "100", "-200", "30", "40"], ["--ct-statistics", "0", "1", "0", "0"]):
         with pytest.raises(SystemExit):
             race.main([str(clean), str(clean), *bad])
+
+
+def test_ct_statistics_prints_the_normalisation_each_dataset_gives_its_victims(tmp_path, capsys):
+    statistics = pytest.importorskip("ct_statistics")
+    clean = write_nnunet_dataset(tmp_path / "clean", n_train=2, n_test=1, shape=(2, 32, 32), n_lesions=1)
+    assert statistics.main([str(clean)]) == 0
+    lo, hi, mean, std = evaluation.ct_statistics(load_evaluation_data(clean, clean).clean)
+    assert capsys.readouterr().out == f"{clean}: clip {lo:.0f} .. {hi:.0f} HU, mean {mean:.1f}, std {std:.1f}\n"
+    with pytest.raises(SystemExit):
+        statistics.main([str(tmp_path / "missing")])

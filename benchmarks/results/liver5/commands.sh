@@ -49,15 +49,7 @@ umedprotect fit $D -o $W/minmin_blobs_nooffset.safetensors --codes blobs --code-
 umedprotect protect-dataset $D -o $W/minmin_blobs_nooffset --protector $W/minmin_blobs_nooffset.safetensors --no-progress --overwrite
 umedprotect evaluate $D $W/minmin_blobs_nooffset -o $R/minmin_blobs_nooffset.json $V
 # The CT normalisation a victim derives from each training set (nnU-Net: foreground percentiles, mean, std)
-python -c "
-import sys
-from UMedProtectLib.evaluation import ct_statistics
-from UMedProtectLib.nnunet import read_dataset
-from UMedProtectLib.slices import load_slices
-for name in sys.argv[1:]:
-    lo, hi, mean, std = ct_statistics(load_slices(read_dataset(name).training))
-    print(f'{name}: clip {lo:.0f} .. {hi:.0f} HU, mean {mean:.1f}, std {std:.1f}')
-" $D $W/default $W/minmin_blobs $W/minmin_blobs_stats $W/minmin_blobs_nooffset $W/dim $W/flat-dim $W/blobs > $R/ct_statistics.txt
+python benchmarks/ct_statistics.py $D $W/default $W/minmin_blobs $W/minmin_blobs_stats $W/minmin_blobs_nooffset $W/dim $W/flat-dim $W/blobs > $R/ct_statistics.txt
 # How far fitting moved the blob codes from their start (both files were fitted with --code-period 32)
 python -c "
 import sys, numpy as np

@@ -137,14 +137,7 @@ for p in $W/default_rings0_e6.3 $D; do
 done
 # nnU-Net's CT normalisation as a broader foreground gives it: Dataset002's four organs (liver, spleen, kidney,
 # stomach) give clip -245..78 HU, mean 36.4, std 29.4 (ct_statistics_dataset002.txt); on Dataset005, 250-iteration epochs
-python -c "
-import sys
-from UMedProtectLib.evaluation import ct_statistics
-from UMedProtectLib.nnunet import read_dataset
-from UMedProtectLib.slices import load_slices
-lo, hi, mean, std = ct_statistics(load_slices(read_dataset(sys.argv[1]).training))
-print(f'{sys.argv[1]}: clip {lo:.0f} .. {hi:.0f} HU, mean {mean:.1f}, std {std:.1f}')
-" benchmarks/data/nnUNet_raw/Dataset002_TotalSegCT > $R/ct_statistics_dataset002.txt
+python benchmarks/ct_statistics.py benchmarks/data/nnUNet_raw/Dataset002_TotalSegCT > $R/ct_statistics_dataset002.txt
 for p in $W/default_rings0_e6.3 $D; do
   python benchmarks/first_epoch_race.py $D $p --iterations 250 --seeds 0 1 2 3 4 5 --ct-statistics -245 78 36.4 29.4 \
     >> $R/race_ct_statistics.jsonl
