@@ -24,6 +24,8 @@ Datasets written to DATA_DIR/nnUNet_raw (the split is declared in each dataset.j
       each side of a test block, train the rest. No change of subject or contrast phase between
       train and test (Dataset004's test subject is contrast-enhanced: liver 89 HU against 45 HU),
       so the clean victim generalises and the ratio measures the protection, not the domain gap.
+  Dataset006_TotalSegCTBlocks  the Dataset005 slices and split with all four organs labelled
+      (example_seg_fast_force_split): the same images with a multi-organ label set.
   Dataset003_TotalSegMR  2D abdominal MR slices, same four labels. One subject only: split by slice
       blocks, train slices 0-13, test slices 16-19 (two slices left out between the blocks).
   Dataset011_PyradiomicsLesions3D  the Dataset001 subjects as 3D volumes (same split and crop).
@@ -221,20 +223,24 @@ def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
         if "012" in which:
             write_dataset(out / "Dataset012_TotalSegCT3D", "TotalSegCT3D", labels, "CT",
                           [("ct_sm", train_image, train_label)], [("ct_dicom", test_image, test_label)], split)  # fmt: skip
-    if "005" in which:
+    if which & {"005", "006"}:
         image = _read_lps(source / "example_ct.nii.gz")
-        seg = sitk.Resample(sitk.ReadImage(str(source / "example_seg_fast_force_split.nii.gz")), image,
-                            sitk.Transform(), sitk.sitkNearestNeighbor, 0)  # fmt: skip
-        liver = sitk.Cast(sitk.BinaryThreshold(seg, *ORGANS["liver"] * 2, 1, 0), sitk.sitkUInt8)
+        organs = _organ_labels(sitk.ReadImage(str(source / "example_seg_fast_force_split.nii.gz")), image)
+        liver = sitk.Cast(organs == 1, sitk.sitkUInt8)
         zs = [z for z in range(image.GetSize()[2]) if sitk.GetArrayViewFromImage(liver)[z].any()]
         tested = {i for block in LIVER_TEST_BLOCKS for i in block}
         left_out = {i for block in LIVER_TEST_BLOCKS for i in (block.start - 1, block.stop)}
         test = [z for i, z in enumerate(zs) if i in tested]
         train = [z for i, z in enumerate(zs) if i not in tested | left_out]
-        write_dataset(out / "Dataset005_TotalSegCTLiverBlocks", "TotalSegCTLiverBlocks", {"background": 0, "liver": 1}, "CT",
-                      organ_slices(image, liver, "ct", train), organ_slices(image, liver, "ct", test),
-                      "one subject (example_ct, 3 mm): by slice blocks of its liver slices in cranio-caudal order, "
-                      "test positions 10-14 and 28-32, one slice left out on each side of a test block, train the rest")  # fmt: skip
+        split = ("one subject (example_ct, 3 mm): by slice blocks of its liver slices in cranio-caudal order, "
+                 "test positions 10-14 and 28-32, one slice left out on each side of a test block, train the rest")
+        if "005" in which:
+            write_dataset(out / "Dataset005_TotalSegCTLiverBlocks", "TotalSegCTLiverBlocks", {"background": 0, "liver": 1}, "CT",
+                          organ_slices(image, liver, "ct", train), organ_slices(image, liver, "ct", test), split)  # fmt: skip
+        if "006" in which:
+            write_dataset(out / "Dataset006_TotalSegCTBlocks", "TotalSegCTBlocks", labels, "CT",
+                          organ_slices(image, organs, "ct", train), organ_slices(image, organs, "ct", test),
+                          split + "; all four organs labelled")  # fmt: skip
     if "003" in which:
         image = _read_lps(source / "example_mr_sm.nii.gz")
         label = _organ_labels(sitk.ReadImage(str(source / "example_seg_mr.nii.gz")), image)
@@ -262,7 +268,7 @@ def phantom_dataset(out: Path, n_train: int = 16, n_test: int = 6, size: int = 9
                   "synthetic: independent random phantoms (seeds 0-15 train, 1000-1005 test)")  # fmt: skip
 
 
-DATASETS = ("001", "002", "003", "004", "005", "011", "012", "900")
+DATASETS = ("001", "002", "003", "004", "005", "006", "011", "012", "900")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     which = set(args.only)
     if which & {"001", "011"}:
         lesion_datasets(args.data_dir, out, which)
-    if which & {"002", "003", "004", "005", "012"}:
+    if which & {"002", "003", "004", "005", "006", "012"}:
         organ_datasets(args.data_dir, out, which)
     if "900" in which:
         phantom_dataset(out)
