@@ -15,12 +15,15 @@ from conftest import write_nnunet_dataset
 from UMedProtectLib.augment import NO_AUGMENTATION
 from UMedProtectLib.cli import main
 from UMedProtectLib.errors import InputError
+from UMedProtectLib.losses import dice_by_label
 from UMedProtectLib.evaluation import (
     TrainSettings,
     TrainingRun,
     ct_normalised,
     evaluate,
+    label_dsc,
     load_evaluation_data,
+    mean_dsc,
     over_seeds,
     ratio,
     to_class_indices,
@@ -107,6 +110,24 @@ def test_run_summary_and_ratio_math():
     assert np.isnan(ratio(0.3, 0.0))
 
 
+def test_dice_per_label_and_how_cases_and_labels_are_averaged():
+    target = np.array([[1, 1, 2, 0], [1, 1, 2, 0]])
+    pred = np.array([[1, 0, 2, 2], [1, 0, 3, 0]])  # label 1: 2 of 4 found; label 2: 1 of 2 plus 1 wrong; label 3: absent
+    scores = dice_by_label(pred, target, 4)
+    assert scores[:2] == [pytest.approx(2 * 2 / (2 + 4)), pytest.approx(2 * 1 / (2 + 2))] and math.isnan(scores[2])
+    cases = [[1.0, math.nan], [0.5, 0.0], [math.nan, math.nan]]  # the third case has no foreground: left out
+    assert mean_dsc(cases) == pytest.approx((1.0 + 0.25) / 2)
+    assert label_dsc(cases, 3) == [pytest.approx(0.75), 0.0]
+    assert math.isnan(mean_dsc([[math.nan]]))
+
+
+def test_each_labels_best_is_taken_at_its_own_best_epoch():
+    run = TrainingRun("unet", [0.3, 0.5, 0.4], 1.0, label_curve=[[0.2, math.nan], [0.6, math.nan], [0.4, math.nan]])
+    best = run.best_by_label
+    assert best[0] == 0.6 and math.isnan(best[1])
+    assert run.to_dict()["best_dsc_by_label"] == best and run.to_dict()["label_curve"] == run.label_curve
+
+
 def test_labels_are_mapped_to_class_indices_and_undeclared_values_refused():
     image = np.zeros((8, 8), np.float32)
     labels = np.zeros((8, 8), np.uint8)
@@ -171,6 +192,27 @@ def test_evaluate_reports_dsc_ratio_quality_and_curves(clean_and_protected):
     json.dumps(report)  # JSON-ready
 
 
+def test_evaluate_reports_each_labels_ratio_for_multi_label_datasets(tmp_path, capsys):
+    clean = write_nnunet_dataset(tmp_path / "clean", n_train=3, n_test=1, shape=(32, 32), n_lesions=2)
+    protected = _protected_copy(clean, tmp_path / "protected")
+    report = evaluate(clean, protected, settings=TINY)
+    assert report["labels"] == ["lesion1", "lesion2"]
+    clean_run, protected_run = report["runs"]
+    assert all(len(r["label_curve"]) == TINY.epochs and len(r["label_curve"][0]) == 2 for r in report["runs"])
+    for run in report["runs"]:  # one test case with both labels: its DSC is the mean of theirs
+        assert run["curve"] == [pytest.approx(np.mean(labels)) for labels in run["label_curve"]]
+        assert run["best_dsc_by_label"] == [max(epochs) for epochs in zip(*run["label_curve"])]
+    by_label = report["summary"][0]["ratio_best_by_label"]
+    assert list(by_label) == ["lesion1", "lesion2"]
+    for k, name in enumerate(by_label):
+        expected = ratio(protected_run["best_dsc_by_label"][k], clean_run["best_dsc_by_label"][k])
+        assert by_label[name] == pytest.approx(expected, nan_ok=True)
+    argv = ["evaluate", str(clean), str(protected), "--epochs", "1", "--iterations", "1", "--batch-size", "2",
+            "--patch-size", "32", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    assert "ratio by label (each label's best epoch): lesion1 " in capsys.readouterr().out
+
+
 def test_evaluation_data_checks(clean_and_protected, tmp_path):
     clean, protected = clean_and_protected
     moved = tmp_path / "clean_no_test"
@@ -199,6 +241,7 @@ def test_cli_evaluate_end_to_end(clean_and_protected, tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "ratio" in out and "mean PSNR" in out and "prot. fit" in out
+    assert "ratio by label" not in out  # one foreground label: the ratio is the label's
     report = json.loads(report_path.read_text())
     assert report["runs"][0]["curve"] and report["summary"][0]["victim"] == "unet"
     assert report["settings"]["optimizer"] == "adam" and report["settings"]["learning_rate"] == 1e-3

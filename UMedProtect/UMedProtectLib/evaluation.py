@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from .augment import AugmentSettings, augment_batch
 from .devices import resolve_device
 from .errors import InputError
-from .losses import dice_ce_loss, dice_score
+from .losses import dice_by_label, dice_ce_loss, nan_mean
 from .metrics import image_quality
 from .slices import SliceSample, crop_or_pad, patch_origin
 from .victims import build_victim, victim_spec
@@ -83,6 +83,7 @@ class TrainingRun:
     seconds: float
     train_curve: list[float] = field(default_factory=list)
     clean_train_curve: list[float] = field(default_factory=list)
+    label_curve: list[list[float]] = field(default_factory=list)  # per epoch: test DSC of each foreground label
 
     @property
     def final(self) -> float:
@@ -97,6 +98,11 @@ class TrainingRun:
         """1-based epoch of the best test DSC (the first one on ties)."""
         return int(np.argmax(self.curve)) + 1
 
+    @property
+    def best_by_label(self) -> list[float]:
+        """Each foreground label's best test DSC over the epochs, at its own best epoch (nan: in no test case)."""
+        return [max((v for v in epochs if not math.isnan(v)), default=math.nan) for epochs in zip(*self.label_curve)]
+
     def to_dict(self) -> dict:
         return {
             "victim": self.victim,
@@ -104,6 +110,8 @@ class TrainingRun:
             "best_epoch": self.best_epoch,
             "final_dsc": self.final,
             "curve": self.curve,
+            "best_dsc_by_label": self.best_by_label,
+            "label_curve": self.label_curve,
             "train_dsc_final": _last(self.train_curve),
             "clean_train_dsc_final": _last(self.clean_train_curve),
             "train_curve": self.train_curve,
@@ -218,6 +226,11 @@ def train_victim(
     curve: list[float] = []
     train_curve: list[float] = []
     clean_train_curve: list[float] = []
+    label_curve: list[list[float]] = []
+
+    def case_scores(samples: Sequence[SliceSample]) -> list[list[float]]:
+        return case_dice(model, samples, n_classes, spec.divisor, settings.test_batch_size, device)
+
     start = time.time()
     for epoch in range(1, settings.epochs + 1):
         model.train()
@@ -230,13 +243,15 @@ def train_victim(
             torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
             optimiser.step()
             schedule.step()
-        curve.append(test_dsc(model, test, n_classes, spec.divisor, settings.test_batch_size, device))
-        train_curve.append(test_dsc(model, fit_check, n_classes, spec.divisor, settings.test_batch_size, device))
+        tested = case_scores(test)
+        curve.append(mean_dsc(tested))
+        label_curve.append(label_dsc(tested, n_classes))
+        train_curve.append(mean_dsc(case_scores(fit_check)))
         if clean_check:
-            clean_train_curve.append(test_dsc(model, clean_check, n_classes, spec.divisor, settings.test_batch_size, device))
+            clean_train_curve.append(mean_dsc(case_scores(clean_check)))
         if progress is not None:
             progress(run_name or victim, epoch, settings.epochs, curve[-1])
-    return TrainingRun(victim, curve, time.time() - start, train_curve, clean_train_curve)
+    return TrainingRun(victim, curve, time.time() - start, train_curve, clean_train_curve, label_curve)
 
 
 def _optimiser(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
@@ -284,15 +299,15 @@ def _zscore(image: np.ndarray, sample: SliceSample) -> np.ndarray:
 
 
 @torch.inference_mode()
-def test_dsc(
+def case_dice(
     model: torch.nn.Module,
     test: Sequence[SliceSample],
     n_classes: int,
     divisor: int,
     batch_size: int = 16,
     device: torch.device | str = "cpu",
-) -> float:
-    """Mean over test cases of the case's Dice (mean over the foreground labels it contains)."""
+) -> list[list[float]]:
+    """Per test case, the Dice of each foreground label over all its slices (nan where the case lacks the label)."""
     model.eval()
     scores = []
     for samples in by_case(test).values():
@@ -305,10 +320,18 @@ def test_dsc(
             x = torch.as_tensor(stack[start : start + batch_size, None], device=device)
             x = F.pad(x, pad, mode="replicate") if any(pad) else x
             pred.append(model(x)[:, :, :h, :w].argmax(dim=1).cpu().numpy())
-        score = dice_score(np.concatenate(pred), target, n_classes)
-        if not math.isnan(score):
-            scores.append(score)
-    return float(np.mean(scores)) if scores else float("nan")
+        scores.append(dice_by_label(np.concatenate(pred), target, n_classes))
+    return scores
+
+
+def mean_dsc(case_scores: Sequence[Sequence[float]]) -> float:
+    """The test DSC: mean over cases of the case's Dice (mean over the foreground labels it contains)."""
+    return nan_mean([nan_mean(labels) for labels in case_scores])
+
+
+def label_dsc(case_scores: Sequence[Sequence[float]], n_classes: int) -> list[float]:
+    """Each foreground label's mean Dice over the test cases that contain it."""
+    return [nan_mean([labels[k] for labels in case_scores]) for k in range(n_classes - 1)]
 
 
 @dataclass
@@ -322,6 +345,7 @@ class EvaluationData:
     quality: dict
     test_source: str
     normalisation: str  # "ct" when dataset.json names the channel CT, else "zscore"
+    label_names: list[str]  # dataset.json's names of the foreground labels, in class-index order
 
 
 def load_evaluation_data(clean_dir: str | Path, protected_dir: str | Path, test_dir: str | Path | None = None) -> EvaluationData:
@@ -373,7 +397,9 @@ def load_evaluation_data(clean_dir: str | Path, protected_dir: str | Path, test_
         "cases": per_case,
     }
     normalisation = "ct" if clean_set.is_ct else "zscore"
-    return EvaluationData(clean, protected, test, len(values), quality, test_source, normalisation)
+    names = {value: name for name, value in clean_set.labels.items()}
+    label_names = [names[value] for value in values[1:]]
+    return EvaluationData(clean, protected, test, len(values), quality, test_source, normalisation, label_names)
 
 
 def _mean(values) -> float:
@@ -397,8 +423,8 @@ def evaluate(
 
     Returns a JSON-ready report: settings, data summary, visibility of the protection (PSNR/SSIM
     of protected vs clean training images), every run's per-epoch test DSC, and a summary row per
-    victim and defense with best/final DSC and ratio = best DSC(protected) / best DSC(clean).
-    Defended runs are compared with the undefended clean run (the attacker's alternative).
+    victim and defense with best/final DSC and ratio = best DSC(protected) / best DSC(clean), and
+    that ratio for each foreground label (each label's own best epoch). Defended runs are compared with the undefended clean run (the attacker's alternative).
     ``seeds``: train every victim once per seed (default: ``settings.seed``); with several, the
     report adds ``over_seeds``, the mean and spread of each victim's and defense's ratio.
     ``normalisation``: the victims' intensity normalisation (``zscore`` or ``ct``); default: as
@@ -444,6 +470,9 @@ def evaluate(
                     "protected_clean_train_dsc": run.clean_train_curve[-1],
                     "ratio_best": ratio(run.best, clean_run.best),
                     "ratio_final": ratio(run.final, clean_run.final),
+                    "ratio_best_by_label": {
+                        name: ratio(p, c) for name, p, c in zip(data.label_names, run.best_by_label, clean_run.best_by_label)
+                    },
                 }
             )
     return {
@@ -455,6 +484,7 @@ def evaluate(
         "test_cases": len(by_case(data.test)),
         "test_slices": len(data.test),
         "classes": data.n_classes,
+        "labels": data.label_names,
         "normalisation": data.normalisation,
         **({"ct_statistics": _ct_statistics_report(data)} if data.normalisation == "ct" else {}),
         "settings": settings.summary(),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,13 +20,17 @@ def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, smooth: float = 1e-
     return ce + (1 - dice.mean())
 
 
-def dice_score(pred: np.ndarray, target: np.ndarray, n_classes: int) -> float:
-    """Mean Dice over the foreground classes present in ``target`` (aggregated over all voxels)."""
+def dice_by_label(pred: np.ndarray, target: np.ndarray, n_classes: int) -> list[float]:
+    """Dice of each foreground class 1..n_classes-1 (aggregated over all voxels); nan where ``target`` lacks it."""
     scores = []
     for c in range(1, n_classes):
         t = target == c
-        if not t.any():
-            continue
         p = pred == c
-        scores.append(2 * np.count_nonzero(p & t) / (np.count_nonzero(p) + np.count_nonzero(t)))
-    return float(np.mean(scores)) if scores else float("nan")
+        scores.append(2 * np.count_nonzero(p & t) / (np.count_nonzero(p) + np.count_nonzero(t)) if t.any() else math.nan)
+    return scores
+
+
+def nan_mean(values: Sequence[float]) -> float:
+    """Mean of the values that are not nan; nan when there are none."""
+    present = [v for v in values if not math.isnan(v)]
+    return float(np.mean(present)) if present else math.nan

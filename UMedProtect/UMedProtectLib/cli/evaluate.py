@@ -30,7 +30,8 @@ z-score with its mean/std; otherwise per-case z-score); random patches (a third 
 ROI); flips, rotation/scale resampling, brightness/contrast/gamma/noise/blur/low-resolution
 augmentation; Dice + CE loss; SGD with Nesterov momentum 0.99 (or --optimizer adam) and poly
 learning-rate decay. Test DSC of a case = mean Dice over the foreground labels it contains (3D over
-all its slices); the epoch's DSC = mean over test cases.
+all its slices); the epoch's DSC = mean over test cases. With several foreground labels the ratio is also
+given for each label (its DSC = mean over the test cases that contain it; each label's best epoch).
 
 Checks after the last epoch, on (up to 8 of) the training cases: 'clean fit' and 'prot. fit', each
 victim's DSC on its own training cases; 'prot. on clean', the protected victim's DSC on the clean
@@ -143,6 +144,11 @@ def format_table(report: dict) -> str:
             f"{row['clean_final']:>11.4f}{row['protected_final']:>11.4f}{_fmt(row['ratio_best']):>8}"
             f"{row['clean_train_dsc']:>10.4f}{row['protected_train_dsc']:>10.4f}{row['protected_clean_train_dsc']:>15.4f}"
         )
+    if len(report["labels"]) > 1:
+        for row in report["summary"]:
+            by_label = ", ".join(f"{name} {_fmt(value)}" for name, value in row["ratio_best_by_label"].items())
+            seed = f" seed {row['seed']}" if seeded else ""
+            lines.append(f"{row['victim']} / {row['defense']}{seed}: ratio by label (each label's best epoch): {by_label}")
     for row in report.get("over_seeds", []):
         lines.append(
             f"{row['victim']} / {row['defense']} over seeds {', '.join(map(str, row['seeds']))}: ratio mean "
