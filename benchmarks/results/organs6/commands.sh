@@ -22,3 +22,11 @@ umedprotect evaluate $D $W/default_e6.3_psnr50 -o $R/default_e6.3_psnr50_250.jso
 # Far beyond the target: the default at 16/255, uncapped, the same race
 umedprotect protect-dataset $D -o $W/default_e16 --epsilon 16 --no-progress --overwrite
 python benchmarks/first_epoch_race.py $D $W/default_e16 --iterations 250 --seeds 0 1 2 3 4 5 >> $R/race.jsonl
+# Rings that tell the organs apart (benchmarks/label_rings.py: sign flipped for every other label, and periods 6 / 10),
+# every slice >= 50 dB, the same race
+python benchmarks/label_rings.py $W
+for v in sign_period sign; do
+  umedprotect protect-dataset $D -o $W/rings_${v}_e6.3_psnr50 --protector $W/rings_$v.safetensors --epsilon 6.3 --min-psnr 50 \
+    --no-progress --overwrite
+  python benchmarks/first_epoch_race.py $D $W/rings_${v}_e6.3_psnr50 --iterations 250 --seeds 0 1 2 3 4 5 >> $R/race.jsonl
+done

@@ -1,0 +1,65 @@
+"""Protectors whose rings tell the labels apart: the shipped default's rings, signed and paced per label.
+
+The shipped default draws the same rings in every label: on a multi-organ label set they mark "inside
+an organ" but not which one, so a victim needs the anatomy to tell the organs apart. These variants
+test whether rings that also tell the labels apart stop such victims (BENCHMARKS.md, "Four organs and
+MR"). Label 1 keeps the default's rings exactly; the generators stay unfitted (zero), as in the
+default.
+
+  sign         label k: the default's rings, sign flipped for even k (the band at the edge dark)
+  sign_period  the same, and period 6 for labels 1-2, 10 for labels 3-4 (then again)
+
+    python benchmarks/label_rings.py OUT_DIR   # writes OUT_DIR/rings_<variant>.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "UMedProtect"))
+
+from UMedProtectLib.protector import Protector, load_protector, ring_codes, save_protector  # noqa: E402
+
+VARIANTS = {  # (ring period in pixels, sign) of labels 1, 2, ..., repeated over the labels
+    "sign": ((6, 1), (6, -1)),
+    "sign_period": ((6, 1), (6, -1), (10, 1), (10, -1)),
+}
+
+
+def label_rings(base: Protector, scheme: tuple[tuple[int, int], ...]) -> Protector:
+    """``base`` with ring codes that follow ``scheme`` label by label (one profile over the periods' lcm)."""
+    length = math.lcm(*(period for period, _ in scheme))
+    classes = base.config.code_classes
+    protector = Protector(replace(base.config, code_period=length))
+    protector.load_state_dict({k: v for k, v in base.state_dict().items() if k != "codes"}, strict=False)
+    codes = torch.zeros(classes, length)
+    for label in range(1, classes):
+        period, sign = scheme[(label - 1) % len(scheme)]
+        codes[label] = sign * ring_codes(classes, period)[label].repeat(length // period)
+    protector.codes.data = codes
+    return protector
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out_dir", type=Path, help="where the protector files are written")
+    args = parser.parse_args(argv)
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        parser.error(f"{args.out_dir} is not a folder")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    base = load_protector()
+    for name, scheme in VARIANTS.items():
+        path = save_protector(label_rings(base, scheme), args.out_dir / f"rings_{name}.safetensors")
+        print(f"wrote {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
