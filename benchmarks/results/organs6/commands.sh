@@ -30,3 +30,12 @@ for v in sign_period sign; do
     --no-progress --overwrite
   python benchmarks/first_epoch_race.py $D $W/rings_${v}_e6.3_psnr50 --iterations 250 --seeds 0 1 2 3 4 5 >> $R/race.jsonl
 done
+# Is it the clip range? The same four-organ victims normalised with the liver's statistics (Dataset005's: -20..81 HU,
+# mean 45.2, std 15.3), the shipped default's rings, every slice >= 50 dB, and clean with the same statistics
+for p in $W/default_e6.3_psnr50 $D; do
+  python benchmarks/first_epoch_race.py $D $p --iterations 250 --seeds 0 1 2 3 4 5 \
+    --ct-statistics -20 81 45.2 15.3 >> $R/race_ct_statistics.jsonl
+done
+# Both: the rings that tell the organs apart under the liver's statistics
+python benchmarks/first_epoch_race.py $D $W/rings_sign_period_e6.3_psnr50 --iterations 250 --seeds 0 1 2 3 4 5 \
+  --ct-statistics -20 81 45.2 15.3 >> $R/race_ct_statistics.jsonl
