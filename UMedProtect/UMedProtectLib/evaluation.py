@@ -424,7 +424,8 @@ def evaluate(
     Returns a JSON-ready report: settings, data summary, visibility of the protection (PSNR/SSIM
     of protected vs clean training images), every run's per-epoch test DSC, and a summary row per
     victim and defense with best/final DSC and ratio = best DSC(protected) / best DSC(clean), and
-    that ratio for each foreground label (each label's own best epoch). Defended runs are compared with the undefended clean run (the attacker's alternative).
+    that ratio for each foreground label (each label's own best epoch). Defended runs are compared
+    with the undefended clean run (the attacker's alternative).
     ``seeds``: train every victim once per seed (default: ``settings.seed``); with several, the
     report adds ``over_seeds``, the mean and spread of each victim's and defense's ratio.
     ``normalisation``: the victims' intensity normalisation (``zscore`` or ``ct``); default: as

@@ -30,8 +30,9 @@ z-score with its mean/std; otherwise per-case z-score); random patches (a third 
 ROI); flips, rotation/scale resampling, brightness/contrast/gamma/noise/blur/low-resolution
 augmentation; Dice + CE loss; SGD with Nesterov momentum 0.99 (or --optimizer adam) and poly
 learning-rate decay. Test DSC of a case = mean Dice over the foreground labels it contains (3D over
-all its slices); the epoch's DSC = mean over test cases. With several foreground labels the ratio is also
-given for each label (its DSC = mean over the test cases that contain it; each label's best epoch).
+all its slices); the epoch's DSC = mean over test cases. With several foreground labels the ratio
+is also given for each label (its DSC = mean over the test cases that contain it; each label's best
+epoch).
 
 Checks after the last epoch, on (up to 8 of) the training cases: 'clean fit' and 'prot. fit', each
 victim's DSC on its own training cases; 'prot. on clean', the protected victim's DSC on the clean
