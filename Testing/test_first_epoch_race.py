@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import replace
 from unittest import mock
@@ -90,7 +91,8 @@ def test_the_race_can_z_score_its_victims_or_give_the_ct_normalisation_other_sta
     short = [str(clean), str(clean), "--seeds", "0", "--iterations", "2"]
     with mock.patch.object(race, "train_victim", recording_train):
         assert race.main([*short, "--normalisation", "zscore"]) == 0
-        assert '"normalisation": "zscore"' in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert '"normalisation": "zscore"' in out and "first_epoch_by_label" not in out  # one label: the mean is its
         assert race.main([*short, "--ct-statistics", "-200", "100", "30", "40"]) == 0
         assert '"ct_statistics": [-200.0, 100.0, 30.0, 40.0]' in capsys.readouterr().out
     assert seen[0][0] == "zscore" and seen[0][1] != (-200, 100, 30, 40)
@@ -99,6 +101,16 @@ def test_the_race_can_z_score_its_victims_or_give_the_ct_normalisation_other_sta
     for bad in (["--normalisation", "minmax"], ["--ct-statistics", "100", "-200", "30", "40"], ["--ct-statistics", "0", "1", "0", "0"]):
         with pytest.raises(SystemExit):
             race.main([str(clean), str(clean), *bad])
+
+
+def test_with_several_labels_the_race_gives_each_labels_first_epoch_dsc(tmp_path, capsys):
+    clean = write_nnunet_dataset(tmp_path / "clean", n_train=2, n_test=1, shape=(2, 32, 32), n_lesions=2)
+    assert race.main([str(clean), str(clean), "--seeds", "0", "1", "--iterations", "2"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    by_label = line["first_epoch_by_label"]
+    assert list(by_label) == ["lesion1", "lesion2"] and all(len(v) == 2 for v in by_label.values())
+    for seed, dsc in enumerate(line["first_epoch"]):  # one test case with both labels: its DSC is their mean
+        assert dsc == pytest.approx((by_label["lesion1"][seed] + by_label["lesion2"][seed]) / 2, abs=1e-3)
 
 
 def test_ct_statistics_prints_the_normalisation_each_dataset_gives_its_victims(tmp_path, capsys):

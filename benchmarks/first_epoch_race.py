@@ -17,6 +17,7 @@ same training, only tested more often -- what a victim early-stopped on clean ca
 and augmentation (``--seeds``), to tell which of the two decides the race; ``--normalisation zscore``
 races victims that z-score each case instead of normalising CT the nnU-Net way; ``--ct-statistics``
 gives the CT normalisation other statistics (clip range, mean, std), as a broader foreground would.
+With several foreground labels the line also gives each label's first-epoch test DSC (``first_epoch_by_label``).
 """
 
 from __future__ import annotations
@@ -47,10 +48,16 @@ class FirstEpochDone(Exception):
     """Raised from the progress callback to stop training after the first epoch."""
 
 
-def first_epoch_curve(data: EvaluationData, settings: TrainSettings, every: int | None = None, epochs: int = 1) -> list[float]:
+def first_epoch_curve(
+    data: EvaluationData,
+    settings: TrainSettings,
+    every: int | None = None,
+    epochs: int = 1,
+    labels: list[list[float]] | None = None,
+) -> list[float]:
     """Test DSC of a ``unet-small`` victim trained on the protected cases, every ``every`` iterations of the
     first ``epochs`` epochs of ``settings`` (default: once, at the end of the first). Testing more often does
-    not change the training."""
+    not change the training. ``labels``, if given, receives each test's DSC of every foreground label."""
     every = every or settings.iterations_per_epoch
     per_epoch = checks_per_epoch(settings, every, epochs)
     checks = per_epoch * epochs
@@ -63,10 +70,24 @@ def first_epoch_curve(data: EvaluationData, settings: TrainSettings, every: int 
             raise FirstEpochDone
 
     try:
-        train_victim(data.protected, data.test, "unet-small", data.n_classes, finer, record, "protected", data.normalisation)
+        with recording_label_dsc(labels):
+            train_victim(data.protected, data.test, "unet-small", data.n_classes, finer, record, "protected", data.normalisation)
     except FirstEpochDone:
         pass
     return curve
+
+
+def recording_label_dsc(labels: list[list[float]] | None):
+    """Context in which every test's DSC per foreground label is appended to ``labels``, if given."""
+    if labels is None:
+        return contextlib.nullcontext()
+    label_dsc = evaluation.label_dsc
+
+    def recording(case_scores: Sequence[Sequence[float]], n_classes: int) -> list[float]:
+        labels.append(label_dsc(case_scores, n_classes))
+        return labels[-1]
+
+    return mock.patch.object(evaluation, "label_dsc", recording)
 
 
 def checks_per_epoch(settings: TrainSettings, every: int, epochs: int) -> int:
@@ -138,12 +159,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if args.normalisation:
         data = replace(data, normalisation=args.normalisation)
-    curves = []
+    curves, first_by_label = [], []
     for seed, init in zip(args.seeds, args.init_seeds or args.seeds):
+        labels: list[list[float]] = []
         with initialised_with(init), ct_normalised_with(args.ct_statistics):
-            curves.append([round(d, 3) for d in first_epoch_curve(data, replace(schedule, seed=seed), every, args.epochs)])
+            curve = first_epoch_curve(data, replace(schedule, seed=seed), every, args.epochs, labels)
+        curves.append([round(d, 3) for d in curve])
+        first_by_label.append(labels[per_epoch - 1])
     line = {"protected": str(args.protected), "psnr": round(data.quality["psnr_db_mean"], 2), "seeds": args.seeds,
             "first_epoch": [c[per_epoch - 1] for c in curves]}  # fmt: skip
+    if len(data.label_names) > 1:  # which labels the victims kept
+        line["first_epoch_by_label"] = {
+            name: [round(scores[k], 3) for scores in first_by_label] for k, name in enumerate(data.label_names)
+        }
     if args.iterations != SCHEDULE.iterations_per_epoch:
         line["iterations"] = args.iterations
     if args.init_seeds:
