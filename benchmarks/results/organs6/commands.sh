@@ -39,3 +39,11 @@ done
 # Both: the rings that tell the organs apart under the liver's statistics
 python benchmarks/first_epoch_race.py $D $W/rings_sign_period_e6.3_psnr50 --iterations 250 --seeds 0 1 2 3 4 5 \
   --ct-statistics -20 81 45.2 15.3 >> $R/race_ct_statistics.jsonl
+# Which organs: the same races again, now that the race gives each label's DSC (race_by_label.jsonl; same first_epoch)
+for p in $W/default_e6.3_psnr50 $D; do
+  python benchmarks/first_epoch_race.py $D $p --iterations 250 --seeds 0 1 2 3 4 5 \
+    --ct-statistics -20 81 45.2 15.3 >> $R/race_by_label.jsonl
+done
+python benchmarks/first_epoch_race.py $D $W/default_e6.3_psnr50 --iterations 250 --seeds 0 1 2 3 4 5 >> $R/race_by_label.jsonl
+python benchmarks/first_epoch_race.py $D $W/rings_sign_period_e6.3_psnr50 --iterations 250 --seeds 0 1 2 3 4 5 \
+  --ct-statistics -20 81 45.2 15.3 >> $R/race_by_label.jsonl
