@@ -69,3 +69,6 @@ for name in sorted(os.listdir(f"{d5}/imagesTr")):
     same, total = same + (alone[liver] == beside[liver]).sum(), total + liver.sum()
 print(f"liver voxels with the same change: {same} of {total}")
 PY
+# The floor alone: Dataset005 (liver only, no other rings) with every slice held at >= 50 dB
+umedprotect protect-dataset $D5 -o $W/dataset005_default_e6.3_psnr50 --epsilon 6.3 --min-psnr 50 --no-progress --overwrite
+python benchmarks/first_epoch_race.py $D5 $W/dataset005_default_e6.3_psnr50 --iterations 250 --seeds 0 1 2 3 4 5 >> $R/race_by_label.jsonl
