@@ -15,7 +15,6 @@ from conftest import write_nnunet_dataset
 from UMedProtectLib.augment import NO_AUGMENTATION
 from UMedProtectLib.cli import main
 from UMedProtectLib.errors import InputError
-from UMedProtectLib.losses import dice_by_label
 from UMedProtectLib.evaluation import (
     TrainSettings,
     TrainingRun,
@@ -29,6 +28,7 @@ from UMedProtectLib.evaluation import (
     to_class_indices,
     train_victim,
 )
+from UMedProtectLib.losses import dice_by_label
 from UMedProtectLib.slices import case_slices
 
 TINY = TrainSettings(epochs=2, iterations_per_epoch=2, batch_size=2, patch_size=32, device="cpu")

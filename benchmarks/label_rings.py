@@ -37,13 +37,12 @@ def label_rings(base: Protector, scheme: tuple[tuple[int, int], ...]) -> Protect
     """``base`` with ring codes that follow ``scheme`` label by label (one profile over the periods' lcm)."""
     length = math.lcm(*(period for period, _ in scheme))
     classes = base.config.code_classes
-    protector = Protector(replace(base.config, code_period=length))
-    protector.load_state_dict({k: v for k, v in base.state_dict().items() if k != "codes"}, strict=False)
     codes = torch.zeros(classes, length)
     for label in range(1, classes):
         period, sign = scheme[(label - 1) % len(scheme)]
         codes[label] = sign * ring_codes(classes, period)[label].repeat(length // period)
-    protector.codes.data = codes
+    protector = Protector(replace(base.config, code_period=length))
+    protector.load_state_dict({**base.state_dict(), "codes": codes})
     return protector
 
 
