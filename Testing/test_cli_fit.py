@@ -18,10 +18,18 @@ def test_fit_writes_a_loadable_protector_and_its_history(nnunet_dataset, tmp_pat
     assert protector.config.training["datasets"] == [str(nnunet_dataset)]
     assert len(protector.config.training["cases"]) == 3
     assert [r["step"] for r in json.loads(history.read_text())] == [1, 2, 3]
-    assert "after 3 steps" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "after 3 steps" in captured.out and "fitting" in captured.err  # the progress bar
     image = next((nnunet_dataset / "imagesTr").iterdir())
     label = nnunet_dataset / "labelsTr" / image.name.replace("_0000", "")
     assert main(["protect", str(image), str(label), "-o", str(tmp_path / "p.nii.gz"), "--protector", str(out), "--device", "cpu"]) == 0
+
+
+def test_fit_without_progress_bar(nnunet_dataset, tmp_path, capsys):
+    out = tmp_path / "quiet.safetensors"
+    assert main(["fit", str(nnunet_dataset), "-o", str(out), "--no-progress", *TINY]) == 0
+    captured = capsys.readouterr()
+    assert "after 3 steps" in captured.out and "fitting" not in captured.err
 
 
 def test_fit_refuses_an_existing_output_and_a_missing_dataset(nnunet_dataset, tmp_path, capsys):

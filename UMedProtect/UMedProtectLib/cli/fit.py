@@ -70,6 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default %(default)s)")
     p.add_argument("--history", metavar="JSON", help="also write the per-step fitting history here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--{bad[0].replace('_', '-')} {values[bad[0]]:g} is out of range")
     config = ProtectorConfig(**values)
     samples = dataset_slices(args.datasets)  # validates the datasets before the progress bar starts
-    with tqdm(total=settings.steps, desc="fitting", unit="step") as bar:
+    with tqdm(total=settings.steps, desc="fitting", unit="step", disable=args.no_progress) as bar:
 
         def progress(step: int, total: int, record: dict) -> None:
             bar.update(step - bar.n)
