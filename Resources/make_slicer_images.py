@@ -22,11 +22,11 @@ from matplotlib.path import Path as MplPath
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
 
-from UMedProtectLib import io  # noqa: E402
-from UMedProtectLib.atomic import atomic_path  # noqa: E402
-from UMedProtectLib.intensity import intensity_window  # noqa: E402
-from UMedProtectLib.preview import central_slice  # noqa: E402
-from UMedProtectLib.protect import protect_array  # noqa: E402
+from umedprotect import io  # noqa: E402
+from umedprotect.atomic import atomic_path  # noqa: E402
+from umedprotect.intensity import intensity_window  # noqa: E402
+from umedprotect.preview import central_slice  # noqa: E402
+from umedprotect.array_protection import protect_array  # noqa: E402
 
 ICON = ROOT / "UMedProtect" / "Resources" / "Icons" / "UMedProtect.png"
 SCREENSHOT = ROOT / "Resources" / "Screenshots" / "heatmap_preview.png"

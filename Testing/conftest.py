@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "UMedProtect"))
 
 torch.set_num_threads(1)
 
@@ -18,7 +16,7 @@ torch.set_num_threads(1)
 @pytest.fixture
 def random_protector():
     """An untrained protector: generators at zero, so it draws its random (seeded) codes; not tuned."""
-    from UMedProtectLib.protector import Protector
+    from umedprotect.protector import Protector
 
     torch.manual_seed(0)
     return Protector().eval()
@@ -26,14 +24,14 @@ def random_protector():
 
 @pytest.fixture
 def phantom2d():
-    from UMedProtectLib.phantoms import phantom_slice
+    from umedprotect.phantoms import phantom_slice
 
     return phantom_slice((64, 64), n_lesions=2, rng=0)
 
 
 @pytest.fixture
 def phantom3d():
-    from UMedProtectLib.phantoms import phantom_volume
+    from umedprotect.phantoms import phantom_volume
 
     return phantom_volume((10, 48, 40), n_lesions=2, rng=1)
 
@@ -58,7 +56,7 @@ def write_nnunet_dataset(
 
     import SimpleITK as sitk
 
-    from UMedProtectLib.phantoms import phantom_slice, phantom_volume
+    from umedprotect.phantoms import phantom_slice, phantom_volume
 
     root = Path(root)
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
@@ -101,7 +99,7 @@ def nnunet_dataset(tmp_path):
 @pytest.fixture
 def protector_file(tmp_path_factory):
     """Path of a saved protector with fixed random weights (fast; its output is not tuned)."""
-    from UMedProtectLib.protector import Protector, save_protector
+    from umedprotect.protector import Protector, save_protector
 
     torch.manual_seed(0)
     return save_protector(Protector().eval(), tmp_path_factory.mktemp("protector") / "random.safetensors")

@@ -1,6 +1,6 @@
 """UMedProtect: protect segmentation datasets against unauthorised AI training, inside 3D Slicer.
 
-Thin Slicer glue around the pure-Python backend in ``UMedProtectLib``: MRML nodes <-> numpy arrays
+Thin Slicer glue around the pure-Python backend in ``umedprotect``: MRML nodes <-> numpy arrays
 and geometry. torch and the torch-dependent backend modules are imported on first use only; torch
 itself is installed through the PyTorch extension (``PyTorchUtils``) when it is missing.
 """
@@ -32,7 +32,7 @@ from slicer.util import VTKObservationMixin
 
 TORCH_REQUIREMENT = ">=2.1"
 PIP_REQUIREMENTS = {"scipy": "scipy>=1.10", "safetensors": "safetensors>=0.4"}  # import name -> requirement
-DEVICE_CHOICES = ["auto", "cpu", "cuda"]  # same as UMedProtectLib.devices.DEVICE_CHOICES (that module imports torch)
+DEVICE_CHOICES = ["auto", "cpu", "cuda"]  # same as umedprotect.devices.DEVICE_CHOICES (that module imports torch)
 HEATMAP_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
 SOURCE_ATTRIBUTE = "UMedProtect.InputVolumeID"  # set on output nodes: the volume they were computed from
 
@@ -113,7 +113,7 @@ class ProtectionOutput:
 
     protectedVolume: Any  # vtkMRMLScalarVolumeNode
     heatmapVolume: Any  # vtkMRMLScalarVolumeNode, |change| in native units (float32)
-    result: Any  # UMedProtectLib.protect.ProtectionResult
+    result: Any  # umedprotect.array_protection.ProtectionResult
     metrics: dict
 
 
@@ -246,7 +246,7 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         A preview updates this input's preview volume; an export always creates a new volume node.
         """
-        from UMedProtectLib.errors import Cancelled
+        from umedprotect.errors import Cancelled
 
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Protection failed."), waitCursor=True):
@@ -278,7 +278,7 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return None
 
     def _showMetrics(self, metrics: dict) -> None:
-        from UMedProtectLib.metrics import psnr_text
+        from umedprotect.metrics import psnr_text
 
         self.ui.psnrValueLabel.text = psnr_text(metrics)
         self.ui.ssimValueLabel.text = f"{metrics['ssim']:.4f}"
@@ -317,7 +317,7 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceInfoLabel.text = self.logic.describeDevices()
 
     def onFitButton(self) -> None:
-        from UMedProtectLib.errors import Cancelled
+        from umedprotect.errors import Cancelled
 
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Fitting the protector failed."), waitCursor=True):
@@ -378,7 +378,7 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def describeDevices() -> str:
-        from UMedProtectLib.devices import describe_devices
+        from umedprotect.devices import describe_devices
 
         return describe_devices()
 
@@ -395,7 +395,7 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
 
         ``segmentIds=None`` selects every segment. Where segments overlap, the later one wins.
         """
-        from UMedProtectLib.errors import InputError
+        from umedprotect.errors import InputError
 
         segmentation = segmentationNode.GetSegmentation()
         if segmentIds is None:
@@ -454,12 +454,12 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
         Creates (or updates the given) protected volume, named ``<input> protected`` unless
         ``protectedName`` is given, with the input's exact geometry and pixel type, and a
         ``<input> perturbation`` heatmap (|change|, native units, float32). The input node is never
-        modified. Raises ``UMedProtectLib.errors.InputError`` for unusable inputs and
-        ``UMedProtectLib.errors.Cancelled`` when ``cancelCheck()`` returns True.
+        modified. Raises ``umedprotect.errors.InputError`` for unusable inputs and
+        ``umedprotect.errors.Cancelled`` when ``cancelCheck()`` returns True.
         """
-        from UMedProtectLib.errors import InputError
-        from UMedProtectLib.protect import protect_array
-        from UMedProtectLib.protector import load_protector
+        from umedprotect.errors import InputError
+        from umedprotect.array_protection import protect_array
+        from umedprotect.protector import load_protector
 
         parameters = parameters or ProtectionSettings()
         report = progressCallback or (lambda fraction, message: None)
@@ -535,16 +535,16 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _checkEnding(path: str, endings: Sequence[str]) -> None:
-        from UMedProtectLib.errors import InputError
+        from umedprotect.errors import InputError
 
         if not str(path).lower().endswith(tuple(endings)):
             raise InputError(f"{path}: unsupported file type (use one of {', '.join(endings)})")
 
     def saveVolume(self, volumeNode, path: str | pathlib.Path, overwrite: bool = True) -> pathlib.Path:
         """Write a volume to NRRD/NIfTI/MHA atomically; the node's own storage node is left as it is."""
-        from UMedProtectLib.atomic import atomic_path
-        from UMedProtectLib.errors import InputError
-        from UMedProtectLib.io import OUTPUT_ENDINGS
+        from umedprotect.atomic import atomic_path
+        from umedprotect.errors import InputError
+        from umedprotect.io import OUTPUT_ENDINGS
 
         path = pathlib.Path(path)
         self._checkEnding(path.name, OUTPUT_ENDINGS)
@@ -564,8 +564,8 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
 
     def loadVolume(self, path: str | pathlib.Path, labelMap: bool = False):
         """Read an image (or a label map) file into a new volume node."""
-        from UMedProtectLib.errors import InputError
-        from UMedProtectLib.io import OUTPUT_ENDINGS
+        from umedprotect.errors import InputError
+        from umedprotect.io import OUTPUT_ENDINGS
 
         path = pathlib.Path(path)
         self._checkEnding(path.name, OUTPUT_ENDINGS)
@@ -586,8 +586,8 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
 
     def loadSegmentation(self, path: str | pathlib.Path, referenceVolume):
         """Read a ``.seg.nrrd`` segmentation, or a label map file (one segment per label value)."""
-        from UMedProtectLib.errors import InputError
-        from UMedProtectLib.io import SEGMENTATION_ENDING
+        from umedprotect.errors import InputError
+        from umedprotect.io import SEGMENTATION_ENDING
 
         path = pathlib.Path(path)
         segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", path.name.split(".")[0])
@@ -643,14 +643,14 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
         in the scene (:meth:`sceneCases`), and save it to ``outputPath``.
 
         ``epsilon``/``bandRadius`` default to the protector defaults; ``fitOptions`` are
-        ``UMedProtectLib.fit.FitSettings`` fields (``steps``, ``device``, ``seed``, ...).
+        ``umedprotect.fitting.FitSettings`` fields (``steps``, ``device``, ``seed``, ...).
         """
         from dataclasses import replace
 
-        from UMedProtectLib.errors import InputError
-        from UMedProtectLib.fit import FitSettings, fit_on_datasets, fit_protector
-        from UMedProtectLib.protector import ProtectorConfig, save_protector
-        from UMedProtectLib.slices import case_slices
+        from umedprotect.errors import InputError
+        from umedprotect.fitting import FitSettings, fit_on_datasets, fit_protector
+        from umedprotect.protector import ProtectorConfig, save_protector
+        from umedprotect.slices import case_slices
 
         if not outputPath:
             raise InputError("choose a file for the fitted protector")
@@ -703,8 +703,8 @@ class UMedProtectTest(ScriptedLoadableModuleTest):
         self.test_PreviewAndExport()
 
     def test_PreviewAndExport(self) -> None:
-        from UMedProtectLib.phantoms import phantom_volume
-        from UMedProtectLib.regions import contour_band
+        from umedprotect.phantoms import phantom_volume
+        from umedprotect.regions import contour_band
 
         self.delayDisplay(_("Building a synthetic volume and segmentation"))
         logic = UMedProtectLogic()

@@ -20,9 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
 
-from UMedProtectLib.augment import NO_AUGMENTATION  # noqa: E402
-from UMedProtectLib.evaluation import DEFAULT_LEARNING_RATES, TrainSettings, evaluate  # noqa: E402
-from UMedProtectLib.io import write_json  # noqa: E402
+from umedprotect.augment import NO_AUGMENTATION  # noqa: E402
+from umedprotect_eval.evaluation import DEFAULT_LEARNING_RATES, TrainSettings, evaluate  # noqa: E402
+from umedprotect.io import write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,10 +13,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
 
-from UMedProtectLib.errors import InputError  # noqa: E402
-from UMedProtectLib.evaluation import ct_statistics  # noqa: E402
-from UMedProtectLib.nnunet import read_dataset  # noqa: E402
-from UMedProtectLib.slices import load_slices  # noqa: E402
+from umedprotect.errors import InputError  # noqa: E402
+from umedprotect_eval.evaluation import ct_statistics  # noqa: E402
+from umedprotect.nnunet import read_dataset  # noqa: E402
+from umedprotect.slices import load_slices  # noqa: E402
 
 
 def statistics_line(dataset: Path) -> str:

@@ -36,9 +36,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
 
-from UMedProtectLib import evaluation  # noqa: E402
-from UMedProtectLib.errors import InputError  # noqa: E402
-from UMedProtectLib.evaluation import EvaluationData, TrainSettings, load_evaluation_data, train_victim  # noqa: E402
+from umedprotect_eval import evaluation  # noqa: E402
+from umedprotect.errors import InputError  # noqa: E402
+from umedprotect_eval.evaluation import EvaluationData, TrainSettings, load_evaluation_data, train_victim  # noqa: E402
 
 SCHEDULE = TrainSettings(epochs=5, iterations_per_epoch=100, batch_size=8, patch_size=96, optimizer="adam",
                          learning_rate=0.003, device="cpu")  # fmt: skip -- Dataset005's (commands.sh)

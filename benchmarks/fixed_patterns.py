@@ -57,11 +57,11 @@ from scipy.ndimage import binary_dilation, distance_transform_edt, gaussian_filt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
 
-from UMedProtectLib.intensity import apply_change, intensity_window  # noqa: E402
-from UMedProtectLib.nnunet import read_dataset  # noqa: E402
-from UMedProtectLib.protector import BLOB_GAIN  # noqa: E402
-from UMedProtectLib.protector import BLOB_SIGMAS as PROTECTOR_BLOB_SIGMAS  # noqa: E402
-from UMedProtectLib.regions import edge_depth  # noqa: E402
+from umedprotect.intensity import apply_change, intensity_window  # noqa: E402
+from umedprotect.nnunet import read_dataset  # noqa: E402
+from umedprotect.protector import BLOB_GAIN  # noqa: E402
+from umedprotect.protector import BLOB_SIGMAS as PROTECTOR_BLOB_SIGMAS  # noqa: E402
+from umedprotect.regions import edge_depth  # noqa: E402
 
 RING_PERIOD = 6.0  # rings: pixels of distance to the ROI's edge per +/- cycle
 RING_VARIANTS = {  # name: (period, phase, pixels outside the ROI, amplitude below the first period)

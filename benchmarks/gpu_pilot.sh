@@ -9,7 +9,7 @@ if [ ! -d /tmp/site ]; then
 fi
 export PYTHONPATH="$PWD/UMedProtect:/tmp/site" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 R="$OUT/pilot"; mkdir -p "$R"
-U="python3 -m UMedProtectLib.cli"
+U="python3 -m umedprotect.cli"
 start=$SECONDS
 $U fit "$DATA" -o "$R/$NAME.safetensors" --device "$DEVICE" --steps "$STEPS" --min-steps "$STEPS" --batch-size 32 \
   --patch-size 128 --history "$R/${NAME}_fit.json" 2>&1 | tr '\r' '\n' | grep -v '^fitting' | tail -n 2

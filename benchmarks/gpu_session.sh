@@ -14,7 +14,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH="$PWD/UMedProtect:/tmp/site" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 R="$OUT/gpu"; mkdir -p "$R"
 D=benchmarks/data/nnUNet_raw
-U="python3 -m UMedProtectLib.cli"
+U="python3 -m umedprotect.cli"
 nvidia-smi -L
 start=$SECONDS
 python3 benchmarks/speed.py --device cuda --repeats 3 -o "$R/speed_gpu.json" | tail -n 12

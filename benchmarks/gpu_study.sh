@@ -19,7 +19,7 @@ export PYTHONPATH="$PWD/UMedProtect:/tmp/site" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 R=/tmp/gpu_study; rm -rf "$R"; mkdir -p "$R"
 D=benchmarks/data/nnUNet_raw
 S="python3 benchmarks/study.py --setting $SETTING --device $DEVICE --resume"
-U="python3 -m UMedProtectLib.cli"
+U="python3 -m umedprotect.cli"
 command -v nvidia-smi >/dev/null && nvidia-smi -L
 start=$SECONDS
 

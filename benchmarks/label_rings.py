@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
 
-from UMedProtectLib.protector import Protector, load_protector, ring_codes, save_protector  # noqa: E402
+from umedprotect.protector import Protector, load_protector, ring_codes, save_protector  # noqa: E402
 
 VARIANTS = {  # (ring period in pixels, sign) of labels 1, 2, ..., repeated over the labels
     "sign": ((6, 1), (6, -1)),

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "UMedProtect"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from fixed_patterns import PATTERNS, write_protected_copy  # noqa: E402
-from UMedProtectLib.evaluation import TrainSettings, ct_statistics, load_evaluation_data, train_victim  # noqa: E402
+from umedprotect_eval.evaluation import TrainSettings, ct_statistics, load_evaluation_data, train_victim  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

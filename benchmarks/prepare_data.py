@@ -49,8 +49,8 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
 
-from UMedProtectLib.atomic import atomic_path  # noqa: E402
-from UMedProtectLib.phantoms import phantom_slice  # noqa: E402
+from umedprotect.atomic import atomic_path  # noqa: E402
+from umedprotect.phantoms import phantom_slice  # noqa: E402
 
 DEFAULT_DATA_DIR = ROOT / "benchmarks" / "data"
 PACKAGES = {

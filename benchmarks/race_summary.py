@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "UMedProtect"))
 
-from UMedProtectLib.evaluation import TARGET_RATIO  # noqa: E402
+from umedprotect_eval.evaluation import TARGET_RATIO  # noqa: E402
 
 
 OTHER_VICTIMS = {"init_seeds", "normalisation", "ct_statistics"}  # line keys of victims unlike the clean references

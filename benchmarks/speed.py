@@ -68,8 +68,8 @@ def main() -> None:
 
     import torch
 
-    from UMedProtectLib.protect import protect_array
-    from UMedProtectLib.protector import load_protector
+    from umedprotect.array_protection import protect_array
+    from umedprotect.protector import load_protector
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -92,7 +92,7 @@ def main() -> None:
         for i in range(args.repeats):
             cmd = [
                 sys.executable, "-c",
-                "import resource,sys; from UMedProtectLib.cli import main; rc=main(sys.argv[1:]); "
+                "import resource,sys; from umedprotect.cli import main; rc=main(sys.argv[1:]); "
                 "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(rc)",
                 "protect", str(image_path), str(label_path), "-o", str(folder / f"out{i}.nii.gz"), "--device", args.device,
             ]

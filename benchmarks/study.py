@@ -9,10 +9,10 @@
 For every dataset of the setting (built by benchmarks/prepare_data.py if missing), the training
 cases are protected with every method at the same budget (epsilon = 4/255 of each case's window):
 UMed with the bundled default protector, UMed with a protector fitted on that dataset
-(``UMedProtectLib.fit``), the baselines EM, TAP, LSP, AR, SEP and uniform random noise in the ROI.
+(``umedprotect.fitting``), the baselines EM, TAP, LSP, AR, SEP and uniform random noise in the ROI.
 Then every victim is trained from scratch on the clean training cases and on each protected
 version (same seed and schedule) and tested on the clean test cases after every epoch
-(``UMedProtectLib.evaluation``); the headline is the best epoch. The defenses are applied to the
+(``umedprotect_eval.evaluation``); the headline is the best epoch. The defenses are applied to the
 UMed-protected training set before training. Protection time includes the surrogate training of
 EM/TAP/SEP; the fitting time of "UMed fitted" is reported separately.
 
@@ -43,17 +43,17 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from UMedProtectLib.baselines import BaselineSettings, build_case_protector  # noqa: E402
-from UMedProtectLib.dataset_protection import MANIFEST_NAME, protect_dataset  # noqa: E402
-from UMedProtectLib.defenses import defend  # noqa: E402
-from UMedProtectLib.devices import resolve_device  # noqa: E402
-from UMedProtectLib.evaluation import TrainSettings, load_evaluation_data, ratio, train_victim  # noqa: E402
-from UMedProtectLib.fit import FitSettings, fit_on_datasets  # noqa: E402
-from UMedProtectLib.io import write_json  # noqa: E402
-from UMedProtectLib.nnunet import read_dataset  # noqa: E402
-from UMedProtectLib.protect import protect_array  # noqa: E402
-from UMedProtectLib.protector import ProtectorConfig, load_protector, save_protector  # noqa: E402
-from UMedProtectLib.victims import build_victim  # noqa: E402
+from umedprotect_eval.baselines import BaselineSettings, build_case_protector  # noqa: E402
+from umedprotect.dataset_protection import MANIFEST_NAME, protect_dataset  # noqa: E402
+from umedprotect_eval.defenses import defend  # noqa: E402
+from umedprotect.devices import resolve_device  # noqa: E402
+from umedprotect_eval.evaluation import TrainSettings, load_evaluation_data, ratio, train_victim  # noqa: E402
+from umedprotect.fitting import FitSettings, fit_on_datasets  # noqa: E402
+from umedprotect.io import write_json  # noqa: E402
+from umedprotect.nnunet import read_dataset  # noqa: E402
+from umedprotect.array_protection import protect_array  # noqa: E402
+from umedprotect.protector import ProtectorConfig, load_protector, save_protector  # noqa: E402
+from umedprotect_eval.victims import build_victim  # noqa: E402
 
 METHODS = ("umed-default", "umed-fitted", "em", "tap", "lsp", "ar", "sep", "random")
 METHOD_LABELS = {
@@ -292,7 +292,7 @@ def tables(results: dict, config: dict) -> str:
 
 def _case_slice(source: Path, work: Path):
     """First training case: its slice with the largest ROI, clean and per method."""
-    from UMedProtectLib import io
+    from umedprotect import io
 
     dataset = read_dataset(source)
     case = dataset.training[0]

@@ -61,7 +61,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def split_ending(name: str) -> tuple[str, str] | None:
     """(stem, ending) for a supported image file name; ``.seg.nrrd`` keeps ``.seg`` in the stem."""
-    from UMedProtectLib.io import OUTPUT_ENDINGS
+    from umedprotect.io import OUTPUT_ENDINGS
 
     lower = name.lower()
     for ending in OUTPUT_ENDINGS:
@@ -72,7 +72,7 @@ def split_ending(name: str) -> tuple[str, str] | None:
 
 def find_pairs(folder: Path) -> list[BatchCase]:
     """Image/mask pairs of a plain folder (see the module docstring for the naming rule)."""
-    from UMedProtectLib.errors import InputError
+    from umedprotect.errors import InputError
 
     files = {p.name: split_ending(p.name) for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")}
     files = {name: split for name, split in files.items() if split is not None}
@@ -98,8 +98,8 @@ def find_pairs(folder: Path) -> list[BatchCase]:
 
 def find_cases(folder: Path) -> tuple[list[BatchCase], list[Path]]:
     """Cases to protect and files to copy unchanged (paths relative to ``folder``)."""
-    from UMedProtectLib.errors import InputError
-    from UMedProtectLib.nnunet import read_dataset
+    from umedprotect.errors import InputError
+    from umedprotect.nnunet import read_dataset
 
     if not folder.is_dir():
         raise InputError(f"{folder}: input folder not found")
@@ -118,8 +118,8 @@ def find_cases(folder: Path) -> tuple[list[BatchCase], list[Path]]:
 
 def run(args: argparse.Namespace, log=print) -> int:
     """Protect every case; return the exit code. Must run inside Slicer (or with slicer-core)."""
-    from UMedProtectLib.errors import InputError
-    from UMedProtectLib.io import check_writable_dir, copy_file
+    from umedprotect.errors import InputError
+    from umedprotect.io import check_writable_dir, copy_file
 
     cases, unchanged = find_cases(args.input)
     output = args.output
@@ -183,7 +183,7 @@ def main(argv: list[str]) -> int:
     except SystemExit as stop:  # argparse: --help (0) or a usage error (2)
         return int(stop.code or 0)
     try:
-        from UMedProtectLib.errors import InputError
+        from umedprotect.errors import InputError
 
         try:
             return run(args)

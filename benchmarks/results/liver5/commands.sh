@@ -17,7 +17,7 @@ done
 # Historical, run at commit a904453 (the tone option is gone since): the shipped default protector
 # with a tone of 3 set in its config (weights unchanged), and min-min fitted with a tone of 3.
 #   python -c "
-#   from UMedProtectLib.protector import load_protector, save_protector
+#   from umedprotect.protector import load_protector, save_protector
 #   p = load_protector(); p.config.tone = 3.0; p.config.training['tone_set_after_fitting'] = 3.0
 #   save_protector(p, '$W/default_tone3.safetensors')"
 #   umedprotect protect-dataset $D -o $W/default_tone3 --protector $W/default_tone3.safetensors --no-progress --overwrite
@@ -54,7 +54,7 @@ python benchmarks/ct_statistics.py $D $W/default $W/minmin_blobs $W/minmin_blobs
 python -c "
 import sys, numpy as np
 from safetensors.numpy import load_file
-from UMedProtectLib.protector import Protector, ProtectorConfig
+from umedprotect.protector import Protector, ProtectorConfig
 start = Protector(ProtectorConfig(code_init='blobs', code_period=32)).codes.detach().numpy()
 for path in sys.argv[1:]:
     codes = load_file(path)['codes']
@@ -63,8 +63,8 @@ for path in sys.argv[1:]:
 # Why Dataset004's ratios measure a domain gap: mean liver intensity of its training and test subjects
 python -c "
 import numpy as np
-from UMedProtectLib.nnunet import read_dataset
-from UMedProtectLib.slices import load_slices
+from umedprotect.nnunet import read_dataset
+from umedprotect.slices import load_slices
 dataset = read_dataset('benchmarks/data/nnUNet_raw/Dataset004_TotalSegCTLiver')
 for name, cases in (('training', dataset.training), ('test', dataset.test)):
     liver = np.concatenate([s.image[s.labels > 0] for s in load_slices(cases)])
@@ -85,8 +85,8 @@ from pathlib import Path
 import numpy as np, SimpleITK as sitk
 sys.path[:0] = ["UMedProtect", "benchmarks"]
 from fixed_patterns import pattern
-from UMedProtectLib.intensity import apply_change, intensity_window
-from UMedProtectLib.metrics import image_quality
+from umedprotect.intensity import apply_change, intensity_window
+from umedprotect.metrics import image_quality
 src = Path("benchmarks/data/sources/totalsegmentator-2.18.0/tests/reference_files")
 image = sitk.ReadImage(str(src / "example_ct.nii.gz"))
 seg = sitk.Resample(sitk.ReadImage(str(src / "example_seg_fast_force_split.nii.gz")), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)

@@ -23,7 +23,7 @@ umedprotect evaluate $D $W/minmin_rings_e6 -o $R/minmin_rings_e6.json $V --seed 
 python -c "
 import sys; sys.path.insert(0, 'UMedProtect')
 import torch
-from UMedProtectLib.protector import Protector, ProtectorConfig, save_protector
+from umedprotect.protector import Protector, ProtectorConfig, save_protector
 torch.manual_seed(0)
 config = ProtectorConfig(epsilon=6.0, band_radius=1, texture_floor=1.0, code_init='rings', code_period=6,
                          training={'fitted': False, 'note': 'ring codes, generators at their seeded initialisation'})
@@ -73,8 +73,8 @@ python - $W/default_rings0.safetensors $W/rings_unfitted_e6.safetensors $W/defau
 import glob, sys
 import numpy as np, SimpleITK as sitk
 sys.path[:0] = ["UMedProtect"]
-from UMedProtectLib.protector import load_protector
-from UMedProtectLib.protect import protect_array
+from umedprotect.protector import load_protector
+from umedprotect.array_protection import protect_array
 D, W = "benchmarks/data/nnUNet_raw/Dataset005_TotalSegCTLiverBlocks", "benchmarks/data/liver5"
 read = lambda path: sitk.GetArrayFromImage(sitk.ReadImage(path)).squeeze()
 for name in sys.argv[1:]:
@@ -102,7 +102,7 @@ python - $W/minmin_rings_e6.safetensors $W/minmin_rings_g1_e6.safetensors $W/def
   > $R/rings_code_drift.txt <<'PY'
 import sys
 sys.path[:0] = ["UMedProtect"]
-from UMedProtectLib.protector import load_protector, ring_codes
+from umedprotect.protector import load_protector, ring_codes
 print("start:", [round(v, 2) for v in ring_codes(2, 6)[1].tolist()])
 for path in sys.argv[1:]:
     codes = load_protector(path).codes.detach()

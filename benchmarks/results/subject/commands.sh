@@ -17,7 +17,7 @@ umedprotect evaluate $D $W/rings -o $R/rings_e6.json $V --seed 0 1
 # (stopped after victim seed 0 for lack of time: rings_e6_seed0_stopped.log). Mean PSNR of the protected training slices:
 python -c "
 import sys; sys.path.insert(0, 'UMedProtect')
-from UMedProtectLib.evaluation import load_evaluation_data
+from umedprotect_eval.evaluation import load_evaluation_data
 q = load_evaluation_data('$D', '$W/rings').quality
 print(f'mean PSNR {q[\"psnr_db_mean\"]:.2f} dB, mean SSIM {q[\"ssim_mean\"]:.4f}, max change {q[\"max_abs_change\"]:.0f}')" > $R/rings_e6_quality.txt
 # Subject or normalisation? The fixed rings at 6/255 on Dataset005 (same subject) with z-scoring victims, seed 0

@@ -1,0 +1,44 @@
+"""benchmarks/label_rings.py: rings that tell the labels apart, label 1 kept as in the shipped default."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+
+from umedprotect.protector import load_protector
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+label_rings = pytest.importorskip("label_rings")
+
+
+def _codes_at_depths(protector, label: int, depths: torch.Tensor) -> torch.Tensor:
+    labels = torch.full((1, 1, len(depths)), label)
+    return protector.code_field(labels, torch.zeros(1, 2, dtype=torch.long), depths[None, None]).flatten()
+
+
+def test_label_one_keeps_the_default_rings_and_the_others_differ_by_sign_and_period(tmp_path):
+    assert label_rings.main([str(tmp_path)]) == 0
+    default = load_protector()
+    variant = load_protector(tmp_path / "rings_sign_period.safetensors")
+    depths = torch.arange(0, 30, 0.5)
+    first = _codes_at_depths(variant, 1, depths)
+    assert torch.allclose(first, _codes_at_depths(default, 1, depths), atol=1e-5)
+    assert torch.allclose(_codes_at_depths(variant, 2, depths), -first, atol=1e-5)
+    third = _codes_at_depths(variant, 3, depths)
+    assert torch.allclose(third[:-20], third[20:], atol=1e-5)  # period 10 (20 half-pixel steps)
+    assert not torch.allclose(third[:-12], third[12:], atol=0.1)  # not the default's 6
+    assert torch.allclose(_codes_at_depths(variant, 5, depths), first, atol=1e-5)  # the scheme repeats
+    sign = load_protector(tmp_path / "rings_sign.safetensors")
+    assert torch.allclose(_codes_at_depths(sign, 3, depths), _codes_at_depths(default, 3, depths), atol=1e-5)
+    assert torch.allclose(_codes_at_depths(sign, 4, depths), -_codes_at_depths(default, 4, depths), atol=1e-5)
+
+
+def test_a_file_as_the_output_folder_is_a_usage_error(tmp_path, capsys):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        label_rings.main([str(target)])
+    assert exit_info.value.code == 2 and "is not a folder" in capsys.readouterr().err

@@ -1,0 +1,88 @@
+"""Baseline protection methods: they run, respect the budget after dtype rounding, keep labels, follow the region rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import write_nnunet_dataset
+from umedprotect import io
+from umedprotect_eval.baselines import METHOD_NAMES, BaselineSettings, _ar_coefficients, _ar_field, build_case_protector
+from umedprotect.errors import InputError
+from umedprotect.nnunet import read_dataset
+
+TINY = BaselineSettings(
+    surrogate_steps=4, batch_size=2, patch_size=32, em_rounds=1, em_train_steps=2, em_pgd_steps=1,
+    pgd_steps=1, sep_checkpoints=2,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return read_dataset(write_nnunet_dataset(tmp_path_factory.mktemp("base") / "Dataset", n_train=2, shape=(4, 32, 32)))
+
+
+def _case(dataset, k: int = 0):
+    case = dataset.training[k]
+    image = io.read_image(case.images[0])
+    array, spacing = io.to_array(image)
+    labels, _ = io.to_array(io.read_label(case.label, image))
+    return array, labels, spacing
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_method_runs_within_budget_and_keeps_labels(dataset, method):
+    image, labels, spacing = _case(dataset)
+    labels_before = labels.copy()
+    protect = build_case_protector(method, dataset, epsilon=4.0, device="cpu", seed=0, settings=TINY)
+    result = protect(image, labels, spacing=spacing)
+    assert result.protected.dtype == image.dtype and result.protected.shape == image.shape
+    change = np.abs(result.protected.astype(np.float64) - image.astype(np.float64))
+    assert 0 < change.max() <= result.budget
+    assert result.budget == pytest.approx(4 / 255 * result.window.width)
+    np.testing.assert_array_equal(labels, labels_before)
+    axis = result.slice_axis
+    roi_slices = np.moveaxis(labels, axis, 0).reshape(labels.shape[axis], -1).any(axis=1)
+    unchanged_slices = np.moveaxis(change, axis, 0)[~roi_slices]
+    assert roi_slices.any() and (~roi_slices).any()
+    assert not unchanged_slices.any(), "slices without ROI must stay bit-identical"
+    assert not change[~result.region].any()
+    outside_roi = change[labels == 0]
+    if method == "random":
+        assert not outside_roi.any()  # ROI only
+    else:
+        assert outside_roi.any()  # image-wide on ROI slices (LSP/AR: background is the second class)
+    assert result.metrics["psnr_db"] > 30
+
+
+@pytest.mark.parametrize("method", ["random", "lsp", "ar"])
+def test_training_free_methods_are_deterministic_with_a_seed(dataset, method):
+    image, labels, spacing = _case(dataset)
+    first = build_case_protector(method, dataset, 4.0, "cpu", seed=3)(image, labels, spacing=spacing)
+    second = build_case_protector(method, dataset, 4.0, "cpu", seed=3)(image, labels, spacing=spacing)
+    other = build_case_protector(method, dataset, 4.0, "cpu", seed=4)(image, labels, spacing=spacing)
+    np.testing.assert_array_equal(first.protected, second.protected)
+    assert not np.array_equal(first.protected, other.protected)
+
+
+def test_float_images_use_the_full_budget(dataset):
+    image, labels, spacing = _case(dataset)
+    image = image.astype(np.float32) + 0.25
+    result = build_case_protector("lsp", dataset, 2.0, "cpu", seed=0)(image, labels, spacing=spacing)
+    change = np.abs(result.protected.astype(np.float64) - image.astype(np.float64))
+    assert change.max() == pytest.approx(result.budget, rel=1e-3)
+    assert change.max() <= result.budget
+
+
+def test_ar_process_is_bounded_and_spatially_correlated():
+    rng = np.random.default_rng(0)
+    field = _ar_field(_ar_coefficients(rng), (64, 64), rng)
+    assert np.isfinite(field).all()
+    assert abs(np.corrcoef(field[:, 1:].ravel(), field[:, :-1].ravel())[0, 1]) > 0.2
+
+
+def test_unknown_method_and_bad_epsilon_are_input_errors(dataset):
+    with pytest.raises(InputError, match="unknown method 'xyz'"):
+        build_case_protector("xyz", dataset, 4.0)
+    with pytest.raises(InputError, match="out of range"):
+        build_case_protector("lsp", dataset, 0.0)

@@ -1,0 +1,267 @@
+"""UMedProtectLogic on real MRML nodes (slicer-core, Qt-free): geometry, pixel type, heatmap, metrics.
+
+Skipped when slicer-core is not installed (``pip install slicer-core==5.12.4.0``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import slicer_shim
+
+UMedProtect = slicer_shim.import_module_with_slicer_core()
+import slicer  # noqa: E402  (slicer-core, after the shim)
+import vtk  # noqa: E402
+from umedprotect.errors import InputError  # noqa: E402
+from umedprotect.metrics import image_quality  # noqa: E402
+from umedprotect.phantoms import phantom_volume  # noqa: E402
+from umedprotect.protector import save_protector  # noqa: E402
+from umedprotect.regions import contour_band  # noqa: E402
+
+# Rotated axes, anisotropic spacing (k coarsest), non-zero origin.
+IJK_TO_RAS = np.array(
+    [[0.0, -0.7, 0.0, 12.5], [0.8, 0.0, 0.0, -30.0], [0.0, 0.0, 2.5, 4.0], [0.0, 0.0, 0.0, 1.0]]
+)
+BAND = 3
+
+
+@pytest.fixture
+def scene():
+    return slicer_shim.bootstrap_scene()
+
+
+@pytest.fixture
+def protector_file(tmp_path, random_protector):
+    return str(save_protector(random_protector, tmp_path / "random.safetensors"))
+
+
+@pytest.fixture
+def case(scene):
+    """int16 volume with two lesion segments; returns (volume, segmentation, segment ids, image, lesions)."""
+    image, lesions = phantom_volume((8, 40, 36), n_lesions=2, rng=5)
+    image = np.round(image).astype(np.int16)
+    volume = slicer.util.addVolumeFromArray(image, ijkToRAS=IJK_TO_RAS, name="ct")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "lesions")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    ids = []
+    for value in (1, 2):
+        segment_id = segmentation.GetSegmentation().AddEmptySegment(f"lesion {value}")
+        slicer.util.updateSegmentBinaryLabelmapFromArray((lesions == value).astype(np.uint8), segmentation, segment_id, volume)
+        ids.append(segment_id)
+    assert {1, 2} <= set(np.unique(lesions))
+    return volume, segmentation, ids, image, lesions
+
+
+def ijk_to_ras(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def region_of(lesions: np.ndarray) -> np.ndarray:
+    """ROI ∪ contour band, slice by slice along the coarsest (k) axis."""
+    return np.stack([(s > 0) | contour_band(s, BAND) for s in lesions])
+
+
+def settings(protector_file: str) -> UMedProtect.ProtectionSettings:
+    return UMedProtect.ProtectionSettings(epsilon=4.0, bandRadius=BAND, protectorPath=protector_file, device="cpu")
+
+
+def test_process_returns_protected_and_heatmap_nodes_with_the_input_geometry(case, protector_file):
+    volume, segmentation, _, image, lesions = case
+    matrix_before = ijk_to_ras(volume)
+    output = UMedProtect.UMedProtectLogic().process(volume, segmentation, None, settings(protector_file))
+
+    protected_node, heatmap_node = output.protectedVolume, output.heatmapVolume
+    assert protected_node.GetName() == "ct protected" and heatmap_node.GetName() == "ct perturbation"
+    for node in (protected_node, heatmap_node):
+        assert np.array_equal(ijk_to_ras(node), matrix_before)
+        assert node.GetSpacing() == volume.GetSpacing() and node.GetOrigin() == volume.GetOrigin()
+        assert node.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+    assert protected_node.GetImageData().GetScalarType() == volume.GetImageData().GetScalarType()
+    assert heatmap_node.GetImageData().GetScalarType() == vtk.VTK_FLOAT
+
+    protected = slicer.util.arrayFromVolume(protected_node)
+    change = np.abs(protected.astype(np.float64) - image)
+    assert protected.dtype == np.int16
+    assert 0 < change.max() <= output.metrics["budget_native"]
+    assert not change[~region_of(lesions)].any(), "voxels outside ROI + contour band changed"
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(heatmap_node), change, atol=1e-4)
+    expected = image_quality(image, protected)
+    for key in ("psnr_db", "ssim", "max_abs_change", "fraction_changed"):
+        assert output.metrics[key] == pytest.approx(expected[key])
+
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), image)  # input untouched
+    assert np.array_equal(ijk_to_ras(volume), matrix_before)
+    display = heatmap_node.GetDisplayNode()
+    assert display.GetColorNodeID() == UMedProtect.HEATMAP_COLOR_NODE_ID
+    assert display.GetWindowLevelMax() == pytest.approx(change.max(), rel=1e-5)
+
+
+def test_only_the_selected_segments_are_protected(case, protector_file):
+    volume, segmentation, ids, image, lesions = case
+    logic = UMedProtect.UMedProtectLogic()
+    second = logic.process(volume, segmentation, [ids[1]], settings(protector_file))
+    changed = slicer.util.arrayFromVolume(second.protectedVolume) != image
+    assert changed.any()
+    assert not changed[~region_of(np.where(lesions == 2, 2, 0))].any()
+    assert not changed[region_of(np.where(lesions == 1, 1, 0)) & ~region_of(np.where(lesions == 2, 2, 0))].any()
+
+    both = logic.process(volume, segmentation, ids, settings(protector_file))
+    changed_both = slicer.util.arrayFromVolume(both.protectedVolume) != image
+    assert changed_both[lesions == 1].any() and changed_both[lesions == 2].any()
+    assert both.protectedVolume.GetID() != second.protectedVolume.GetID()  # every run without a node makes a new one
+
+
+def test_visibility_floor_is_passed_to_the_backend(case, protector_file):
+    volume, segmentation, _, image, _ = case
+    logic = UMedProtect.UMedProtectLogic()
+    free = logic.process(volume, segmentation, None, settings(protector_file))
+    floor = free.metrics["psnr_db"] + 3.0
+    capped = logic.process(volume, segmentation, None, replace(settings(protector_file), minPsnr=floor))
+    assert capped.metrics["psnr_db"] >= floor and capped.metrics["change_scale"] < 1
+    assert image_quality(image, slicer.util.arrayFromVolume(capped.protectedVolume))["psnr_db"] >= floor
+
+
+def test_label_array_gives_each_selected_segment_its_own_label(case):
+    volume, segmentation, ids, _, lesions = case
+    labels = UMedProtect.UMedProtectLogic.labelArray(volume, segmentation, [ids[1], ids[0]])
+    np.testing.assert_array_equal(labels, np.select([lesions == 2, lesions == 1], [1, 2], 0))
+
+
+def test_bad_selections_are_input_errors(case, scene, protector_file):
+    volume, segmentation, ids, _, _ = case
+    logic = UMedProtect.UMedProtectLogic()
+    empty_id = segmentation.GetSegmentation().AddEmptySegment("empty")
+    with pytest.raises(InputError, match="no segment 'nope'"):
+        logic.process(volume, segmentation, ["nope"], settings(protector_file))
+    with pytest.raises(InputError, match="empty on the grid"):
+        logic.process(volume, segmentation, [empty_id], settings(protector_file))
+    with pytest.raises(InputError, match="no segments selected"):
+        logic.process(volume, segmentation, [], settings(protector_file))
+    with pytest.raises(InputError, match="protector file not found"):
+        logic.process(volume, segmentation, ids, UMedProtect.ProtectionSettings(protectorPath="/nonexistent.safetensors"))
+
+
+def test_preview_nodes_are_reused_only_for_the_same_input(case, protector_file):
+    volume, segmentation, _, image, _ = case
+    logic = UMedProtect.UMedProtectLogic()
+    first = logic.process(volume, segmentation, None, settings(protector_file), protectedName="ct protected preview")
+    assert logic.outputOf(first.protectedVolume, volume) is first.protectedVolume
+    again = logic.process(
+        volume, segmentation, None, settings(protector_file),
+        protectedVolume=logic.outputOf(first.protectedVolume, volume),
+        heatmapVolume=logic.outputOf(first.heatmapVolume, volume),
+    )
+    assert again.protectedVolume.GetID() == first.protectedVolume.GetID()
+    assert again.heatmapVolume.GetID() == first.heatmapVolume.GetID()
+    other = slicer.util.addVolumeFromArray(image, ijkToRAS=IJK_TO_RAS, name="other")
+    assert logic.outputOf(first.protectedVolume, other) is None
+
+
+def test_progress_and_cancel_callbacks(case, protector_file):
+    from umedprotect.errors import Cancelled
+
+    volume, segmentation, _, _, _ = case
+    logic = UMedProtect.UMedProtectLogic()
+    reports = []
+    logic.process(volume, segmentation, None, settings(protector_file), lambda f, m: reports.append((f, m)))
+    fractions = [f for f, _m in reports]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and np.all(np.diff(fractions) > -1e-9)
+    with pytest.raises(Cancelled):
+        logic.process(volume, segmentation, None, settings(protector_file), cancelCheck=lambda: True)
+
+
+def test_single_slice_volume_is_protected_as_a_2d_image(scene, protector_file):
+    from umedprotect.phantoms import phantom_slice
+
+    image, lesions = phantom_slice((40, 44), n_lesions=1, rng=2)
+    volume = slicer.util.addVolumeFromArray(image[None], ijkToRAS=np.diag([0.5, 0.6, 0.4, 1.0]), name="xray")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+    segment_id = segmentation.GetSegmentation().AddEmptySegment("lesion")
+    slicer.util.updateSegmentBinaryLabelmapFromArray(lesions[None].astype(np.uint8), segmentation, segment_id, volume)
+    output = UMedProtect.UMedProtectLogic().process(volume, segmentation, None, settings(protector_file))
+    protected = slicer.util.arrayFromVolume(output.protectedVolume)
+    assert protected.shape == (1, 40, 44) and protected.dtype == np.float32
+    changed = protected[0] != image
+    assert changed.any() and not changed[~((lesions > 0) | contour_band(lesions, BAND))].any()
+
+
+@pytest.mark.parametrize("ending", [".nrrd", ".nii.gz"])
+def test_saved_file_keeps_voxels_geometry_and_pixel_type(case, protector_file, tmp_path, ending):
+    volume, segmentation, _, _, _ = case
+    logic = UMedProtect.UMedProtectLogic()
+    output = logic.process(volume, segmentation, None, settings(protector_file))
+    path = logic.saveVolume(output.protectedVolume, tmp_path / f"protected{ending}")
+    saved = sitk.ReadImage(str(path))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(saved), slicer.util.arrayFromVolume(output.protectedVolume))
+    assert saved.GetPixelID() == sitk.sitkInt16
+    np.testing.assert_allclose(saved.GetSpacing(), volume.GetSpacing(), rtol=1e-6)
+    lps = np.diag([-1.0, -1.0, 1.0])  # files are LPS, Slicer is RAS
+    np.testing.assert_allclose(saved.GetOrigin(), lps @ np.array(volume.GetOrigin()), atol=1e-4)
+    direction = np.zeros((3, 3))
+    volume.GetIJKToRASDirections(direction)
+    np.testing.assert_allclose(np.array(saved.GetDirection()).reshape(3, 3), lps @ direction, atol=1e-6)
+    assert not [p.name for p in tmp_path.iterdir() if ".partial" in p.name]  # no temporary file left behind
+
+    with pytest.raises(InputError, match="already exists"):
+        logic.saveVolume(output.protectedVolume, path, overwrite=False)
+    with pytest.raises(InputError, match="unsupported file type"):
+        logic.saveVolume(output.protectedVolume, tmp_path / "protected.png")
+
+
+def test_in_slicer_self_test_passes_with_the_bundled_protector(scene):
+    from umedprotect.protector import DEFAULT_PROTECTOR_PATH
+
+    assert DEFAULT_PROTECTOR_PATH.is_file()
+    result = UMedProtect.UMedProtectTest("runTest").run()
+    assert result.wasSuccessful(), result.failures + result.errors
+
+
+SMALL_FIT = {"steps": 2, "batch_size": 2, "patch_size": 32, "surrogate_steps": 1, "surrogate_channels": 4, "device": "cpu"}
+
+
+def test_fit_on_the_segmented_cases_in_the_scene(case, tmp_path):
+    from umedprotect.protector import load_protector
+
+    volume, _, _, _, _ = case
+    unsegmented = slicer.util.addVolumeFromArray(np.zeros((2, 8, 8), np.int16), name="not a case")
+    logic = UMedProtect.UMedProtectLogic()
+    assert [v.GetID() for v, _s in logic.sceneCases()] == [volume.GetID()]
+    assert unsegmented.GetID() not in [v.GetID() for v, _s in logic.sceneCases()]
+    reports = []
+    path = logic.fit(str(tmp_path / "fitted.safetensors"), epsilon=6.0, bandRadius=2,
+                     progressCallback=lambda f, m: reports.append(f), **SMALL_FIT)  # fmt: skip
+    fitted = load_protector(path)
+    assert (fitted.config.epsilon, fitted.config.band_radius) == (6.0, 2)
+    assert fitted.config.training["cases"] == ["ct"]
+    assert reports[0] == 0.0 and reports[-1] == 1.0
+
+
+def test_fit_on_an_nnunet_folder_and_bad_requests(scene, nnunet_dataset, tmp_path):
+    from umedprotect.protector import load_protector
+
+    logic = UMedProtect.UMedProtectLogic()
+    path = logic.fit(str(tmp_path / "fitted.safetensors"), datasetDir=str(nnunet_dataset), **SMALL_FIT)
+    assert load_protector(path).config.training["datasets"] == [str(nnunet_dataset)]
+    with pytest.raises(InputError, match="no segmented cases in the scene"):
+        logic.fit(str(tmp_path / "other.safetensors"), **SMALL_FIT)
+    with pytest.raises(InputError, match="unsupported file type"):
+        logic.fit(str(tmp_path / "fitted.pt"), datasetDir=str(nnunet_dataset), **SMALL_FIT)
+
+
+def test_preview_puts_the_heatmap_over_the_input_in_every_slice_view(case, scene, protector_file):
+    volume, segmentation, _, _, _ = case
+    views = [scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]
+    logic = UMedProtect.UMedProtectLogic()
+    output = logic.process(volume, segmentation, None, settings(protector_file))
+    logic.showPreview(volume, output.heatmapVolume, 0.35)
+    for view in views:
+        assert view.GetBackgroundVolumeID() == volume.GetID()
+        assert view.GetForegroundVolumeID() == output.heatmapVolume.GetID()
+        assert view.GetForegroundOpacity() == pytest.approx(0.35)

@@ -1,7 +1,0 @@
-"""``python -m UMedProtectLib.cli``: the umedprotect command without the console script."""
-
-import sys
-
-from . import main
-
-sys.exit(main())

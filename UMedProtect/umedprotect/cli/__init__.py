@@ -1,0 +1,133 @@
+"""The ``umedprotect`` command: one module per subcommand (``add_parser`` + ``run``)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+
+from .. import __version__
+from ..errors import Cancelled, InputError
+
+SUBCOMMANDS = ("protect", "protect_dataset", "verify", "fit")  # modules in this package, in help order
+PLUGIN_GROUP = "umedprotect.commands"  # entry points of installed add-ons (the evaluation side's ``evaluate``)
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+EPILOG = """\
+exit codes:
+  0    success
+  1    unexpected failure (one-line message; add --debug for the traceback)
+  2    bad input: missing, unreadable or inconsistent files, bad options (one-line message)
+  3    verify found discrepancies
+  130  interrupted (Ctrl-C)
+
+Outputs are written to a temporary name and renamed into place, so a file under its final name
+is always complete. Inputs are never modified. Protector files are safetensors + JSON; files
+that could run code (pickle) are refused.
+Run 'umedprotect COMMAND --help' for the options of each command."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line on stderr with exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog="umedprotect",
+        description=(
+            "Protect medical image segmentation data against unauthorized AI training with small, "
+            "invisible contour- and texture-aware perturbations (UMed). Labels are never modified."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"umedprotect {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print the full traceback of unexpected errors")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    modules = [(name.replace("_", "-"), f"{__name__}.{name}") for name in SUBCOMMANDS]
+    modules += [(ep.name, ep.value) for ep in entry_points(group=PLUGIN_GROUP)]
+    for command, module_name in modules:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # an optional dependency of that command is missing
+            _add_unavailable(subparsers, command, exc.name or str(exc))
+            continue
+        module.add_parser(subparsers)
+    return parser
+
+
+def _add_unavailable(subparsers: argparse._SubParsersAction, command: str, missing: str) -> None:
+    """A placeholder for a command whose optional dependencies are not installed."""
+    message = f"'{command}' needs the Python package '{missing}', which is not installed (see the README's install section)"
+    parser = subparsers.add_parser(command, help=f"(unavailable: needs {missing})", description=message, add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(args: argparse.Namespace) -> int:
+        raise InputError(message)
+
+    parser.set_defaults(func=run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code (see ``EPILOG``)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and argument errors
+        return int(exc.code or 0)
+    _configure_logging()
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        _fail(f"error: {option_message(exc)}")
+        return EXIT_BAD_INPUT
+    except (KeyboardInterrupt, Cancelled):
+        _fail("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the one place that turns crashes into exit code 1
+        if args.debug:
+            traceback.print_exc()
+        _fail(f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for details)")
+        return EXIT_FAILURE
+
+
+def option_message(error: InputError) -> str:
+    """An input error in command-line terms: the flag of the option at fault in front of it."""
+    from ..settings import OPTIONS
+
+    option = OPTIONS.get(error.option or "")
+    if option is not None:
+        return f"{option.flag} {error}"
+    if error.option:
+        return f"--{error.option.replace('_', '-')} {error}"
+    return str(error)
+
+
+def _fail(message: str) -> None:
+    print(f"umedprotect: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def _configure_logging() -> None:
+    """Warnings and notes from the backend as ``umedprotect: warning: ...`` lines on stderr."""
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK prints multi-line warnings; we report our own
+    logger = logging.getLogger("umedprotect")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+class _StderrHandler(logging.Handler):
+    """One line per record on the current ``sys.stderr`` (which tests may swap)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _fail(f"{record.levelname.lower()}: {record.getMessage()}")

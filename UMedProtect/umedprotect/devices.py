@@ -1,0 +1,28 @@
+"""Compute device selection."""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import InputError
+from .settings import DEVICE_CHOICES
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; ``cuda`` without a GPU is an input error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda requested but no CUDA GPU is available (use --device cpu)")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"unknown device {name!r} (choose from {', '.join(DEVICE_CHOICES)})")
+
+
+def describe_devices() -> str:
+    """One line naming the devices found, for logs and the Slicer panel."""
+    if torch.cuda.is_available():
+        return f"CUDA: {torch.cuda.get_device_name(0)}"
+    return "CPU only (no CUDA GPU found)"

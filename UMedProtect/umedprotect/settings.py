@@ -1,0 +1,93 @@
+"""The protection settings: one table of options (range, default, unit, help) for every front end.
+
+The CLI, the Slicer panel's parameter node and the batch script build their options from
+:data:`OPTIONS`; :class:`ProtectionSettings` holds one choice of them and checks it against the
+table. Errors name the option (``InputError.option``) so that each front end can word it in its
+own terms (``--epsilon`` on the command line, "Budget ε" in Slicer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from .errors import InputError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One protection option: its accepted range, default, unit and help text."""
+
+    name: str  # field of ProtectionSettings
+    flag: str  # command-line flag
+    label: str  # name in the Slicer panel
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # the range excludes ``low``
+    default: object = None  # None: the protector's own value, or no limit
+    unit: str = ""
+    help: str = ""
+
+    def check(self, value) -> None:
+        """Raise :class:`InputError` naming this option when ``value`` is outside its range."""
+        if value is None or (self.low is None and self.high is None):
+            return
+        below = value <= self.low if self.low_open else value < self.low
+        if below or (self.high is not None and value > self.high):
+            raise InputError(f"{value:g} is out of range {self.range_text()}{' ' + self.unit if self.unit else ''}", option=self.name)
+
+    def range_text(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+
+OPTIONS: dict[str, Option] = {
+    o.name: o
+    for o in (
+        Option("epsilon", "--epsilon", "Budget ε", float, 0.0, 64.0, low_open=True, unit="(units of 1/255 of the intensity window)",
+               help="budget in 1/255 of the case's intensity window (default: the protector's)"),
+        Option("band_radius", "--band-radius", "Contour band", int, 0, 32, unit="pixels",
+               help="contour band half-width in pixels (default: the protector's)"),
+        Option("min_psnr", "--min-psnr", "Minimum PSNR", float, 20.0, 120.0, unit="dB",
+               help="scale the perturbation down where a case's PSNR would fall below this -- a 2D image's, or every slice's "
+                    "of a volume (e.g. 50; default: no floor)"),
+        Option("batch_size", "--batch-size", "Batch size", int, 1, 4096, default=16, help="slices per forward pass (default 16)"),
+        Option("seed", "--seed", "Seed", int, default=0,
+               help="random seed; same inputs + protector + seed give byte-identical outputs (default 0)"),
+        Option("device", "--device", "Device", str, default="auto",
+               help="compute device (default: auto = CUDA if available, else CPU)"),
+    )
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ProtectionSettings:
+    """One choice of protection options; ``None`` takes the protector's own value (or no floor)."""
+
+    protector: str | None = None  # protector file; None: the bundled default
+    epsilon: float | None = None
+    band_radius: int | None = None
+    labels: tuple[int, ...] | None = None  # label values to protect; None: every non-zero label
+    min_psnr: float | None = None
+    batch_size: int = 16
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for option in OPTIONS.values():
+            option.check(getattr(self, option.name))
+        if self.device not in DEVICE_CHOICES:
+            raise InputError(f"{self.device!r} is not one of {', '.join(DEVICE_CHOICES)}", option="device")
+        if self.labels is not None and (not self.labels or min(self.labels) <= 0):
+            raise InputError(f"{list(self.labels)}: give positive label values, e.g. 1,2", option="labels")
+
+    def recorded(self) -> dict:
+        """The settings as written to reports and manifests (labels as a list)."""
+        values = asdict(self)
+        values["labels"] = None if self.labels is None else list(self.labels)
+        return values
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))

@@ -1,0 +1,94 @@
+"""2D training slices from cases, and random training patches (used by fitting and evaluation)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .intensity import Window, intensity_window
+from .array_protection import slice_axis_for
+
+
+@dataclass
+class SliceSample:
+    """One 2D slice with its case-level intensity statistics (native units)."""
+
+    image: np.ndarray  # float32 (H, W)
+    labels: np.ndarray  # int64 (H, W)
+    case_id: str
+    index: int
+    window: Window
+    mean: float
+    std: float
+    clip: tuple[float, float] | None = None  # the victim's clipping range before its z-score, if any
+
+
+def case_slices(
+    image: np.ndarray,
+    labels: np.ndarray,
+    spacing: Sequence[float] | None,
+    case_id: str,
+    roi_only: bool = True,
+) -> list[SliceSample]:
+    """Slices of one case along its coarsest axis (the axis protection works on)."""
+    axis = slice_axis_for(spacing, image.ndim)
+    stack = image[None] if axis is None else np.moveaxis(image, axis, 0)
+    stack_labels = labels[None] if axis is None else np.moveaxis(labels, axis, 0)
+    window = intensity_window(image)
+    mean, std = float(image.mean()), float(image.std()) or 1.0
+    return [
+        SliceSample(stack[i].astype(np.float32), stack_labels[i].astype(np.int64), case_id, i, window, mean, std)
+        for i in range(stack.shape[0])
+        if not roi_only or stack_labels[i].any()
+    ]
+
+
+def load_slices(cases: Sequence, roi_only: bool = True) -> list[SliceSample]:
+    """Slices of nnU-Net ``Case`` entries (first channel), read and validated by :mod:`io`."""
+    from . import io
+
+    samples: list[SliceSample] = []
+    for case in cases:
+        image = io.read_image(case.images[0])
+        labels = io.read_label(case.label, image)
+        array, spacing = io.to_array(image)
+        label_array, _ = io.to_array(labels)
+        samples += case_slices(array, label_array, spacing, case.case_id, roi_only)
+    return samples
+
+
+def crop_or_pad(array: np.ndarray, top: int, left: int, size: int, fill: float) -> np.ndarray:
+    """``size``×``size`` window of ``array`` (leading axes kept) starting at (top, left), padded with ``fill``."""
+    h, w = array.shape[-2:]
+    out = np.full(array.shape[:-2] + (size, size), fill, dtype=array.dtype)
+    t0, l0 = max(top, 0), max(left, 0)
+    t1, l1 = min(top + size, h), min(left + size, w)
+    if t1 > t0 and l1 > l0:
+        out[..., t0 - top : t1 - top, l0 - left : l1 - left] = array[..., t0:t1, l0:l1]
+    return out
+
+
+def patch_origin(labels: np.ndarray, size: int, rng: np.random.Generator, foreground: bool) -> tuple[int, int]:
+    """Top-left corner of a random patch; centred on a random foreground pixel when ``foreground``."""
+    h, w = labels.shape
+    if foreground and labels.any():
+        ys, xs = np.nonzero(labels)
+        k = rng.integers(len(ys))
+        cy, cx = int(ys[k]), int(xs[k])
+        cy += int(rng.integers(-size // 4, size // 4 + 1))
+        cx += int(rng.integers(-size // 4, size // 4 + 1))
+    else:
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+    return cy - size // 2, cx - size // 2
+
+
+def ct_statistics(train: Sequence[SliceSample]) -> tuple[float, float, float, float]:
+    """nnU-Net's CT statistics: the 0.5/99.5 percentiles of the training foreground, and its clipped mean and std."""
+    foreground = np.concatenate([s.image[s.labels > 0] for s in train]).astype(np.float64)
+    if not foreground.size:
+        foreground = np.concatenate([s.image.ravel() for s in train]).astype(np.float64)
+    lo, hi = np.percentile(foreground, (0.5, 99.5))
+    clipped = np.clip(foreground, lo, hi)
+    return float(lo), float(hi), float(clipped.mean()), float(clipped.std()) or 1.0

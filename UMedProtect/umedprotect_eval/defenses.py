@@ -1,0 +1,128 @@
+"""Defenses an attacker may apply to protected training data before training a victim.
+
+Image defenses act on each 2D training slice in native units, using the case's intensity window:
+``blur`` (Gaussian, sigma 1 px), ``bitdepth`` (6 bits over the window), ``jpeg`` (quality 50 on the
+window mapped to 8 bits, as for an 8-bit export), ``downup`` (0.5x down-sampling and back, bilinear).
+Training defenses change the schedule: ``strong-aug`` (stronger augmentation), ``mix-clean``
+(20% of the training cases, at least one, replaced by their clean versions).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from umedprotect.augment import STRONG_AUGMENTATION
+from umedprotect.errors import InputError
+from umedprotect.intensity import Window
+from umedprotect.slices import SliceSample
+
+BLUR_SIGMA = 1.0
+BIT_DEPTH = 6
+JPEG_QUALITY = 50
+DOWNUP_FACTOR = 0.5
+CLEAN_FRACTION = 0.2
+
+
+def _to_unit(image: np.ndarray, window: Window) -> np.ndarray:
+    return np.clip((image.astype(np.float64) - window.lo) / window.width, 0.0, 1.0)
+
+
+def _from_unit(unit: np.ndarray, window: Window) -> np.ndarray:
+    return (unit * window.width + window.lo).astype(np.float32)
+
+
+def blur(image: np.ndarray, window: Window) -> np.ndarray:
+    """Gaussian blur with sigma = 1 pixel."""
+    return ndimage.gaussian_filter(image.astype(np.float32), BLUR_SIGMA, mode="nearest")
+
+
+def bit_depth(image: np.ndarray, window: Window) -> np.ndarray:
+    """Quantise the intensity window to 2**6 levels (values outside the window are clipped)."""
+    levels = 2**BIT_DEPTH - 1
+    return _from_unit(np.round(_to_unit(image, window) * levels) / levels, window)
+
+
+def jpeg(image: np.ndarray, window: Window) -> np.ndarray:
+    """8-bit export of the window, JPEG quality 50, read back into native units."""
+    from PIL import Image
+
+    eight_bit = np.round(_to_unit(image, window) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(eight_bit).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    buffer.seek(0)
+    decoded = np.asarray(Image.open(buffer).convert("L"), dtype=np.float64)
+    return _from_unit(decoded / 255, window)
+
+
+def down_up(image: np.ndarray, window: Window) -> np.ndarray:
+    """Down-sample by 0.5 (anti-aliased bilinear) and back to the original size (bilinear)."""
+    x = torch.as_tensor(image, dtype=torch.float32)[None, None]
+    h, w = image.shape
+    small = F.interpolate(x, scale_factor=DOWNUP_FACTOR, mode="bilinear", antialias=True, align_corners=False)
+    return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+IMAGE_DEFENSES: dict[str, Callable[[np.ndarray, Window], np.ndarray]] = {
+    "blur": blur,
+    "bitdepth": bit_depth,
+    "jpeg": jpeg,
+    "downup": down_up,
+}
+DEFENSE_NAMES = (*IMAGE_DEFENSES, "strong-aug", "mix-clean")
+DEFENSE_HELP = {
+    "blur": f"Gaussian blur, sigma {BLUR_SIGMA:g} px",
+    "bitdepth": f"bit-depth reduction to {BIT_DEPTH} bits of the intensity window",
+    "jpeg": f"JPEG quality {JPEG_QUALITY} of the window exported to 8 bits",
+    "downup": f"{DOWNUP_FACTOR:g}x down-sampling and back (bilinear)",
+    "strong-aug": "stronger augmentation (more rotation/scaling, noise, blur, intensity and low-resolution jitter)",
+    "mix-clean": f"{CLEAN_FRACTION:.0%} of the training cases (at least one) replaced by their clean versions",
+}
+
+
+def check_defense(name: str) -> str:
+    if name not in ("none", *DEFENSE_NAMES):
+        raise InputError(f"unknown defense {name!r} (choose from {', '.join(DEFENSE_NAMES)})")
+    return name
+
+
+def apply_image_defense(name: str, samples: Sequence[SliceSample]) -> list[SliceSample]:
+    """Every slice transformed by image defense ``name``; case z-score statistics recomputed."""
+    transform = IMAGE_DEFENSES[name]
+    defended = [replace(s, image=transform(s.image, s.window).astype(np.float32)) for s in samples]
+    return _restat(defended)
+
+
+def mix_clean(protected: Sequence[SliceSample], clean: Sequence[SliceSample], seed: int) -> list[SliceSample]:
+    """``protected`` with 20% of its cases (at least one, chosen with ``seed``) taken from ``clean``."""
+    case_ids = sorted({s.case_id for s in protected})
+    n_clean = max(1, round(CLEAN_FRACTION * len(case_ids)))
+    chosen = set(np.random.default_rng(seed).choice(case_ids, size=n_clean, replace=False).tolist())
+    return [s for s in protected if s.case_id not in chosen] + [s for s in clean if s.case_id in chosen]
+
+
+def defend(name: str, protected: Sequence[SliceSample], clean: Sequence[SliceSample], settings):
+    """The training slices and training settings an attacker using defense ``name`` ends up with."""
+    check_defense(name)
+    if name == "none":
+        return list(protected), settings
+    if name in IMAGE_DEFENSES:
+        return apply_image_defense(name, protected), settings
+    if name == "strong-aug":
+        return list(protected), replace(settings, augment=STRONG_AUGMENTATION)
+    return mix_clean(protected, clean, settings.seed), settings
+
+
+def _restat(samples: list[SliceSample]) -> list[SliceSample]:
+    """Recompute each case's mean and std from its (defended) slices."""
+    stats = {}
+    for case_id in {s.case_id for s in samples}:
+        values = np.concatenate([s.image.ravel() for s in samples if s.case_id == case_id]).astype(np.float64)
+        stats[case_id] = (float(values.mean()), float(values.std()) or 1.0)
+    return [replace(s, mean=stats[s.case_id][0], std=stats[s.case_id][1]) for s in samples]
