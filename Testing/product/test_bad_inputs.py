@@ -355,7 +355,7 @@ def protector_truncated(tmp, protector):
 # --- DICOM folders ------------------------------------------------------------------------------
 
 
-@bad("2 DICOM series; choose one with --series-uid (1.2.826.0.1.3680043.2.1125.1, 1.2.826.0.1.3680043.2.1125.2)")
+@bad("--series-uid must name one of the 2 DICOM series (1.2.826.0.1.3680043.2.1125.1, 1.2.826.0.1.3680043.2.1125.2)")
 def dicom_folder_with_two_series(tmp, protector):
     image, mask, out = base(tmp)
     volume = phantom_volume((6, 32, 32), n_lesions=1, rng=0)[0].astype(np.int16)
@@ -494,7 +494,7 @@ def verify_with_corrupt_manifest(tmp, protector):
     return ["verify", str(tmp / "out")]
 
 
-@bad("manifest is malformed (KeyError")
+@bad("umedprotect_manifest.json: malformed dataset manifest: cases.case000.images[0].output_sha256 is missing")
 def verify_with_edited_manifest(tmp, protector):
     dataset(tmp)
     assert main(dataset_argv(tmp, protector, "--no-progress")) == 0

@@ -73,8 +73,9 @@ def test_dicom_series_folder_and_series_choice(tmp_path):
     np.testing.assert_array_equal(io.to_array(image)[0], volume)
 
     write_dicom_series(volume + 5, tmp_path / "dcm", UID_B)
-    with pytest.raises(InputError, match=f"2 DICOM series; choose one with --series-uid.*{UID_A}.*{UID_B}"):
+    with pytest.raises(InputError, match=f"must name one of the 2 DICOM series.*{UID_A}.*{UID_B}") as error:
         io.read_image(tmp_path / "dcm")
+    assert error.value.option == "series_uid"
     np.testing.assert_array_equal(io.to_array(io.read_image(tmp_path / "dcm", UID_B))[0], volume + 5)
     with pytest.raises(InputError, match="no DICOM series '9.9'"):
         io.read_image(tmp_path / "dcm", "9.9")
@@ -132,8 +133,9 @@ def test_geometry_mismatch_is_refused_or_resampled(tmp_path, change, message):
     labels = np.zeros((4, 12, 10), np.uint8)
     labels[1:3, 3:9, 2:8] = 1
     mask = write_image(labels, tmp_path / "mask.mha", **change)
-    with pytest.raises(InputError, match=f"{message}.*--resample-mask"):
+    with pytest.raises(InputError, match=message) as error:
         io.read_label(mask, image)
+    assert error.value.option == "resample_mask"
     resampled = io.read_label(mask, image, resample=True)
     assert resampled.GetSize() == image.GetSize()
     assert resampled.GetSpacing() == image.GetSpacing() and resampled.GetDirection() == image.GetDirection()

@@ -167,9 +167,15 @@ def test_min_psnr_scales_the_perturbation_down_to_the_floor_and_keeps_its_shape(
     assert np.array_equal(above.protected, full.protected) and above.metrics["change_scale"] == 1.0
 
 
-def test_min_psnr_out_of_range_is_an_input_error(phantom2d, random_protector):
-    with pytest.raises(InputError, match="minimum PSNR"):
-        protect_array(*phantom2d, random_protector, min_psnr=5)
+@pytest.mark.parametrize(
+    "option, value, message",
+    [("min_psnr", 5, r"5 is out of range \[20, 120\] dB"), ("epsilon", 0, r"0 is out of range \(0, 64\]"),
+     ("band_radius", 33, r"33 is out of range \[0, 32\] pixels")],
+)  # fmt: skip
+def test_options_out_of_range_are_input_errors_naming_the_option(phantom2d, random_protector, option, value, message):
+    with pytest.raises(InputError, match=message) as error:
+        protect_array(*phantom2d, random_protector, **{option: value})
+    assert error.value.option == option
 
 
 def test_volumes_report_the_psnr_of_their_changed_slices(phantom3d, random_protector):

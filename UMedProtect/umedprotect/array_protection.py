@@ -15,9 +15,9 @@ from .intensity import Window, apply_change, intensity_window, normalize
 from .metrics import data_range, image_quality, slice_psnrs
 from .protector import Protector, load_protector
 from .regions import bounding_box, contour_band, region_maps, roi_mask
+from .settings import OPTIONS
 
 CONTEXT_MARGIN = 16  # pixels of image context the generators see around the ROI
-MIN_PSNR_RANGE = (20.0, 120.0)  # dB, accepted visibility floors
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -90,12 +90,8 @@ def protect_array(
     config = protector.config
     epsilon = config.epsilon if epsilon is None else float(epsilon)
     band_radius = config.band_radius if band_radius is None else int(band_radius)
-    if not 0 < epsilon <= 64:
-        raise InputError(f"epsilon {epsilon} is out of range (0, 64] (units of 1/255 of the intensity window)")
-    if not 0 <= band_radius <= 32:
-        raise InputError(f"band radius {band_radius} is out of range [0, 32] pixels")
-    if min_psnr is not None and not MIN_PSNR_RANGE[0] <= min_psnr <= MIN_PSNR_RANGE[1]:
-        raise InputError(f"minimum PSNR {min_psnr} dB is out of range [{MIN_PSNR_RANGE[0]:g}, {MIN_PSNR_RANGE[1]:g}]")
+    for name, value in (("epsilon", epsilon), ("band_radius", band_radius), ("min_psnr", min_psnr)):
+        OPTIONS[name].check(value)
 
     window = intensity_window(image, config.percentiles)
     budget = window.budget(epsilon)

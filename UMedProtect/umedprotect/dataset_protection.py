@@ -20,14 +20,13 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from . import io
+from .array_protection import ProtectionResult
 from .errors import InputError
 from .nnunet import Case, NnUNetDataset, read_dataset
-from .array_protection import ProtectionResult
+from .records import CaseRecord, DatasetJsonRecord, DatasetManifest, FileRecord, ImageGeometry, ImageRecord, TestCaseRecord
 
 MANIFEST_NAME = "umedprotect_manifest.json"
 LOCK_NAME = ".umedprotect.lock"  # holds the pid of the run writing the folder
-MANIFEST_FORMAT = "umedprotect-dataset-manifest"
-MANIFEST_VERSION = 1
 BUDGET_RTOL = 1e-6  # float rounding allowance when re-checking the ε bound
 
 CaseProtector = Callable[..., ProtectionResult]  # called as case_protector(image, labels, spacing=spacing)
@@ -46,7 +45,7 @@ def protect_dataset(
     allow_empty: bool = False,
     overwrite: bool = False,
     progress: bool = True,
-) -> dict:
+) -> DatasetManifest:
     """Protect every training case of ``in_dir`` into ``out_dir``; return the final manifest.
 
     ``case_protector(image, labels, spacing=spacing)`` protects one channel (numpy arrays in
@@ -67,26 +66,27 @@ def protect_dataset(
     with _exclusive(out):
         _remove_partial_files(out)
         dataset_json = io.copy_file(dataset.root / "dataset.json", out / "dataset.json", overwrite=True)
-        manifest["dataset_json"] = {"sha256": dataset_json}
+        manifest.dataset_json = DatasetJsonRecord(dataset_json)
         _save(manifest, out)
         bar = tqdm(dataset.training, desc="protect-dataset", unit="case", disable=None if progress else True)
         for case in bar:
             bar.set_postfix_str(case.case_id)
-            if _is_finished(manifest["cases"].get(case.case_id), dataset, case, out):
+            if _is_finished(manifest.cases.get(case.case_id), dataset, case, out):
                 continue
             if case.case_id in empty and not allow_empty:
-                manifest["cases"][case.case_id] = {"status": "skipped_empty"}
+                manifest.cases[case.case_id] = CaseRecord("skipped_empty")
             else:
-                manifest["cases"][case.case_id] = _protect_case(dataset, case, out, case_protector, case.case_id in empty)
+                manifest.cases[case.case_id] = _protect_case(dataset, case, out, case_protector, case.case_id in empty)
             _save(manifest, out)
-        manifest["test"] = [_copy_test_case(dataset, case, out) for case in dataset.test]
-        manifest["status"] = "complete"
+        manifest.test = [_copy_test_case(dataset, case, out) for case in dataset.test]
+        manifest.status = "complete"
         _save(manifest, out)
-    skipped = [cid for cid, entry in manifest["cases"].items() if entry["status"] == "skipped_empty"]
+    skipped = [cid for cid, entry in manifest.cases.items() if entry.status == "skipped_empty"]
     if skipped:
         log.warning(
             f"{len(skipped)} case(s) with an empty mask were not written ({', '.join(skipped)}); "
-            "the output lacks them (use --allow-empty to copy them unchanged)"
+            "the output lacks them (allow empty masks to copy them unchanged)",
+            extra={"option": "allow_empty"},
         )
     return manifest
 
@@ -101,37 +101,32 @@ def verify(out_dir: str | os.PathLike, source_dir: str | os.PathLike | None = No
     """
     out = Path(out_dir)
     manifest = _load_manifest(out)
-    try:
-        return _verify(out, manifest, source_dir)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise InputError(f"{out / MANIFEST_NAME}: manifest is malformed ({type(exc).__name__}: {exc})") from None
-
-
-def _verify(out: Path, manifest: dict, source_dir: str | os.PathLike | None) -> list[str]:
     problems: list[str] = []
-    if manifest.get("status") != "complete":
+    if manifest.status != "complete":
         problems.append("manifest: the run did not finish (rerun protect-dataset to resume it)")
-    source = Path(source_dir) if source_dir is not None else Path(manifest["source"])
+    source = Path(source_dir) if source_dir is not None else Path(manifest.source)
     if source_dir is not None or source.is_dir():
         source_dataset = read_dataset(source)
     else:
         source_dataset = None
-        log.warning(f"{source}: source dataset not found; checking hashes only (pass --source to check labels and ε)")
-    problems += _check_file(out / "dataset.json", manifest["dataset_json"]["sha256"])
+        log.warning(
+            f"{source}: source dataset not found; checking hashes only, not labels and ε", extra={"option": "source"}
+        )
+    problems += _check_file(out / "dataset.json", manifest.dataset_json.sha256)
     expected_files = {"dataset.json", MANIFEST_NAME, LOCK_NAME}
-    for case_id, entry in manifest["cases"].items():
-        if entry["status"] == "skipped_empty":
+    for entry in manifest.cases.values():
+        if not entry.finished:
             continue
-        for image in entry["images"]:
-            expected_files.add(image["output"])
-            problems += _check_file(out / image["output"], image["output_sha256"])
-            problems += _check_geometry(out / image["output"], image["geometry"])
-        expected_files.add(entry["label"]["path"])
-        problems += _check_file(out / entry["label"]["path"], entry["label"]["sha256"])
-    for item in manifest.get("test", []):
-        for record in item["files"]:
-            expected_files.add(record["path"])
-            problems += _check_file(out / record["path"], record["sha256"])
+        for image in entry.images:
+            expected_files.add(image.output)
+            problems += _check_file(out / image.output, image.output_sha256)
+            problems += _check_geometry(out / image.output, image.geometry)
+        expected_files.add(entry.label.path)
+        problems += _check_file(out / entry.label.path, entry.label.sha256)
+    for item in manifest.test:
+        for record in item.files:
+            expected_files.add(record.path)
+            problems += _check_file(out / record.path, record.sha256)
     extra = sorted(
         str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and str(p.relative_to(out)) not in expected_files
     )
@@ -150,47 +145,40 @@ def _start_manifest(
     device: str,
     allow_empty: bool,
     overwrite: bool,
-) -> dict:
+) -> DatasetManifest:
     """A fresh manifest, or the one of an earlier run with the same settings (to resume)."""
-    fresh = {
-        "format": MANIFEST_FORMAT,
-        "format_version": MANIFEST_VERSION,
-        "status": "running",
-        "source": str(dataset.root),
-        "method": method,
-        "parameters": parameters,
-        "allow_empty": allow_empty,
-        "protector": protector_info,
-        "versions": io.software_versions(),
-        "device": device,
-        "dataset_json": {},
-        "cases": {},
-        "test": [],
-    }
-    fresh = io.json_roundtrip(fresh)
+    fresh = DatasetManifest(
+        status="running",
+        source=str(dataset.root),
+        method=method,
+        parameters=io.json_roundtrip(parameters),  # as it reads back, to compare with an earlier run's
+        allow_empty=allow_empty,
+        protector=None if protector_info is None else io.json_roundtrip(protector_info),
+        versions=io.software_versions(),
+        device=device,
+    )
     existing_entries = [p for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
     if overwrite or not existing_entries:
         return fresh
     if not (out / MANIFEST_NAME).is_file():
-        raise InputError(f"{out}: output folder is not empty and has no {MANIFEST_NAME} (use --overwrite or another folder)")
+        raise InputError(
+            f"{out}: output folder is not empty and has no {MANIFEST_NAME}; overwrite it or choose another folder",
+            option="overwrite",
+        )
     previous = _load_manifest(out)
-    same = all(previous.get(k) == fresh[k] for k in ("source", "method", "parameters", "allow_empty"))
-    same = same and _protector_hash(previous) == _protector_hash(fresh)
-    if not same:
+    same = all(getattr(previous, k) == getattr(fresh, k) for k in ("source", "method", "parameters", "allow_empty"))
+    if not same or previous.protector_sha256 != fresh.protector_sha256:
         raise InputError(
             f"{out}: holds a run with other settings (source, method, parameters or protector); "
-            "use --overwrite to start again or choose another folder"
+            "start again or choose another folder",
+            option="overwrite",
         )
-    if previous.get("versions") != fresh["versions"]:
-        log.warning(f"{out}: resuming a run made with other software versions ({previous.get('versions')})")
-    fresh["cases"] = previous.get("cases", {})
-    n_done = sum(1 for e in fresh["cases"].values() if e.get("status") in ("protected", "copied_empty"))
+    if previous.versions != fresh.versions:
+        log.warning(f"{out}: resuming a run made with other software versions ({previous.versions})")
+    fresh.cases = previous.cases
+    n_done = sum(1 for entry in fresh.cases.values() if entry.finished)
     log.info(f"resuming: {n_done} of {len(dataset.training)} case(s) already finished in {out}")
     return fresh
-
-
-def _protector_hash(manifest: dict) -> str | None:
-    return (manifest.get("protector") or {}).get("sha256")
 
 
 def _validate_cases(dataset: NnUNetDataset, label_values: list[int] | None, allow_empty: bool) -> set[str]:
@@ -212,12 +200,15 @@ def _validate_cases(dataset: NnUNetDataset, label_values: list[int] | None, allo
             raise InputError(f"{case.label}: mask values {undeclared} are not declared in dataset.json labels")
         if not (found - {0} if label_values is None else found & set(label_values)):
             empty.add(case.case_id)
-            action = "copied unchanged (--allow-empty)" if allow_empty else "skipped (use --allow-empty to copy it unchanged)"
-            log.warning(f"{case.label}: mask is empty (no label to protect); case {case.case_id} will be {action}")
+            action = "copied unchanged (empty masks allowed)" if allow_empty else "skipped, not copied unchanged"
+            log.warning(
+                f"{case.label}: mask is empty (no label to protect); case {case.case_id} will be {action}",
+                extra={"option": None if allow_empty else "allow_empty"},
+            )
     return empty
 
 
-def _protect_case(dataset: NnUNetDataset, case: Case, out: Path, case_protector: CaseProtector, empty: bool) -> dict:
+def _protect_case(dataset: NnUNetDataset, case: Case, out: Path, case_protector: CaseProtector, empty: bool) -> CaseRecord:
     """Protect (or, for an empty mask, copy) every channel of ``case``, copy its label; the manifest entry."""
     started = time.perf_counter()
     images = [io.read_image(path) for path in case.images]
@@ -225,122 +216,113 @@ def _protect_case(dataset: NnUNetDataset, case: Case, out: Path, case_protector:
     records = []
     for path, image in zip(case.images, images):
         relative = dataset.relative(path)
-        record = {"input": str(relative), "output": str(relative), "input_sha256": io.sha256(path)}
+        paths = dict(input=str(relative), output=str(relative), input_sha256=io.sha256(path))
         if empty:
-            record["output_sha256"] = io.copy_file(path, out / relative, overwrite=True)
-            record.update(budget_native=0.0, psnr_db=float("inf"), ssim=1.0, max_abs_change=0.0, fraction_changed=0.0)
+            output_sha256 = io.copy_file(path, out / relative, overwrite=True)
+            quality = dict(budget_native=0.0, psnr_db=float("inf"), ssim=1.0, max_abs_change=0.0, fraction_changed=0.0)
         else:
             array, spacing = io.to_array(image)
             result = case_protector(array, labels, spacing=spacing)
             io.write_like(result.protected, image, out / relative, overwrite=True)
-            record["output_sha256"] = io.sha256(out / relative)
-            record["budget_native"] = float(result.budget)
-            quality = ("psnr_db", "psnr_db_slice_min", "psnr_db_slice_mean", "ssim", "max_abs_change", "fraction_changed")
-            record.update({k: result.metrics[k] for k in quality if k in result.metrics})  # slice PSNRs: volumes only
-        record["geometry"] = io.image_info(image)
-        records.append(record)
+            output_sha256 = io.sha256(out / relative)
+            metrics = result.metrics
+            quality = dict(budget_native=float(result.budget), psnr_db=metrics["psnr_db"], ssim=metrics["ssim"],
+                           psnr_db_slice_min=metrics.get("psnr_db_slice_min"),  # volumes only
+                           psnr_db_slice_mean=metrics.get("psnr_db_slice_mean"),
+                           max_abs_change=metrics["max_abs_change"], fraction_changed=metrics["fraction_changed"])  # fmt: skip
+        records.append(ImageRecord(**paths, output_sha256=output_sha256, **quality, geometry=ImageGeometry.of(image)))
     label_relative = dataset.relative(case.label)
     label_hash = io.copy_file(case.label, out / label_relative, overwrite=True)
-    return {
-        "status": "copied_empty" if empty else "protected",
-        "images": records,
-        "label": {"path": str(label_relative), "sha256": label_hash},
-        "seconds": round(time.perf_counter() - started, 3),
-    }
+    return CaseRecord(
+        status="copied_empty" if empty else "protected",
+        images=records,
+        label=FileRecord(str(label_relative), label_hash),
+        seconds=round(time.perf_counter() - started, 3),
+    )
 
 
-def _is_finished(entry: dict | None, dataset: NnUNetDataset, case: Case, out: Path) -> bool:
+def _is_finished(entry: CaseRecord | None, dataset: NnUNetDataset, case: Case, out: Path) -> bool:
     """True when an earlier run finished this case and its files still match (inputs included)."""
-    if not entry or entry.get("status") not in ("protected", "copied_empty"):
+    if entry is None or not entry.finished:
+        return False
+    if [r.input for r in entry.images] != [str(dataset.relative(p)) for p in case.images]:
         return False
     try:
-        if [r["input"] for r in entry["images"]] != [str(dataset.relative(p)) for p in case.images]:
-            return False
-        for record, path in zip(entry["images"], case.images):
-            if io.sha256(path) != record["input_sha256"] or io.sha256(out / record["output"]) != record["output_sha256"]:
+        for record, path in zip(entry.images, case.images):
+            if io.sha256(path) != record.input_sha256 or io.sha256(out / record.output) != record.output_sha256:
                 return False
-        label = entry["label"]
-        return io.sha256(case.label) == label["sha256"] == io.sha256(out / label["path"])
-    except (OSError, KeyError, TypeError):
+        return io.sha256(case.label) == entry.label.sha256 == io.sha256(out / entry.label.path)
+    except OSError:
         return False
 
 
-def _copy_test_case(dataset: NnUNetDataset, case: Case, out: Path) -> dict:
+def _copy_test_case(dataset: NnUNetDataset, case: Case, out: Path) -> TestCaseRecord:
     paths = [*case.images, *([case.label] if case.label else [])]
     files = []
     for path in paths:
         relative = dataset.relative(path)
-        files.append({"path": str(relative), "sha256": io.copy_file(path, out / relative, overwrite=True)})
-    return {"case_id": case.case_id, "files": files}
+        files.append(FileRecord(str(relative), io.copy_file(path, out / relative, overwrite=True)))
+    return TestCaseRecord(case.case_id, files)
 
 
-def _check_against_source(manifest: dict, out: Path, source: NnUNetDataset) -> list[str]:
+def _check_against_source(manifest: DatasetManifest, out: Path, source: NnUNetDataset) -> list[str]:
     problems = _check_file(out / "dataset.json", io.sha256(source.root / "dataset.json"), "differs from the source")
     cases = {c.case_id: c for c in source.training}
-    missing = sorted(set(cases) - set(manifest["cases"]))
+    missing = sorted(set(cases) - set(manifest.cases))
     problems += [f"case {cid}: in the source but not in the manifest" for cid in missing]
-    for case_id, entry in manifest["cases"].items():
+    for case_id, entry in manifest.cases.items():
         case = cases.get(case_id)
         if case is None:
             problems.append(f"case {case_id}: in the manifest but not in the source")
             continue
-        if entry["status"] == "skipped_empty":
+        if not entry.finished:
             problems.append(f"case {case_id}: skipped (empty mask), not in the output")
             continue
-        problems += _check_file(out / entry["label"]["path"], io.sha256(case.label), "label differs from the source")
-        for record, path in zip(entry["images"], case.images):
-            problems += _check_image(out / record["output"], path, record)
+        problems += _check_file(out / entry.label.path, io.sha256(case.label), "label differs from the source")
+        for record, path in zip(entry.images, case.images):
+            problems += _check_image(out / record.output, path, record)
     for item in source.test:
         for path in [*item.images, *([item.label] if item.label else [])]:
             problems += _check_file(out / source.relative(path), io.sha256(path), "differs from the source")
     return problems
 
 
-def _check_image(output: Path, source: Path, record: dict) -> list[str]:
+def _check_image(output: Path, source: Path, record: ImageRecord) -> list[str]:
     """Source unchanged since protection; same geometry and pixel type; |change| within the budget."""
     if not output.is_file():
         return []  # already reported by the hash check
     problems = []
-    if io.sha256(source) != record["input_sha256"]:
+    if io.sha256(source) != record.input_sha256:
         problems.append(f"{source}: source image changed since it was protected")
     original, protected = sitk.ReadImage(str(source)), sitk.ReadImage(str(output))
     difference = io.geometry_difference(protected, original)
     if difference or protected.GetPixelID() != original.GetPixelID():
-        problems.append(f"{record['output']}: geometry or pixel type differs from the source ({difference or 'pixel type'})")
+        problems.append(f"{record.output}: geometry or pixel type differs from the source ({difference or 'pixel type'})")
         return problems
     change = np.abs(io.to_array(protected)[0].astype(np.float64) - io.to_array(original)[0].astype(np.float64))
-    budget = float(record["budget_native"])
+    budget = record.budget_native
     if change.size and change.max() > budget * (1 + BUDGET_RTOL) + 1e-12:
-        problems.append(f"{record['output']}: max change {change.max():.6g} exceeds the budget {budget:.6g}")
+        problems.append(f"{record.output}: max change {change.max():.6g} exceeds the budget {budget:.6g}")
     return problems
 
 
-def _check_geometry(path: Path, geometry: dict) -> list[str]:
+def _check_geometry(path: Path, recorded: ImageGeometry) -> list[str]:
     """Header of ``path`` against the geometry recorded for its source."""
     if not path.is_file():
         return []  # already reported by the hash check
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return [f"{path}: not a readable image"]
-    found = {
-        "size": list(reader.GetSize()),
-        "spacing": list(reader.GetSpacing()),
-        "origin": list(reader.GetOrigin()),
-        "direction": list(reader.GetDirection()),
-        "pixel_type": sitk.GetPixelIDValueAsString(reader.GetPixelID()),
-    }
-    if found["size"] != geometry["size"] or found["pixel_type"] != geometry["pixel_type"]:
+        found = ImageGeometry.of(io.read_header(path))
+    except InputError as exc:
+        return [str(exc)]
+    if found.size != recorded.size or found.pixel_type != recorded.pixel_type:
         return [f"{path}: size or pixel type differs from the source recorded in the manifest"]
     for key in ("spacing", "origin", "direction"):
-        if not np.allclose(found[key], geometry[key], rtol=1e-6, atol=1e-6):
+        if not np.allclose(getattr(found, key), getattr(recorded, key), rtol=1e-6, atol=1e-6):
             return [f"{path}: {key} differs from the source recorded in the manifest"]
     return []
 
 
-def _check_file(path: Path, expected_sha256: str, what: str = "hash differs from the manifest") -> list[str]:
+def _check_file(path: Path, expected_sha256: str | None, what: str = "hash differs from the manifest") -> list[str]:
     if not path.is_file():
         return [f"{path}: missing"]
     if io.sha256(path) != expected_sha256:
@@ -348,21 +330,15 @@ def _check_file(path: Path, expected_sha256: str, what: str = "hash differs from
     return []
 
 
-def _load_manifest(out: Path) -> dict:
+def _load_manifest(out: Path) -> DatasetManifest:
     path = out / MANIFEST_NAME
     if not path.is_file():
         raise InputError(f"{path}: manifest not found (is this a protect-dataset output folder?)")
-    manifest = io.read_json(path)
-    if manifest.get("format") != MANIFEST_FORMAT or manifest.get("format_version") != MANIFEST_VERSION:
-        raise InputError(f"{path}: not a UMedProtect dataset manifest (or an unsupported version)")
-    for key in ("source", "cases", "dataset_json"):
-        if key not in manifest:
-            raise InputError(f"{path}: manifest lacks {key!r}")
-    return manifest
+    return DatasetManifest.read(path)
 
 
-def _save(manifest: dict, out: Path) -> None:
-    io.write_json(manifest, out / MANIFEST_NAME)
+def _save(manifest: DatasetManifest, out: Path) -> None:
+    manifest.write(out / MANIFEST_NAME)
 
 
 @contextlib.contextmanager

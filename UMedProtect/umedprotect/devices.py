@@ -14,11 +14,11 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise InputError("--device cuda requested but no CUDA GPU is available (use --device cpu)")
+            raise InputError(f"{name}: no CUDA GPU is available (choose cpu or auto)", option="device")
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
-    raise InputError(f"unknown device {name!r} (choose from {', '.join(DEVICE_CHOICES)})")
+    raise InputError(f"{name!r} is not one of {', '.join(DEVICE_CHOICES)}", option="device")
 
 
 def describe_devices() -> str:

@@ -34,7 +34,6 @@ DIRECTION_ATOL = 1e-4
 ORIGIN_TOL = 1e-3  # in units of the smallest voxel spacing
 BYTES_PER_VOXEL_OVERHEAD = 48  # working arrays of protect_array and the metrics (float64 temporaries)
 MEMORY_ENV = "UMEDPROTECT_MEMORY_LIMIT_MB"  # overrides the available-memory reading (for tests)
-RESAMPLE_HINT = " (use --resample-mask to resample it onto the image grid)"
 NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy type
 
 
@@ -53,7 +52,7 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
         reader.SetFileNames(files)
     else:
         if series_uid is not None:
-            raise InputError(f"{path}: --series-uid applies to DICOM folders only")
+            raise InputError(f"applies to DICOM folders only ({path} is a file)", option="series_uid")
         files = [str(path)]
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -79,16 +78,19 @@ def read_label(
     path: str | os.PathLike,
     reference: sitk.Image | sitk.ImageFileReader,
     resample: bool = False,
-    hint: str = RESAMPLE_HINT,
+    hint: str | None = None,
 ) -> sitk.Image:
     """Read a label map (or a Slicer ``.seg.nrrd``) on the grid of ``reference`` (an image or a header).
 
     Size or geometry differences beyond a small tolerance are an InputError unless ``resample``,
     which resamples the mask onto the image grid with nearest neighbour. ``.seg.nrrd`` segments
     become labels 1, 2, ... in file order and are always resampled onto the image grid.
-    Within tolerance, the reference's geometry is copied onto the mask. ``hint`` ends mismatch messages.
+    Within tolerance, the reference's geometry is copied onto the mask. A mismatch error names the
+    ``resample_mask`` option, or, where resampling is not offered, ends with ``hint``.
     """
     path = Path(path)
+    option = "resample_mask" if hint is None else None
+    hint = hint or ""
     if isinstance(reference, sitk.ImageFileReader):
         reference = _grid_of(reference)
     if path.name.lower().endswith(SEGMENTATION_ENDING):
@@ -111,13 +113,13 @@ def read_label(
     if label.GetSize() != reference.GetSize():
         if not resample:
             raise InputError(
-                f"{path}: mask size {label.GetSize()} does not match image size {reference.GetSize()}{hint}"
+                f"{path}: mask size {label.GetSize()} does not match image size {reference.GetSize()}{hint}", option=option
             )
         return _resample_like(label, reference, path)
     problem = geometry_difference(label, reference)
     if problem:
         if not resample:
-            raise InputError(f"{path}: mask {problem}{hint}")
+            raise InputError(f"{path}: mask {problem}{hint}", option=option)
         return _resample_like(label, reference, path)
     label.CopyInformation(reference)
     return label
@@ -156,7 +158,7 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False, endings:
     if path.is_dir():
         raise InputError(f"{path}: output is an existing folder")
     if path.exists() and not overwrite:
-        raise InputError(f"{path}: output already exists (use --overwrite to replace it)")
+        raise InputError(f"{path}: output already exists", option="overwrite")
     check_writable_dir(path.parent)
     return path
 
@@ -202,7 +204,7 @@ def write_like(array: np.ndarray, reference: sitk.Image, path: str | os.PathLike
                     "use .nrrd or .mha"
                 )
     except FileExistsError:
-        raise InputError(f"{path}: output already exists (use --overwrite to replace it)") from None
+        raise InputError(f"{path}: output already exists", option="overwrite") from None
     except PermissionError:
         raise InputError(f"{path.parent}: output folder is not writable") from None
     return path
@@ -217,14 +219,14 @@ def sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def image_info(image: sitk.Image) -> dict:
-    """Geometry and pixel type, for reports and manifests."""
+def image_info(image: sitk.Image | sitk.ImageFileReader) -> dict:
+    """Geometry and pixel type of an image or a header, for reports and manifests."""
     return {
         "size": list(image.GetSize()),
         "spacing": list(image.GetSpacing()),
         "origin": list(image.GetOrigin()),
         "direction": list(image.GetDirection()),
-        "pixel_type": image.GetPixelIDTypeAsString(),
+        "pixel_type": sitk.GetPixelIDValueAsString(image.GetPixelID()),
     }
 
 
@@ -258,7 +260,7 @@ def copy_file(source: str | os.PathLike, destination: str | os.PathLike, overwri
             if sha256(tmp) != expected:
                 raise OSError(f"{destination}: copy does not match {source} (hash differs)")
     except FileExistsError:
-        raise InputError(f"{destination}: output already exists (use --overwrite to replace it)") from None
+        raise InputError(f"{destination}: output already exists", option="overwrite") from None
     return expected
 
 
@@ -279,7 +281,7 @@ def write_json(data: dict, path: str | os.PathLike, overwrite: bool = True) -> P
         with atomic_path(path, overwrite=overwrite) as tmp:
             tmp.write_text(text, encoding="utf-8")
     except FileExistsError:
-        raise InputError(f"{path}: output already exists (use --overwrite to replace it)") from None
+        raise InputError(f"{path}: output already exists", option="overwrite") from None
     return path
 
 
@@ -324,7 +326,7 @@ def _dicom_series_files(folder: Path, series_uid: str | None) -> list[str]:
     if series_uid is None:
         if len(uids) > 1:
             raise InputError(
-                f"{folder}: folder holds {len(uids)} DICOM series; choose one with --series-uid ({', '.join(uids)})"
+                f"must name one of the {len(uids)} DICOM series ({', '.join(uids)}) in {folder}", option="series_uid"
             )
         series_uid = uids[0]
     elif series_uid not in uids:

@@ -22,6 +22,7 @@ from .errors import InputError
 from .intensity import DEFAULT_PERCENTILES
 from .networks import UNet2d
 from .regions import DEFAULT_BAND_RADIUS, DEFAULT_TEXTURE_FLOOR, DEFAULT_TEXTURE_WINDOW
+from .settings import OPTIONS
 
 FORMAT_NAME = "umedprotect-protector"
 FORMAT_VERSION = 1
@@ -33,9 +34,9 @@ BLOB_SIGMAS = (1.5, 3.0)  # difference-of-Gaussians band of the "blobs" codes, p
 BLOB_GAIN = 3.0  # pre-activation scale of the "blobs" codes (tanh(3) = 0.995: nearly the full budget)
 
 
-_VALID_VALUES = {
-    "epsilon": lambda v: isinstance(v, (int, float)) and 0 < v <= 64,
-    "band_radius": lambda v: isinstance(v, int) and 0 <= v <= 32,
+_VALID_VALUES = {  # epsilon and band_radius: the ranges of the protection options
+    "epsilon": lambda v: isinstance(v, (int, float)) and OPTIONS["epsilon"].accepts(v),
+    "band_radius": lambda v: isinstance(v, int) and OPTIONS["band_radius"].accepts(v),
     "texture_floor": lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
     "texture_window": lambda v: isinstance(v, int) and 1 <= v <= 31,
     "cdc_theta": lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
@@ -54,6 +55,14 @@ _VALID_VALUES = {
 def invalid_config_values(values: dict) -> list[str]:
     """Names of the entries of ``values`` that are out of range for a :class:`ProtectorConfig`."""
     return [key for key, ok in _VALID_VALUES.items() if key in values and not ok(values[key])]
+
+
+def check_config_values(values: dict) -> None:
+    """Raise :class:`InputError` naming the first entry of ``values`` out of range for a :class:`ProtectorConfig`."""
+    for name in invalid_config_values(values):
+        if name in OPTIONS:
+            OPTIONS[name].check(values[name])  # worded with the option's range
+        raise InputError(f"{values[name]!r} is out of range", option=name)
 
 
 @dataclass

@@ -29,16 +29,28 @@ class Option:
     default: object = None  # None: the protector's own value, or no limit
     unit: str = ""
     help: str = ""
+    choices: tuple[str, ...] | None = None  # the accepted values of a choice option
+
+    def accepts(self, value) -> bool:
+        """Whether ``value`` is within this option's range and choices (``None``: the default, always)."""
+        if value is None:
+            return True
+        if self.choices is not None:
+            return value in self.choices
+        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        return not below and not (self.high is not None and value > self.high)
 
     def check(self, value) -> None:
-        """Raise :class:`InputError` naming this option when ``value`` is outside its range."""
-        if value is None or (self.low is None and self.high is None):
+        """Raise :class:`InputError` naming this option when ``value`` is outside its range or choices."""
+        if self.accepts(value):
             return
-        below = value <= self.low if self.low_open else value < self.low
-        if below or (self.high is not None and value > self.high):
-            raise InputError(f"{value:g} is out of range {self.range_text()}{' ' + self.unit if self.unit else ''}", option=self.name)
+        if self.choices is not None:
+            raise InputError(f"{value!r} is not one of {', '.join(self.choices)}", option=self.name)
+        unit = f" {self.unit}" if self.unit else ""
+        raise InputError(f"{value:g} is out of range {self.range_text()}{unit}", option=self.name)
 
     def range_text(self) -> str:
+        """The accepted range in interval notation, e.g. ``(0, 64]`` (options with both bounds)."""
         return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
 
 
@@ -55,7 +67,7 @@ OPTIONS: dict[str, Option] = {
         Option("batch_size", "--batch-size", "Batch size", int, 1, 4096, default=16, help="slices per forward pass (default 16)"),
         Option("seed", "--seed", "Seed", int, default=0,
                help="random seed; same inputs + protector + seed give byte-identical outputs (default 0)"),
-        Option("device", "--device", "Device", str, default="auto",
+        Option("device", "--device", "Device", str, default="auto", choices=DEVICE_CHOICES,
                help="compute device (default: auto = CUDA if available, else CPU)"),
     )
 }  # fmt: skip
@@ -77,8 +89,6 @@ class ProtectionSettings:
     def __post_init__(self) -> None:
         for option in OPTIONS.values():
             option.check(getattr(self, option.name))
-        if self.device not in DEVICE_CHOICES:
-            raise InputError(f"{self.device!r} is not one of {', '.join(DEVICE_CHOICES)}", option="device")
         if self.labels is not None and (not self.labels or min(self.labels) <= 0):
             raise InputError(f"{list(self.labels)}: give positive label values, e.g. 1,2", option="labels")
 

@@ -39,6 +39,7 @@ from scipy.signal import lfilter
 from umedprotect.augment import AugmentSettings, augment_batch
 from umedprotect.devices import resolve_device
 from umedprotect.errors import InputError
+from umedprotect.settings import OPTIONS
 from umedprotect.intensity import apply_change, intensity_window, normalize
 from umedprotect.losses import dice_ce_loss
 from umedprotect.networks import UNet2d
@@ -86,9 +87,8 @@ def build_case_protector(
     training slices here, once. ``epsilon`` is in 1/255 of each case's intensity window.
     """
     if name not in METHOD_NAMES:
-        raise InputError(f"unknown method {name!r} (choose from umed, {', '.join(METHOD_NAMES)})")
-    if not 0 < epsilon <= 64:
-        raise InputError(f"epsilon {epsilon} is out of range (0, 64] (units of 1/255 of the intensity window)")
+        raise InputError(f"unknown method {name!r} (choose from umed, {', '.join(METHOD_NAMES)})", option="method")
+    OPTIONS["epsilon"].check(epsilon)
     settings = settings or BaselineSettings()
     eps = epsilon / 255.0
     if name == "random":

@@ -7,9 +7,10 @@ import math
 import sys
 from pathlib import Path
 
-from umedprotect.settings import DEVICE_CHOICES
-from .evaluation import DEFAULT_LEARNING_RATES, NORMALISATIONS, TARGET_RATIO, TrainSettings, evaluate
+from umedprotect.cli import add_option
 from umedprotect.io import check_writable_dir, write_json
+
+from .evaluation import DEFAULT_LEARNING_RATES, NORMALISATIONS, TARGET_RATIO, TrainSettings, evaluate
 from .victims import VICTIMS
 
 DESCRIPTION = """\
@@ -87,7 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="victims' intensity normalisation: auto (nnU-Net's choice: ct when dataset.json names the "
                    "channel CT, else zscore), ct, or zscore (per case; an attacker's choice when subjects differ in "
                    "contrast phase) (default %(default)s)")  # fmt: skip
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default %(default)s)")
+    add_option(p, "device")
     p.add_argument("-o", "--output", metavar="REPORT.json", help="write the full report (per-epoch DSC curves included)")
     p.set_defaults(func=run)
 
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     for name in ("epochs", "iterations", "batch_size", "patch_size"):
         if getattr(args, name) < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+            raise InputError("must be at least 1", option=name)
     if args.output:
         check_writable_dir(Path(args.output).resolve().parent)
     settings = TrainSettings(
@@ -111,13 +112,13 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     if not 0 < settings.learning_rate <= 1:
-        raise InputError(f"--learning-rate {settings.learning_rate} is out of range (0, 1]")
+        raise InputError(f"{settings.learning_rate} is out of range (0, 1]", option="learning_rate")
 
     def progress(run_name: str, epoch: int, epochs: int, dsc: float) -> None:
         print(f"{run_name}: epoch {epoch}/{epochs} test DSC {dsc:.4f}", file=sys.stderr, flush=True)
 
     if len(set(args.seed)) != len(args.seed):
-        raise InputError("--seed values must differ")
+        raise InputError("values must differ", option="seed")
     normalisation = None if args.normalisation == "auto" else args.normalisation
     report = evaluate(
         args.clean_dir, args.protected_dir, args.test_dir, args.victim, args.defense, settings, progress, args.seed, normalisation

@@ -12,18 +12,20 @@ from importlib.metadata import entry_points
 
 from .. import __version__
 from ..errors import Cancelled, InputError
+from ..exit_codes import EXIT_BAD_INPUT, EXIT_DISCREPANCIES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
+from ..settings import OPTIONS
 
 SUBCOMMANDS = ("protect", "protect_dataset", "verify", "fit")  # modules in this package, in help order
 PLUGIN_GROUP = "umedprotect.commands"  # entry points of installed add-ons (the evaluation side's ``evaluate``)
-EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+HINT_OPTIONS = ("overwrite", "allow_empty", "resample_mask", "source")  # worded "... (use --flag)"
 
-EPILOG = """\
+EPILOG = f"""\
 exit codes:
-  0    success
-  1    unexpected failure (one-line message; add --debug for the traceback)
-  2    bad input: missing, unreadable or inconsistent files, bad options (one-line message)
-  3    verify found discrepancies
-  130  interrupted (Ctrl-C)
+  {EXIT_OK:<5d}success
+  {EXIT_FAILURE:<5d}unexpected failure (one-line message; add --debug for the traceback)
+  {EXIT_BAD_INPUT:<5d}bad input: missing, unreadable or inconsistent files, bad options (one-line message)
+  {EXIT_DISCREPANCIES:<5d}verify found discrepancies
+  {EXIT_INTERRUPTED:<5d}interrupted (Ctrl-C)
 
 Outputs are written to a temporary name and renamed into place, so a file under its final name
 is always complete. Inputs are never modified. Protector files are safetensors + JSON; files
@@ -99,15 +101,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def option_message(error: InputError) -> str:
-    """An input error in command-line terms: the flag of the option at fault in front of it."""
-    from ..settings import OPTIONS
+    """An input error in command-line terms.
 
-    option = OPTIONS.get(error.option or "")
-    if option is not None:
-        return f"{option.flag} {error}"
-    if error.option:
-        return f"--{error.option.replace('_', '-')} {error}"
-    return str(error)
+    An option at fault puts its flag in front (``--epsilon 99 is out of range ...``); an option that
+    is the remedy (:data:`HINT_OPTIONS`) is suggested after the message (``... exists (use --overwrite)``).
+    """
+    return with_option(str(error), error.option)
+
+
+def with_option(message: str, option: str | None) -> str:
+    """``message`` with the flag of ``option`` (a settings name) in front of it, or suggested after it."""
+    if not option:
+        return message
+    if option in HINT_OPTIONS:
+        return f"{message} (use {flag(option)})"
+    return f"{flag(option)} {message}"
+
+
+def flag(option: str) -> str:
+    """The command-line flag of a settings name: ``band_radius`` -> ``--band-radius``."""
+    return OPTIONS[option].flag if option in OPTIONS else f"--{option.replace('_', '-')}"
+
+
+def add_option(parser: argparse.ArgumentParser, name: str, **overrides) -> None:
+    """A command-line option built from the settings table (type, default, choices, help); ``overrides`` win."""
+    option = OPTIONS[name]
+    arguments = dict(type=option.kind, default=option.default, choices=option.choices, help=option.help)
+    parser.add_argument(option.flag, **{**arguments, **overrides})
 
 
 def _fail(message: str) -> None:
@@ -127,7 +147,10 @@ def _configure_logging() -> None:
 
 
 class _StderrHandler(logging.Handler):
-    """One line per record on the current ``sys.stderr`` (which tests may swap)."""
+    """One line per record on the current ``sys.stderr`` (which tests may swap).
+
+    A record logged with ``extra={"option": name}`` is worded as an input error naming that option.
+    """
 
     def emit(self, record: logging.LogRecord) -> None:
-        _fail(f"{record.levelname.lower()}: {record.getMessage()}")
+        _fail(f"{record.levelname.lower()}: {with_option(record.getMessage(), getattr(record, 'option', None))}")

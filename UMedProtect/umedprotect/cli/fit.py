@@ -9,11 +9,11 @@ from dataclasses import fields
 from tqdm import tqdm
 
 from ..atomic import atomic_path
-from ..settings import DEVICE_CHOICES
 from ..errors import InputError
 from ..fitting import OBJECTIVES, FitSettings, dataset_slices, fit_on_datasets
 from ..io import check_output_path
-from ..protector import CODE_INITS, ProtectorConfig, invalid_config_values, save_protector
+from ..protector import CODE_INITS, ProtectorConfig, check_config_values, save_protector
+from . import add_option
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,8 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("datasets", nargs="+", metavar="IN_DIR", help="nnU-Net v2 raw dataset folder(s)")
     p.add_argument("-o", "--output", required=True, help="protector file to write (.safetensors)")
-    p.add_argument("--epsilon", type=float, default=config.epsilon, help="budget in 1/255 of the intensity window (default %(default)s)")
-    p.add_argument("--band-radius", type=int, default=config.band_radius, help="contour band half-width in pixels (default %(default)s)")
+    add_option(p, "epsilon", default=config.epsilon, help="budget in 1/255 of the intensity window (default %(default)s)")
+    add_option(p, "band_radius", default=config.band_radius, help="contour band half-width in pixels (default %(default)s)")
     p.add_argument("--texture-floor", type=float, default=config.texture_floor, help="lowest texture bound, fraction of the budget (default %(default)s)")
     p.add_argument("--codes", dest="code_init", choices=CODE_INITS, default=config.code_init, help="initial per-label codes: white noise or isotropic blobs (both tiled on the image grid), or "
                    "rings following each label's edge (default %(default)s)")
@@ -67,7 +67,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stop-dice", type=float, default=defaults.stop_dice, help="stopping rule: surrogate training Dice (default %(default)s)")
     p.add_argument("--min-steps", type=int, default=defaults.min_steps, help="steps before the stopping rule applies (default %(default)s)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="compute device (default %(default)s)")
+    add_option(p, "device")
     p.add_argument("--history", metavar="JSON", help="also write the per-step fitting history here")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -79,17 +79,15 @@ def run(args: argparse.Namespace) -> int:
     history_path = check_output_path(args.history, args.overwrite, endings=(".json",)) if args.history else None
     for name, low in (("steps", 0), ("batch_size", 1), ("patch_size", 16), ("surrogate_reset_every", 1), ("min_steps", 0), ("pretrain_steps", 0)):
         if getattr(args, name) < low:
-            raise InputError(f"--{name.replace('_', '-')} must be at least {low}")
+            raise InputError(f"must be at least {low}", option=name)
     if not 0 < args.stop_dice <= 1:
-        raise InputError(f"--stop-dice {args.stop_dice:g} is out of range (0, 1]")
+        raise InputError(f"{args.stop_dice:g} is out of range (0, 1]", option="stop_dice")
     if args.offset_weight < 0:
-        raise InputError(f"--offset-weight {args.offset_weight:g} must be at least 0")
+        raise InputError(f"{args.offset_weight:g} must be at least 0", option="offset_weight")
     names = {f.name for f in fields(FitSettings)}
     settings = FitSettings(**{k: v for k, v in vars(args).items() if k in names})
     values = {name: getattr(args, name) for name in ("epsilon", "band_radius", "base_channels", "texture_floor", "code_init", "code_period", "generator_gain")}
-    bad = invalid_config_values(values)
-    if bad:
-        raise InputError(f"--{bad[0].replace('_', '-')} {values[bad[0]]:g} is out of range")
+    check_config_values(values)
     config = ProtectorConfig(**values)
     samples = dataset_slices(args.datasets)  # validates the datasets before the progress bar starts
     with tqdm(total=settings.steps, desc="fitting", unit="step", disable=args.no_progress) as bar:

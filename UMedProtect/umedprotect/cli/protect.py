@@ -14,7 +14,9 @@ from .. import io
 from ..errors import InputError
 from ..methods import DEFAULT_METHOD, setup_method
 from ..metrics import psnr_text
-from ..settings import DEVICE_CHOICES, OPTIONS, ProtectionSettings
+from ..records import FileRecord, InputImageRecord, InputMaskRecord, ProtectionReport, ReportInputs
+from ..settings import ProtectionSettings
+from . import add_option
 
 log = logging.getLogger("umedprotect")
 
@@ -45,16 +47,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def add_protection_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``protect`` and ``protect-dataset``, built from the settings table."""
     parser.add_argument("--protector", metavar="PATH", help="protector file (.safetensors); default: the bundled protector")
-    for name in ("epsilon", "band_radius"):
-        option = OPTIONS[name]
-        parser.add_argument(option.flag, type=option.kind, metavar=name[0].upper(), help=option.help)
+    add_option(parser, "epsilon", metavar="E")
+    add_option(parser, "band_radius", metavar="B")
     parser.add_argument("--labels", type=parse_labels, metavar="1,2", help="protect only these label values (default: every non-zero label)")
-    option = OPTIONS["min_psnr"]
-    parser.add_argument(option.flag, type=float, metavar="DB", help=option.help)
-    parser.add_argument("--device", choices=DEVICE_CHOICES, default=OPTIONS["device"].default, help=OPTIONS["device"].help)
-    for name in ("seed", "batch_size"):
-        option = OPTIONS[name]
-        parser.add_argument(option.flag, type=option.kind, default=option.default, metavar="N", help=option.help)
+    add_option(parser, "min_psnr", metavar="DB")
+    add_option(parser, "device")
+    add_option(parser, "seed", metavar="N")
+    add_option(parser, "batch_size", metavar="N")
     parser.add_argument("--allow-empty", action="store_true", help="write images whose mask is empty unchanged (default: refuse/skip them with a warning)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
 
@@ -119,22 +118,21 @@ def run(args: argparse.Namespace) -> int:
 
         save_heatmap_png(array, result.protected, result.region, outputs["heatmap"], result.metrics, result.slice_axis, overwrite=args.overwrite)
     if args.report:
-        report = {
-            "command": "umedprotect protect",
-            "inputs": {
-                "image": {"path": str(image_path), "sha256": io.input_sha256(image_path), **io.image_info(image)},
-                "mask": {"path": str(mask_path), "sha256": io.input_sha256(mask_path), "labels": sorted(present), "resampled": args.resample_mask},
-            },
-            "output": {"path": str(outputs["output"]), "sha256": io.sha256(outputs["output"])},
-            "heatmap": str(outputs["heatmap"]) if args.heatmap else None,
-            "parameters": parameters,
-            "protector": protector_info,
-            "metrics": result.metrics,
-            "versions": io.software_versions(),
-            "device": device,
-            "timing_s": {"read": round(read_s, 3), "protect": round(protect_s, 3), "total": round(time.perf_counter() - started, 3)},
-        }
-        io.write_json(report, outputs["report"], overwrite=args.overwrite)
+        report = ProtectionReport(
+            inputs=ReportInputs(
+                image=InputImageRecord(path=str(image_path), sha256=io.input_sha256(image_path), **io.image_info(image)),
+                mask=InputMaskRecord(str(mask_path), io.input_sha256(mask_path), sorted(present), args.resample_mask),
+            ),
+            output=FileRecord(str(outputs["output"]), io.sha256(outputs["output"])),
+            heatmap=str(outputs["heatmap"]) if args.heatmap else None,
+            parameters=parameters,
+            protector=protector_info,
+            metrics=result.metrics,
+            versions=io.software_versions(),
+            device=device,
+            timing_s={"read": round(read_s, 3), "protect": round(protect_s, 3), "total": round(time.perf_counter() - started, 3)},
+        )
+        report.write(outputs["report"], overwrite=args.overwrite)
     m = result.metrics
     print(f"{outputs['output']}: PSNR {psnr_text(m)}, SSIM {m['ssim']:.4f}, max change {m['max_abs_change']:.4g}")
     return 0

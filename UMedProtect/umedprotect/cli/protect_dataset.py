@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    done = [e for e in manifest["cases"].values() if e["status"] == "protected"]
-    psnr = [i.get("psnr_db_slice_min", i["psnr_db"]) for e in done for i in e["images"]]  # a volume's worst slice
+    done = [case for case in manifest.cases.values() if case.status == "protected"]
+    psnr = [image.worst_psnr_db for case in done for image in case.images]
     summary = f"{args.output}: {len(done)} case(s) protected with {args.method}"
     if psnr:
         summary += f", PSNR min {min(psnr):.1f} dB (per image; per slice for volumes)"
