@@ -26,7 +26,6 @@ With --resume, runs already in results.json and finished protections are reused.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import shutil
@@ -43,7 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 
-from umedprotect_eval.baselines import BaselineSettings, build_case_protector  # noqa: E402
+from umedprotect_eval.baselines import BaselineSettings  # noqa: E402
 from umedprotect.dataset_protection import MANIFEST_NAME, protect_dataset  # noqa: E402
 from umedprotect_eval.defenses import defend  # noqa: E402
 from umedprotect.devices import resolve_device  # noqa: E402
@@ -51,8 +50,9 @@ from umedprotect_eval.evaluation import TrainSettings, load_evaluation_data, rat
 from umedprotect.fitting import FitSettings, fit_on_datasets  # noqa: E402
 from umedprotect.io import write_json  # noqa: E402
 from umedprotect.nnunet import read_dataset  # noqa: E402
-from umedprotect.array_protection import protect_array  # noqa: E402
-from umedprotect.protector import ProtectorConfig, load_protector, save_protector  # noqa: E402
+from umedprotect.methods import setup_method  # noqa: E402
+from umedprotect.protector import ProtectorConfig, save_protector  # noqa: E402
+from umedprotect.settings import ProtectionSettings  # noqa: E402
 from umedprotect_eval.victims import build_victim  # noqa: E402
 
 METHODS = ("umed-default", "umed-fitted", "em", "tap", "lsp", "ar", "sep", "random")
@@ -114,25 +114,24 @@ def protect_with(method: str, source: Path, out: Path, config: dict, device: str
     if (out / MANIFEST_NAME).is_file() and (out / "study_protection.json").is_file():  # finished earlier (--resume)
         return json.loads((out / "study_protection.json").read_text(encoding="utf-8"))
     started = time.perf_counter()
-    if method.startswith("umed"):
-        if method == "umed-default":
-            protector = load_protector(device=device)
-        else:
-            fit_started = time.perf_counter()
-            fit_settings = replace(config["fit"], seed=seed, device=device)
-            protector, history = fit_on_datasets([str(source)], ProtectorConfig(epsilon=EPSILON), fit_settings)
-            info["fit_seconds"] = round(time.perf_counter() - fit_started, 1)
-            info["fit_steps"] = len(history)
-            info["protector_file"] = str(save_protector(protector, out.parent / f"{out.name}.safetensors"))
-            started = time.perf_counter()
-        case_protector = functools.partial(protect_array, protector=protector, epsilon=EPSILON, device=device)
+    settings = ProtectionSettings(epsilon=EPSILON, seed=seed, device=device)
+    if method == "umed-default":
+        setup = setup_method("umed", settings)
+    elif method == "umed-fitted":
+        fit_started = time.perf_counter()
+        fit_settings = replace(config["fit"], seed=seed, device=device)
+        protector, history = fit_on_datasets([str(source)], ProtectorConfig(epsilon=EPSILON), fit_settings)
+        info["fit_seconds"] = round(time.perf_counter() - fit_started, 1)
+        info["fit_steps"] = len(history)
+        info["protector_file"] = str(save_protector(protector, out.parent / f"{out.name}.safetensors"))
+        started = time.perf_counter()
+        setup = setup_method("umed", settings, protector=protector)
     else:
-        case_protector = build_case_protector(method, read_dataset(source), EPSILON, device, seed, config["baseline"])
-    manifest = protect_dataset(source, out, case_protector, method, {"epsilon": EPSILON, "seed": seed},
-                               device=device, overwrite=True, progress=False)  # fmt: skip
+        setup = setup_method(method, settings, read_dataset(source), method_settings=config["baseline"])
+    manifest = protect_dataset(source, out, setup.case_protector, method, setup.parameters, protector_info=setup.protector_info,
+                               device=setup.device, overwrite=True, progress=False)  # fmt: skip
     info["protection_seconds"] = round(time.perf_counter() - started, 1)
-    images = [i for e in manifest["cases"].values() for i in e["images"]]
-    info["psnr_db_min"] = min(i["psnr_db"] for i in images)
+    info["psnr_db_min"] = min(image.psnr_db for case in manifest.cases.values() for image in case.images or [])
     (out / "study_protection.json").write_text(json.dumps(info, indent=2))
     return info
 

@@ -84,5 +84,25 @@ def test_ar_process_is_bounded_and_spatially_correlated():
 def test_unknown_method_and_bad_epsilon_are_input_errors(dataset):
     with pytest.raises(InputError, match="unknown method 'xyz'"):
         build_case_protector("xyz", dataset, 4.0)
-    with pytest.raises(InputError, match="out of range"):
-        build_case_protector("lsp", dataset, 0.0)
+    for epsilon in (0.0, 65.0):  # the range of the settings table
+        with pytest.raises(InputError, match=r"out of range \(0, 64\]") as error:
+            build_case_protector("lsp", dataset, epsilon)
+        assert error.value.option == "epsilon"
+
+
+def test_setup_method_dispatches_to_the_baseline_with_its_settings(dataset):
+    from umedprotect.methods import method_names, setup_method
+    from umedprotect.settings import ProtectionSettings
+
+    assert set(METHOD_NAMES) <= set(method_names())
+    image, labels, spacing = _case(dataset)
+    settings = BaselineSettings(lsp_patch=4)
+    setup = setup_method("lsp", ProtectionSettings(epsilon=2.0, seed=3, device="cpu"), dataset, method_settings=settings)
+    direct = build_case_protector("lsp", dataset, 2.0, "cpu", seed=3, settings=settings)
+    default = build_case_protector("lsp", dataset, 2.0, "cpu", seed=3)
+    result = setup.case_protector(image, labels, spacing=spacing)
+    np.testing.assert_array_equal(result.protected, direct(image, labels, spacing=spacing).protected)
+    assert not np.array_equal(result.protected, default(image, labels, spacing=spacing).protected)
+    assert (setup.method, setup.parameters, setup.protector_info) == ("lsp", {"epsilon": 2.0, "labels": None, "seed": 3}, None)
+    assert setup_method("random", ProtectionSettings(device="cpu"), dataset).parameters["epsilon"] == 4.0
+

@@ -39,11 +39,14 @@ def method_names() -> list[str]:
     return [DEFAULT_METHOD, *sorted({ep.name for ep in entry_points(group=METHOD_GROUP)} - {DEFAULT_METHOD})]
 
 
-def setup_method(method: str, settings: ProtectionSettings, dataset=None, protector=None) -> MethodSetup:
+def setup_method(
+    method: str, settings: ProtectionSettings, dataset=None, protector=None, method_settings=None
+) -> MethodSetup:
     """The case protector of ``method`` with ``settings``.
 
     ``dataset`` (an ``nnunet.NnUNetDataset``) is what surrogate-based baselines train on;
-    ``protector`` overrides ``settings.protector`` with an already loaded UMed protector.
+    ``protector`` overrides ``settings.protector`` with an already loaded UMed protector;
+    ``method_settings`` go to a baseline's builder as its ``settings`` (default: the builder's own).
     """
     import torch
 
@@ -62,7 +65,8 @@ def setup_method(method: str, settings: ProtectionSettings, dataset=None, protec
             raise InputError(f"applies to the umed method only, not to the {method} baseline", option=name)
     epsilon = BASELINE_EPSILON if settings.epsilon is None else settings.epsilon
     build = found[0].load()
-    case_protector = build(method, dataset, epsilon, str(device), settings.seed)
+    extra = {} if method_settings is None else {"settings": method_settings}
+    case_protector = build(method, dataset, epsilon, str(device), settings.seed, **extra)
     parameters = {"epsilon": epsilon, "labels": None, "seed": settings.seed}
     return MethodSetup(method, case_protector, parameters, None, device_text)
 

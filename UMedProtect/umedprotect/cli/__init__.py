@@ -17,7 +17,7 @@ from ..settings import OPTIONS
 
 SUBCOMMANDS = ("protect", "protect_dataset", "verify", "fit")  # modules in this package, in help order
 PLUGIN_GROUP = "umedprotect.commands"  # entry points of installed add-ons (the evaluation side's ``evaluate``)
-HINT_OPTIONS = ("overwrite", "allow_empty", "resample_mask", "source")  # worded "... (use --flag)"
+HINT_OPTIONS = ("overwrite", "allow_empty", "resample_mask", "source", "test_dir")  # worded "... (use --flag)"
 
 EPILOG = f"""\
 exit codes:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..dataset_protection import MANIFEST_NAME, verify
-
-EXIT_DISCREPANCIES = 3
+from ..exit_codes import EXIT_DISCREPANCIES, EXIT_OK
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -35,4 +34,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.out_dir}: {len(problems)} discrepancy(ies) found")
         return EXIT_DISCREPANCIES
     print(f"{args.out_dir}: verified, no discrepancies")
-    return 0
+    return EXIT_OK
