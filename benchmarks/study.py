@@ -128,8 +128,9 @@ def protect_with(method: str, source: Path, out: Path, config: dict, device: str
         setup = setup_method("umed", settings, protector=protector)
     else:
         setup = setup_method(method, settings, read_dataset(source), method_settings=config["baseline"])
-    manifest = protect_dataset(source, out, setup.case_protector, method, setup.parameters, protector_info=setup.protector_info,
-                               device=setup.device, overwrite=True, progress=False)  # fmt: skip
+    manifest = protect_dataset(source, out, setup.case_protector, method, setup.parameters,
+                               protector_info=setup.protector_info, device=setup.device, overwrite=True,
+                               progress=False)  # fmt: skip
     info["protection_seconds"] = round(time.perf_counter() - started, 1)
     info["psnr_db_min"] = min(image.psnr_db for case in manifest.cases.values() for image in case.images or [])
     (out / "study_protection.json").write_text(json.dumps(info, indent=2))

@@ -97,12 +97,14 @@ def test_setup_method_dispatches_to_the_baseline_with_its_settings(dataset):
     assert set(METHOD_NAMES) <= set(method_names())
     image, labels, spacing = _case(dataset)
     settings = BaselineSettings(lsp_patch=4)
-    setup = setup_method("lsp", ProtectionSettings(epsilon=2.0, seed=3, device="cpu"), dataset, method_settings=settings)
+    protection = ProtectionSettings(epsilon=2.0, seed=3, device="cpu")
+    setup = setup_method("lsp", protection, dataset, method_settings=settings)
     direct = build_case_protector("lsp", dataset, 2.0, "cpu", seed=3, settings=settings)
     default = build_case_protector("lsp", dataset, 2.0, "cpu", seed=3)
     result = setup.case_protector(image, labels, spacing=spacing)
     np.testing.assert_array_equal(result.protected, direct(image, labels, spacing=spacing).protected)
     assert not np.array_equal(result.protected, default(image, labels, spacing=spacing).protected)
-    assert (setup.method, setup.parameters, setup.protector_info) == ("lsp", {"epsilon": 2.0, "labels": None, "seed": 3}, None)
+    assert (setup.method, setup.protector_info) == ("lsp", None)
+    assert setup.parameters == {"epsilon": 2.0, "labels": None, "seed": 3}
     assert setup_method("random", ProtectionSettings(device="cpu"), dataset).parameters["epsilon"] == 4.0
 

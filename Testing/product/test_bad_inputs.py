@@ -15,7 +15,8 @@ import SimpleITK as sitk
 import torch
 from conftest import ROOT, write_dicom_series, write_image, write_nnunet_dataset
 
-from umedprotect.cli import main
+from umedprotect import cli
+from umedprotect.cli import main, option_message
 from umedprotect.phantoms import phantom_volume
 
 CASES = {}
@@ -538,14 +539,27 @@ def test_battery_is_large_enough():
     assert len(CASES) >= 30
 
 
+def raised_outside_the_cli(error: BaseException) -> bool:
+    """Whether ``error`` was raised by a library module (not by a command-line module)."""
+    frame = error.__traceback__
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    path = Path(frame.tb_frame.f_code.co_filename)
+    return path.parent.name != "cli" and path.name != "cli.py"
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_exits_2_with_one_line_and_touches_nothing(name, tmp_path, protector_file, capsys):
+def test_bad_input_exits_2_with_one_line_and_touches_nothing(name, tmp_path, protector_file, capsys, monkeypatch):
     setup, message = CASES[name]
     argv = setup(tmp_path, protector_file)
     before = snapshot(tmp_path)
+    errors = []
+    monkeypatch.setattr(cli, "option_message", lambda error: errors.append(error) or option_message(error))
     capsys.readouterr()
     code = main(argv)
     captured = capsys.readouterr()
+    for error in errors:  # library messages name options; only the command line words them as flags
+        assert not (raised_outside_the_cli(error) and "--" in str(error)), str(error)
     lines = captured.err.strip().splitlines()
     assert code == 2, captured.err
     assert len(lines) == 1, captured.err

@@ -55,7 +55,8 @@ def test_fit_takes_the_protector_options_and_refuses_them_out_of_range(nnunet_da
         bad = tmp_path / f"bad{option}.safetensors"
         assert main(["fit", str(nnunet_dataset), "-o", str(bad), option, value, *TINY]) == 2
         assert not bad.exists()
-        assert capsys.readouterr().err.strip().startswith(f"umedprotect: error: {option} {float(value):g} is out of range")
+        message = capsys.readouterr().err.strip()
+        assert message.startswith(f"umedprotect: error: {option} {float(value):g} is out of range")
 
 
 def test_fit_refuses_a_schedule_it_cannot_run(nnunet_dataset, tmp_path, capsys):

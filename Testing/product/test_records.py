@@ -1,4 +1,4 @@
-"""Typed records: the manifest of format version 1 loads as written before, records round-trip, malformed files are one line."""
+"""Typed records: version 1 manifests load as written before, records round-trip, a malformed file is one line."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import copy
 import json
 
 import pytest
-
 from umedprotect import io
 from umedprotect.cli import main
 from umedprotect.errors import InputError
@@ -19,7 +18,8 @@ GEOMETRY = {
 PROTECTED_IMAGE = {
     "input": "imagesTr/case000_0000.nii.gz", "output": "imagesTr/case000_0000.nii.gz", "input_sha256": "a" * 64,
     "output_sha256": "b" * 64, "budget_native": 12.5, "psnr_db": 65.7, "psnr_db_slice_min": 60.9,
-    "psnr_db_slice_mean": 61.0, "ssim": 0.99999, "max_abs_change": 11.0, "fraction_changed": 0.0016, "geometry": GEOMETRY,
+    "psnr_db_slice_mean": 61.0, "ssim": 0.99999, "max_abs_change": 11.0, "fraction_changed": 0.0016,
+    "geometry": GEOMETRY,
 }  # fmt: skip
 COPIED_IMAGE = {
     "input": "imagesTr/case001_0000.nii.gz", "output": "imagesTr/case001_0000.nii.gz", "input_sha256": "c" * 64,
@@ -27,7 +27,8 @@ COPIED_IMAGE = {
     "fraction_changed": 0.0, "geometry": GEOMETRY,
 }  # fmt: skip
 MANIFEST_V1 = {  # the layout written by the release before the typed records (format version 1)
-    "format": "umedprotect-dataset-manifest", "format_version": 1, "status": "complete", "source": "/data/Dataset001_Tiny",
+    "format": "umedprotect-dataset-manifest", "format_version": 1, "status": "complete",
+    "source": "/data/Dataset001_Tiny",
     "method": "umed", "parameters": {"epsilon": 4.0, "band_radius": 3, "labels": None, "min_psnr": None, "seed": 0},
     "allow_empty": True, "protector": {"path": "bundled default", "sha256": "d" * 64, "summary": {"epsilon": 4.0}},
     "versions": {"umedprotect": "0.1.0", "torch": "2.13.0+cpu"}, "device": "cpu (CPU only (no CUDA GPU found))",
@@ -57,13 +58,21 @@ def test_a_version_1_manifest_loads_typed_and_writes_back_the_same_json(tmp_path
 
 def test_a_protect_report_round_trips(tmp_path, protector_file):
     from conftest import write_image
-
     from umedprotect.phantoms import phantom_volume
 
     image, labels = phantom_volume((4, 24, 24), n_lesions=1, rng=0)
     paths = [write_image(a, tmp_path / name) for a, name in ((image.astype("int16"), "ct.nrrd"), (labels, "m.nrrd"))]
     out, report_path = tmp_path / "out.nrrd", tmp_path / "report.json"
-    argv = ["protect", *map(str, paths), "-o", str(out), "--protector", str(protector_file), "--report", str(report_path)]
+    argv = [
+        "protect",
+        *map(str, paths),
+        "-o",
+        str(out),
+        "--protector",
+        str(protector_file),
+        "--report",
+        str(report_path),
+    ]
     assert main(argv) == 0
     written = json.loads(report_path.read_text())
     assert (written["format"], written["format_version"]) == ("umedprotect-protection-report", 1)
@@ -84,7 +93,8 @@ def edited(change) -> dict:
 MALFORMED = {
     "missing hash": (lambda m: m["cases"]["case000"]["images"][0].pop("output_sha256"),
                      "cases.case000.images[0].output_sha256 is missing"),
-    "hash a number": (lambda m: m["cases"]["case000"]["label"].update(sha256=7), "cases.case000.label.sha256 must be a string, not 7"),
+    "hash a number": (lambda m: m["cases"]["case000"]["label"].update(sha256=7),
+                      "cases.case000.label.sha256 must be a string, not 7"),
     "unknown status": (lambda m: m["cases"]["case001"].update(status="done"),
                        "cases.case001.status is 'done', not one of 'protected', 'copied_empty', 'skipped_empty'"),
     "protected without images": (lambda m: m["cases"]["case000"].pop("images"), "cases.case000 is protected but lacks"),
@@ -94,8 +104,10 @@ MALFORMED = {
     "budget a boolean": (lambda m: m["cases"]["case000"]["images"][0].update(budget_native=True),
                          "budget_native must be a number, not True"),
     "unknown entry": (lambda m: m.update(comment="edited by hand"), "comment is not a known entry"),
-    "complete without dataset.json hash": (lambda m: m.update(dataset_json={}), "is complete but lacks the dataset.json hash"),
-    "other format": (lambda m: m.update(format_version=2), "not a UMedProtect dataset manifest (or an unsupported version)"),
+    "complete without dataset.json hash": (lambda m: m.update(dataset_json={}),
+                                           "is complete but lacks the dataset.json hash"),
+    "other format": (lambda m: m.update(format_version=2),
+                     "not a UMedProtect dataset manifest (or an unsupported version)"),
 }  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""The settings table is the one source of option ranges, defaults and choices; messages name options, the CLI words them."""
+"""One settings table for every option range, default and choice; messages name options, the CLI words them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
-
 from umedprotect import cli
 from umedprotect.cli import build_parser, option_message
 from umedprotect.cli.protect import settings_from
@@ -34,7 +33,9 @@ def actions(command: str) -> dict[str, argparse.Action]:
 
 
 def required_args(command: str) -> list[str]:
-    return {"protect": ["img.nii.gz", "mask.nii.gz", "-o", "out.nii.gz"], "protect-dataset": ["in", "-o", "out"]}[command]
+    return {"protect": ["img.nii.gz", "mask.nii.gz", "-o", "out.nii.gz"], "protect-dataset": ["in", "-o", "out"]}[
+        command
+    ]
 
 
 def edge_values(name: str) -> list[tuple[object, bool]]:
@@ -42,7 +43,13 @@ def edge_values(name: str) -> list[tuple[object, bool]]:
     option = OPTIONS[name]
     step = (lambda v, d: v + d) if option.kind is int else (lambda v, d: math.nextafter(v, v + d))
     low, high = option.kind(option.low), option.kind(option.high)
-    return [(low, not option.low_open), (step(low, -1), False), (step(low, 1), True), (high, True), (step(high, 1), False)]
+    return [
+        (low, not option.low_open),
+        (step(low, -1), False),
+        (step(low, 1), True),
+        (high, True),
+        (step(high, 1), False),
+    ]
 
 
 @pytest.mark.parametrize("command", PROTECTION_COMMANDS)
@@ -51,7 +58,12 @@ def test_every_protection_option_takes_its_flag_type_default_and_choices_from_th
     option = OPTIONS[name]
     action = actions(command)[name]
     assert action.option_strings == [option.flag]
-    assert (action.type, action.default, action.choices, action.help) == (option.kind, option.default, option.choices, option.help)
+    assert (action.type, action.default, action.choices, action.help) == (
+        option.kind,
+        option.default,
+        option.choices,
+        option.help,
+    )
 
 
 @pytest.mark.parametrize("command", PROTECTION_COMMANDS)
@@ -101,9 +113,9 @@ def test_settings_check_choices_and_labels():
 @pytest.mark.parametrize(
     "error, message",
     [
-        (InputError("out.nii.gz: output already exists", option="overwrite"), "out.nii.gz: output already exists (use --overwrite)"),
+        (InputError("out.nii.gz: exists", option="overwrite"), "out.nii.gz: exists (use --overwrite)"),
         (InputError("c1: mask is empty", option="allow_empty"), "c1: mask is empty (use --allow-empty)"),
-        (InputError("99 is out of range [0, 32] pixels", option="band_radius"), "--band-radius 99 is out of range [0, 32] pixels"),
+        (InputError("99 is out of range [0, 32]", option="band_radius"), "--band-radius 99 is out of range [0, 32]"),
         (InputError("must be at least 1", option="patch_size"), "--patch-size must be at least 1"),
         (InputError("x.nii.gz: file not found"), "x.nii.gz: file not found"),
     ],
@@ -120,7 +132,11 @@ def test_warnings_naming_an_option_are_worded_like_errors(capsys):
 
 def library_modules() -> list[Path]:
     """The product's modules outside the command line (the settings table holds the flags by design)."""
-    return [p for p in sorted(LIBRARY.rglob("*.py")) if "cli" not in p.relative_to(LIBRARY).parts and p.name != "settings.py"]
+    return [
+        p
+        for p in sorted(LIBRARY.rglob("*.py"))
+        if "cli" not in p.relative_to(LIBRARY).parts and p.name != "settings.py"
+    ]
 
 
 def string_parts(tree: ast.AST) -> list[str]:
@@ -151,5 +167,7 @@ def test_library_messages_name_options_not_command_line_flags():
 
 
 def test_the_flag_scan_finds_a_flag_in_a_message():
-    tree = ast.parse('def f(path):\n    """Use --overwrite."""\n    raise InputError(f"{path}: exists (use --overwrite)")\n')
+    tree = ast.parse(
+        'def f(path):\n    """Use --overwrite."""\n    raise InputError(f"{path}: exists (use --overwrite)")\n'
+    )
     assert string_parts(tree) == [": exists (use --overwrite)"]

@@ -23,7 +23,15 @@ from . import io
 from .array_protection import ProtectionResult
 from .errors import InputError
 from .nnunet import Case, NnUNetDataset, read_dataset
-from .records import CaseRecord, DatasetJsonRecord, DatasetManifest, FileRecord, ImageGeometry, ImageRecord, TestCaseRecord
+from .records import (
+    CaseRecord,
+    DatasetJsonRecord,
+    DatasetManifest,
+    FileRecord,
+    ImageGeometry,
+    ImageRecord,
+    TestCaseRecord,
+)
 
 MANIFEST_NAME = "umedprotect_manifest.json"
 LOCK_NAME = ".umedprotect.lock"  # holds the pid of the run writing the folder
@@ -208,7 +216,9 @@ def _validate_cases(dataset: NnUNetDataset, label_values: list[int] | None, allo
     return empty
 
 
-def _protect_case(dataset: NnUNetDataset, case: Case, out: Path, case_protector: CaseProtector, empty: bool) -> CaseRecord:
+def _protect_case(
+    dataset: NnUNetDataset, case: Case, out: Path, case_protector: CaseProtector, empty: bool
+) -> CaseRecord:
     """Protect (or, for an empty mask, copy) every channel of ``case``, copy its label; the manifest entry."""
     started = time.perf_counter()
     images = [io.read_image(path) for path in case.images]
@@ -226,10 +236,15 @@ def _protect_case(dataset: NnUNetDataset, case: Case, out: Path, case_protector:
             io.write_like(result.protected, image, out / relative, overwrite=True)
             output_sha256 = io.sha256(out / relative)
             metrics = result.metrics
-            quality = dict(budget_native=float(result.budget), psnr_db=metrics["psnr_db"], ssim=metrics["ssim"],
-                           psnr_db_slice_min=metrics.get("psnr_db_slice_min"),  # volumes only
-                           psnr_db_slice_mean=metrics.get("psnr_db_slice_mean"),
-                           max_abs_change=metrics["max_abs_change"], fraction_changed=metrics["fraction_changed"])  # fmt: skip
+            quality = dict(
+                budget_native=float(result.budget),
+                psnr_db=metrics["psnr_db"],
+                psnr_db_slice_min=metrics.get("psnr_db_slice_min"),  # volumes only
+                psnr_db_slice_mean=metrics.get("psnr_db_slice_mean"),
+                ssim=metrics["ssim"],
+                max_abs_change=metrics["max_abs_change"],
+                fraction_changed=metrics["fraction_changed"],
+            )
         records.append(ImageRecord(**paths, output_sha256=output_sha256, **quality, geometry=ImageGeometry.of(image)))
     label_relative = dataset.relative(case.label)
     label_hash = io.copy_file(case.label, out / label_relative, overwrite=True)
@@ -297,7 +312,8 @@ def _check_image(output: Path, source: Path, record: ImageRecord) -> list[str]:
     original, protected = sitk.ReadImage(str(source)), sitk.ReadImage(str(output))
     difference = io.geometry_difference(protected, original)
     if difference or protected.GetPixelID() != original.GetPixelID():
-        problems.append(f"{record.output}: geometry or pixel type differs from the source ({difference or 'pixel type'})")
+        what = difference or "pixel type"
+        problems.append(f"{record.output}: geometry or pixel type differs from the source ({what})")
         return problems
     change = np.abs(io.to_array(protected)[0].astype(np.float64) - io.to_array(original)[0].astype(np.float64))
     budget = record.budget_native

@@ -113,7 +113,8 @@ def read_label(
     if label.GetSize() != reference.GetSize():
         if not resample:
             raise InputError(
-                f"{path}: mask size {label.GetSize()} does not match image size {reference.GetSize()}{hint}", option=option
+                f"{path}: mask size {label.GetSize()} does not match image size {reference.GetSize()}{hint}",
+                option=option,
             )
         return _resample_like(label, reference, path)
     problem = geometry_difference(label, reference)

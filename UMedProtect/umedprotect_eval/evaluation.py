@@ -357,7 +357,8 @@ def load_evaluation_data(clean_dir: str | Path, protected_dir: str | Path, test_
     test_source = f"{clean_set.root}/imagesTs"
     if not test_cases:
         if test_dir is None:
-            raise InputError(f"{clean_dir}: no labelled test cases (imagesTs + labelsTs); give a test dataset", option="test_dir")
+            message = f"{clean_dir}: no labelled test cases (imagesTs + labelsTs); give a test dataset"
+            raise InputError(message, option="test_dir")
         test_set = read_dataset(test_dir)
         test_cases = [c for c in test_set.test if c.label is not None]
         test_source = f"{test_set.root}/imagesTs"

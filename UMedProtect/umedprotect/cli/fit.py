@@ -36,8 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("datasets", nargs="+", metavar="IN_DIR", help="nnU-Net v2 raw dataset folder(s)")
     p.add_argument("-o", "--output", required=True, help="protector file to write (.safetensors)")
-    add_option(p, "epsilon", default=config.epsilon, help="budget in 1/255 of the intensity window (default %(default)s)")
-    add_option(p, "band_radius", default=config.band_radius, help="contour band half-width in pixels (default %(default)s)")
+    add_option(p, "epsilon", default=config.epsilon, metavar="E",
+               help="budget in 1/255 of the intensity window (default %(default)s)")  # fmt: skip
+    add_option(p, "band_radius", default=config.band_radius, metavar="B",
+               help="contour band half-width in pixels (default %(default)s)")  # fmt: skip
     p.add_argument("--texture-floor", type=float, default=config.texture_floor, help="lowest texture bound, fraction of the budget (default %(default)s)")
     p.add_argument("--codes", dest="code_init", choices=CODE_INITS, default=config.code_init, help="initial per-label codes: white noise or isotropic blobs (both tiled on the image grid), or "
                    "rings following each label's edge (default %(default)s)")

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         report = ProtectionReport(
             inputs=ReportInputs(
-                image=InputImageRecord(path=str(image_path), sha256=io.input_sha256(image_path), **io.image_info(image)),
+                image=InputImageRecord(str(image_path), io.input_sha256(image_path), **io.image_info(image)),
                 mask=InputMaskRecord(str(mask_path), io.input_sha256(mask_path), sorted(present), args.resample_mask),
             ),
             output=FileRecord(str(outputs["output"]), io.sha256(outputs["output"])),
@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
             metrics=result.metrics,
             versions=io.software_versions(),
             device=device,
-            timing_s={"read": round(read_s, 3), "protect": round(protect_s, 3), "total": round(time.perf_counter() - started, 3)},
+            timing_s={"read": round(read_s, 3), "protect": round(protect_s, 3),
+                      "total": round(time.perf_counter() - started, 3)},  # fmt: skip
         )
         report.write(outputs["report"], overwrite=args.overwrite)
     m = result.metrics
