@@ -98,8 +98,9 @@ def test_targeted_objective_freezes_a_pretrained_surrogate_and_fits():
     fitted, history = fit_protector(_samples(), config, settings)
     assert len(history) == TINY.steps and fitted.config.training["settings"]["objective"] == "targeted"
     assert len({r["surrogate_loss"] for r in history}) == 1  # the surrogate no longer trains
-    with pytest.raises(InputError, match="objective"):
+    with pytest.raises(InputError, match="'max-max' is not one of min-min") as error:
         fit_protector(_samples(), config, replace(TINY, objective="max-max"))
+    assert error.value.option == "objective"
 
 
 def test_alignment_objective_trains_the_surrogate_alongside_and_fits():

@@ -93,7 +93,7 @@ def protect_dataset(
     if skipped:
         log.warning(
             f"{len(skipped)} case(s) with an empty mask were not written ({', '.join(skipped)}); "
-            "the output lacks them (allow empty masks to copy them unchanged)",
+            "allow empty masks to copy them unchanged",
             extra={"option": "allow_empty"},
         )
     return manifest

@@ -180,7 +180,7 @@ def fit_protector(
         return net, torch.optim.Adam(net.parameters(), lr=settings.surrogate_lr)
 
     if settings.objective not in OBJECTIVES:
-        raise InputError(f"unknown fitting objective {settings.objective!r} (choose from {', '.join(OBJECTIVES)})")
+        raise InputError(f"{settings.objective!r} is not one of {', '.join(OBJECTIVES)}", option="objective")
     surrogate, optimiser_s = new_surrogate()
     eps = config.epsilon / 255.0
     targeted = settings.objective == "targeted"
