@@ -17,7 +17,7 @@ from umedprotect_eval.defenses import (
     mix_clean,
 )
 from umedprotect.errors import InputError
-from umedprotect_eval.evaluation import TrainSettings
+from umedprotect_eval.training import TrainSettings
 from umedprotect.intensity import Window
 from umedprotect.slices import case_slices
 

@@ -145,7 +145,7 @@ def test_fit_slices_of_a_ct_dataset_carry_the_victims_ct_normalisation(tmp_path)
 
     from conftest import write_nnunet_dataset
 
-    from umedprotect_eval.evaluation import ct_statistics
+    from umedprotect.slices import ct_statistics
     from umedprotect.fitting import dataset_slices, prepare, sample_batch, victim_input
 
     root = write_nnunet_dataset(tmp_path / "ct", n_train=2, n_test=1, shape=(3, 32, 32), n_lesions=1)

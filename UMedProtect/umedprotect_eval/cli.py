@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from umedprotect.settings import DEVICE_CHOICES
-from .evaluation import DEFAULT_LEARNING_RATES, NORMALISATIONS, TARGET_RATIO, TrainSettings, evaluate
+from .evaluation import TARGET_RATIO, evaluate
+from .training import DEFAULT_LEARNING_RATES, NORMALISATIONS, TrainSettings
 from umedprotect.io import check_writable_dir, write_json
 from .victims import VICTIMS
 
