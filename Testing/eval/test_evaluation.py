@@ -297,12 +297,13 @@ def test_normalisation_can_be_chosen_instead_of_nnunets(clean_and_protected, tmp
     assert used == ["zscore", "zscore"] and report["normalisation"] == "zscore" and "ct_statistics" not in report
     with pytest.raises(ValueError, match="unknown normalisation"):
         evaluate(clean, protected, settings=TINY, normalisation="minmax")
+    report_path = tmp_path / "report.json"
     argv = ["evaluate", str(clean), str(protected), "--epochs", "1", "--iterations", "1", "--batch-size", "2",
-            "--patch-size", "32", "--device", "cpu", "-o", str(tmp_path / "report.json"), "--normalisation"]  # fmt: skip
+            "--patch-size", "32", "--device", "cpu", "-o", str(report_path), "--normalisation"]  # fmt: skip
 
     def normalisation_used(choice: str) -> str:
         assert main(argv + [choice]) == 0
-        return json.loads((tmp_path / "report.json").read_text())["normalisation"]
+        return json.loads(report_path.read_text())["normalisation"]
 
     assert normalisation_used("zscore") == "zscore"
     assert normalisation_used("auto") == "ct"  # the tiny dataset's channel is named CT

@@ -72,7 +72,9 @@ def test_the_objective_is_fitted_by_name_with_a_frozen_pretrained_surrogate():
     for i in range(2):
         samples += case_slices(*phantom_slice((48, 48), 1, i), None, f"case{i}")
     settings = FitSettings(steps=2, batch_size=2, patch_size=32, surrogate_channels=4, pretrain_steps=2, device="cpu")
-    fitted, history = fit_protector(samples, ProtectorConfig(base_channels=4, levels=2), replace(settings, objective="error-max"))
+    fitted, history = fit_protector(
+        samples, ProtectorConfig(base_channels=4, levels=2), replace(settings, objective="error-max")
+    )
     assert fitted.config.training["settings"]["objective"] == "error-max"
     assert len(history) == 2 and len({r["surrogate_loss"] for r in history}) == 1  # frozen
     assert all(r["generator_loss"] < 0 for r in history)  # minus the surrogate's loss

@@ -36,7 +36,9 @@ def _digest(model: torch.nn.Module) -> str:
 @pytest.mark.parametrize(("optimizer", "normalisation"), sorted(PINNED_WEIGHTS))
 def test_a_short_training_gives_the_pinned_weights(data, optimizer, normalisation):
     settings = replace(SHORT, optimizer=optimizer)
-    trainer = VictimTrainer(data.protected, data.test, "unet-small", data.n_classes, settings, normalisation, data.clean)
+    trainer = VictimTrainer(
+        data.protected, data.test, "unet-small", data.n_classes, settings, normalisation, data.clean
+    )
     run = trainer.run()
     assert _digest(trainer.model) == PINNED_WEIGHTS[optimizer, normalisation]
     assert len(run.curve) == len(run.train_curve) == len(run.clean_train_curve) == len(run.label_curve) == 2
@@ -99,4 +101,6 @@ def test_train_victim_is_a_trainer_run_with_the_default_hooks(data):
     trainer = VictimTrainer(data.protected, data.test, "unet-small", data.n_classes, SHORT, "ct", data.clean)
     expected = trainer.run().to_dict()
     run = train_victim(data.protected, data.test, "unet-small", data.n_classes, SHORT, None, "", "ct", data.clean)
-    assert {k: v for k, v in run.to_dict().items() if k != "seconds"} == {k: v for k, v in expected.items() if k != "seconds"}
+    assert {k: v for k, v in run.to_dict().items() if k != "seconds"} == {
+        k: v for k, v in expected.items() if k != "seconds"
+    }

@@ -171,12 +171,16 @@ class ProtectorFit:
     def sample_batch(self) -> Batch:
         return sample_batch(self.data, self.settings, self.rng, self.device)
 
-    def victim_view(self, batch: Batch, delta: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+    def victim_view(
+        self, batch: Batch, delta: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The patches plus ``delta`` as a victim trains on them: normalised, augmented (with ``labels``)."""
         labels = batch[2] if labels is None else labels
         return augment_batch(victim_input(batch[0], batch, delta), labels, self.settings.augment, self.augment_rng)
 
-    def paired_views(self, batch: Batch, delta: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def paired_views(
+        self, batch: Batch, delta: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """(clean, protected) victim views through the same augmentation, and their labels."""
         both = torch.cat([victim_input(batch[0], batch), victim_input(batch[0], batch, delta)], dim=1)
         x, labels = augment_batch(both, batch[2], self.settings.augment, self.augment_rng)

@@ -72,7 +72,8 @@ def register_objective(objective: type[FittingObjective]) -> type[FittingObjecti
 def objective_for(name: str) -> FittingObjective:
     """The registered objective ``name``; InputError for an unknown one."""
     if name not in OBJECTIVES:
-        raise InputError(f"unknown fitting objective {name!r} (choose from {', '.join(OBJECTIVES)})", option="objective")
+        choices = ", ".join(OBJECTIVES)
+        raise InputError(f"unknown fitting objective {name!r} (choose from {choices})", option="objective")
     return OBJECTIVES[name]()
 
 

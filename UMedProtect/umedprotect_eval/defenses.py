@@ -101,7 +101,11 @@ def register_defense(name: str, help: str) -> Callable[[DefenseFunction], Defens
 
 def register_image_defense(name: str, help: str, transform: ImageTransform) -> None:
     """The defense ``name`` that applies ``transform(image, window)`` to every protected training slice."""
-    register_defense(name, help)(lambda protected, clean, settings: (apply_image_transform(transform, protected), settings))
+
+    def apply(protected: list[SliceSample], clean: list[SliceSample], settings):
+        return apply_image_transform(transform, protected), settings
+
+    register_defense(name, help)(apply)
 
 
 register_image_defense("blur", f"Gaussian blur, sigma {BLUR_SIGMA:g} px", blur)
@@ -110,12 +114,16 @@ register_image_defense("jpeg", f"JPEG quality {JPEG_QUALITY} of the window expor
 register_image_defense("downup", f"{DOWNUP_FACTOR:g}x down-sampling and back (bilinear)", down_up)
 
 
-@register_defense("strong-aug", "stronger augmentation (more rotation/scaling, noise, blur, intensity and low-resolution jitter)")
+@register_defense(
+    "strong-aug", "stronger augmentation (more rotation/scaling, noise, blur, intensity and low-resolution jitter)"
+)
 def strong_augmentation(protected: list[SliceSample], clean: list[SliceSample], settings):
     return protected, replace(settings, augment=STRONG_AUGMENTATION)
 
 
-@register_defense("mix-clean", f"{CLEAN_FRACTION:.0%} of the training cases (at least one) replaced by their clean versions")
+@register_defense(
+    "mix-clean", f"{CLEAN_FRACTION:.0%} of the training cases (at least one) replaced by their clean versions"
+)
 def mixed_with_clean(protected: list[SliceSample], clean: list[SliceSample], settings):
     return mix_clean(protected, clean, settings.seed), settings
 

@@ -3,12 +3,12 @@
 Victims are trained by :class:`umedprotect_eval.training.VictimTrainer` (nnU-Net-like settings); after
 every epoch they segment the clean test cases. The headline is the best epoch's test DSC.
 
-Two checks beside it, on (up to :data:`~umedprotect_eval.training.FIT_CHECK_CASES` of) the victim's own training cases: the
-*fit*, its DSC on them as it was trained on them, and, for a protected victim, its DSC on the clean
-versions of the same cases. A victim that does not fit its training data has learned neither the
-anatomy nor a shortcut, and its ratio says nothing. A protected victim that fits its protected
-cases but fails on their clean versions relies on the perturbation; this is measured on the same
-subject and slices, so unlike the test DSC it does not mix in how well the victim generalises.
+Two checks beside it, on (up to :data:`~umedprotect_eval.training.FIT_CHECK_CASES` of) the victim's own
+training cases: the *fit*, its DSC on them as it was trained on them, and, for a protected victim, its
+DSC on the clean versions of the same cases. A victim that does not fit its training data has learned
+neither the anatomy nor a shortcut, and its ratio says nothing. A protected victim that fits its
+protected cases but fails on their clean versions relies on the perturbation; this is measured on the
+same subject and slices, so unlike the test DSC it does not mix in how well the victim generalises.
 
 ``evaluate`` trains the same victim (same seed, same schedule, same patches, since the labels are
 identical) on the clean and on the protected training cases and reports
@@ -169,9 +169,10 @@ def evaluate(
     runs, summary = [], []
     for seed, victim in ((seed, victim) for seed in seeds for victim in victims):
         tag = f" (seed {seed})" if len(seeds) > 1 else ""
-        seed_runs, seed_summary = _victim_runs(data, victim, defenses, replace(settings, seed=seed), progress, tag, trainer)
-        runs += seed_runs
-        summary += seed_summary
+        seeded = replace(settings, seed=seed)
+        victim_runs, victim_summary = _victim_runs(data, victim, defenses, seeded, progress, tag, trainer)
+        runs += victim_runs
+        summary += victim_summary
     return {
         "clean_dir": str(clean_dir),
         "protected_dir": str(protected_dir),
@@ -221,7 +222,9 @@ def _victim_runs(
     return runs, summary
 
 
-def _summary_row(victim: str, defense: str, seed: int, clean: TrainingRun, protected: TrainingRun, labels: list[str]) -> dict:
+def _summary_row(
+    victim: str, defense: str, seed: int, clean: TrainingRun, protected: TrainingRun, labels: list[str]
+) -> dict:
     """Best and final DSC of a clean and a protected run, their fit checks and ratios (overall, by label)."""
     return {
         "victim": victim,

@@ -161,7 +161,8 @@ class VictimTrainer:
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"unknown normalisation {normalisation!r}")
         if settings.optimizer not in DEFAULT_LEARNING_RATES:
-            raise InputError(f"unknown optimizer {settings.optimizer!r} (choose from {', '.join(DEFAULT_LEARNING_RATES)})")
+            choices = ", ".join(DEFAULT_LEARNING_RATES)
+            raise InputError(f"unknown optimizer {settings.optimizer!r} (choose from {choices})")
         self.spec = victim_spec(victim)
         self.train, self.test, self.clean_train = list(train), list(test), list(clean_train or [])
         self.victim, self.n_classes, self.settings, self.normalisation = victim, n_classes, settings, normalisation
@@ -192,7 +193,8 @@ class VictimTrainer:
         settings = self.settings
         train, test, clean_train = self.train, self.test, self.clean_train
         if self.normalisation == "ct":
-            train, test, clean_train = ct_normalised(train, test, clean_train, statistics=self.normalisation_statistics(train))
+            statistics = self.normalisation_statistics(train)
+            train, test, clean_train = ct_normalised(train, test, clean_train, statistics=statistics)
         self.device = resolve_device(settings.device)
         torch.manual_seed(settings.seed)
         self.model = self.build_network().to(self.device)
@@ -204,16 +206,14 @@ class VictimTrainer:
         schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda it: (1 - it / total) ** 0.9)
         with_roi = [s for s in train if s.labels.any()]
         fit_check = _fit_check_slices(train)
-        checked = {s.case_id for s in fit_check}
-        clean_check = [s for s in clean_train if s.case_id in checked]
+        clean_check = [s for s in clean_train if s.case_id in {s.case_id for s in fit_check}]
         checkpoints: list[Checkpoint] = []
         start = time.time()
         for epoch in range(1, settings.epochs + 1):
             self.model.train()
             for i in range(settings.iterations_per_epoch):
                 image, labels = _sample_batch(train, with_roi, patch, settings, rng, self.device)
-                image, labels = augment_batch(image, labels, settings.augment, augment_rng)
-                loss = self._train_step(image, labels, optimiser)
+                loss = self._train_step(*augment_batch(image, labels, settings.augment, augment_rng), optimiser)
                 schedule.step()
                 self.on_iteration((epoch - 1) * settings.iterations_per_epoch + i + 1, loss)
             checkpoints.append(self._checkpoint(epoch, test, fit_check, clean_check))
@@ -233,19 +233,25 @@ class VictimTrainer:
         return loss.detach()
 
     def _checkpoint(
-        self, epoch: int, test: Sequence[SliceSample], fit_check: Sequence[SliceSample], clean_check: Sequence[SliceSample]
+        self,
+        epoch: int,
+        test: Sequence[SliceSample],
+        fit_check: Sequence[SliceSample],
+        clean_check: Sequence[SliceSample],
     ) -> Checkpoint:
-        def scores(samples: Sequence[SliceSample]) -> list[list[float]]:
-            return case_dice(self.model, samples, self.n_classes, self.spec.divisor, self.settings.test_batch_size, self.device)
-
-        tested = scores(test)
+        """The test scores after ``epoch``, and the fit check on its training cases (and their clean versions)."""
+        tested = self._case_dice(test)
         return Checkpoint(
             epoch,
             mean_dsc(tested),
             label_dsc(tested, self.n_classes),
-            mean_dsc(scores(fit_check)),
-            mean_dsc(scores(clean_check)) if clean_check else None,
+            mean_dsc(self._case_dice(fit_check)),
+            mean_dsc(self._case_dice(clean_check)) if clean_check else None,
         )
+
+    def _case_dice(self, samples: Sequence[SliceSample]) -> list[list[float]]:
+        batch_size = self.settings.test_batch_size
+        return case_dice(self.model, samples, self.n_classes, self.spec.divisor, batch_size, self.device)
 
 
 def train_victim(
