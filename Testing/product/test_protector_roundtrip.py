@@ -110,19 +110,27 @@ def test_alignment_objective_trains_the_surrogate_alongside_and_fits():
     assert all(0 <= r["generator_loss"] - 0.002 * r["visibility"] <= 2 + 1e-4 for r in history)
 
 
-def test_race_objective_aligns_against_fresh_surrogates_never_pretrained(monkeypatch):
-    import umedprotect.fitting as fit_module
+def test_race_objective_aligns_against_fresh_surrogates_never_pretrained():
+    from umedprotect.fitting import ProtectorFit
 
-    built, batches = [], []
-    network, sample_batch = fit_module.UNet2d, fit_module.sample_batch
-    monkeypatch.setattr(fit_module, "UNet2d", lambda *a, **k: built.append(1) or network(*a, **k))
-    monkeypatch.setattr(fit_module, "sample_batch", lambda *a, **k: batches.append(1) or sample_batch(*a, **k))
+    class Counting(ProtectorFit):
+        built, batches = 0, 0
+
+        def reset_surrogate(self) -> None:
+            self.built += 1
+            super().reset_surrogate()
+
+        def sample_batch(self):
+            self.batches += 1
+            return super().sample_batch()
+
     config = ProtectorConfig(base_channels=4, levels=2)
     settings = replace(TINY, objective="race", surrogate_reset_every=2, pretrain_steps=50)
-    fitted, history = fit_protector(_samples(), config, settings)
-    assert len(history) == TINY.steps and fitted.config.training["settings"]["objective"] == "race"
-    assert len(built) == 2  # a fresh surrogate, re-initialised after 2 of the 4 steps
-    assert len(batches) == TINY.steps * (TINY.surrogate_steps + 1)  # no clean pre-training batches
+    fit = Counting(_samples(), config, settings)
+    history = fit.run()
+    assert len(history) == TINY.steps and fit.objective.name == "race"
+    assert fit.built == 2  # a fresh surrogate, re-initialised after 2 of the 4 steps
+    assert fit.batches == TINY.steps * (TINY.surrogate_steps + 1)  # no clean pre-training batches
     assert all(0 <= r["generator_loss"] - 0.002 * r["visibility"] <= 2 + 1e-4 for r in history)
 
 
