@@ -9,7 +9,6 @@ protector through the backend, drawn like the module's slice view: the input wit
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +17,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, PathPatch
 from matplotlib.path import Path as MplPath
+from umedprotect import io
+from umedprotect.array_protection import protect_array
+from umedprotect.atomic import atomic_path
+from umedprotect.intensity import intensity_window
+from umedprotect.preview import central_slice
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "UMedProtect"))
-
-from umedprotect import io  # noqa: E402
-from umedprotect.atomic import atomic_path  # noqa: E402
-from umedprotect.intensity import intensity_window  # noqa: E402
-from umedprotect.preview import central_slice  # noqa: E402
-from umedprotect.array_protection import protect_array  # noqa: E402
 
 ICON = ROOT / "UMedProtect" / "Resources" / "Icons" / "UMedProtect.png"
 SCREENSHOT = ROOT / "Resources" / "Screenshots" / "heatmap_preview.png"

@@ -1,4 +1,4 @@
-"""Shared pytest setup: import path, deterministic torch, small synthetic cases."""
+"""Shared pytest setup: deterministic torch, small synthetic cases."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ augmented one, the perturbation is a shortcut that augmentation washes out; if i
 the fitted perturbation is no shortcut at all. The defaults are the study's `small` training
 schedule, so its augmented row (benchmarks/results/small) is the counterpart.
 
-    python benchmarks/augmentation_probe.py CLEAN_DIR PROTECTED_DIR -o probe.json [--epochs 8 --iterations 20]
+    python -m benchmarks.augmentation_probe CLEAN_DIR PROTECTED_DIR -o probe.json [--epochs 8 --iterations 20]
         [--victim unet-small --optimizer adam --learning-rate 0.003 --patch-size 96]
 """
 
@@ -17,12 +17,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "UMedProtect"))
-
-from umedprotect.augment import NO_AUGMENTATION  # noqa: E402
-from umedprotect_eval.evaluation import DEFAULT_LEARNING_RATES, TrainSettings, evaluate  # noqa: E402
-from umedprotect.io import write_json  # noqa: E402
+from umedprotect.augment import NO_AUGMENTATION
+from umedprotect.io import write_json
+from umedprotect_eval.evaluation import evaluate
+from umedprotect_eval.training import DEFAULT_LEARNING_RATES, TrainSettings
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """The CT normalisation a victim derives from each dataset's training foreground (nnU-Net: foreground percentiles,
 mean, std), one line per dataset.
 
-    python benchmarks/ct_statistics.py DATASET [DATASET ...] > ct_statistics.txt
+    python -m benchmarks.ct_statistics DATASET [DATASET ...] > ct_statistics.txt
 """
 
 from __future__ import annotations
@@ -10,13 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "UMedProtect"))
-
-from umedprotect.errors import InputError  # noqa: E402
-from umedprotect_eval.evaluation import ct_statistics  # noqa: E402
-from umedprotect.nnunet import read_dataset  # noqa: E402
-from umedprotect.slices import load_slices  # noqa: E402
+from umedprotect.errors import InputError
+from umedprotect.nnunet import read_dataset
+from umedprotect.slices import ct_statistics, load_slices
 
 
 def statistics_line(dataset: Path) -> str:

@@ -8,7 +8,7 @@ schedule, learning-rate decay included, as `umedprotect evaluate`'s 5 x 100 iter
 Dataset005), one victim per seed, and prints one JSON line: the mean PSNR of the protected training
 cases and the first-epoch test DSC per seed. Give the clean dataset as PROTECTED for the reference.
 
-    python benchmarks/first_epoch_race.py CLEAN PROTECTED --seeds 0 1 2 3 4 5 >> race.jsonl
+    python -m benchmarks.first_epoch_race CLEAN PROTECTED --seeds 0 1 2 3 4 5 >> race.jsonl
 
 Views into the race: ``--every N`` adds each victim's test DSC every N iterations (``curves``; the
 same training, only tested more often -- what a victim early-stopped on clean cases could keep);
@@ -23,71 +23,62 @@ With several foreground labels the line also gives each label's first-epoch test
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from unittest import mock
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "UMedProtect"))
-
-from umedprotect_eval import evaluation  # noqa: E402
-from umedprotect.errors import InputError  # noqa: E402
-from umedprotect_eval.evaluation import EvaluationData, TrainSettings, load_evaluation_data, train_victim  # noqa: E402
+from umedprotect.errors import InputError
+from umedprotect_eval.evaluation import EvaluationData, load_evaluation_data
+from umedprotect_eval.training import NORMALISATIONS, Checkpoint, CtStatistics, TrainSettings, VictimTrainer
 
 SCHEDULE = TrainSettings(epochs=5, iterations_per_epoch=100, batch_size=8, patch_size=96, optimizer="adam",
                          learning_rate=0.003, device="cpu")  # fmt: skip -- Dataset005's (commands.sh)
 
 
-class FirstEpochDone(Exception):
-    """Raised from the progress callback to stop training after the first epoch."""
+class FirstEpochs(VictimTrainer):
+    """A ``unet-small`` victim trained on the protected cases, tested every ``every`` iterations of the first
+    ``epochs`` epochs of ``settings`` (default: once, at the end of the first) and stopped then. Testing more
+    often does not change the training: the epochs are cut into shorter ones of the same poly schedule.
 
+    ``init_seed``: initial weights drawn from this seed instead of the training seed's; ``ct_statistics``:
+    the CT normalisation's clip range, mean and std instead of the training foreground's. After :meth:`run`,
+    ``curve`` holds every test's DSC and ``label_curve`` each test's DSC of every foreground label.
+    """
 
-def first_epoch_curve(
-    data: EvaluationData,
-    settings: TrainSettings,
-    every: int | None = None,
-    epochs: int = 1,
-    labels: list[list[float]] | None = None,
-) -> list[float]:
-    """Test DSC of a ``unet-small`` victim trained on the protected cases, every ``every`` iterations of the
-    first ``epochs`` epochs of ``settings`` (default: once, at the end of the first). Testing more often does
-    not change the training. ``labels``, if given, receives each test's DSC of every foreground label."""
-    every = every or settings.iterations_per_epoch
-    per_epoch = checks_per_epoch(settings, every, epochs)
-    checks = per_epoch * epochs
-    finer = replace(settings, epochs=settings.epochs * per_epoch, iterations_per_epoch=every)  # same poly schedule
-    curve: list[float] = []
+    def __init__(
+        self,
+        data: EvaluationData,
+        settings: TrainSettings,
+        every: int | None = None,
+        epochs: int = 1,
+        init_seed: int | None = None,
+        ct_statistics: CtStatistics | None = None,
+    ) -> None:
+        every = every or settings.iterations_per_epoch
+        per_epoch = checks_per_epoch(settings, every, epochs)
+        finer = replace(settings, epochs=settings.epochs * per_epoch, iterations_per_epoch=every)
+        super().__init__(data.protected, data.test, "unet-small", data.n_classes, finer, data.normalisation)
+        self.checks = per_epoch * epochs
+        self.init_seed, self.ct_statistics = init_seed, ct_statistics
+        self.curve: list[float] = []
+        self.label_curve: list[list[float]] = []
 
-    def record(run_name: str, epoch: int, epochs: int, dsc: float) -> None:
-        curve.append(dsc)
-        if len(curve) == checks:
-            raise FirstEpochDone
+    def build_network(self) -> torch.nn.Module:
+        if self.init_seed is not None:
+            torch.manual_seed(self.init_seed)
+        return super().build_network()
 
-    try:
-        with recording_label_dsc(labels):
-            train_victim(data.protected, data.test, "unet-small", data.n_classes, finer, record, "protected", data.normalisation)
-    except FirstEpochDone:
-        pass
-    return curve
+    def normalisation_statistics(self, train) -> CtStatistics:
+        return self.ct_statistics or super().normalisation_statistics(train)
 
+    def on_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self.curve.append(checkpoint.test_dsc)
+        self.label_curve.append(checkpoint.label_dsc)
 
-def recording_label_dsc(labels: list[list[float]] | None):
-    """Context in which every test's DSC per foreground label is appended to ``labels``, if given."""
-    if labels is None:
-        return contextlib.nullcontext()
-    label_dsc = evaluation.label_dsc
-
-    def recording(case_scores: Sequence[Sequence[float]], n_classes: int) -> list[float]:
-        labels.append(label_dsc(case_scores, n_classes))
-        return labels[-1]
-
-    return mock.patch.object(evaluation, "label_dsc", recording)
+    def should_stop(self, checkpoint: Checkpoint) -> bool:
+        return len(self.curve) == self.checks
 
 
 def checks_per_epoch(settings: TrainSettings, every: int, epochs: int) -> int:
@@ -101,26 +92,9 @@ def checks_per_epoch(settings: TrainSettings, every: int, epochs: int) -> int:
 
 def first_epoch_dsc(data: EvaluationData, settings: TrainSettings) -> float:
     """Test DSC of a ``unet-small`` victim trained on the protected cases, after its first epoch of ``settings``."""
-    return first_epoch_curve(data, settings)[-1]
-
-
-def initialised_with(seed: int):
-    """Context in which victims are built with weights drawn from ``seed`` (not the training seed)."""
-    build = evaluation.build_victim
-
-    def seeded_build(victim: str, n_classes: int) -> torch.nn.Module:
-        torch.manual_seed(seed)
-        return build(victim, n_classes)
-
-    return mock.patch.object(evaluation, "build_victim", seeded_build)
-
-
-def ct_normalised_with(statistics: Sequence[float] | None):
-    """Context in which the CT normalisation uses ``statistics`` (clip low, clip high, mean, std), if given."""
-    if statistics is None:
-        return contextlib.nullcontext()
-    fixed = tuple(statistics)
-    return mock.patch.object(evaluation, "ct_statistics", lambda train: fixed)
+    race = FirstEpochs(data, settings)
+    race.run()
+    return race.curve[-1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, help="also test every N iterations of the first epoch (N divides --iterations)")
     parser.add_argument("--epochs", type=int, default=1, help=f"test through this many of the {SCHEDULE.epochs} epochs "
                         "(default 1; the line's first_epoch stays the first epoch's end)")  # fmt: skip
-    parser.add_argument("--normalisation", choices=evaluation.NORMALISATIONS,
+    parser.add_argument("--normalisation", choices=NORMALISATIONS,
                         help="the victims' intensity normalisation (default: as dataset.json names the channel)")  # fmt: skip
     parser.add_argument("--ct-statistics", type=float, nargs=4, metavar=("LOW", "HIGH", "MEAN", "STD"),
                         help="the CT normalisation's clip range, mean and std in HU (default: the training foreground's)")  # fmt: skip
@@ -161,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         data = replace(data, normalisation=args.normalisation)
     curves, first_by_label = [], []
     for seed, init in zip(args.seeds, args.init_seeds or args.seeds):
-        labels: list[list[float]] = []
-        with initialised_with(init), ct_normalised_with(args.ct_statistics):
-            curve = first_epoch_curve(data, replace(schedule, seed=seed), every, args.epochs, labels)
-        curves.append([round(d, 3) for d in curve])
-        first_by_label.append(labels[per_epoch - 1])
+        statistics = tuple(args.ct_statistics) if args.ct_statistics else None
+        race = FirstEpochs(data, replace(schedule, seed=seed), every, args.epochs, init, statistics)
+        race.run()
+        curves.append([round(d, 3) for d in race.curve])
+        first_by_label.append(race.label_curve[per_epoch - 1])
     line = {"protected": str(args.protected), "psnr": round(data.quality["psnr_db_mean"], 2), "seeds": args.seeds,
             "first_epoch": [c[per_epoch - 1] for c in curves]}  # fmt: skip
     if len(data.label_names) > 1:  # which labels the victims kept

@@ -38,7 +38,7 @@ augmentation is too short to say anything about a protection. Every pattern uses
   flat-dim  dim's ring, and the ROI pulled towards one flat tone 3/4 budget below its mean
             (its texture removed as far as the budget allows)
 
-    python benchmarks/fixed_patterns.py IN_DIR OUT_ROOT [--patterns checker tile8 ...] [--epsilon 4]
+    python -m benchmarks.fixed_patterns IN_DIR OUT_ROOT [--patterns checker tile8 ...] [--epsilon 4]
 
 writes OUT_ROOT/<pattern>/ (nnU-Net raw layout: protected imagesTr, everything else copied).
 """
@@ -53,15 +53,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import binary_dilation, distance_transform_edt, gaussian_filter
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "UMedProtect"))
-
-from umedprotect.intensity import apply_change, intensity_window  # noqa: E402
-from umedprotect.nnunet import read_dataset  # noqa: E402
-from umedprotect.protector import BLOB_GAIN  # noqa: E402
-from umedprotect.protector import BLOB_SIGMAS as PROTECTOR_BLOB_SIGMAS  # noqa: E402
-from umedprotect.regions import edge_depth  # noqa: E402
+from umedprotect.intensity import apply_change, intensity_window
+from umedprotect.nnunet import read_dataset
+from umedprotect.protector import BLOB_GAIN
+from umedprotect.protector import BLOB_SIGMAS as PROTECTOR_BLOB_SIGMAS
+from umedprotect.regions import edge_depth
 
 RING_PERIOD = 6.0  # rings: pixels of distance to the ROI's edge per +/- cycle
 RING_VARIANTS = {  # name: (period, phase, pixels outside the ROI, amplitude below the first period)

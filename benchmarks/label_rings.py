@@ -9,7 +9,7 @@ default.
   sign         label k: the default's rings, sign flipped for even k (the band at the edge dark)
   sign_period  the same, and period 6 for labels 1-2, 10 for labels 3-4 (then again)
 
-    python benchmarks/label_rings.py OUT_DIR   # writes OUT_DIR/rings_<variant>.safetensors
+    python -m benchmarks.label_rings OUT_DIR   # writes OUT_DIR/rings_<variant>.safetensors
 """
 
 from __future__ import annotations
@@ -21,11 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "UMedProtect"))
-
-from umedprotect.protector import Protector, load_protector, ring_codes, save_protector  # noqa: E402
+from umedprotect.protector import Protector, load_protector, ring_codes, save_protector
 
 VARIANTS = {  # (ring period in pixels, sign) of labels 1, 2, ..., repeated over the labels
     "sign": ((6, 1), (6, -1)),

@@ -7,7 +7,7 @@ patterns only needs the protected half. The line holds the mean PSNR, the per-ep
 versions) and the CT statistics the victim derives (clip low/high, mean, std, HU). Patterns worth
 keeping are then measured with `umedprotect evaluate` (commands.sh). Schedule: as Dataset005's.
 
-    python benchmarks/pattern_screen.py DATASET OUT_ROOT PATTERN EPSILON [--seed N] >> screen.jsonl
+    python -m benchmarks.pattern_screen DATASET OUT_ROOT PATTERN EPSILON [--seed N] >> screen.jsonl
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import json
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "UMedProtect"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from umedprotect.slices import ct_statistics
+from umedprotect_eval.evaluation import load_evaluation_data
+from umedprotect_eval.training import TrainSettings, train_victim
 
-from fixed_patterns import PATTERNS, write_protected_copy  # noqa: E402
-from umedprotect_eval.evaluation import TrainSettings, ct_statistics, load_evaluation_data, train_victim  # noqa: E402
+from benchmarks.fixed_patterns import PATTERNS, write_protected_copy
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:

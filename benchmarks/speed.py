@@ -3,7 +3,7 @@
 Reports, in one run: SimpleITK read + write time of the same volume, protection time (array level
 and end to end through the CLI: read, protect, write), and peak resident memory of the CLI process.
 
-    python benchmarks/speed.py [--device cpu|cuda] [--repeats 3] [-o benchmarks/results/speed.json]
+    python -m benchmarks.speed [--device cpu|cuda] [--repeats 3] [-o benchmarks/results/speed.json]
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -21,9 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "UMedProtect"))
 
 
 def make_case(folder: Path) -> tuple[Path, Path]:
@@ -67,7 +63,6 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-
     from umedprotect.array_protection import protect_array
     from umedprotect.protector import load_protector
 
@@ -97,8 +92,7 @@ def main() -> None:
                 "protect", str(image_path), str(label_path), "-o", str(folder / f"out{i}.nii.gz"), "--device", args.device,
             ]
             start = time.perf_counter()
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "UMedProtect"), os.environ.get("PYTHONPATH")])))
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
             cli_times.append(time.perf_counter() - start)
             if proc.returncode != 0:
                 raise SystemExit(proc.stderr)

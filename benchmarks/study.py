@@ -1,10 +1,10 @@
 """The comparison study of issue 3: UMed vs baselines, several victims, defenses, on real data.
 
-    python benchmarks/study.py --setting small [--device auto] [--resume]
+    python -m benchmarks.study --setting small [--device auto] [--resume]
     bash benchmarks/gpu_study.sh          # the gpu setting as parallel processes on one GPU machine, then
-    python benchmarks/study.py --setting gpu --merge DIR [DIR ...] --out benchmarks/results/gpu
-    python benchmarks/study.py --setting smoke            # < 4 min on 2 CPU cores, proves the pipeline
-    python benchmarks/study.py --setting smoke --datasets 001 --out /tmp/smoke001   # the same on real data
+    python -m benchmarks.study --setting gpu --merge DIR [DIR ...] --out benchmarks/results/gpu
+    python -m benchmarks.study --setting smoke            # < 4 min on 2 CPU cores, proves the pipeline
+    python -m benchmarks.study --setting smoke --datasets 001 --out /tmp/smoke001   # the same on real data
 
 For every dataset of the setting (built by benchmarks/prepare_data.py if missing), the training
 cases are protected with every method at the same budget (epsilon = 4/255 of each case's window):
@@ -35,25 +35,22 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from umedprotect.dataset_protection import MANIFEST_NAME, protect_dataset
+from umedprotect.devices import resolve_device
+from umedprotect.fitting import FitSettings, fit_on_datasets
+from umedprotect.io import write_json
+from umedprotect.methods import setup_method
+from umedprotect.nnunet import read_dataset
+from umedprotect.protector import ProtectorConfig, save_protector
+from umedprotect.settings import ProtectionSettings
+from umedprotect_eval.baselines import BaselineSettings
+from umedprotect_eval.defenses import defend
+from umedprotect_eval.evaluation import load_evaluation_data, ratio
+from umedprotect_eval.training import TrainSettings, train_victim
+from umedprotect_eval.victims import build_victim
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "UMedProtect"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-import torch  # noqa: E402
-
-from umedprotect_eval.baselines import BaselineSettings  # noqa: E402
-from umedprotect.dataset_protection import MANIFEST_NAME, protect_dataset  # noqa: E402
-from umedprotect_eval.defenses import defend  # noqa: E402
-from umedprotect.devices import resolve_device  # noqa: E402
-from umedprotect_eval.evaluation import TrainSettings, load_evaluation_data, ratio, train_victim  # noqa: E402
-from umedprotect.fitting import FitSettings, fit_on_datasets  # noqa: E402
-from umedprotect.io import write_json  # noqa: E402
-from umedprotect.nnunet import read_dataset  # noqa: E402
-from umedprotect.methods import setup_method  # noqa: E402
-from umedprotect.protector import ProtectorConfig, save_protector  # noqa: E402
-from umedprotect.settings import ProtectionSettings  # noqa: E402
-from umedprotect_eval.victims import build_victim  # noqa: E402
 
 METHODS = ("umed-default", "umed-fitted", "em", "tap", "lsp", "ar", "sep", "random")
 METHOD_LABELS = {
@@ -101,7 +98,7 @@ def dataset_dir(data_dir: Path, dataset_id: str) -> Path:
     """The ``Dataset<id>_*`` folder, built by prepare_data.py when missing."""
     found = sorted(data_dir.glob(f"Dataset{dataset_id}_*"))
     if not found:
-        import prepare_data
+        from benchmarks import prepare_data
 
         prepare_data.main(["--data-dir", str(data_dir.parent), "--only", dataset_id])
         found = sorted(data_dir.glob(f"Dataset{dataset_id}_*"))

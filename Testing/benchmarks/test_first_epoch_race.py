@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import replace
-from unittest import mock
 
 import pytest
-from conftest import ROOT, write_nnunet_dataset
+import torch
+from conftest import write_nnunet_dataset
+from umedprotect.slices import ct_statistics
+from umedprotect_eval.evaluation import load_evaluation_data
+from umedprotect_eval.training import TrainSettings, train_victim
 
-from umedprotect_eval import evaluation
-from umedprotect_eval.evaluation import TrainSettings, load_evaluation_data, train_victim
-from umedprotect.losses import dice_ce_loss
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-race = pytest.importorskip("first_epoch_race")
+from benchmarks import ct_statistics as statistics_script
+from benchmarks import first_epoch_race as race
+from benchmarks import race_summary as summary
 
 
 def test_the_first_epoch_race_reports_the_first_epoch_of_the_full_schedule(tmp_path):
@@ -27,26 +26,30 @@ def test_the_first_epoch_race_reports_the_first_epoch_of_the_full_schedule(tmp_p
     assert race.first_epoch_dsc(data, replace(settings, seed=1)) != full.curve[0]  # a victim per seed
 
 
+class LossRecording(race.FirstEpochs):
+    """The race, recording the training loss of every iteration (the training itself, not its tests)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.losses: list[float] = []
+
+    def on_iteration(self, iteration: int, loss: torch.Tensor) -> None:
+        self.losses.append(loss.item())
+
+
 def test_testing_more_often_does_not_change_the_training_and_init_seeds_change_only_the_weights(tmp_path):
     clean = write_nnunet_dataset(tmp_path / "clean", n_train=2, n_test=1, shape=(2, 32, 32), n_lesions=1)
     data = load_evaluation_data(clean, clean)
     settings = TrainSettings(epochs=3, iterations_per_epoch=4, batch_size=2, patch_size=32, optimizer="adam", device="cpu")
 
-    def losses(every=None, init=settings.seed, epochs=1):
-        """The training loss of each iteration of the first epoch (the training itself, not its tests)."""
-        seen = []
-
-        def recording_loss(logits, labels):
-            loss = dice_ce_loss(logits, labels)
-            seen.append(loss.item())
-            return loss
-
-        with mock.patch.object(evaluation, "dice_ce_loss", recording_loss), race.initialised_with(init):
-            curve = race.first_epoch_curve(data, settings, every, epochs)
-        return seen, curve
+    def losses(every=None, init=None, epochs=1):
+        recording = LossRecording(data, settings, every, epochs, init)
+        recording.run()
+        return recording.losses, recording.curve
 
     once, curve = losses()
     assert len(once) == 4 and len(curve) == 1
+    assert losses(init=settings.seed)[0] == once  # the training seed's own weights
     every, curve = losses(every=2)
     assert every == once and len(curve) == 2
     through_two, curve = losses(every=2, epochs=2)
@@ -54,13 +57,12 @@ def test_testing_more_often_does_not_change_the_training_and_init_seeds_change_o
     other_init, _ = losses(init=7)
     assert other_init[0] != once[0]
     with pytest.raises(ValueError, match="divide"):
-        race.first_epoch_curve(data, settings, every=3)
+        race.FirstEpochs(data, settings, every=3)
     with pytest.raises(ValueError, match="between"):
-        race.first_epoch_curve(data, settings, epochs=4)
+        race.FirstEpochs(data, settings, epochs=4)
 
 
 def test_race_summary_merges_seeds_and_counts_victims_under_the_target_ratio():
-    summary = pytest.importorskip("race_summary")
     lines = [
         {"protected": "a", "psnr": 50.1, "seeds": [0, 1], "first_epoch": [0.05, 0.5]},
         {"protected": "b", "psnr": 51.0, "seeds": [0], "first_epoch": [0.2]},
@@ -80,24 +82,26 @@ def test_race_summary_merges_seeds_and_counts_victims_under_the_target_ratio():
     assert summary.clean_best_by_seed(evaluation) == {0: 0.6}
 
 
-def test_the_race_can_z_score_its_victims_or_give_the_ct_normalisation_other_statistics(tmp_path, capsys):
+def test_the_race_can_z_score_its_victims_or_give_the_ct_normalisation_other_statistics(tmp_path, capsys, monkeypatch):
     clean = write_nnunet_dataset(tmp_path / "clean", n_train=2, n_test=1, shape=(2, 32, 32), n_lesions=1)
     seen = []
 
-    def recording_train(*args):
-        seen.append((args[-1], evaluation.ct_statistics(args[0])))
-        return train_victim(*args)
+    class Recording(race.FirstEpochs):
+        def run(self, *args):
+            used = self.normalisation_statistics(self.train) if self.normalisation == "ct" else None
+            seen.append((self.normalisation, used))
+            return super().run(*args)
 
+    monkeypatch.setattr(race, "FirstEpochs", Recording)  # main's races, to see how they normalise
     short = [str(clean), str(clean), "--seeds", "0", "--iterations", "2"]
-    with mock.patch.object(race, "train_victim", recording_train):
-        assert race.main([*short, "--normalisation", "zscore"]) == 0
-        out = capsys.readouterr().out
-        assert '"normalisation": "zscore"' in out and "first_epoch_by_label" not in out  # one label: the mean is its
-        assert race.main([*short, "--ct-statistics", "-200", "100", "30", "40"]) == 0
-        assert '"ct_statistics": [-200.0, 100.0, 30.0, 40.0]' in capsys.readouterr().out
-    assert seen[0][0] == "zscore" and seen[0][1] != (-200, 100, 30, 40)
-    assert seen[1] == ("ct", (-200, 100, 30, 40))
-    assert evaluation.ct_statistics(load_evaluation_data(clean, clean).clean) != (-200, 100, 30, 40)  # only within the race
+    assert race.main([*short, "--normalisation", "zscore"]) == 0
+    out = capsys.readouterr().out
+    assert '"normalisation": "zscore"' in out and "first_epoch_by_label" not in out  # one label: the mean is its
+    assert race.main([*short, "--ct-statistics", "-200", "100", "30", "40"]) == 0
+    assert '"ct_statistics": [-200.0, 100.0, 30.0, 40.0]' in capsys.readouterr().out
+    assert race.main(short) == 0
+    own = ct_statistics(load_evaluation_data(clean, clean).clean)
+    assert seen == [("zscore", None), ("ct", (-200, 100, 30, 40)), ("ct", own)] and own != (-200, 100, 30, 40)
     for bad in (["--normalisation", "minmax"], ["--ct-statistics", "100", "-200", "30", "40"], ["--ct-statistics", "0", "1", "0", "0"]):
         with pytest.raises(SystemExit):
             race.main([str(clean), str(clean), *bad])
@@ -114,10 +118,9 @@ def test_with_several_labels_the_race_gives_each_labels_first_epoch_dsc(tmp_path
 
 
 def test_ct_statistics_prints_the_normalisation_each_dataset_gives_its_victims(tmp_path, capsys):
-    statistics = pytest.importorskip("ct_statistics")
     clean = write_nnunet_dataset(tmp_path / "clean", n_train=2, n_test=1, shape=(2, 32, 32), n_lesions=1)
-    assert statistics.main([str(clean)]) == 0
-    lo, hi, mean, std = evaluation.ct_statistics(load_evaluation_data(clean, clean).clean)
+    assert statistics_script.main([str(clean)]) == 0
+    lo, hi, mean, std = ct_statistics(load_evaluation_data(clean, clean).clean)
     assert capsys.readouterr().out == f"{clean}: clip {lo:.0f} .. {hi:.0f} HU, mean {mean:.1f}, std {std:.1f}\n"
     with pytest.raises(SystemExit):
-        statistics.main([str(tmp_path / "missing")])
+        statistics_script.main([str(tmp_path / "missing")])

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import ROOT, write_nnunet_dataset
-
+from conftest import write_nnunet_dataset
 from umedprotect.intensity import intensity_window
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-fixed_patterns = pytest.importorskip("fixed_patterns")
+from benchmarks import fixed_patterns
 
 
 def _array(path):

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
-from conftest import ROOT
-
 from umedprotect.protector import load_protector
 
-sys.path.insert(0, str(ROOT / "benchmarks"))
-label_rings = pytest.importorskip("label_rings")
+from benchmarks import label_rings
 
 
 def _codes_at_depths(protector, label: int, depths: torch.Tensor) -> torch.Tensor:

@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-import pytest
-
-from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-study = pytest.importorskip("study")
+from benchmarks import study
 
 
 def _results() -> dict:

@@ -7,8 +7,8 @@ import pytest
 
 from umedprotect.augment import STRONG_AUGMENTATION
 from umedprotect_eval.defenses import (
-    DEFENSE_NAMES,
-    apply_image_defense,
+    DEFENSES,
+    apply_image_transform,
     bit_depth,
     blur,
     defend,
@@ -17,7 +17,7 @@ from umedprotect_eval.defenses import (
     mix_clean,
 )
 from umedprotect.errors import InputError
-from umedprotect_eval.evaluation import TrainSettings
+from umedprotect_eval.training import TrainSettings
 from umedprotect.intensity import Window
 from umedprotect.slices import case_slices
 
@@ -67,7 +67,7 @@ def test_jpeg_is_close_to_an_8_bit_export():
 
 def test_image_defense_recomputes_case_statistics():
     samples = _cases(2)
-    defended = apply_image_defense("bitdepth", samples)
+    defended = apply_image_transform(bit_depth, samples)
     for s in defended:
         values = np.concatenate([d.image.ravel() for d in defended if d.case_id == s.case_id])
         assert s.mean == pytest.approx(values.mean(), rel=1e-6)
@@ -90,7 +90,7 @@ def test_defend_dispatch():
     assert defend("none", protected, clean, settings) == (protected, settings)
     samples, strong = defend("strong-aug", protected, clean, settings)
     assert strong.augment == STRONG_AUGMENTATION and samples == protected
-    for name in DEFENSE_NAMES:
+    for name in DEFENSES:
         samples, _ = defend(name, protected, clean, settings)
         assert len(samples) == len(protected)
     with pytest.raises(InputError, match="unknown defense"):

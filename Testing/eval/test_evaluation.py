@@ -15,17 +15,14 @@ from conftest import write_nnunet_dataset
 from umedprotect.augment import NO_AUGMENTATION
 from umedprotect.cli import main
 from umedprotect.errors import InputError
-from umedprotect_eval.evaluation import (
-    TrainSettings,
+from umedprotect_eval.evaluation import evaluate, load_evaluation_data, over_seeds, ratio, to_class_indices
+from umedprotect_eval.training import (
     TrainingRun,
+    TrainSettings,
+    VictimTrainer,
     ct_normalised,
-    evaluate,
     label_dsc,
-    load_evaluation_data,
     mean_dsc,
-    over_seeds,
-    ratio,
-    to_class_indices,
     train_victim,
 )
 from umedprotect.losses import dice_by_label
@@ -249,19 +246,16 @@ def test_cli_evaluate_end_to_end(clean_and_protected, tmp_path, capsys):
     assert "dataset folder not found" in capsys.readouterr().err
 
 
-def test_several_seeds_train_every_victim_once_per_seed_and_report_the_spread(clean_and_protected, monkeypatch, capsys):
-    from umedprotect_eval import evaluation
-
+def test_several_seeds_train_every_victim_once_per_seed_and_report_the_spread(clean_and_protected, capsys):
     clean, protected = clean_and_protected
     trained_with = []
-    real_train_victim = evaluation.train_victim
 
-    def recording_train_victim(*args, **kwargs):
-        trained_with.append(args[4].seed)
-        return real_train_victim(*args, **kwargs)
+    class RecordingTrainer(VictimTrainer):
+        def run(self, *args):
+            trained_with.append(self.settings.seed)
+            return super().run(*args)
 
-    monkeypatch.setattr(evaluation, "train_victim", recording_train_victim)
-    report = evaluate(clean, protected, settings=TINY, seeds=(0, 1))
+    report = evaluate(clean, protected, settings=TINY, seeds=(0, 1), trainer=RecordingTrainer)
     assert report["seeds"] == [0, 1] and trained_with == [0, 0, 1, 1]
     assert [(r["data"], r["seed"]) for r in report["runs"]] == [("clean", 0), ("protected", 0), ("clean", 1), ("protected", 1)]
     assert [row["seed"] for row in report["summary"]] == [0, 1]
@@ -290,25 +284,28 @@ def test_over_seeds_gives_mean_and_spread_of_the_defined_ratios():
     assert blurred["defense"] == "blur" and math.isnan(blurred["ratio_best_mean"])
 
 
-def test_normalisation_can_be_chosen_instead_of_nnunets(clean_and_protected, monkeypatch, capsys):
-    from umedprotect_eval import evaluation
-
+def test_normalisation_can_be_chosen_instead_of_nnunets(clean_and_protected, tmp_path, capsys):
     clean, protected = clean_and_protected
     used = []
-    real_train_victim = evaluation.train_victim
 
-    def recording_train_victim(*args, **kwargs):
-        used.append(args[7])
-        return real_train_victim(*args, **kwargs)
+    class RecordingTrainer(VictimTrainer):
+        def run(self, *args):
+            used.append(self.normalisation)
+            return super().run(*args)
 
-    monkeypatch.setattr(evaluation, "train_victim", recording_train_victim)
-    report = evaluate(clean, protected, settings=TINY, normalisation="zscore")
+    report = evaluate(clean, protected, settings=TINY, normalisation="zscore", trainer=RecordingTrainer)
     assert used == ["zscore", "zscore"] and report["normalisation"] == "zscore" and "ct_statistics" not in report
     with pytest.raises(ValueError, match="unknown normalisation"):
         evaluate(clean, protected, settings=TINY, normalisation="minmax")
+    report_path = tmp_path / "report.json"
     argv = ["evaluate", str(clean), str(protected), "--epochs", "1", "--iterations", "1", "--batch-size", "2",
-            "--patch-size", "32", "--device", "cpu", "--normalisation"]  # fmt: skip
-    assert main(argv + ["zscore"]) == 0 and used[-1] == "zscore"
-    assert main(argv + ["auto"]) == 0 and used[-1] == "ct"  # the tiny dataset's channel is named CT
+            "--patch-size", "32", "--device", "cpu", "-o", str(report_path), "--normalisation"]  # fmt: skip
+
+    def normalisation_used(choice: str) -> str:
+        assert main(argv + [choice]) == 0
+        return json.loads(report_path.read_text())["normalisation"]
+
+    assert normalisation_used("zscore") == "zscore"
+    assert normalisation_used("auto") == "ct"  # the tiny dataset's channel is named CT
     assert main(argv + ["minmax"]) == 2
     assert "invalid choice: 'minmax'" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from umedprotect.errors import InputError
-from umedprotect_eval.victims import VICTIM_NAMES, VICTIMS, build_victim, victim_spec
+from umedprotect_eval.victims import VICTIMS, build_victim, victim_spec
 
 PACKAGE_OF = {
     "plainconvunet": "dynamic_network_architectures",
@@ -19,7 +19,7 @@ PACKAGE_OF = {
 }
 
 
-@pytest.mark.parametrize("name", VICTIM_NAMES)
+@pytest.mark.parametrize("name", tuple(VICTIMS))
 def test_victim_maps_image_to_class_logits(name):
     package = PACKAGE_OF.get(name)
     if package and importlib.util.find_spec(package) is None:
@@ -35,7 +35,7 @@ def test_victim_maps_image_to_class_logits(name):
 
 def test_every_victim_is_known_and_library_ones_are_covered():
     assert "unet" in VICTIMS
-    assert set(PACKAGE_OF) == set(VICTIM_NAMES) - {"unet", "unet-small"}
+    assert set(PACKAGE_OF) == set(VICTIMS) - {"unet", "unet-small"}
 
 
 def test_small_unet_is_the_unet_with_a_quarter_of_the_weights():

@@ -1,20 +1,7 @@
 """Fitting a protector against a surrogate segmenter, through victim-like augmentation.
 
-Objectives (each plus a visibility penalty):
-
-- ``min-min`` (UMed's): alternate (a) surrogate steps on protected, augmented patches (generators
-  frozen) and (b) generator steps that *minimise* the surrogate's Dice+CE loss on the same
-  pipeline. The surrogate is re-initialised periodically, so the perturbation must stay a
-  shortcut that a network trained from scratch picks up first, as an unauthorised victim would.
-- ``targeted``: error-maximising towards shifted labels against a surrogate pre-trained on clean
-  data and then frozen.
-- ``alignment`` (gradient alignment, as in Fowl et al.'s secure dataset release): against a
-  surrogate pre-trained on clean data, make the training gradient on protected patches point
-  where the loss on the *clean* patches rises, so that training on protected data unlearns the
-  anatomy. The surrogate keeps training on protected data, as a victim would.
-- ``race``: gradient alignment against fresh surrogates in their first steps on protected data,
-  re-initialised like min-min's and never pre-trained: the state in which a victim's first epoch
-  decides between the shortcut and the anatomy (BENCHMARKS.md, "first-epoch race").
+The generators minimise an objective of :mod:`umedprotect.objectives` (``min-min``, UMed's, by default)
+plus a visibility penalty.
 
 The surrogate sees what a victim sees: the victim's normalisation (CT datasets: nnU-Net's clipping
 and foreground statistics; otherwise per-case z-score), computed as the victim would on the
@@ -36,6 +23,7 @@ from .errors import Cancelled, InputError
 from .intensity import normalize
 from .losses import dice_ce_loss
 from .networks import UNet2d
+from .objectives import objective_for
 from .protector import Protector, ProtectorConfig
 from .regions import region_maps
 from .slices import SliceSample, crop_or_pad, patch_origin
@@ -57,7 +45,7 @@ class FitSettings:
     offset_weight: float = 0.0  # weight of the squared mean change inside each patch's ROI (in epsilon): against a uniform shift
     freeze_codes: bool = False  # fit the generators only; the shortcut codes keep their initial pattern
     foreground_fraction: float = 0.67
-    objective: str = "min-min"  # see OBJECTIVES
+    objective: str = "min-min"  # a name in objectives.OBJECTIVES
     pretrain_steps: int = 300  # "targeted", "alignment": surrogate steps on clean data first
     stop_dice: float = 0.95  # stop once a fresh surrogate reaches this training Dice...
     min_steps: int = 200  # ...and at least this many generator steps were taken
@@ -77,7 +65,7 @@ class PreparedSlice:
 
 
 FitProgress = Callable[[int, int, dict], None]
-OBJECTIVES = ("min-min", "targeted", "alignment", "race")
+Batch = tuple[torch.Tensor, ...]  # (image, maps, labels, origin, zmean, zstd, clip): see sample_batch
 MIN_STATISTICS_PIXELS = 64  # a patch's statistics follow its perturbation only with this many pixels in their region
 
 
@@ -96,7 +84,7 @@ def prepare(samples: Sequence[SliceSample], config: ProtectorConfig) -> list[Pre
 
 def sample_batch(
     data: Sequence[PreparedSlice], settings: FitSettings, rng: np.random.Generator, device: torch.device
-) -> tuple[torch.Tensor, ...]:
+) -> Batch:
     """Random patches: (image, maps, labels, origin, zmean, zstd, clip) tensors; clip is (B,2,1,1)."""
     p = settings.patch_size
     images, maps, labels, origins, zm, zs, clips = [], [], [], [], [], [], []
@@ -122,7 +110,7 @@ def sample_batch(
     )
 
 
-def victim_input(image: torch.Tensor, batch: tuple[torch.Tensor, ...], delta: torch.Tensor | None = None) -> torch.Tensor:
+def victim_input(image: torch.Tensor, batch: Batch, delta: torch.Tensor | None = None) -> torch.Tensor:
     """Window-unit patches (plus ``delta``) as the victim normalises them: clipped (CT), then z-scored.
 
     A victim computes its statistics on the data it is given: with ``delta``, the clean statistics
@@ -152,6 +140,132 @@ def victim_input(image: torch.Tensor, batch: tuple[torch.Tensor, ...], delta: to
     return (torch.minimum(torch.maximum(protected, lo), hi) - zmean) / (zstd * scale)
 
 
+class ProtectorFit:
+    """One fit of a protector: the prepared data, the protector and the surrogate it is fitted against, their
+    optimisers and the seeded random streams. :meth:`run` takes the steps; the objective says what they minimise."""
+
+    def __init__(self, samples: Sequence[SliceSample], config: ProtectorConfig, settings: FitSettings) -> None:
+        if not samples:
+            raise InputError("no training slices with a segmented ROI to fit on")
+        self.objective = objective_for(settings.objective)
+        self.samples, self.config, self.settings = samples, config, settings
+        self.device = resolve_device(settings.device)
+        torch.manual_seed(settings.seed)
+        self.rng = np.random.default_rng(settings.seed)
+        self.augment_rng = torch.Generator().manual_seed(settings.seed)
+        self.data = prepare(samples, config)
+        self.n_classes = int(max(s.labels.max() for s in self.data)) + 1
+        self.protector = Protector(config).to(self.device).train()
+        fitted = [p for name, p in self.protector.named_parameters() if not (settings.freeze_codes and name == "codes")]
+        self.generator_optimiser = torch.optim.Adam(fitted, lr=settings.generator_lr)
+        self.surrogate_loss = torch.zeros(())
+        self.reset_surrogate()
+
+    def reset_surrogate(self) -> None:
+        """A freshly initialised surrogate U-Net and its optimiser."""
+        self.surrogate = UNet2d(1, self.n_classes, self.settings.surrogate_channels, 3).to(self.device).train()
+        self.surrogate_optimiser = torch.optim.Adam(self.surrogate.parameters(), lr=self.settings.surrogate_lr)
+        self.dice_ema = 0.0  # the surrogate's training Dice, smoothed
+        self.since_reset = 0  # generator steps since
+
+    def sample_batch(self) -> Batch:
+        return sample_batch(self.data, self.settings, self.rng, self.device)
+
+    def victim_view(
+        self, batch: Batch, delta: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patches plus ``delta`` as a victim trains on them: normalised, augmented (with ``labels``)."""
+        labels = batch[2] if labels is None else labels
+        return augment_batch(victim_input(batch[0], batch, delta), labels, self.settings.augment, self.augment_rng)
+
+    def paired_views(
+        self, batch: Batch, delta: torch.Tensor
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """(clean, protected) victim views through the same augmentation, and their labels."""
+        both = torch.cat([victim_input(batch[0], batch), victim_input(batch[0], batch, delta)], dim=1)
+        x, labels = augment_batch(both, batch[2], self.settings.augment, self.augment_rng)
+        return (x[:, :1], x[:, 1:]), labels
+
+    def surrogate_step(self, protected: bool) -> None:
+        """One surrogate update on a fresh batch of clean or protected patches (generators frozen)."""
+        batch = self.sample_batch()
+        with torch.no_grad():
+            delta = self.protector(*batch[:4]) if protected else torch.zeros_like(batch[0])
+        x, y = self.victim_view(batch, delta)
+        logits = self.surrogate(x)
+        loss = dice_ce_loss(logits, y)
+        self.surrogate_optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.surrogate_optimiser.step()
+        self.dice_ema = 0.9 * self.dice_ema + 0.1 * _batch_dice(logits.detach(), y)
+        self.surrogate_loss = loss.detach()
+
+    def generator_step(self, step: int) -> dict:
+        """Generator step ``step`` (after the objective's surrogate steps); its history record."""
+        settings = self.settings
+        if self.objective.fresh_surrogates and self.since_reset >= settings.surrogate_reset_every:
+            self.reset_surrogate()
+        self.since_reset += 1
+        for _ in range(settings.surrogate_steps if self.objective.trains_surrogate else 0):
+            self.surrogate_step(protected=True)
+        batch = self.sample_batch()
+        delta = self.protector(*batch[:4])
+        visibility, offset = _penalties(delta, batch, self.config.epsilon / 255.0)
+        loss = (
+            self.objective.loss(self, batch, delta)
+            + settings.visibility_weight * visibility
+            + settings.offset_weight * offset
+        )
+        self.generator_optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.generator_optimiser.step()
+        return {
+            "step": step,
+            "surrogate_loss": round(self.surrogate_loss.item(), 4),
+            "generator_loss": round(loss.item(), 4),
+            "surrogate_dice_ema": round(self.dice_ema, 4),
+            "visibility": round(visibility.item(), 4),
+            "offset": round(offset.item(), 4),
+        }
+
+    def run(self, progress: FitProgress | None = None, cancel: Callable[[], bool] | None = None) -> list[dict]:
+        """Pre-train the surrogate if the objective keeps one, then take the generator steps; the history."""
+        if not self.objective.fresh_surrogates:
+            for _ in range(self.settings.pretrain_steps):
+                self.surrogate_step(protected=False)
+        self.surrogate.requires_grad_(self.objective.trains_surrogate)
+        history: list[dict] = []
+        for step in range(1, self.settings.steps + 1):
+            if cancel is not None and cancel():
+                raise Cancelled("fitting cancelled")
+            history.append(self.generator_step(step))
+            if progress is not None:
+                progress(step, self.settings.steps, history[-1])
+            if self.objective.should_stop(self, step):
+                break
+        return history
+
+    def fitted_protector(self, history: list[dict], seconds: float) -> Protector:
+        """The protector in eval mode on the CPU, its config recording the data and the fit."""
+        protector = self.protector.cpu().eval()
+        protector.config = replace(
+            self.config,
+            training={
+                **self.config.training,
+                "cases": sorted({s.case_id for s in self.samples}),
+                "slices": len(self.samples),
+                "classes": self.n_classes,
+                "steps_run": len(history),
+                "final": history[-1] if history else {},  # no steps: the codes alone, generators at zero
+                "seconds": round(seconds, 1),
+                "device": str(self.device),
+                "torch": torch.__version__,
+                "settings": {k: v for k, v in asdict(self.settings).items() if k != "augment"},
+            },
+        )
+        return protector
+
+
 def fit_protector(
     samples: Sequence[SliceSample],
     config: ProtectorConfig | None = None,
@@ -160,135 +274,19 @@ def fit_protector(
     cancel: Callable[[], bool] | None = None,
 ) -> tuple[Protector, list[dict]]:
     """Fit G_c and G_t on training slices; returns the protector (eval mode, CPU) and the history."""
-    config = config or ProtectorConfig()
-    settings = settings or FitSettings()
-    if not samples:
-        raise InputError("no training slices with a segmented ROI to fit on")
-    device = resolve_device(settings.device)
-    torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    augment_rng = torch.Generator().manual_seed(settings.seed)
-    data = prepare(samples, config)
-    n_classes = int(max(s.labels.max() for s in data)) + 1
-
-    protector = Protector(config).to(device).train()
-    fitted = [p for name, p in protector.named_parameters() if not (settings.freeze_codes and name == "codes")]
-    optimiser_g = torch.optim.Adam(fitted, lr=settings.generator_lr)
-
-    def new_surrogate() -> tuple[UNet2d, torch.optim.Optimizer]:
-        net = UNet2d(1, n_classes, settings.surrogate_channels, 3).to(device).train()
-        return net, torch.optim.Adam(net.parameters(), lr=settings.surrogate_lr)
-
-    if settings.objective not in OBJECTIVES:
-        raise InputError(f"{settings.objective!r} is not one of {', '.join(OBJECTIVES)}", option="objective")
-    surrogate, optimiser_s = new_surrogate()
-    eps = config.epsilon / 255.0
-    targeted = settings.objective == "targeted"
-    alignment = settings.objective in ("alignment", "race")
-    from_scratch = settings.objective in ("min-min", "race")  # fresh surrogates, re-initialised periodically
-
-    def victim_view(batch, delta, labels=None):
-        labels = batch[2] if labels is None else labels
-        return augment_batch(victim_input(batch[0], batch, delta), labels, settings.augment, augment_rng)
-
-    def surrogate_step(protected: bool) -> torch.Tensor:
-        """One surrogate update on a fresh batch of clean or protected patches (generators frozen)."""
-        nonlocal dice_ema
-        batch = sample_batch(data, settings, rng, device)
-        with torch.no_grad():
-            delta = protector(*batch[:4]) if protected else torch.zeros_like(batch[0])
-        x, y = victim_view(batch, delta)
-        logits = surrogate(x)
-        loss = dice_ce_loss(logits, y)
-        optimiser_s.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser_s.step()
-        dice_ema = 0.9 * dice_ema + 0.1 * _batch_dice(logits.detach(), y)
-        return loss.detach()
-
-    def generator_objective(batch, delta) -> torch.Tensor:
-        if alignment:  # clean and protected patches through the same augmentation, as two channels
-            both = torch.cat([victim_input(batch[0], batch), victim_input(batch[0], batch, delta)], dim=1)
-            x, y = augment_batch(both, batch[2], settings.augment, augment_rng)
-            return _misalignment(surrogate, (x[:, :1], y), (x[:, 1:], y))
-        labels = batch[2]
-        if targeted:  # inside ROI ∪ band, aim at the next class: what the victim should learn instead
-            labels = torch.where(batch[1][:, :2].sum(dim=1) > 0, (labels + 1) % n_classes, labels)
-        x, y = victim_view(batch, delta, labels)
-        return dice_ce_loss(surrogate(x), y)
-
-    dice_ema, loss_s = 0.0, torch.zeros(())
-    for _ in range(0 if from_scratch else settings.pretrain_steps):  # surrogate on clean data first
-        loss_s = surrogate_step(protected=False)
-    surrogate.requires_grad_(not targeted)
-
-    history: list[dict] = []
-    since_reset = 0
+    fit = ProtectorFit(samples, config or ProtectorConfig(), settings or FitSettings())
     start = time.time()
-    for step in range(1, settings.steps + 1):
-        if cancel is not None and cancel():
-            raise Cancelled("fitting cancelled")
-        if from_scratch and since_reset >= settings.surrogate_reset_every:
-            surrogate, optimiser_s = new_surrogate()
-            dice_ema, since_reset = 0.0, 0
-        since_reset += 1
-        for _ in range(0 if targeted else settings.surrogate_steps):  # (a) surrogate on protected data
-            loss_s = surrogate_step(protected=True)
-        batch = sample_batch(data, settings, rng, device)  # (b) a generator step
-        delta = protector(*batch[:4])
-        region = (batch[1][:, :2].sum(dim=1, keepdim=True) > 0).float()  # ROI ∪ band
-        visibility = ((delta / eps) ** 2).sum() / region.sum().clamp_min(1.0)
-        roi = batch[1][:, :1]
-        offset = ((delta * roi).sum(dim=(1, 2, 3)) / roi.sum(dim=(1, 2, 3)).clamp_min(1.0) / eps).pow(2).mean()
-        loss_g = generator_objective(batch, delta) + settings.visibility_weight * visibility + settings.offset_weight * offset
-        optimiser_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        optimiser_g.step()
-        record = {
-            "step": step,
-            "surrogate_loss": round(loss_s.item(), 4),
-            "generator_loss": round(loss_g.item(), 4),
-            "surrogate_dice_ema": round(dice_ema, 4),
-            "visibility": round(visibility.item(), 4),
-            "offset": round(offset.item(), 4),
-        }
-        history.append(record)
-        if progress is not None:
-            progress(step, settings.steps, record)
-        if settings.objective == "min-min" and step >= settings.min_steps and since_reset >= 50 and dice_ema >= settings.stop_dice:
-            break
-    protector = protector.cpu().eval()
-    protector.config = replace(
-        config,
-        training={
-            **config.training,
-            "cases": sorted({s.case_id for s in samples}),
-            "slices": len(samples),
-            "classes": n_classes,
-            "steps_run": len(history),
-            "final": history[-1] if history else {},  # no steps: the codes alone, generators at zero
-            "seconds": round(time.time() - start, 1),
-            "device": str(device),
-            "torch": torch.__version__,
-            "settings": {k: v for k, v in asdict(settings).items() if k != "augment"},
-        },
-    )
-    return protector, history
+    history = fit.run(progress, cancel)
+    return fit.fitted_protector(history, time.time() - start), history
 
 
-def _misalignment(surrogate: torch.nn.Module, clean: tuple, protected: tuple) -> torch.Tensor:
-    """1 - cosine between the training gradient on ``protected`` and minus the gradient of the loss on ``clean``.
-
-    A descent step along the first then climbs the second: training on the protected patches
-    raises the loss on the clean ones. Both arguments are (input, labels) views; the result is
-    differentiable in the protected input.
-    """
-    params = [p for p in surrogate.parameters() if p.requires_grad]
-    clean_gradient = torch.autograd.grad(dice_ce_loss(surrogate(clean[0]), clean[1]), params)
-    poison = torch.autograd.grad(dice_ce_loss(surrogate(protected[0]), protected[1]), params, create_graph=True)
-    dot = sum((-c * g).sum() for c, g in zip(clean_gradient, poison))
-    norm = torch.sqrt(sum((c * c).sum() for c in clean_gradient)) * torch.sqrt(sum((g * g).sum() for g in poison))
-    return 1 - dot / norm.clamp_min(1e-12)
+def _penalties(delta: torch.Tensor, batch: Batch, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Visibility (mean squared delta/epsilon over ROI and band) and offset (squared mean change in each ROI)."""
+    region = (batch[1][:, :2].sum(dim=1, keepdim=True) > 0).float()  # ROI ∪ band
+    visibility = ((delta / eps) ** 2).sum() / region.sum().clamp_min(1.0)
+    roi = batch[1][:, :1]
+    offset = ((delta * roi).sum(dim=(1, 2, 3)) / roi.sum(dim=(1, 2, 3)).clamp_min(1.0) / eps).pow(2).mean()
+    return visibility, offset
 
 
 def _batch_dice(logits: torch.Tensor, labels: torch.Tensor) -> float:

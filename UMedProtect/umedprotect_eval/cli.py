@@ -10,7 +10,9 @@ from pathlib import Path
 from umedprotect.cli import add_option
 from umedprotect.io import check_writable_dir, write_json
 
-from .evaluation import DEFAULT_LEARNING_RATES, NORMALISATIONS, TARGET_RATIO, TrainSettings, evaluate
+from .evaluation import TARGET_RATIO, evaluate
+from .training import DEFAULT_LEARNING_RATES, NORMALISATIONS, TrainSettings
+
 from .victims import VICTIMS
 
 DESCRIPTION = """\
@@ -56,11 +58,11 @@ VICTIM_INSTALL = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from .defenses import DEFENSE_HELP, DEFENSE_NAMES
+    from .defenses import DEFENSES
 
     defaults = TrainSettings()
     victims = "\n".join(f"  {name:<14}{spec.description}" for name, spec in VICTIMS.items())
-    defenses = "\n".join(f"  {name:<14}{text}" for name, text in DEFENSE_HELP.items())
+    defenses = "\n".join(f"  {name:<14}{defense.help}" for name, defense in DEFENSES.items())
     p = subparsers.add_parser(
         "evaluate",
         help="check the protection: train victims on clean vs protected data, compare test DSC",
@@ -73,7 +75,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("protected_dir", metavar="PROTECTED_DIR", help="protected version of the same dataset")
     p.add_argument("--test-dir", metavar="DIR", help="dataset with the clean test cases, if CLEAN_DIR has none")
     p.add_argument("--victim", nargs="+", choices=tuple(VICTIMS), default=["unet"], help="victim architecture(s) (default unet)")
-    p.add_argument("--defense", nargs="+", choices=DEFENSE_NAMES, default=[], help="also train on the protected data after these defenses")
+    p.add_argument("--defense", nargs="+", choices=tuple(DEFENSES), default=[], help="also train on the protected data after these defenses")
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default %(default)s)")
     p.add_argument("--iterations", type=int, default=defaults.iterations_per_epoch, help="iterations per epoch (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per iteration (default %(default)s)")

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ BIT_DEPTH = 6
 JPEG_QUALITY = 50
 DOWNUP_FACTOR = 0.5
 CLEAN_FRACTION = 0.2
+
+ImageTransform = Callable[[np.ndarray, Window], np.ndarray]  # (slice in native units, its window) -> defended slice
 
 
 def _to_unit(image: np.ndarray, window: Window) -> np.ndarray:
@@ -69,32 +72,64 @@ def down_up(image: np.ndarray, window: Window) -> np.ndarray:
     return F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
-IMAGE_DEFENSES: dict[str, Callable[[np.ndarray, Window], np.ndarray]] = {
-    "blur": blur,
-    "bitdepth": bit_depth,
-    "jpeg": jpeg,
-    "downup": down_up,
-}
-DEFENSE_NAMES = (*IMAGE_DEFENSES, "strong-aug", "mix-clean")
-DEFENSE_HELP = {
-    "blur": f"Gaussian blur, sigma {BLUR_SIGMA:g} px",
-    "bitdepth": f"bit-depth reduction to {BIT_DEPTH} bits of the intensity window",
-    "jpeg": f"JPEG quality {JPEG_QUALITY} of the window exported to 8 bits",
-    "downup": f"{DOWNUP_FACTOR:g}x down-sampling and back (bilinear)",
-    "strong-aug": "stronger augmentation (more rotation/scaling, noise, blur, intensity and low-resolution jitter)",
-    "mix-clean": f"{CLEAN_FRACTION:.0%} of the training cases (at least one) replaced by their clean versions",
-}
+DefenseFunction = Callable[[list[SliceSample], list[SliceSample], Any], tuple[list[SliceSample], Any]]
 
 
-def check_defense(name: str) -> str:
-    if name not in ("none", *DEFENSE_NAMES):
-        raise InputError(f"unknown defense {name!r} (choose from {', '.join(DEFENSE_NAMES)})")
-    return name
+@dataclass(frozen=True)
+class Defense:
+    """What an attacker does to the protected training slices (and clean ones, if it has any) and to the
+    training settings: ``apply(protected, clean, settings) -> (training slices, training settings)``."""
+
+    name: str
+    help: str  # one line for ``umedprotect evaluate --help``
+    apply: DefenseFunction
 
 
-def apply_image_defense(name: str, samples: Sequence[SliceSample]) -> list[SliceSample]:
-    """Every slice transformed by image defense ``name``; case z-score statistics recomputed."""
-    transform = IMAGE_DEFENSES[name]
+DEFENSES: dict[str, Defense] = {}
+
+
+def register_defense(name: str, help: str) -> Callable[[DefenseFunction], DefenseFunction]:
+    """Function decorator: make ``apply(protected, clean, settings)`` the defense ``name``
+    (``umedprotect evaluate --defense NAME``)."""
+
+    def register(apply: DefenseFunction) -> DefenseFunction:
+        DEFENSES[name] = Defense(name, help, apply)
+        return apply
+
+    return register
+
+
+def register_image_defense(name: str, help: str, transform: ImageTransform) -> None:
+    """The defense ``name`` that applies ``transform(image, window)`` to every protected training slice."""
+
+    def apply(protected: list[SliceSample], clean: list[SliceSample], settings):
+        return apply_image_transform(transform, protected), settings
+
+    register_defense(name, help)(apply)
+
+
+register_image_defense("blur", f"Gaussian blur, sigma {BLUR_SIGMA:g} px", blur)
+register_image_defense("bitdepth", f"bit-depth reduction to {BIT_DEPTH} bits of the intensity window", bit_depth)
+register_image_defense("jpeg", f"JPEG quality {JPEG_QUALITY} of the window exported to 8 bits", jpeg)
+register_image_defense("downup", f"{DOWNUP_FACTOR:g}x down-sampling and back (bilinear)", down_up)
+
+
+@register_defense(
+    "strong-aug", "stronger augmentation (more rotation/scaling, noise, blur, intensity and low-resolution jitter)"
+)
+def strong_augmentation(protected: list[SliceSample], clean: list[SliceSample], settings):
+    return protected, replace(settings, augment=STRONG_AUGMENTATION)
+
+
+@register_defense(
+    "mix-clean", f"{CLEAN_FRACTION:.0%} of the training cases (at least one) replaced by their clean versions"
+)
+def mixed_with_clean(protected: list[SliceSample], clean: list[SliceSample], settings):
+    return mix_clean(protected, clean, settings.seed), settings
+
+
+def apply_image_transform(transform: ImageTransform, samples: Sequence[SliceSample]) -> list[SliceSample]:
+    """Every slice transformed by ``transform(image, window)``; case z-score statistics recomputed."""
     defended = [replace(s, image=transform(s.image, s.window).astype(np.float32)) for s in samples]
     return _restat(defended)
 
@@ -108,15 +143,12 @@ def mix_clean(protected: Sequence[SliceSample], clean: Sequence[SliceSample], se
 
 
 def defend(name: str, protected: Sequence[SliceSample], clean: Sequence[SliceSample], settings):
-    """The training slices and training settings an attacker using defense ``name`` ends up with."""
-    check_defense(name)
+    """The training slices and training settings an attacker using defense ``name`` (or ``none``) ends up with."""
     if name == "none":
         return list(protected), settings
-    if name in IMAGE_DEFENSES:
-        return apply_image_defense(name, protected), settings
-    if name == "strong-aug":
-        return list(protected), replace(settings, augment=STRONG_AUGMENTATION)
-    return mix_clean(protected, clean, settings.seed), settings
+    if name not in DEFENSES:
+        raise InputError(f"unknown defense {name!r} (choose from {', '.join(DEFENSES)})")
+    return DEFENSES[name].apply(list(protected), list(clean), settings)
 
 
 def _restat(samples: list[SliceSample]) -> list[SliceSample]:

@@ -108,13 +108,22 @@ VICTIMS: dict[str, VictimSpec] = {
         VictimSpec("basicunet", "MONAI BasicUNet, 2D", 16, _basicunet),
     )
 }
-VICTIM_NAMES = tuple(VICTIMS)
+
+
+def register_victim(spec: VictimSpec) -> VictimSpec:
+    """Make ``spec`` available by its name to :func:`build_victim` and ``evaluate(victims=...)``.
+
+    ``umedprotect evaluate --victim`` offers the victims registered when its parser is built: those of
+    the :data:`VICTIMS` table above.
+    """
+    VICTIMS[spec.name] = spec
+    return spec
 
 
 def victim_spec(name: str) -> VictimSpec:
     """The spec of victim ``name``; InputError for an unknown name."""
     if name not in VICTIMS:
-        raise InputError(f"unknown victim {name!r} (choose from {', '.join(VICTIM_NAMES)})")
+        raise InputError(f"unknown victim {name!r} (choose from {', '.join(VICTIMS)})")
     return VICTIMS[name]
 
 

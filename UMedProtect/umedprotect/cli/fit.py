@@ -10,8 +10,9 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..errors import InputError
-from ..fitting import OBJECTIVES, FitSettings, dataset_slices, fit_on_datasets
+from ..fitting import FitSettings, dataset_slices, fit_on_datasets
 from ..io import check_output_path
+from ..objectives import OBJECTIVES
 from ..protector import CODE_INITS, ProtectorConfig, check_config_values, save_protector
 from . import add_option
 
@@ -48,14 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=defaults.steps, help="generator steps at most; 0: no fitting, the protector draws its codes alone (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per step (default %(default)s)")
     p.add_argument("--patch-size", type=int, default=defaults.patch_size, help="patch size in pixels (default %(default)s)")
-    p.add_argument(
-        "--objective", choices=OBJECTIVES, default=defaults.objective,
-        help="min-min: error-minimising shortcut against a surrogate trained alongside (UMed); targeted: "
-        "error-maximising towards the next class against a surrogate pre-trained on clean data; alignment: "
-        "training gradients on protected data aligned with raising the loss on clean data (Fowl et al.), "
-        "against a surrogate pre-trained on clean data; race: alignment against fresh surrogates in their first "
-        "steps on protected data, as a victim's first epoch (default %(default)s)",
-    )
+    objectives = "; ".join(f"{name}: {objective.help}" for name, objective in OBJECTIVES.items())
+    p.add_argument("--objective", choices=tuple(OBJECTIVES), default=defaults.objective,
+                   help=f"{objectives} (default %(default)s)")  # fmt: skip
     p.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps, help="targeted, alignment: surrogate steps on clean data first (default %(default)s)")
     p.add_argument(
         "--surrogate-reset-every", type=int, default=defaults.surrogate_reset_every,
