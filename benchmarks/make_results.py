@@ -56,8 +56,9 @@ class Row:
 
 
 def load_experiments() -> list[dict]:
-    """Every experiment file, in file-name order."""
-    return [json.loads(path.read_text()) for path in sorted(EXPERIMENTS.glob("*.json"))]
+    """Every experiment file, in the order of their ``order`` field."""
+    experiments = [json.loads(path.read_text()) for path in EXPERIMENTS.glob("*.json")]
+    return sorted(experiments, key=lambda experiment: experiment["order"])
 
 
 def _evaluate_ratios(report: dict) -> dict[int, float]:
@@ -103,6 +104,10 @@ def _race_ratios(source: dict) -> tuple[dict[int, float], float]:
     return {seed: value / clean.get(seed, fallback) for seed, value in dsc.items()}, lines[-1]["psnr"]
 
 
+def _files(source: dict) -> list[str]:
+    return [source["file"], *source.get("clean", []), *([source["quality"]] if "quality" in source else [])]
+
+
 def last_commit(paths: list[str]) -> str:
     """The latest commit that recorded any of these files (short hash), or "uncommitted"."""
     out = subprocess.run(["git", "log", "--format=%h", "-1", "--", *paths], cwd=ROOT, capture_output=True, text=True)
@@ -123,7 +128,12 @@ def tabulate(experiment: dict) -> list[Row]:
             else:
                 race_ratios, psnr_mean = _race_ratios(source)
                 ratios.update(race_ratios)
-        files = sorted({source["file"] for source in spec["sources"]} | {c for s in spec["sources"] for c in s.get("clean", [])})
+                if "quality" in source:  # the evaluate report of the same protected dataset records per-slice PSNR
+                    report = json.loads((ROOT / source["quality"]).read_text())
+                    if report["protected_dir"] != source["protected"]:
+                        raise ValueError(f"{source['quality']} evaluated {report['protected_dir']}, not {source['protected']}")
+                    psnr_mean, psnr_worst = _evaluate_quality(report)
+        files = sorted({path for source in spec["sources"] for path in _files(source)})
         stopped = sum(ratio <= TARGET_RATIO for ratio in ratios.values())
         rows.append(Row(spec["setting"], psnr_mean, psnr_worst, stopped, len(ratios), last_commit(files)))
     return rows
