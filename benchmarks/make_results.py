@@ -1,7 +1,7 @@
 """Write docs/results.md from the experiments in benchmarks/experiments/ and their result tables.
 
     python -m benchmarks.make_results            # rewrite docs/results.md
-    python -m benchmarks.make_results --check    # exit 1 if docs/results.md is out of date
+    python -m benchmarks.make_results --check    # exit 1 if docs/results.md or a stored table is out of date
 
 Each experiment file (JSON) describes one claim: the data, the commands that produce its result files,
 and its rows -- one measured setting each, with the result files it is read from. Two kinds of result
@@ -155,6 +155,14 @@ def read_table(name: str) -> list[Row]:
     return [Row(**row) for row in json.loads(table_path(name).read_text())]
 
 
+def _table_matches(experiment: dict) -> bool:
+    """Whether the stored table has the figures its result files give (the commit is not compared)."""
+    def figures(rows: list[Row]) -> list[dict]:
+        return [{**asdict(row), "commit": None} for row in rows]
+
+    return figures(read_table(experiment["name"])) == figures(tabulate(experiment))
+
+
 def _db(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f} dB"
 
@@ -210,14 +218,21 @@ def render(experiments: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/results.md is out of date")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if docs/results.md or a table is out of date (writes nothing)"
+    )
     args = parser.parse_args(argv)
-    text = render(load_experiments())
+    experiments = load_experiments()
+    text = render(experiments)
     if args.check:
+        stale = [e["name"] for e in experiments if not _table_matches(e)]
+        if stale:
+            print(f"result tables differ from their result files: {stale}; run "
+                  "python -m benchmarks.run_experiments NAME --table-only", file=sys.stderr)
         if RESULTS_MD.read_text() != text:
             print("docs/results.md is out of date: run python -m benchmarks.make_results", file=sys.stderr)
             return 1
-        return 0
+        return 1 if stale else 0
     RESULTS_MD.write_text(text)
     print(f"wrote {RESULTS_MD.relative_to(ROOT)}")
     return 0
