@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -117,3 +118,32 @@ def test_cli_reference_lists_every_option():
         if flag not in ("-h", "--help") and f"`{flag}`" not in text.split(f"## `umedprotect {name}`")[1].split("\n## ")[0]
     ]
     assert not missing, f"docs/reference/cli.md lacks: {missing}"
+
+
+def _experiments() -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted((ROOT / "benchmarks" / "experiments").glob("*.json"))]
+
+
+def _cited_files(experiment: dict) -> set[str]:
+    return {
+        name
+        for row in experiment["rows"]
+        for source in row["sources"]
+        for name in [source["file"], *source.get("clean", []), *filter(None, [source.get("quality")])]
+    }
+
+
+def test_every_cited_result_file_has_the_command_that_writes_it():
+    experiments = _experiments()
+    commands = "\n".join(command for e in experiments for command in e["commands"])
+    unwritten = sorted(name for e in experiments for name in _cited_files(e) if name not in commands)
+    assert not unwritten, f"result files no experiment command writes: {unwritten}"
+
+
+def test_git_keeps_only_the_cited_result_files():
+    """benchmarks/results/ in git: the files the tables cite and one table per experiment (local runs may add more)."""
+    listed = subprocess.run(["git", "ls-files", "benchmarks/results"], cwd=ROOT, capture_output=True, text=True, check=True)
+    tracked = set(listed.stdout.split())
+    tables = {f"benchmarks/results/tables/{e['name']}.json" for e in _experiments()}
+    cited = {name for e in _experiments() for name in _cited_files(e)}
+    assert tracked == cited | tables, f"uncited: {sorted(tracked - cited - tables)}; untracked: {sorted(cited - tracked)}"
