@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -147,3 +148,13 @@ def test_git_keeps_only_the_cited_result_files():
     tables = {f"benchmarks/results/tables/{e['name']}.json" for e in _experiments()}
     cited = {name for e in _experiments() for name in _cited_files(e)}
     assert tracked == cited | tables, f"uncited: {sorted(tracked - cited - tables)}; untracked: {sorted(cited - tracked)}"
+
+
+def test_experiment_commands_use_current_options():
+    """Every umedprotect command of an experiment parses with today's parser (no options that no longer exist)."""
+    parser = build_parser()
+    commands = [c for e in _experiments() for c in e["commands"] if c.startswith("umedprotect ")]
+    assert commands
+    for command in commands:
+        argv = shlex.split(command.split(">")[0])[1:]
+        parser.parse_args(argv)  # exits 2 on an unknown option or a bad value
