@@ -1,4 +1,4 @@
-"""The comparison study of issue 3: UMed vs baselines, several victims, defenses, on real data.
+"""The comparison study: UMed vs baselines, several victims, defenses, on real data.
 
     python -m benchmarks.study --setting small [--device auto] [--resume]
     bash benchmarks/gpu_study.sh          # the gpu setting as parallel processes on one GPU machine, then

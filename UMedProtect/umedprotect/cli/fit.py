@@ -31,8 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "config) for `umedprotect protect --protector`. Stops when a freshly initialised "
             "surrogate reaches --stop-dice training Dice on the protected data, or after --steps. "
             "The shipped default protector is the codes alone, not fitted: --codes rings --code-period 6 "
-            "--texture-floor 1 --steps 0 (min-min fitting weakened the rings in every run so far: README, "
-            "BENCHMARKS.md)."
+            "--texture-floor 1 --steps 0 (min-min fitting weakened the rings in every run so far: "
+            "docs/results.md, docs/archive/research-log.md)."
         ),
     )
     p.add_argument("datasets", nargs="+", metavar="IN_DIR", help="nnU-Net v2 raw dataset folder(s)")
