@@ -44,9 +44,9 @@ class UMedProtect(ScriptedLoadableModule):
             "trained on them without permission learns little. Labels are never changed. Preview shows "
             "the |perturbation| heatmap and PSNR/SSIM before exporting."
         )
-        self.parent.acknowledgementText = _("Method: {paper} (UMed). Uses PyTorch through the PyTorch extension.").format(
-            paper=PAPER
-        )
+        self.parent.acknowledgementText = _(
+            "Method: {paper} (UMed). Uses PyTorch through the PyTorch extension."
+        ).format(paper=PAPER)
 
 
 class UMedProtectTest(ScriptedLoadableModuleTest):
@@ -81,7 +81,9 @@ class UMedProtectTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay(_("Preview"))
         bandRadius = 3
-        output = logic.process(volume, segmentation, None, ProtectionSettings(epsilon=4.0, band_radius=bandRadius, device="cpu"))
+        output = logic.process(
+            volume, segmentation, None, ProtectionSettings(epsilon=4.0, band_radius=bandRadius, device="cpu")
+        )
         logic.showPreview(volume, output.heatmapVolume, 0.6)
         protected = slicer.util.arrayFromVolume(output.protectedVolume)
         heatmap = slicer.util.arrayFromVolume(output.heatmapVolume)

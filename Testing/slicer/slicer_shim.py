@@ -171,7 +171,10 @@ def install() -> None:
         ),
         "i18n": _module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text),
         "parameterNodeWrapper": _module(
-            "slicer.parameterNodeWrapper", parameterNodeWrapper=parameterNodeWrapper, WithinRange=WithinRange, Choice=Choice
+            "slicer.parameterNodeWrapper",
+            parameterNodeWrapper=parameterNodeWrapper,
+            WithinRange=WithinRange,
+            Choice=Choice,
         ),
     }
     for name, module in submodules.items():
@@ -195,7 +198,10 @@ def bootstrap_scene():
     colors.SetMRMLScene(scene)
     application.SetModuleLogic("Colors", colors)
     logics = {"colors": colors}
-    for name, cls in (("volumes", slicer.vtkSlicerVolumesLogic), ("segmentations", slicer.vtkSlicerSegmentationsModuleLogic)):
+    for name, cls in (
+        ("volumes", slicer.vtkSlicerVolumesLogic),
+        ("segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+    ):
         logic = cls()
         logic.SetMRMLApplicationLogic(application)
         logic.SetMRMLScene(scene)

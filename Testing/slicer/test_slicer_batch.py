@@ -110,7 +110,9 @@ def test_protects_within_budget_and_region_then_resumes_and_verifies(batch, data
         assert change[labels > 0].any()
         label = Path("labelsTr") / f"case{k:03d}.nii.gz"
         assert (out / label).read_bytes() == (source / label).read_bytes()
-    assert (out / "imagesTs" / "case002_0000.nii.gz").read_bytes() == (source / "imagesTs" / "case002_0000.nii.gz").read_bytes()
+    assert (out / "imagesTs" / "case002_0000.nii.gz").read_bytes() == (
+        source / "imagesTs" / "case002_0000.nii.gz"
+    ).read_bytes()
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["status"] == "complete" and sorted(manifest["cases"]) == ["case000", "case001"]
     assert manifest["parameters"]["epsilon"] == EPSILON and manifest["parameters"]["band_radius"] == BAND

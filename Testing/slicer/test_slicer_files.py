@@ -33,7 +33,9 @@ S4EXT_KEYWORDS = (
 
 def ui_names_used_by_code() -> set[str]:
     text = WIDGET_FILE.read_text(encoding="utf-8")
-    return set(re.findall(r"self\.ui\.(\w+)", text)) | set(re.findall(r'"(\w+(?:SpinBox|Label|CheckBox|CollapsibleButton))"', text))
+    return set(re.findall(r"self\.ui\.(\w+)", text)) | set(
+        re.findall(r'"(\w+(?:SpinBox|Label|CheckBox|CollapsibleButton))"', text)
+    )
 
 
 def parameter_node_fields() -> set[str]:
@@ -84,20 +86,24 @@ def test_ui_file_loads_in_qt_and_has_every_widget_the_code_uses():
     assert done.returncode == 0, done.stderr
     loaded = set(__import__("json").loads(done.stdout.strip().splitlines()[-1]))
     used = ui_names_used_by_code()
-    assert {"previewButton", "exportButton", "segmentSelectorWidget", "epsilonSpinBox", "inputsCollapsibleButton"} <= used
+    assert {
+        "previewButton",
+        "exportButton",
+        "segmentSelectorWidget",
+        "epsilonSpinBox",
+        "inputsCollapsibleButton",
+    } <= used
     assert used - loaded == set(), f"widgets used in Widget.py but missing from the .ui: {sorted(used - loaded)}"
 
 
 def test_every_parameter_the_ui_binds_is_a_parameter_node_field():
     root = ET.parse(UI_FILE).getroot()
-    bound = {
-        prop.findtext("string")
-        for prop in root.iter("property")
-        if prop.get("name") == "SlicerParameterName"
-    }
+    bound = {prop.findtext("string") for prop in root.iter("property") if prop.get("name") == "SlicerParameterName"}
     fields = parameter_node_fields()
     assert {"inputVolume", "epsilon", "bandRadius", "device", "heatmapOpacity"} <= bound
-    assert bound - fields == set(), f"SlicerParameterName values without a parameter node field: {sorted(bound - fields)}"
+    assert bound - fields == set(), (
+        f"SlicerParameterName values without a parameter node field: {sorted(bound - fields)}"
+    )
 
 
 def test_module_cmake_lists_every_python_file_and_resource():
@@ -108,7 +114,9 @@ def test_module_cmake_lists_every_python_file_and_resource():
         if "__pycache__" not in p.parts and "umedprotect_eval" not in p.parts  # the evaluation side is not shipped
     }
     assert len(scripts) == len(set(scripts)), "a script is listed twice"
-    assert present - set(scripts) == set(), f"Python files missing from MODULE_PYTHON_SCRIPTS: {sorted(present - set(scripts))}"
+    assert present - set(scripts) == set(), (
+        f"Python files missing from MODULE_PYTHON_SCRIPTS: {sorted(present - set(scripts))}"
+    )
     assert set(scripts) - present == set(), f"listed scripts that do not exist: {sorted(set(scripts) - present)}"
 
     resources = cmake_list("MODULE_PYTHON_RESOURCES")
@@ -193,7 +201,9 @@ def test_the_module_file_only_registers_and_the_acknowledgement_cites_the_readme
     tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
     assert classes == ["UMedProtect", "UMedProtectTest"]
-    title = re.search(r"Safeguarding Medical Image Segmentation[^\"]*Perturbations", (ROOT / "README.md").read_text(encoding="utf-8"))
+    title = re.search(
+        r"Safeguarding Medical Image Segmentation[^\"]*Perturbations", (ROOT / "README.md").read_text(encoding="utf-8")
+    )
     assert title, "the README no longer cites the paper"
     module_text = " ".join(MODULE_FILE.read_text(encoding="utf-8").replace('"', "").split())
     assert " ".join(title.group(0).split()) in module_text

@@ -26,9 +26,7 @@ from umedprotect.regions import contour_band  # noqa: E402
 from umedprotect.settings import ProtectionSettings  # noqa: E402
 
 # Rotated axes, anisotropic spacing (k coarsest), non-zero origin.
-IJK_TO_RAS = np.array(
-    [[0.0, -0.7, 0.0, 12.5], [0.8, 0.0, 0.0, -30.0], [0.0, 0.0, 2.5, 4.0], [0.0, 0.0, 0.0, 1.0]]
-)
+IJK_TO_RAS = np.array([[0.0, -0.7, 0.0, 12.5], [0.8, 0.0, 0.0, -30.0], [0.0, 0.0, 2.5, 4.0], [0.0, 0.0, 0.0, 1.0]])
 BAND = 3
 
 
@@ -53,7 +51,9 @@ def case(scene):
     ids = []
     for value in (1, 2):
         segment_id = segmentation.GetSegmentation().AddEmptySegment(f"lesion {value}")
-        slicer.util.updateSegmentBinaryLabelmapFromArray((lesions == value).astype(np.uint8), segmentation, segment_id, volume)
+        slicer.util.updateSegmentBinaryLabelmapFromArray(
+            (lesions == value).astype(np.uint8), segmentation, segment_id, volume
+        )
         ids.append(segment_id)
     assert {1, 2} <= set(np.unique(lesions))
     return volume, segmentation, ids, image, lesions
@@ -156,7 +156,10 @@ def test_preview_nodes_are_reused_only_for_the_same_input(case, protector_file):
     first = logic.process(volume, segmentation, None, settings(protector_file), protectedName="ct protected preview")
     assert logic.outputOf(first.protectedVolume, volume) is first.protectedVolume
     again = logic.process(
-        volume, segmentation, None, settings(protector_file),
+        volume,
+        segmentation,
+        None,
+        settings(protector_file),
         protectedVolume=logic.outputOf(first.protectedVolume, volume),
         heatmapVolume=logic.outputOf(first.heatmapVolume, volume),
     )
@@ -197,7 +200,10 @@ class CancellingView:
 
 
 def volume_ids(scene) -> list[str]:
-    return [scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode").GetID() for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))]
+    return [
+        scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode").GetID()
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))
+    ]
 
 
 @pytest.mark.parametrize("runner", [DirectRunner(cancelled=lambda: True), DialogRunner(CancellingView, 0.001)])
@@ -286,7 +292,14 @@ def test_in_slicer_self_test_passes_with_the_bundled_protector(scene):
     assert result.wasSuccessful(), result.failures + result.errors
 
 
-SMALL_FIT = {"steps": 2, "batch_size": 2, "patch_size": 32, "surrogate_steps": 1, "surrogate_channels": 4, "device": "cpu"}
+SMALL_FIT = {
+    "steps": 2,
+    "batch_size": 2,
+    "patch_size": 32,
+    "surrogate_steps": 1,
+    "surrogate_channels": 4,
+    "device": "cpu",
+}
 
 
 def test_fit_on_the_segmented_cases_in_the_scene(case, tmp_path):

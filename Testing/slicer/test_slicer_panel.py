@@ -89,7 +89,10 @@ def test_protection_settings_follow_the_panel():
 
 
 def test_errors_name_the_setting_as_the_panel_does():
-    assert errorText(InputError("70 is out of range", option="epsilon")) == f"{OPTIONS['epsilon'].label}: 70 is out of range"
+    assert (
+        errorText(InputError("70 is out of range", option="epsilon"))
+        == f"{OPTIONS['epsilon'].label}: 70 is out of range"
+    )
     assert errorText(InputError("no segments selected")) == "no segments selected"
 
 
@@ -132,7 +135,11 @@ def test_each_bound_widget_suits_its_parameter_and_carries_its_limits():
         else:
             assert widget.get("class") == "qMRMLNodeComboBox", name
         if name in LIMITS:
-            values = {p.get("name"): float(p[0].text) for p in widget.findall("property") if p.get("name") in ("minimum", "maximum")}
+            values = {
+                p.get("name"): float(p[0].text)
+                for p in widget.findall("property")
+                if p.get("name") in ("minimum", "maximum")
+            }
             assert values == {"minimum": LIMITS[name].minimum, "maximum": LIMITS[name].maximum}, name
     assert set(SETTING_WIDGETS) == set(LIMITS)
 
@@ -170,5 +177,11 @@ def test_the_ui_loads_in_qt_and_takes_the_settings_tables_limits():
     found = json.loads(done.stdout.strip().splitlines()[-1])
     for name, (setting, _box, _label) in SETTING_WIDGETS.items():
         limits = LIMITS[name]
-        assert found[name][:5] == [limits.minimum, limits.maximum, limits.step, limits.decimals, f"{OPTIONS[setting].label}:"]
+        assert found[name][:5] == [
+            limits.minimum,
+            limits.maximum,
+            limits.step,
+            limits.decimals,
+            f"{OPTIONS[setting].label}:",
+        ]
     assert found["epsilon"][5] == 6.3  # free entry keeps the docs' recommended value

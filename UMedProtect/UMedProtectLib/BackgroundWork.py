@@ -88,7 +88,9 @@ class BackgroundTask:
 
     def _run(self) -> None:
         try:
-            self._result = self._work(lambda fraction, message: self._reports.put((fraction, message)), self._cancel.is_set)
+            self._result = self._work(
+                lambda fraction, message: self._reports.put((fraction, message)), self._cancel.is_set
+            )
         except BaseException as error:  # noqa: BLE001 - handed to the owner's thread by result()
             self._error = error
 

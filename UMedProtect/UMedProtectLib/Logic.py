@@ -86,13 +86,17 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
             )
             if torch is None:
                 raise RuntimeError(_("PyTorch is required; it can be installed in the 'PyTorch Utils' module."))
-        missing = [requirement for module, requirement in PIP_REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
+        missing = [
+            requirement for module, requirement in PIP_REQUIREMENTS.items() if importlib.util.find_spec(module) is None
+        ]
         if missing:
             question = _("UMed Protect needs these Python packages: {packages}. Install them now?").format(
                 packages=", ".join(missing)
             )
             if askConfirmation and not slicer.util.confirmOkCancelDisplay(question):
-                raise RuntimeError(_("Required Python packages are missing: {packages}").format(packages=", ".join(missing)))
+                raise RuntimeError(
+                    _("Required Python packages are missing: {packages}").format(packages=", ".join(missing))
+                )
             slicer.util.pip_install(missing)
 
     @staticmethod
@@ -126,9 +130,8 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
             mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
             labels[mask != 0] = label
         if not labels.any():
-            raise InputError(
-                f"the selected segments of '{segmentationNode.GetName()}' are empty on the grid of '{volumeNode.GetName()}'"
-            )
+            segmentationName, volumeName = segmentationNode.GetName(), volumeNode.GetName()
+            raise InputError(f"the selected segments of '{segmentationName}' are empty on the grid of '{volumeName}'")
         return labels
 
     def caseArrays(self, inputVolume, segmentationNode, segmentIds: Sequence[str] | None = None) -> CaseArrays:
@@ -151,7 +154,11 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
         cases = []
         for segmentationNode in slicer.util.getNodesByClass("vtkMRMLSegmentationNode"):
             volume = segmentationNode.GetNodeReference(role)
-            if volume is not None and volume.IsA("vtkMRMLScalarVolumeNode") and not volume.IsA("vtkMRMLLabelMapVolumeNode"):
+            if (
+                volume is not None
+                and volume.IsA("vtkMRMLScalarVolumeNode")
+                and not volume.IsA("vtkMRMLLabelMapVolumeNode")
+            ):
                 cases.append((volume, segmentationNode))
         return cases
 
@@ -196,7 +203,9 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
         protected = result.protected[None] if case.singleSlice else result.protected
         change = np.abs(result.change[None] if case.singleSlice else result.change).astype(np.float32)
         name = inputVolume.GetName()
-        protectedVolume = self._volumeLike(inputVolume, protectedName or f"{name} protected", protected, protectedVolume)
+        protectedVolume = self._volumeLike(
+            inputVolume, protectedName or f"{name} protected", protected, protectedVolume
+        )
         heatmapVolume = self._volumeLike(inputVolume, f"{name} perturbation", change, heatmapVolume)
         self._copyDisplay(inputVolume, protectedVolume)
         self._styleHeatmap(heatmapVolume, float(change.max()))
@@ -215,7 +224,9 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
     def _volumeLike(reference, name: str, array: np.ndarray, node=None):
         """Scalar volume ``node`` (created when None) holding ``array`` on the reference's exact geometry."""
         if node is None or slicer.mrmlScene.GetNodeByID(node.GetID()) is None:
-            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(name))
+            node = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(name)
+            )
         node.SetAttribute(SOURCE_ATTRIBUTE, reference.GetID())
         matrix = vtk.vtkMatrix4x4()
         reference.GetIJKToRASMatrix(matrix)

@@ -33,7 +33,12 @@ SETTING_WIDGETS = {  # parameter -> (setting of the settings table, its spin box
     "bandRadius": ("band_radius", "bandRadiusSpinBox", "bandRadiusLabel"),
     "minPsnr": ("min_psnr", "minPsnrSpinBox", "limitVisibilityCheckBox"),
 }
-INPUT_SECTIONS = ("inputsCollapsibleButton", "settingsCollapsibleButton", "resultsCollapsibleButton", "fitCollapsibleButton")
+INPUT_SECTIONS = (
+    "inputsCollapsibleButton",
+    "settingsCollapsibleButton",
+    "resultsCollapsibleButton",
+    "fitCollapsibleButton",
+)
 PANEL_LABELS = {"protector": "Protector"}  # settings named by errors that are not in the settings table
 
 
@@ -87,6 +92,7 @@ class ProgressDialog:
 
     def __init__(self, title: str) -> None:
         self.dialog = slicer.util.createProgressDialog(windowTitle=_("UMed Protect"), labelText=title, maximum=100)
+        self.dialog.show()
 
     def show(self, fraction: float, message: str) -> None:
         self.dialog.value = int(100 * fraction)
@@ -241,7 +247,10 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if exportPath:
                     self.logic.checkOutputFile(exportPath, OUTPUT_ENDINGS)
                 output = self.logic.process(
-                    p.inputVolume, p.segmentation, None if p.allSegments else list(p.segmentIds), settings,
+                    p.inputVolume,
+                    p.segmentation,
+                    None if p.allSegments else list(p.segmentIds),
+                    settings,
                     protectedVolume=self.logic.outputOf(p.previewVolume, p.inputVolume) if preview else None,
                     heatmapVolume=self.logic.outputOf(p.heatmapVolume, p.inputVolume),
                     protectedName=_("{name} protected preview").format(name=name) if preview else None,
