@@ -201,7 +201,6 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         states = controlStates(p)
         if p and p.showProtected and not states.canShowProtected:
             p.showProtected = False  # the result shown belongs to another input: show this one
-            return  # the change calls back here
         self.ui.previewButton.enabled = states.canProtect
         self.ui.exportButton.enabled = states.canProtect
         self.ui.toggleProtectedButton.enabled = states.canShowProtected
@@ -222,22 +221,19 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 getattr(self.ui, name).enabled = True
             self._updateControls()
 
-    def _ensureDependencies(self) -> bool:
-        """Install missing packages after asking (no wait cursor over the prompts); False when that failed."""
+    def _ensureDependencies(self) -> None:
+        """Install missing packages after asking, with the normal cursor (a failure is shown, then raised)."""
         with slicer.util.tryWithErrorDisplay(_("UMed Protect's Python packages are not available.")):
             self.logic.ensureDependencies(askConfirmation=True)
-            return True
-        return False
 
     def _protect(self, preview: bool) -> ProtectionOutput | None:
-        """Run the protection with the panel's settings; None when it failed or the user cancelled.
+        """Run the protection with the panel's settings; None when the user cancelled or an input was refused.
 
         A preview updates this input's preview volume; an export always creates a new volume node.
         """
         from umedprotect.io import OUTPUT_ENDINGS
 
-        if not self._ensureDependencies():
-            return None
+        self._ensureDependencies()
         p = self._parameterNode
         name = p.inputVolume.GetName()
         with slicer.util.tryWithErrorDisplay(_("Protection failed.")), self._inputsLocked():
@@ -270,7 +266,6 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             background = output.protectedVolume if p.showProtected else p.inputVolume
             self.logic.showPreview(background, output.heatmapVolume, p.heatmapOpacity, fit=preview)
             return output
-        return None
 
     def _showMetrics(self, metrics: dict) -> None:
         from umedprotect.metrics import psnr_text
@@ -299,22 +294,25 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = _("Exported '{name}' and saved it to {path}.").format(name=name, path=path)
 
     def onToggleProtected(self, showProtected: bool) -> None:
+        """Show the protected image of the current input, or the input itself."""
         p = self._parameterNode
-        protected = self.logic.outputOf(p.protectedVolume, p.inputVolume) if p else None
-        if protected is not None:
-            slicer.util.setSliceViewerLayers(background=protected if showProtected else p.inputVolume)
+        if not p or not p.inputVolume:
+            return
+        protected = self.logic.outputOf(p.protectedVolume, p.inputVolume)
+        if showProtected and protected is None:
+            return  # no result of this input yet (the button is disabled then)
+        slicer.util.setSliceViewerLayers(background=protected if showProtected else p.inputVolume)
 
     def onHeatmapOpacityChanged(self, opacity: float) -> None:
         slicer.util.setSliceViewerLayers(foregroundOpacity=opacity)
 
     def onDetectDevicesButton(self) -> None:
-        if self._ensureDependencies():
-            with slicer.util.tryWithErrorDisplay(_("Could not load PyTorch."), waitCursor=True):
-                self.ui.deviceInfoLabel.text = self.logic.describeDevices()
+        self._ensureDependencies()
+        with slicer.util.tryWithErrorDisplay(_("Could not load PyTorch."), waitCursor=True):
+            self.ui.deviceInfoLabel.text = self.logic.describeDevices()
 
     def onFitButton(self) -> None:
-        if not self._ensureDependencies():
-            return
+        self._ensureDependencies()
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Fitting the protector failed.")), self._inputsLocked():
             try:
