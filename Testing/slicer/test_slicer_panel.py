@@ -146,7 +146,6 @@ def test_each_bound_widget_suits_its_parameter_and_carries_its_limits():
 
 def test_the_ui_loads_in_qt_and_takes_the_settings_tables_limits():
     """The real .ui in PySide6 (offscreen): the panel's applySettingsTable sets names, ranges, decimals, steps."""
-    pytest.importorskip("PySide6", reason="PySide6-Essentials (a test dependency) is not installed")
     code = textwrap.dedent(
         f"""
         import json, sys

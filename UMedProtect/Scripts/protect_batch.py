@@ -19,8 +19,11 @@ Slicer never hangs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 MODULE_DIR = Path(globals().get("__file__") or sys.argv[0]).resolve().parents[1]  # UMedProtect.py is here
@@ -81,6 +84,31 @@ def run(args: argparse.Namespace, log=print) -> int:
     return EXIT_OK
 
 
+class OneLineFormatter(logging.Formatter):
+    """``protect_batch: warning: ...``, as the command line words the product's messages."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"protect_batch: {record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+
+
+@contextlib.contextmanager
+def product_messages_on_stderr() -> Iterator[None]:
+    """The product's warnings and notes (empty masks skipped, a run resumed) as one line each on stderr."""
+    logger = logging.getLogger("umedprotect")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter())
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
 def ensure_dependencies() -> None:
     """Install the product's missing packages without asking (batch mode), through the module's logic."""
     from UMedProtectLib.Logic import UMedProtectLogic
@@ -102,7 +130,8 @@ def main(argv: list[str]) -> int:
         except SystemExit as stop:  # argparse: --help (0) or a usage error (2)
             return int(stop.code or 0)
         try:
-            return run(args)
+            with product_messages_on_stderr():
+                return run(args)
         except InputError as error:
             print(f"protect_batch: error: {option_message(error)}", file=sys.stderr)
             return EXIT_INPUT
