@@ -1,18 +1,45 @@
-"""Import ``UMedProtect.py`` outside 3D Slicer: stand-ins for what only the Slicer application has.
+"""Import the Slicer module outside 3D Slicer: real MRML from ``slicer-core``, stand-ins for the application.
 
-``install(slicer)`` adds to a ``slicer`` package (the Qt-free ``slicer-core`` wheel, or a fake one made
-by :func:`fake_slicer`) the pieces the module file imports at load time and that live in the
-application only: ``ScriptedLoadableModule`` base classes, ``i18n``, ``parameterNodeWrapper``, and
-empty ``qt``/``ctk`` modules. The Module, Widget and parameter-node classes are then importable but
-inert; the Logic runs on real MRML nodes when ``slicer`` is slicer-core (see :func:`bootstrap_scene`).
+``slicer-core`` (Kitware's Qt-free MRML wheels, a test dependency: ``pip install slicer-core==5.12.4.0``)
+gives real scenes, volumes and segmentations. :func:`install` adds what only the Slicer application
+has: the ``ScriptedLoadableModule`` base classes, ``i18n``, an empty ``qt``, and a
+``parameterNodeWrapper`` that, like Slicer's, reads the class's type hints and defaults and refuses
+values of the wrong type or outside their ``WithinRange``/``Choice`` (it stores them in the
+wrapper instead of a MRML node). :func:`bootstrap_scene` makes the scene and module logics that
+``slicer.util`` expects.
+
+Import this module before anything imports ``slicer``: that package adopts every ``slicer`` folder
+on ``sys.path`` and imports its modules, and ``Testing/`` (on ``sys.path`` for pytest's conftest)
+holds this folder, so the tests here would be imported as ``slicer`` modules too.
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
+import pathlib
 import sys
 import types
+import typing
 import unittest
 from unittest import mock
+
+import slicer_core  # noqa: F401  (fails here, not later, when slicer-core is missing)
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def _import_slicer_core_only() -> None:
+    """Import ``slicer`` with this folder's parent off ``sys.path`` (see the module docstring)."""
+    saved = sys.path[:]
+    sys.path[:] = [entry for entry in sys.path if (pathlib.Path(entry or ".") / "slicer").resolve() != HERE]
+    try:
+        import slicer  # noqa: F401
+    finally:
+        sys.path[:] = saved
+
+
+_import_slicer_core_only()
 
 
 class ScriptedLoadableModule:
@@ -35,9 +62,90 @@ class ScriptedLoadableModuleTest(unittest.TestCase):
         pass
 
 
-class _Annotation:
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
+class WithinRange:
+    """Slicer's validator: ``minimum <= value <= maximum``."""
+
+    def __init__(self, minimum, maximum):
+        self.minimum, self.maximum = minimum, maximum
+
+    def validate(self, value) -> None:
+        if not self.minimum <= value <= self.maximum:
+            raise ValueError(f"{value} is not within [{self.minimum}, {self.maximum}]")
+
+
+class Choice:
+    """Slicer's validator: ``value in choices``."""
+
+    def __init__(self, choices):
+        self.choices = list(choices)
+
+    def validate(self, value) -> None:
+        if value not in self.choices:
+            raise ValueError(f"{value!r} is not one of {self.choices}")
+
+
+def _checked_type(name: str, kind, value):
+    """``value`` converted as Slicer's serializers do; TypeError when it has the wrong type."""
+    if kind is bool or kind is str:
+        ok = isinstance(value, kind)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind is pathlib.Path:
+        ok = isinstance(value, (str, pathlib.PurePath))
+        value = pathlib.Path(value) if ok else value
+    elif typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, item) for v in value)
+        value = list(value) if ok else value
+    else:  # a MRML node class
+        ok = value is None or isinstance(value, kind)
+    if not ok:
+        raise TypeError(f"{name}: {value!r} is not a {kind}")
+    return value
+
+
+def _empty_value(kind):
+    """Slicer's default for a parameter without one."""
+    if typing.get_origin(kind) is list:
+        return []
+    return {bool: False, int: 0, float: 0.0, str: "", pathlib.Path: pathlib.Path()}.get(kind)
+
+
+def parameterNodeWrapper(cls):
+    """A stand-in for Slicer's decorator: typed, range-checked properties with the class's defaults."""
+    parameters = {}
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        kind, validators = hint, ()
+        if typing.get_origin(hint) is typing.Annotated:
+            kind, validators = hint.__origin__, hint.__metadata__
+        default = getattr(cls, name, _empty_value(kind))
+        parameters[name] = (kind, validators, default)
+
+    def make_property(name: str) -> property:
+        kind, validators, _ = parameters[name]
+
+        def write(self, value):
+            value = _checked_type(name, kind, value)
+            for validator in validators:
+                validator.validate(value)
+            self._values[name] = value
+
+        return property(lambda self: self._values[name], write)
+
+    def __init__(self, parameterNode=None):
+        self.parameterNode = parameterNode
+        self._values = {}
+        for name, (_, _, default) in parameters.items():
+            setattr(self, name, copy.copy(default))
+
+    for name in parameters:
+        setattr(cls, name, make_property(name))
+    cls.__init__ = __init__
+    cls.allParameters = parameters
+    return cls
 
 
 def _module(name: str, **attributes) -> types.ModuleType:
@@ -46,20 +154,13 @@ def _module(name: str, **attributes) -> types.ModuleType:
     return module
 
 
-def fake_slicer() -> types.ModuleType:
-    """A ``slicer`` package whose unknown attributes are mocks (no MRML at all); with ``slicer.util``."""
-    slicer = _module("slicer", __path__=[])
-    slicer.__getattr__ = lambda name: mock.MagicMock(name=f"slicer.{name}")
-    slicer.util = _module("slicer.util", VTKObservationMixin=type("VTKObservationMixin", (), {}))
-    slicer.util.__getattr__ = lambda name: mock.MagicMock(name=f"slicer.util.{name}")
-    sys.modules["slicer"] = slicer
-    sys.modules["slicer.util"] = slicer.util
-    sys.modules.setdefault("vtk", mock.MagicMock(name="vtk"))
-    return slicer
+def install() -> None:
+    """Add the application-only modules to slicer-core's ``slicer`` package and ``sys.modules``."""
+    import slicer
+    import vtk
 
-
-def install(slicer: types.ModuleType) -> None:
-    """Add the application-only modules to ``slicer`` and ``sys.modules``."""
+    vtk.vtkObject.GlobalWarningDisplayOff()
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
     submodules = {
         "ScriptedLoadableModule": _module(
             "slicer.ScriptedLoadableModule",
@@ -71,16 +172,15 @@ def install(slicer: types.ModuleType) -> None:
         "i18n": _module("slicer.i18n", tr=lambda text: text, translate=lambda context, text: text),
         "parameterNodeWrapper": _module(
             "slicer.parameterNodeWrapper",
-            parameterNodeWrapper=lambda cls: cls,
-            WithinRange=_Annotation,
-            Choice=_Annotation,
+            parameterNodeWrapper=parameterNodeWrapper,
+            WithinRange=WithinRange,
+            Choice=Choice,
         ),
     }
     for name, module in submodules.items():
         setattr(slicer, name, module)
         sys.modules[f"slicer.{name}"] = module
-    for name in ("qt", "ctk"):
-        sys.modules.setdefault(name, mock.MagicMock(name=name))
+    sys.modules.setdefault("qt", mock.MagicMock(name="qt"))
 
 
 def bootstrap_scene():
@@ -98,7 +198,10 @@ def bootstrap_scene():
     colors.SetMRMLScene(scene)
     application.SetModuleLogic("Colors", colors)
     logics = {"colors": colors}
-    for name, cls in (("volumes", slicer.vtkSlicerVolumesLogic), ("segmentations", slicer.vtkSlicerSegmentationsModuleLogic)):
+    for name, cls in (
+        ("volumes", slicer.vtkSlicerVolumesLogic),
+        ("segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
+    ):
         logic = cls()
         logic.SetMRMLApplicationLogic(application)
         logic.SetMRMLScene(scene)
@@ -112,17 +215,7 @@ def bootstrap_scene():
     return scene
 
 
-def import_module_with_slicer_core():
-    """``UMedProtect`` (the module file) on top of slicer-core; skips the test when slicer-core is missing."""
-    import importlib
-
-    import pytest
-
-    pytest.importorskip("slicer_core", reason="slicer-core (pip install slicer-core==5.12.4.0) is not installed")
-    import slicer
-    import vtk
-
-    vtk.vtkObject.GlobalWarningDisplayOff()
-    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
-    install(slicer)
+def import_module():
+    """The module file ``UMedProtect`` (and so ``UMedProtectLib``) on top of slicer-core."""
+    install()
     return importlib.import_module("UMedProtect")

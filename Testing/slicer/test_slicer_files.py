@@ -1,8 +1,9 @@
 """The Slicer extension's files agree with each other and with the code (no Slicer needed).
 
-The .ui loads in Qt and has every widget the module code uses; every parameter the .ui binds exists;
-CMake lists every Python file and resource; the .s4ext and CMake metadata match; and the module
-file imports without torch, installing it through the PyTorch extension on first use.
+The .ui loads in Qt and has every widget the panel code uses; every parameter the .ui binds exists;
+CMake lists every Python file and resource; the .s4ext and CMake metadata match; the module file
+imports without torch (the settings table only), installing torch through the PyTorch extension on
+first use; and the acknowledgement cites the paper the README cites.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "UMedProtect"
 MODULE_FILE = MODULE_DIR / "UMedProtect.py"
+WIDGET_FILE = MODULE_DIR / "UMedProtectLib" / "Widget.py"
+PARAMETERS_FILE = MODULE_DIR / "UMedProtectLib" / "Parameters.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "UMedProtect.ui"
 S4EXT_KEYWORDS = (
     "scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
@@ -29,11 +31,14 @@ S4EXT_KEYWORDS = (
 
 
 def ui_names_used_by_code() -> set[str]:
-    return set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
+    text = WIDGET_FILE.read_text(encoding="utf-8")
+    return set(re.findall(r"self\.ui\.(\w+)", text)) | set(
+        re.findall(r'"(\w+(?:SpinBox|Label|CheckBox|CollapsibleButton))"', text)
+    )
 
 
 def parameter_node_fields() -> set[str]:
-    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    tree = ast.parse(PARAMETERS_FILE.read_text(encoding="utf-8"))
     node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "UMedProtectParameterNode")
     return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}
 
@@ -61,7 +66,6 @@ def s4ext_entries() -> dict[str, str]:
 
 
 def test_ui_file_loads_in_qt_and_has_every_widget_the_code_uses():
-    pytest.importorskip("PySide6", reason="PySide6-Essentials is not installed")
     code = textwrap.dedent(
         f"""
         import json, sys
@@ -80,20 +84,24 @@ def test_ui_file_loads_in_qt_and_has_every_widget_the_code_uses():
     assert done.returncode == 0, done.stderr
     loaded = set(__import__("json").loads(done.stdout.strip().splitlines()[-1]))
     used = ui_names_used_by_code()
-    assert {"previewButton", "exportButton", "segmentSelectorWidget", "heatmapOpacitySliderWidget"} <= used
-    assert used - loaded == set(), f"widgets used in UMedProtect.py but missing from the .ui: {sorted(used - loaded)}"
+    assert {
+        "previewButton",
+        "exportButton",
+        "segmentSelectorWidget",
+        "epsilonSpinBox",
+        "inputsCollapsibleButton",
+    } <= used
+    assert used - loaded == set(), f"widgets used in Widget.py but missing from the .ui: {sorted(used - loaded)}"
 
 
 def test_every_parameter_the_ui_binds_is_a_parameter_node_field():
     root = ET.parse(UI_FILE).getroot()
-    bound = {
-        prop.findtext("string")
-        for prop in root.iter("property")
-        if prop.get("name") == "SlicerParameterName"
-    }
+    bound = {prop.findtext("string") for prop in root.iter("property") if prop.get("name") == "SlicerParameterName"}
     fields = parameter_node_fields()
     assert {"inputVolume", "epsilon", "bandRadius", "device", "heatmapOpacity"} <= bound
-    assert bound - fields == set(), f"SlicerParameterName values without a parameter node field: {sorted(bound - fields)}"
+    assert bound - fields == set(), (
+        f"SlicerParameterName values without a parameter node field: {sorted(bound - fields)}"
+    )
 
 
 def test_module_cmake_lists_every_python_file_and_resource():
@@ -104,7 +112,9 @@ def test_module_cmake_lists_every_python_file_and_resource():
         if "__pycache__" not in p.parts and "umedprotect_eval" not in p.parts  # the evaluation side is not shipped
     }
     assert len(scripts) == len(set(scripts)), "a script is listed twice"
-    assert present - set(scripts) == set(), f"Python files missing from MODULE_PYTHON_SCRIPTS: {sorted(present - set(scripts))}"
+    assert present - set(scripts) == set(), (
+        f"Python files missing from MODULE_PYTHON_SCRIPTS: {sorted(present - set(scripts))}"
+    )
     assert set(scripts) - present == set(), f"listed scripts that do not exist: {sorted(set(scripts) - present)}"
 
     resources = cmake_list("MODULE_PYTHON_RESOURCES")
@@ -160,10 +170,10 @@ def test_module_imports_without_torch_and_installs_it_through_the_pytorch_extens
         sys.path[:0] = [{str(ROOT / "Testing" / "slicer")!r}, {str(MODULE_DIR)!r}]
         sys.modules["torch"] = None  # any 'import torch' fails
         import slicer_shim
-        slicer_shim.install(slicer_shim.fake_slicer())
-        import UMedProtect
-        heavy = sorted(m for m in sys.modules if m.startswith("umedprotect"))
-        assert heavy == [], heavy
+        UMedProtect = slicer_shim.import_module()
+        loaded = sorted(m for m in sys.modules if m.startswith("umedprotect"))
+        assert loaded == ["umedprotect", "umedprotect.errors", "umedprotect.settings"], loaded
+        from UMedProtectLib.Logic import TORCH_REQUIREMENT
         calls = []
         class PyTorchUtilsLogic:
             def installTorch(self, **kwargs):
@@ -175,7 +185,7 @@ def test_module_imports_without_torch_and_installs_it_through_the_pytorch_extens
             logic.ensureDependencies(askConfirmation=False)
         except RuntimeError as error:
             print("refused:", error)
-        assert calls == [dict(askConfirmation=False, torchVersionRequirement=UMedProtect.TORCH_REQUIREMENT)], calls
+        assert calls == [dict(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT)], calls
         print("ok")
         """
     )
@@ -183,3 +193,16 @@ def test_module_imports_without_torch_and_installs_it_through_the_pytorch_extens
     assert done.returncode == 0, done.stderr
     assert "refused: PyTorch is required" in done.stdout
     assert done.stdout.strip().endswith("ok")
+
+
+def test_the_module_file_only_registers_and_the_acknowledgement_cites_the_readme_paper():
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    classes = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+    assert classes == ["UMedProtect", "UMedProtectTest"]
+    title = re.search(
+        r"Safeguarding Medical Image Segmentation[^\"]*Perturbations", (ROOT / "README.md").read_text(encoding="utf-8")
+    )
+    assert title, "the README no longer cites the paper"
+    module_text = " ".join(MODULE_FILE.read_text(encoding="utf-8").replace('"', "").split())
+    assert " ".join(title.group(0).split()) in module_text
+    assert "Lin et al." in module_text and "2024" in module_text
