@@ -172,13 +172,16 @@ def check_writable_dir(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def write_like(array: np.ndarray, reference: sitk.Image, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def write_like(
+    array: np.ndarray, reference: sitk.Image, path: str | os.PathLike, overwrite: bool = False,
+    endings: tuple[str, ...] = OUTPUT_ENDINGS,
+) -> Path:  # fmt: skip
     """Write ``array`` atomically with exactly the size, spacing, origin, direction and pixel type of ``reference``.
 
     The written file is read back (header only) and compared with ``reference`` before it is
     renamed into place, so a file under the final name always has the right geometry.
     """
-    path = check_output_path(path, overwrite)
+    path = check_output_path(path, overwrite, endings)
     expected = tuple(reversed(reference.GetSize()))
     if array.shape != expected:
         raise ValueError(f"array shape {array.shape} does not match the reference {expected}")
