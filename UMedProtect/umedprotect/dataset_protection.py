@@ -275,7 +275,8 @@ def _copy_test_case(dataset: NnUNetDataset, case: Case, out: Path) -> dict:
 
 
 def _check_against_source(manifest: dict, out: Path, source: NnUNetDataset) -> list[str]:
-    problems = _check_file(out / "dataset.json", io.sha256(source.root / "dataset.json"), "differs from the source")
+    """Outputs against the source; a missing output was already reported by the manifest checks."""
+    problems = _check_file(out / "dataset.json", io.sha256(source.root / "dataset.json"), "differs from the source", False)
     cases = {c.case_id: c for c in source.training}
     missing = sorted(set(cases) - set(manifest["cases"]))
     problems += [f"case {cid}: in the source but not in the manifest" for cid in missing]
@@ -287,12 +288,12 @@ def _check_against_source(manifest: dict, out: Path, source: NnUNetDataset) -> l
         if entry["status"] == "skipped_empty":
             problems.append(f"case {case_id}: skipped (empty mask), not in the output")
             continue
-        problems += _check_file(out / entry["label"]["path"], io.sha256(case.label), "label differs from the source")
+        problems += _check_file(out / entry["label"]["path"], io.sha256(case.label), "label differs from the source", False)
         for record, path in zip(entry["images"], case.images):
             problems += _check_image(out / record["output"], path, record)
     for item in source.test:
         for path in [*item.images, *([item.label] if item.label else [])]:
-            problems += _check_file(out / source.relative(path), io.sha256(path), "differs from the source")
+            problems += _check_file(out / source.relative(path), io.sha256(path), "differs from the source", False)
     return problems
 
 
@@ -340,9 +341,12 @@ def _check_geometry(path: Path, geometry: dict) -> list[str]:
     return []
 
 
-def _check_file(path: Path, expected_sha256: str, what: str = "hash differs from the manifest") -> list[str]:
+def _check_file(
+    path: Path, expected_sha256: str, what: str = "hash differs from the manifest", report_missing: bool = True
+) -> list[str]:
+    """``path`` against a hash: one problem line, or none (a missing file only when ``report_missing``)."""
     if not path.is_file():
-        return [f"{path}: missing"]
+        return [f"{path}: missing"] if report_missing else []
     if io.sha256(path) != expected_sha256:
         return [f"{path}: {what}"]
     return []

@@ -54,7 +54,7 @@ class DisplayWindow:
         return self.level + self.width / 2
 
     def describe(self) -> str:
-        return f"{self.source} window L {self.level:.4g} W {self.width:.4g}"
+        return f"window {self.source}: L {self.level:.4g} W {self.width:.4g}"
 
 
 def parse_window(text: str) -> str | tuple[float, float]:

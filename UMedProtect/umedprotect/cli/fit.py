@@ -14,6 +14,7 @@ from ..errors import InputError
 from ..fitting import OBJECTIVES, FitSettings, dataset_slices, fit_on_datasets
 from ..io import check_output_path
 from ..protector import CODE_INITS, ProtectorConfig, invalid_config_values, save_protector
+from .protect import device_line
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--{bad[0].replace('_', '-')} {values[bad[0]]:g} is out of range")
     config = ProtectorConfig(**values)
     samples = dataset_slices(args.datasets)  # validates the datasets before the progress bar starts
+    print(device_line(args.device))
     with tqdm(total=settings.steps, desc="fitting", unit="step", disable=args.no_progress) as bar:
 
         def progress(step: int, total: int, record: dict) -> None:
