@@ -183,7 +183,7 @@ def check_roles(image: np.ndarray, mask_labels: set[int], image_path: Path, mask
     swapped = f"are IMAGE and MASK swapped? use --many-labels if {mask_path.name} really is a label map"
     if len(mask_labels) > MAX_LABELS:
         raise InputError(f"{mask_path}: mask has {len(mask_labels)} labels, more than a label map has ({swapped})")
-    if len(mask_labels) >= 2 and _distinct_values(image, more_than=len(mask_labels) + 1) <= len(mask_labels) + 1:
+    if mask_labels and _distinct_values(image, more_than=len(mask_labels) + 1) <= len(mask_labels) + 1:
         raise InputError(f"{image_path}: image has no more distinct values than the mask has labels; it looks like a "
                          f"label map ({swapped})")  # fmt: skip
 
