@@ -132,3 +132,18 @@ def test_a_2d_heatmap_and_a_missing_folder(tmp_path):
     protected[region] = np.clip(original[region].astype(int) + 2, 0, 255).astype(np.uint8)
     path = save_heatmap_png(original, protected, region, tmp_path / "new" / "h.png", image_quality(original, protected), None)
     assert path.is_file() and panels_not_blank(imread(path))
+
+
+def test_a_dicom_series_gives_its_modality_and_window(tmp_path):
+    import SimpleITK as sitk
+
+    from umedprotect.cli.protect import dicom_display_tags
+
+    for z in range(2):
+        image = sitk.GetImageFromArray(np.full((1, 4, 4), z, np.int16))
+        for key, value in {"0008|0060": "CT", "0020|000e": "1.2.3.4", "0020|0013": str(z + 1), "0020|0032": f"0\\0\\{z}",
+                           "0028|1050": "50\\-600", "0028|1051": "350\\1500"}.items():  # fmt: skip
+            image.SetMetaData(key, value)
+        sitk.WriteImage(image, str(tmp_path / f"{z}.dcm"))
+    assert dicom_display_tags(tmp_path) == {"modality": "CT", "window": (50.0, 350.0)}
+    assert dicom_display_tags(tmp_path / "0.dcm") == {}

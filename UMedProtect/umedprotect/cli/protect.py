@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     label_image = io.read_label(mask_path, image, resample=args.resample_mask)
     array, spacing = io.to_array(image)
     labels, _ = io.to_array(label_image)
+    tags = dicom_display_tags(image_path, args.series_uid)
     present = {int(v) for v in np.unique(labels)} - {0}
     if not args.many_labels:
         check_roles(array, present, image_path, mask_path)
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     with _all_or_nothing() as written:
         written.append(_write_image(result.protected, image, image_path, outputs["output"], args.overwrite))
         if args.heatmap:
-            written.append(_save_heatmap(args, image, image_path, array, result, spacing, outputs["heatmap"]))
+            written.append(_save_heatmap(args, image, tags, array, result, spacing, outputs["heatmap"]))
         if args.report:
             report = {
                 "command": "umedprotect protect",
@@ -167,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             outputs["report"].parent.mkdir(parents=True, exist_ok=True)
             written.append(io.write_json(report, outputs["report"], overwrite=args.overwrite))
     m = result.metrics
-    units = intensity_units(array, _dicom_tags(image_path).get("modality"))
+    units = intensity_units(array, tags.get("modality"))
     print(f"{outputs['output']}: PSNR {psnr_text(m)}, SSIM {m['ssim']:.4f}, max change {m['max_abs_change']:.4g} {units}")
     worst = m.get("psnr_db_slice_min", m["psnr_db"])  # what a reader scrolling through a volume sees
     if worst < LOW_PSNR_DB:
@@ -212,9 +213,8 @@ def _write_image(protected: np.ndarray, image, image_path: Path, output: Path, o
     return io.write_like(protected, image, output, overwrite=overwrite, endings=raster.output_endings(image_path))
 
 
-def _save_heatmap(args: argparse.Namespace, image, image_path: Path, array: np.ndarray, result, spacing, path: Path) -> Path:
+def _save_heatmap(args: argparse.Namespace, image, tags: dict, array: np.ndarray, result, spacing, path: Path) -> Path:
     """The heatmap preview in the chosen display window, of the chosen (default: most changed) slice."""
-    tags = _dicom_tags(image_path)
     window = choose_window(array, args.window, tags.get("window"), tags.get("modality"))
     return save_heatmap_png(
         array, result.protected, result.region, path, result.metrics, result.slice_axis, spacing=spacing,
@@ -223,13 +223,13 @@ def _save_heatmap(args: argparse.Namespace, image, image_path: Path, array: np.n
     )  # fmt: skip
 
 
-def _dicom_tags(image_path: Path) -> dict:
+def dicom_display_tags(image_path: Path, series_uid: str | None = None) -> dict:
     """Modality and first display window (centre, width) of a DICOM series folder; empty for other inputs."""
     if not image_path.is_dir():
         return {}
     import SimpleITK as sitk
 
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(image_path))
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(image_path), *([series_uid] if series_uid else []))
     if not files:
         return {}
     reader = sitk.ImageFileReader()
