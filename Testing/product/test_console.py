@@ -8,7 +8,6 @@ import re
 import numpy as np
 import pytest
 from conftest import write_image, write_nnunet_dataset
-
 from umedprotect import io
 from umedprotect.cli import main
 from umedprotect.cli.protect_dataset import case_table, summary_line
@@ -22,7 +21,18 @@ def case(tmp_path):
 
 
 def protect_argv(case, out, protector_file, *extra):
-    return ["protect", str(case[0]), str(case[1]), "-o", str(out), "--protector", str(protector_file), "--device", "cpu", *map(str, extra)]
+    return [
+        "protect",
+        str(case[0]),
+        str(case[1]),
+        "-o",
+        str(out),
+        "--protector",
+        str(protector_file),
+        "--device",
+        "cpu",
+        *map(str, extra),
+    ]
 
 
 def test_protect_names_the_device_and_the_units(tmp_path, case, protector_file, capsys):
@@ -32,7 +42,9 @@ def test_protect_names_the_device_and_the_units(tmp_path, case, protector_file, 
     assert re.search(r"max change \d+ (HU|native units)$", out[-1])
 
 
-def test_outputs_go_into_new_folders_and_a_failing_report_removes_the_earlier_outputs(tmp_path, case, protector_file, monkeypatch, capsys):
+def test_outputs_go_into_new_folders_and_a_failing_report_removes_the_earlier_outputs(
+    tmp_path, case, protector_file, monkeypatch, capsys
+):
     out, heatmap, report = tmp_path / "a" / "out.nrrd", tmp_path / "b" / "c" / "h.png", tmp_path / "d" / "r.json"
     assert main(protect_argv(case, out, protector_file, "--heatmap", heatmap, "--report", report)) == 0
     assert out.is_file() and heatmap.is_file() and json.loads(report.read_text())["heatmap"] == str(heatmap)
@@ -58,7 +70,9 @@ def test_a_run_that_changes_nothing_is_refused_or_warned_about_once(tmp_path, pr
     warnings = capsys.readouterr().err.strip().splitlines()
     assert len(warnings) == 1 and "warning: " in warnings[0] and "changed no voxel" in warnings[0]
     assert io.sha256(tmp_path / "out.nrrd") != io.sha256(flat)  # same voxels, its own file
-    np.testing.assert_array_equal(io.to_array(io.read_image(tmp_path / "out.nrrd"))[0], io.to_array(io.read_image(flat))[0])
+    np.testing.assert_array_equal(
+        io.to_array(io.read_image(tmp_path / "out.nrrd"))[0], io.to_array(io.read_image(flat))[0]
+    )
 
 
 def test_a_many_label_mask_is_accepted_with_many_labels(tmp_path, protector_file, capsys):
@@ -75,7 +89,9 @@ def test_a_many_label_mask_is_accepted_with_many_labels(tmp_path, protector_file
 def test_protect_dataset_prints_a_table_per_case_and_a_summary(tmp_path, protector_file, capsys):
     source = write_nnunet_dataset(tmp_path / "Dataset001", n_train=2, n_test=0, shape=(4, 24, 24))
     out = tmp_path / "protected"
-    assert main(["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]) == 0
+    assert (
+        main(["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]) == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("device: ")
     assert lines[1].split() == ["case", "status", "PSNR", "mean", "worst", "slice", "max", "change", "seconds"]
@@ -83,8 +99,8 @@ def test_protect_dataset_prints_a_table_per_case_and_a_summary(tmp_path, protect
     manifest = json.loads((out / "umedprotect_manifest.json").read_text())
     for case_id, entry in manifest["cases"].items():
         record = entry["images"][0]
-        assert rows[case_id][1:5] == ["protected", f"{record['psnr_db_slice_mean']:.1f}", f"{record['psnr_db_slice_min']:.1f}",
-                                      f"{record['max_abs_change']:.4g}"]  # fmt: skip
+        psnr = f"{record['psnr_db_slice_mean']:.1f}", f"{record['psnr_db_slice_min']:.1f}"
+        assert rows[case_id][1:5] == ["protected", *psnr, f"{record['max_abs_change']:.4g}"]
     assert lines[5].startswith(f"{out}: 2 of 2 case(s) protected with umed; PSNR min ")
 
 
@@ -94,14 +110,22 @@ def test_the_table_lists_skipped_cases_and_the_summary_counts_them():
         "b": {"status": "skipped_empty"},
     }
     table = case_table(cases).splitlines()
-    assert table[2].split() == ["a", "protected", "60.0", "60.0", "3", "1.5"] and table[3].split() == ["b", "skipped_empty"]
-    assert summary_line(cases, "out", "umed") == "out: 1 of 2 case(s) protected with umed, 1 skipped empty; PSNR min 60.0 dB (worst slice of a volume); 1.5 s"
+    assert table[2].split() == ["a", "protected", "60.0", "60.0", "3", "1.5"] and table[3].split() == [
+        "b",
+        "skipped_empty",
+    ]
+    assert (
+        summary_line(cases, "out", "umed")
+        == "out: 1 of 2 case(s) protected with umed, 1 skipped empty; PSNR min 60.0 dB (worst slice of a volume); 1.5 s"
+    )
 
 
 def test_verify_reports_each_missing_file_once(tmp_path, protector_file, capsys):
     source = write_nnunet_dataset(tmp_path / "Dataset001", n_train=2, n_test=1, shape=(4, 24, 24))
     out = tmp_path / "protected"
-    assert main(["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]) == 0
+    assert (
+        main(["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]) == 0
+    )
     (out / "labelsTr" / "case001.nii.gz").unlink()
     (out / "imagesTs" / "case002_0000.nii.gz").unlink()
     (out / "imagesTr" / "case000_0000.nii.gz").write_bytes(b"damaged")

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import tifffile
-
 from umedprotect import io, raster
 from umedprotect.cli import main
 from umedprotect.phantoms import phantom_slice
@@ -15,7 +14,9 @@ from umedprotect.phantoms import phantom_slice
 def grey_slice(dtype) -> tuple[np.ndarray, np.ndarray]:
     """A textured 64x64 phantom scaled to the dtype's range, and its lesion mask."""
     image, labels = phantom_slice((64, 64), n_lesions=2, rng=3)
-    scaled = (image - image.min()) / (image.max() - image.min()) * (0.8 * np.iinfo(dtype).max) + 0.1 * np.iinfo(dtype).max
+    scaled = (image - image.min()) / (image.max() - image.min()) * (0.8 * np.iinfo(dtype).max) + 0.1 * np.iinfo(
+        dtype
+    ).max
     return scaled.astype(dtype), labels.astype(np.uint8)
 
 

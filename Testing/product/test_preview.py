@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from matplotlib.image import imread
-
 from umedprotect.errors import InputError
 from umedprotect.metrics import image_quality
 from umedprotect.preview import (
@@ -44,7 +43,10 @@ def test_a_ct_gets_the_soft_tissue_window_and_an_mr_its_percentiles():
 def test_the_dicom_window_wins_in_auto_and_an_explicit_choice_wins_over_it():
     ct = ct_like()
     assert choose_window(ct, dicom_window=(50.0, 350.0)) == DisplayWindow(50.0, 350.0, "DICOM")
-    assert (choose_window(ct, "ct-lung", dicom_window=(50.0, 350.0)).level, choose_window(ct, "ct-lung").width) == CT_PRESETS["ct-lung"]
+    assert (
+        choose_window(ct, "ct-lung", dicom_window=(50.0, 350.0)).level,
+        choose_window(ct, "ct-lung").width,
+    ) == CT_PRESETS["ct-lung"]
     assert choose_window(ct, (100.0, 20.0)) == DisplayWindow(100.0, 20.0, "given")
     assert choose_window(ct, "percentile").source.startswith("percentiles")
 
@@ -54,7 +56,9 @@ def test_the_modality_tag_overrides_the_intensity_guess():
     assert not looks_like_ct(ct, modality="MR") and looks_like_ct(np.ones((4, 4)), modality="CT ")
 
 
-@pytest.mark.parametrize("text, expected", [("ct-bone", "ct-bone"), ("40,400", (40.0, 400.0)), ("-600,1500", (-600.0, 1500.0))])
+@pytest.mark.parametrize(
+    "text, expected", [("ct-bone", "ct-bone"), ("40,400", (40.0, 400.0)), ("-600,1500", (-600.0, 1500.0))]
+)
 def test_window_option_values(text, expected):
     assert parse_window(text) == expected
 
@@ -100,7 +104,9 @@ def test_a_volume_stored_sideways_is_named_by_its_anatomy_and_turned_upright():
 
 
 def render(tmp_path, original, protected, region, axis, **options):
-    path = save_heatmap_png(original, protected, region, tmp_path / "h.png", image_quality(original, protected), axis, **options)
+    path = save_heatmap_png(
+        original, protected, region, tmp_path / "h.png", image_quality(original, protected), axis, **options
+    )
     return imread(path)
 
 
@@ -130,19 +136,21 @@ def test_a_2d_heatmap_and_a_missing_folder(tmp_path):
     region[10:20, 10:30] = True
     protected = original.copy()
     protected[region] = np.clip(original[region].astype(int) + 2, 0, 255).astype(np.uint8)
-    path = save_heatmap_png(original, protected, region, tmp_path / "new" / "h.png", image_quality(original, protected), None)
+    path = save_heatmap_png(
+        original, protected, region, tmp_path / "new" / "h.png", image_quality(original, protected), None
+    )
     assert path.is_file() and panels_not_blank(imread(path))
 
 
 def test_a_dicom_series_gives_its_modality_and_window(tmp_path):
     import SimpleITK as sitk
-
     from umedprotect.cli.protect import dicom_display_tags
 
     for z in range(2):
         image = sitk.GetImageFromArray(np.full((1, 4, 4), z, np.int16))
-        for key, value in {"0008|0060": "CT", "0020|000e": "1.2.3.4", "0020|0013": str(z + 1), "0020|0032": f"0\\0\\{z}",
-                           "0028|1050": "50\\-600", "0028|1051": "350\\1500"}.items():  # fmt: skip
+        tags = {"0008|0060": "CT", "0020|000e": "1.2.3.4", "0020|0013": str(z + 1), "0020|0032": f"0\\0\\{z}",
+                "0028|1050": "50\\-600", "0028|1051": "350\\1500"}  # fmt: skip
+        for key, value in tags.items():
             image.SetMetaData(key, value)
         sitk.WriteImage(image, str(tmp_path / f"{z}.dcm"))
     assert dicom_display_tags(tmp_path) == {"modality": "CT", "window": (50.0, 350.0)}

@@ -276,7 +276,8 @@ def _copy_test_case(dataset: NnUNetDataset, case: Case, out: Path) -> dict:
 
 def _check_against_source(manifest: dict, out: Path, source: NnUNetDataset) -> list[str]:
     """Outputs against the source; a missing output was already reported by the manifest checks."""
-    problems = _check_file(out / "dataset.json", io.sha256(source.root / "dataset.json"), "differs from the source", False)
+    source_json = io.sha256(source.root / "dataset.json")
+    problems = _check_file(out / "dataset.json", source_json, "differs from the source", report_missing=False)
     cases = {c.case_id: c for c in source.training}
     missing = sorted(set(cases) - set(manifest["cases"]))
     problems += [f"case {cid}: in the source but not in the manifest" for cid in missing]
@@ -288,12 +289,13 @@ def _check_against_source(manifest: dict, out: Path, source: NnUNetDataset) -> l
         if entry["status"] == "skipped_empty":
             problems.append(f"case {case_id}: skipped (empty mask), not in the output")
             continue
-        problems += _check_file(out / entry["label"]["path"], io.sha256(case.label), "label differs from the source", False)
+        label = io.sha256(case.label)
+        problems += _check_file(out / entry["label"]["path"], label, "label differs from the source", report_missing=False)
         for record, path in zip(entry["images"], case.images):
             problems += _check_image(out / record["output"], path, record)
     for item in source.test:
         for path in [*item.images, *([item.label] if item.label else [])]:
-            problems += _check_file(out / source.relative(path), io.sha256(path), "differs from the source", False)
+            problems += _check_file(out / source.relative(path), io.sha256(path), "differs from the source", report_missing=False)
     return problems
 
 

@@ -64,7 +64,9 @@ def parse_window(text: str) -> str | tuple[float, float]:
     try:
         level, width = (float(v) for v in text.split(","))
     except ValueError:
-        raise InputError(f"{text!r} is neither one of {', '.join(WINDOW_CHOICES)} nor LEVEL,WIDTH", option="window") from None
+        raise InputError(
+            f"{text!r} is neither one of {', '.join(WINDOW_CHOICES)} nor LEVEL,WIDTH", option="window"
+        ) from None
     if not (np.isfinite(level) and np.isfinite(width) and width > 0):
         raise InputError(f"{text!r}: LEVEL,WIDTH needs a finite level and a positive width", option="window")
     return level, width
@@ -102,7 +104,9 @@ def choose_window(
     if choice in CT_PRESETS:
         return DisplayWindow(*CT_PRESETS[choice], source=choice.replace("-", " ").replace("ct", "CT", 1))
     if choice not in ("auto", "percentile"):
-        raise InputError(f"unknown window {choice!r} (choose from {', '.join(WINDOW_CHOICES)} or LEVEL,WIDTH)", option="window")
+        raise InputError(
+            f"unknown window {choice!r} (choose from {', '.join(WINDOW_CHOICES)} or LEVEL,WIDTH)", option="window"
+        )
     window = intensity_window(image)
     lo, hi = DEFAULT_PERCENTILES
     return DisplayWindow((window.lo + window.hi) / 2, window.width, source=f"percentiles {lo:g}-{hi:g}")
@@ -124,7 +128,9 @@ def check_slice_index(index: int, shape: Sequence[int], axis: int | None) -> Non
     if axis is None:
         raise InputError("applies to 3D volumes only; this image is 2D", option="slice")
     if not 0 <= index < shape[axis]:
-        raise InputError(f"{index} is out of range: the volume has {shape[axis]} slices (0 to {shape[axis] - 1})", option="slice")
+        raise InputError(
+            f"{index} is out of range: the volume has {shape[axis]} slices (0 to {shape[axis] - 1})", option="slice"
+        )
 
 
 @dataclass(frozen=True)
@@ -162,7 +168,9 @@ def slice_view(
     plane = PLANES[int(np.argmax(np.abs(vector[axis])))]
     rows, cols = (a for a in range(3) if a != axis)
     right, down = (np.asarray(v, dtype=float) for v in SCREEN_AXES[plane])
-    transpose = abs(vector[rows] @ right) + abs(vector[cols] @ down) > abs(vector[cols] @ right) + abs(vector[rows] @ down)
+    transpose = abs(vector[rows] @ right) + abs(vector[cols] @ down) > abs(vector[cols] @ right) + abs(
+        vector[rows] @ down
+    )
     if transpose:
         rows, cols = cols, rows
     flip_rows, flip_cols = bool(vector[rows] @ down < 0), bool(vector[cols] @ right < 0)

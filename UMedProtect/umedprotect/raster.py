@@ -42,10 +42,14 @@ def output_endings(image_path: str | os.PathLike) -> tuple[str, ...]:
 def check_raster_output(output: str | os.PathLike, dimension: int) -> None:
     """InputError when a PNG or TIFF output is asked for an image that is not 2D."""
     if is_raster(output) and dimension != 2:
-        raise InputError(f"{output}: PNG and TIFF outputs hold 2D images only; this image is {dimension}D (use .nrrd or .mha)")
+        raise InputError(
+            f"{output}: PNG and TIFF outputs hold 2D images only; this image is {dimension}D (use .nrrd or .mha)"
+        )
 
 
-def write_tiff_like(array: np.ndarray, source: str | os.PathLike, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def write_tiff_like(
+    array: np.ndarray, source: str | os.PathLike, path: str | os.PathLike, overwrite: bool = False
+) -> Path:
     """Write ``array`` as a TIFF atomically with ``source``'s resolution tags and description; read back to check."""
     import tifffile
 
@@ -66,7 +70,9 @@ def write_tiff_like(array: np.ndarray, source: str | os.PathLike, path: str | os
         with atomic_path(path, overwrite=overwrite) as tmp:
             tifffile.imwrite(tmp, array, **options)
             with tifffile.TiffFile(tmp) as written:
-                kept = {name: written.pages[0].tags[name].value for name in TIFF_KEPT_TAGS if name in written.pages[0].tags}
+                kept = {
+                    name: written.pages[0].tags[name].value for name in TIFF_KEPT_TAGS if name in written.pages[0].tags
+                }
                 if kept != tags or not np.array_equal(written.asarray(), array):
                     raise OSError(f"{path}: the written TIFF does not read back as written")
     except FileExistsError:

@@ -33,7 +33,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Protect one 2D image or 3D volume inside the ROI of its mask and the contour band around it. "
             "Voxels outside ROI + band are bit-identical to the input; the output keeps size, spacing, origin, "
             "direction and pixel type. IMAGE: any SimpleITK format (NIfTI, NRRD, MHA, ...), a DICOM series "
-            "folder, or a 2D grey-level PNG or TIFF (8 or 16 bit). MASK: a label map (every non-zero label is protected unless --labels) or a Slicer .seg.nrrd "
+            "folder, or a 2D grey-level PNG or TIFF (8 or 16 bit). "
+            "MASK: a label map (every non-zero label is protected unless --labels) or a Slicer .seg.nrrd "
             "(segments become labels 1, 2, ... in file order). OUTPUT: .nii.gz, .nii, .nrrd or .mha; "
             "for a PNG or TIFF IMAGE also its own format (bit depth kept; TIFF keeps its resolution tags)."
         ),
@@ -42,16 +43,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("mask", metavar="MASK", help="label map file or Slicer .seg.nrrd on the image")
     parser.add_argument("-o", "--output", metavar="OUTPUT", required=True, help="protected image file to write")
     add_protection_options(parser)
-    parser.add_argument("--heatmap", metavar="PNG", help="also write a preview of one slice: original | |perturbation| over the original | protected")
-    parser.add_argument("--window", type=_window_option, default="auto", metavar="{" + ",".join(WINDOW_CHOICES) + "} or L,W",
+    parser.add_argument(
+        "--heatmap", metavar="PNG", help="also write a preview of one slice: original | |change| over it | protected"
+    )
+    window_choices = "{" + ",".join(WINDOW_CHOICES) + "} or L,W"
+    parser.add_argument("--window", type=_window_option, default="auto", metavar=window_choices,
                         help="grey-level window of the --heatmap (default auto: the DICOM window, else CT soft tissue "
                         "L 40 W 400 for a CT, else the 0.5-99.5 intensity percentiles; L,W: level and width)")
-    parser.add_argument("--slice", type=int, metavar="N", help="slice of the --heatmap (K index as in Slicer; default: the most changed slice)")
+    parser.add_argument(
+        "--slice", type=int, metavar="N", help="slice of the --heatmap (index as in Slicer; default: the most changed)"
+    )
     parser.add_argument("--report", metavar="JSON", help="also write a JSON report (inputs, hashes, parameters, metrics)")
     parser.add_argument("--resample-mask", action="store_true", help="resample a mask on another grid onto the image (nearest neighbour) instead of refusing it")
     parser.add_argument("--series-uid", metavar="UID", help="DICOM series to read when the IMAGE folder holds several")
-    parser.add_argument("--many-labels", action="store_true", help=f"accept a mask with more than {MAX_LABELS} labels, or with as many "
-                        "distinct values as the image (refused by default: image and mask are likely swapped)")
+    parser.add_argument("--many-labels", action="store_true",
+                        help=f"accept a mask with more than {MAX_LABELS} labels, or with as many distinct values "
+                        "as the image (refused by default: image and mask are likely swapped)")  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -125,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
         resampled = args.resample_mask or mask_path.name.lower().endswith(io.SEGMENTATION_ENDING)
         problem = "does not overlap the image (no label left on the image grid)" if resampled else "mask is empty"
         if not args.allow_empty:
-            raise InputError(f"{mask_path}: {problem}; nothing to protect (use --allow-empty to write the image unchanged)")
+            raise InputError(
+                f"{mask_path}: {problem}; nothing to protect (use --allow-empty to write the image unchanged)"
+            )
         log.warning(f"{mask_path}: {problem}; {args.output} is the unchanged image (--allow-empty)")
     with tqdm(desc="protect", unit="slice", disable=None, leave=False) as bar:
 
@@ -169,12 +178,15 @@ def run(args: argparse.Namespace) -> int:
             written.append(io.write_json(report, outputs["report"], overwrite=args.overwrite))
     m = result.metrics
     units = intensity_units(array, tags.get("modality"))
-    print(f"{outputs['output']}: PSNR {psnr_text(m)}, SSIM {m['ssim']:.4f}, max change {m['max_abs_change']:.4g} {units}")
+    change = f"max change {m['max_abs_change']:.4g} {units}"
+    print(f"{outputs['output']}: PSNR {psnr_text(m)}, SSIM {m['ssim']:.4f}, {change}")
     worst = m.get("psnr_db_slice_min", m["psnr_db"])  # what a reader scrolling through a volume sees
     if worst < LOW_PSNR_DB:
         where = " (worst slice)" if "psnr_db_slice_min" in m else ""
-        log.warning(f"{outputs['output']}: PSNR {worst:.1f} dB{where} is below {LOW_PSNR_DB:g} dB; the change may be visible "
-                    f"(--min-psnr {LOW_PSNR_DB:g} keeps it above)")  # fmt: skip
+        log.warning(
+            f"{outputs['output']}: PSNR {worst:.1f} dB{where} is below {LOW_PSNR_DB:g} dB; the change may be visible "
+            f"(--min-psnr {LOW_PSNR_DB:g} keeps it above)"
+        )
     return 0
 
 
@@ -235,7 +247,7 @@ def dicom_display_tags(image_path: Path, series_uid: str | None = None) -> dict:
     reader = sitk.ImageFileReader()
     reader.SetFileName(files[0])
     reader.ReadImageInformation()
-    tag = lambda key: reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else None  # noqa: E731
+    tag = lambda key: reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else None
     tags = {"modality": tag("0008|0060")}
     try:
         centre, width = (float(tag(key).split("\\")[0]) for key in ("0028|1050", "0028|1051"))
@@ -271,7 +283,8 @@ def _check_outputs(args: argparse.Namespace, inputs: list[Path]) -> dict[str, Pa
     if args.heatmap:
         outputs["heatmap"] = io.check_output_path(args.heatmap, args.overwrite, endings=(".png",))
     elif args.window != "auto" or args.slice is not None:
-        raise InputError(f"--{'slice' if args.slice is not None else 'window'} applies to the --heatmap preview; add --heatmap")
+        option = "slice" if args.slice is not None else "window"
+        raise InputError(f"--{option} applies to the --heatmap preview; add --heatmap")
     if args.report:
         outputs["report"] = io.check_output_path(args.report, args.overwrite, endings=(".json",))
     resolved_inputs = {p.resolve() for p in inputs}

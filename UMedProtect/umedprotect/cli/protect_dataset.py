@@ -63,7 +63,10 @@ def run(args: argparse.Namespace) -> int:
     print(summary_line(manifest["cases"], args.output, args.method))
     low = [cid for cid, e in manifest["cases"].items() if e["status"] == "protected" and _worst_psnr(e) < LOW_PSNR_DB]
     if low:
-        log.warning(f"{len(low)} case(s) below {LOW_PSNR_DB:g} dB PSNR (worst slice): {', '.join(low)}; the change may be visible")
+        log.warning(
+            f"{len(low)} case(s) below {LOW_PSNR_DB:g} dB PSNR (worst slice): {', '.join(low)}; "
+            "the change may be visible"
+        )
     return 0
 
 
@@ -79,7 +82,8 @@ def case_table(cases: dict[str, dict]) -> str:
         psnr = min(i.get("psnr_db_slice_mean", i["psnr_db"]) for i in images)
         worst = min(i.get("psnr_db_slice_min", i["psnr_db"]) for i in images)
         change = max(i["max_abs_change"] for i in images)
-        lines.append(f"{case_id:<16}{'protected':<14}{psnr:>10.1f}{worst:>12.1f}{change:>12.4g}{entry.get('seconds', 0):>9.1f}")
+        seconds = entry.get("seconds", 0)
+        lines.append(f"{case_id:<16}{'protected':<14}{psnr:>10.1f}{worst:>12.1f}{change:>12.4g}{seconds:>9.1f}")
     return "\n".join(lines)
 
 
