@@ -51,7 +51,7 @@ def test_tiff_in_tiff_out_keeps_bit_depth_and_resolution_tags(tmp_path, protecto
     else:  # 0.5 um pixels as a microscope writes them: pixels per centimetre
         pixel_size = {"resolution": (20000, 20000), "resolutionunit": "CENTIMETER"}
     tifffile.imwrite(tmp_path / "cells.tif", array, **pixel_size)
-    tifffile.imwrite(tmp_path / "mask.tif", labels, **pixel_size)
+    tifffile.imwrite(tmp_path / "mask.tif", labels)  # as labelling tools write it: no pixel size
     protected = protect(tmp_path, tmp_path / "cells.tif", tmp_path / "mask.tif", tmp_path / "out.tiff", protector_file)
     assert protected.dtype == dtype and (protected != array).any()
     with tifffile.TiffFile(tmp_path / "cells.tif") as source, tifffile.TiffFile(tmp_path / "out.tiff") as output:
@@ -70,3 +70,12 @@ def test_a_2d_png_may_also_be_written_as_nrrd_but_a_volume_never_as_png(tmp_path
     assert protected.dtype == np.uint8
     assert raster.output_endings(tmp_path / "ct.nii.gz") == io.OUTPUT_ENDINGS
     assert raster.output_endings(tmp_path / "CELLS.TIF") == (*io.OUTPUT_ENDINGS, ".tif", ".tiff")
+
+
+def test_a_raster_mask_with_its_own_pixel_size_must_match_the_image(tmp_path, protector_file, capsys):
+    array, labels = grey_slice(np.uint8)
+    tifffile.imwrite(tmp_path / "cells.tif", array, resolution=(20000, 20000), resolutionunit="CENTIMETER")
+    tifffile.imwrite(tmp_path / "mask.tif", labels, resolution=(10000, 10000), resolutionunit="CENTIMETER")
+    argv = ["protect", str(tmp_path / "cells.tif"), str(tmp_path / "mask.tif"), "-o", str(tmp_path / "out.tif")]
+    assert main([*argv, "--protector", str(protector_file)]) == 2
+    assert "mask spacing (0.001, 0.001) differs from the image spacing (0.0005, 0.0005)" in capsys.readouterr().err

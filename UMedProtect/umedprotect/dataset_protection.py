@@ -289,13 +289,14 @@ def _check_against_source(manifest: dict, out: Path, source: NnUNetDataset) -> l
         if entry["status"] == "skipped_empty":
             problems.append(f"case {case_id}: skipped (empty mask), not in the output")
             continue
-        label = io.sha256(case.label)
-        problems += _check_file(out / entry["label"]["path"], label, "label differs from the source", report_missing=False)
+        label = out / entry["label"]["path"]
+        problems += _check_file(label, io.sha256(case.label), "label differs from the source", report_missing=False)
         for record, path in zip(entry["images"], case.images):
             problems += _check_image(out / record["output"], path, record)
     for item in source.test:
         for path in [*item.images, *([item.label] if item.label else [])]:
-            problems += _check_file(out / source.relative(path), io.sha256(path), "differs from the source", report_missing=False)
+            copy = out / source.relative(path)
+            problems += _check_file(copy, io.sha256(path), "differs from the source", report_missing=False)
     return problems
 
 

@@ -1,6 +1,7 @@
 """2D grey-level PNG and TIFF (8 or 16 bit): protected in, same format and bit depth out.
 
-SimpleITK reads both (and refuses colour through :func:`io.read_image`'s one-channel check).
+SimpleITK reads both (and refuses colour through :func:`io.read_image`'s one-channel check); a mask
+without pixel size, drawn on the image's pixels, takes the image's grid (:func:`io.read_label`).
 PNG is written by SimpleITK (which keeps the pixel size in its pHYs chunk); TIFF by tifffile,
 copying the source's resolution tags and ImageJ description, so a microscope's pixel size stays
 exactly as it was.
@@ -15,10 +16,9 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import InputError
-from .io import OUTPUT_ENDINGS
+from .io import OUTPUT_ENDINGS, RASTER_ENDINGS
 
-PNG_ENDINGS = (".png",)
-TIFF_ENDINGS = (".tif", ".tiff")
+PNG_ENDINGS, TIFF_ENDINGS = RASTER_ENDINGS[:1], RASTER_ENDINGS[1:]
 TIFF_KEPT_TAGS = ("XResolution", "YResolution", "ResolutionUnit", "ImageDescription")
 
 
@@ -28,7 +28,7 @@ def is_tiff(path: str | os.PathLike) -> bool:
 
 def is_raster(path: str | os.PathLike) -> bool:
     """A PNG or TIFF file name."""
-    return str(path).lower().endswith(PNG_ENDINGS + TIFF_ENDINGS)
+    return str(path).lower().endswith(RASTER_ENDINGS)
 
 
 def output_endings(image_path: str | os.PathLike) -> tuple[str, ...]:
