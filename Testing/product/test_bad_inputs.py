@@ -17,7 +17,7 @@ from conftest import ROOT, write_dicom_series, write_image, write_nnunet_dataset
 
 from umedprotect import cli
 from umedprotect.cli import main, option_message
-from umedprotect.phantoms import phantom_volume
+from umedprotect.phantoms import phantom_slice, phantom_volume
 
 CASES = {}
 
@@ -519,6 +519,114 @@ def evaluate_learning_rate_zero(tmp, protector):
 def evaluate_no_epochs(tmp, protector):
     source = dataset(tmp)
     return ["evaluate", str(source), str(source), "--epochs", "0", "--optimizer", "adam"]
+
+
+# --- clinical inputs: roles, 2D formats, heatmap options, outputs ------------------------
+
+
+@bad("mask has 1535 labels, more than a label map has (are IMAGE and MASK swapped?")
+def image_and_mask_swapped(tmp, protector):
+    volume = np.arange(6 * 16 * 16, dtype=np.int16).reshape(6, 16, 16)
+    labels = np.zeros((6, 16, 16), np.uint8)
+    labels[2:4, 4:10, 4:10] = 1
+    image, mask, out = base(tmp, image=volume, labels=labels)
+    return protect_argv(mask, image, out, protector)
+
+
+@bad("image has no more distinct values than the mask has labels; it looks like a label map")
+def image_is_a_label_map(tmp, protector):
+    labels = labels_like()
+    image, mask, out = base(tmp, image=(labels * 100).astype(np.int16), labels=labels)
+    return protect_argv(image, mask, out, protector)
+
+
+@bad("protection changed no voxel")
+def protection_changes_nothing(tmp, protector):
+    volume = phantom_volume((6, 32, 32), n_lesions=1, rng=0)[0]
+    scaled = ((volume - volume.min()) / np.ptp(volume) * 200).astype(np.uint8)
+    image, mask, out = base(tmp, image=scaled)
+    return protect_argv(image, mask, out, protector, "--epsilon", "0.5", "--heatmap", tmp / "out" / "h.png")
+
+
+@bad("does not overlap the image")
+def mask_does_not_overlap_after_resampling(tmp, protector):
+    image, mask, out = base(tmp)
+    write_image(labels_like(), mask, origin=(500.0, 500.0, 500.0))
+    return protect_argv(image, mask, out, protector, "--resample-mask")
+
+
+@bad("output folder is not writable")
+def heatmap_folder_is_a_file(tmp, protector):
+    image, mask, out = base(tmp)
+    (tmp / "out" / "blocker").write_text("a file where a folder is expected")
+    return protect_argv(image, mask, out, protector, "--heatmap", tmp / "out" / "blocker" / "h.png")
+
+
+@bad("output folder is not writable")
+def report_folder_is_a_file(tmp, protector):
+    image, mask, out = base(tmp)
+    (tmp / "out" / "blocker").write_text("a file where a folder is expected")
+    return protect_argv(image, mask, out, protector, "--heatmap", tmp / "new" / "h.png", "--report", tmp / "out" / "blocker" / "r.json")
+
+
+@bad("output folder is not writable")
+def report_folder_read_only(tmp, protector):
+    if os.geteuid() == 0:
+        pytest.skip("root can write to read-only folders")
+    image, mask, out = base(tmp)
+    (tmp / "reports").mkdir()
+    (tmp / "reports").chmod(0o555)
+    return protect_argv(image, mask, out, protector, "--report", tmp / "reports" / "r.json")
+
+
+@bad("--slice 99 is out of range: the volume has 6 slices (0 to 5)")
+def heatmap_slice_out_of_range(tmp, protector):
+    image, mask, out = base(tmp)
+    return protect_argv(image, mask, out, protector, "--heatmap", tmp / "out" / "h.png", "--slice", "99")
+
+
+@bad("--slice applies to the --heatmap preview")
+def slice_without_heatmap(tmp, protector):
+    image, mask, out = base(tmp)
+    return protect_argv(image, mask, out, protector, "--slice", "2")
+
+
+@bad("argument --window: 'soft' is neither one of auto, ct-soft-tissue")
+def heatmap_window_unknown(tmp, protector):
+    image, mask, out = base(tmp)
+    return protect_argv(image, mask, out, protector, "--heatmap", tmp / "out" / "h.png", "--window", "soft")
+
+
+@bad("--slice applies to 3D volumes only")
+def heatmap_slice_of_a_2d_image(tmp, protector):
+    image_2d, labels_2d = phantom_slice((32, 32), n_lesions=1, rng=0)
+    image, mask, out = base(tmp, image=image_2d.astype(np.int16), labels=labels_2d)
+    return protect_argv(image, mask, out, protector, "--heatmap", tmp / "out" / "h.png", "--slice", "0")
+
+
+@bad("unsupported output format; use one of .nii.gz, .nii, .nrrd, .mha")
+def png_output_for_a_volume(tmp, protector):
+    image, mask, out = base(tmp)
+    return protect_argv(image, mask, tmp / "out" / "protected.png", protector)
+
+
+@bad("has 3 components per voxel (RGB")
+def rgb_png(tmp, protector):
+    image_2d, labels_2d = phantom_slice((32, 32), n_lesions=1, rng=0)
+    (tmp / "in").mkdir()
+    (tmp / "out").mkdir()
+    grey = ((image_2d - image_2d.min()) / np.ptp(image_2d) * 255).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(np.stack([grey] * 3, axis=-1), isVector=True), str(tmp / "in" / "photo.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(labels_2d.astype(np.uint8)), str(tmp / "in" / "mask.png"))
+    return protect_argv(tmp / "in" / "photo.png", tmp / "in" / "mask.png", tmp / "out" / "protected.png", protector)
+
+
+@bad("PNG and TIFF outputs hold 2D images only; this image is 3D")
+def tiff_stack_to_tiff(tmp, protector):
+    image, mask, out = base(tmp)
+    volume = sitk.GetArrayFromImage(sitk.ReadImage(str(image))).astype(np.uint16)
+    sitk.WriteImage(sitk.GetImageFromArray(volume), str(tmp / "in" / "stack.tif"))
+    return protect_argv(tmp / "in" / "stack.tif", mask, tmp / "out" / "protected.tif", protector, "--resample-mask")
 
 
 def snapshot(folder: Path) -> dict[str, str | None]:

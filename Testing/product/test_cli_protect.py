@@ -211,25 +211,6 @@ def test_help_documents_every_command_and_option(capsys):
         assert all(option in text for option in options), command
 
 
-def test_heatmap_shows_the_central_slice_of_the_region(tmp_path):
-    from matplotlib.image import imread
-
-    from umedprotect.metrics import image_quality
-    from umedprotect.preview import central_slice, save_heatmap_png
-
-    region = np.zeros((9, 20, 20), bool)
-    region[2:7, 5:9, 5:9] = True
-    assert central_slice(region, 0) == 4 and central_slice(region, 2) == 7
-    assert central_slice(np.zeros((9, 4, 4), bool), 0) == 4 and central_slice(region[0], None) is None
-    original = np.random.default_rng(0).normal(100, 10, (9, 20, 20)).astype(np.float32)
-    protected = original.copy()
-    protected[region] += 3
-    path = save_heatmap_png(original, protected, region, tmp_path / "h.png", image_quality(original, protected), 0)
-    pixels = imread(path)
-    assert pixels.shape[1] > 2 * pixels.shape[0]  # three panels side by side
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.png"]
-
-
 def test_command_with_a_missing_optional_dependency_fails_cleanly(monkeypatch, capsys):
     import importlib
 

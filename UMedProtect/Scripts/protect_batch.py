@@ -26,8 +26,7 @@ import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
-MODULE_DIR = Path(globals().get("__file__") or sys.argv[0]).resolve().parents[1]  # UMedProtect.py is here
-EXIT_OK, EXIT_UNEXPECTED, EXIT_INPUT, EXIT_DISCREPANCIES, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+from umedprotect.exit_codes import EXIT_BAD_INPUT, EXIT_DISCREPANCIES, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,18 +68,17 @@ def run(args: argparse.Namespace, log=print) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    for case_id, entry in manifest["cases"].items():
-        for image in entry.get("images", []):
-            psnr = image.get("psnr_db_slice_min", image["psnr_db"])  # a volume's worst slice
-            log(f"{image['output']}: {entry['status']}, PSNR {psnr:.1f} dB, max change {image['max_abs_change']:.4g}")
-        if not entry.get("images"):
-            log(f"{case_id}: {entry['status']}")
+    for case_id, entry in manifest.cases.items():
+        for image in entry.images or []:
+            log(f"{image.output}: {entry.status}, PSNR {image.worst_psnr_db:.1f} dB, max change {image.max_abs_change:.4g}")
+        if not entry.images:
+            log(f"{case_id}: {entry.status}")
     problems = verify(args.output, args.input)
     for problem in problems:
         log(f"discrepancy: {problem}")
     if problems:
         return EXIT_DISCREPANCIES
-    log(f"done: {args.output} holds {len(manifest['cases'])} case(s), verified against {args.input}")
+    log(f"done: {args.output} holds {len(manifest.cases)} case(s), verified against {args.input}")
     return EXIT_OK
 
 
@@ -118,8 +116,6 @@ def ensure_dependencies() -> None:
 
 def main(argv: list[str]) -> int:
     """Install what is missing, parse, run, and turn every outcome into an exit code."""
-    if str(MODULE_DIR) not in sys.path:
-        sys.path.insert(0, str(MODULE_DIR))
     try:
         ensure_dependencies()
         from umedprotect.cli import option_message
@@ -134,14 +130,14 @@ def main(argv: list[str]) -> int:
                 return run(args)
         except InputError as error:
             print(f"protect_batch: error: {option_message(error)}", file=sys.stderr)
-            return EXIT_INPUT
+            return EXIT_BAD_INPUT
         except Cancelled:
             return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception:
         traceback.print_exc()
-        return EXIT_UNEXPECTED
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -127,8 +127,8 @@ def verify(out_dir: str | os.PathLike, source_dir: str | os.PathLike | None = No
             continue
         for image in entry.images:
             expected_files.add(image.output)
-            problems += _check_file(out / image.output, image.output_sha256)
-            problems += _check_geometry(out / image.output, image.geometry)
+            output = out / image.output  # one line per file: its geometry is checked when its hash matches
+            problems += _check_file(output, image.output_sha256) or _check_geometry(output, image.geometry)
         expected_files.add(entry.label.path)
         problems += _check_file(out / entry.label.path, entry.label.sha256)
     for item in manifest.test:
@@ -281,7 +281,9 @@ def _copy_test_case(dataset: NnUNetDataset, case: Case, out: Path) -> TestCaseRe
 
 
 def _check_against_source(manifest: DatasetManifest, out: Path, source: NnUNetDataset) -> list[str]:
-    problems = _check_file(out / "dataset.json", io.sha256(source.root / "dataset.json"), "differs from the source")
+    """Outputs against the source; a missing output was already reported by the manifest checks."""
+    source_json = io.sha256(source.root / "dataset.json")
+    problems = _check_file(out / "dataset.json", source_json, "differs from the source", report_missing=False)
     cases = {c.case_id: c for c in source.training}
     missing = sorted(set(cases) - set(manifest.cases))
     problems += [f"case {cid}: in the source but not in the manifest" for cid in missing]
@@ -293,12 +295,14 @@ def _check_against_source(manifest: DatasetManifest, out: Path, source: NnUNetDa
         if not entry.finished:
             problems.append(f"case {case_id}: skipped (empty mask), not in the output")
             continue
-        problems += _check_file(out / entry.label.path, io.sha256(case.label), "label differs from the source")
+        label = out / entry.label.path
+        problems += _check_file(label, io.sha256(case.label), "label differs from the source", report_missing=False)
         for record, path in zip(entry.images, case.images):
             problems += _check_image(out / record.output, path, record)
     for item in source.test:
         for path in [*item.images, *([item.label] if item.label else [])]:
-            problems += _check_file(out / source.relative(path), io.sha256(path), "differs from the source")
+            copy = out / source.relative(path)
+            problems += _check_file(copy, io.sha256(path), "differs from the source", report_missing=False)
     return problems
 
 
@@ -309,7 +313,10 @@ def _check_image(output: Path, source: Path, record: ImageRecord) -> list[str]:
     problems = []
     if io.sha256(source) != record.input_sha256:
         problems.append(f"{source}: source image changed since it was protected")
-    original, protected = sitk.ReadImage(str(source)), sitk.ReadImage(str(output))
+    try:
+        original, protected = sitk.ReadImage(str(source)), sitk.ReadImage(str(output))
+    except RuntimeError:
+        return problems  # an unreadable output is reported by the manifest checks
     difference = io.geometry_difference(protected, original)
     if difference or protected.GetPixelID() != original.GetPixelID():
         what = difference or "pixel type"
@@ -338,9 +345,12 @@ def _check_geometry(path: Path, recorded: ImageGeometry) -> list[str]:
     return []
 
 
-def _check_file(path: Path, expected_sha256: str | None, what: str = "hash differs from the manifest") -> list[str]:
+def _check_file(
+    path: Path, expected_sha256: str | None, what: str = "hash differs from the manifest", report_missing: bool = True
+) -> list[str]:
+    """``path`` against a hash: one problem line, or none (a missing file only when ``report_missing``)."""
     if not path.is_file():
-        return [f"{path}: missing"]
+        return [f"{path}: missing"] if report_missing else []
     if io.sha256(path) != expected_sha256:
         return [f"{path}: {what}"]
     return []

@@ -26,3 +26,10 @@ def describe_devices() -> str:
     if torch.cuda.is_available():
         return f"CUDA: {torch.cuda.get_device_name(0)}"
     return "CPU only (no CUDA GPU found)"
+
+
+def describe_device(device: torch.device) -> str:
+    """The device a run uses, for its console line: ``cuda:0 (NVIDIA H200)`` or ``cpu (2 threads)``."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({torch.get_num_threads()} threads)"

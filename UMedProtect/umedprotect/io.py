@@ -25,6 +25,7 @@ from .errors import InputError
 
 OUTPUT_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")  # single-file formats keeping geometry and pixel type
 SEGMENTATION_ENDING = ".seg.nrrd"
+RASTER_ENDINGS = (".png", ".tif", ".tiff")  # 2D formats that often carry no pixel size
 SUPPORTED_PIXEL_TYPES = {
     sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
     sitk.sitkUInt64, sitk.sitkInt64, sitk.sitkFloat32, sitk.sitkFloat64,
@@ -118,6 +119,8 @@ def read_label(
             )
         return _resample_like(label, reference, path)
     problem = geometry_difference(label, reference)
+    if problem and _is_unplaced_raster(path, label):
+        problem = None  # a PNG/TIFF mask without pixel size, drawn on the image's pixels: it takes the image's grid
     if problem:
         if not resample:
             raise InputError(f"{path}: mask {problem}{hint}", option=option)
@@ -175,13 +178,16 @@ def check_writable_dir(folder: str | os.PathLike) -> Path:
     return folder
 
 
-def write_like(array: np.ndarray, reference: sitk.Image, path: str | os.PathLike, overwrite: bool = False) -> Path:
+def write_like(
+    array: np.ndarray, reference: sitk.Image, path: str | os.PathLike, overwrite: bool = False,
+    endings: tuple[str, ...] = OUTPUT_ENDINGS,
+) -> Path:  # fmt: skip
     """Write ``array`` atomically with exactly the size, spacing, origin, direction and pixel type of ``reference``.
 
     The written file is read back (header only) and compared with ``reference`` before it is
     renamed into place, so a file under the final name always has the right geometry.
     """
-    path = check_output_path(path, overwrite)
+    path = check_output_path(path, overwrite, endings)
     expected = tuple(reversed(reference.GetSize()))
     if array.shape != expected:
         raise ValueError(f"array shape {array.shape} does not match the reference {expected}")
@@ -333,6 +339,17 @@ def _dicom_series_files(folder: Path, series_uid: str | None) -> list[str]:
     elif series_uid not in uids:
         raise InputError(f"{folder}: no DICOM series {series_uid!r} here (found {', '.join(uids)})")
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+
+
+def _is_unplaced_raster(path: Path, image: sitk.Image) -> bool:
+    """A 2D PNG/TIFF with no pixel size or position: unit spacing, zero origin, identity direction."""
+    return (
+        path.name.lower().endswith(RASTER_ENDINGS)
+        and image.GetDimension() == 2
+        and image.GetSpacing() == (1.0, 1.0)
+        and image.GetOrigin() == (0.0, 0.0)
+        and image.GetDirection() == (1.0, 0.0, 0.0, 1.0)
+    )
 
 
 def _read_information(path: str | os.PathLike) -> sitk.ImageFileReader:

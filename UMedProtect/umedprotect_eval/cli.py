@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         args.clean_dir, args.protected_dir, args.test_dir, args.victim, args.defense, settings, progress, args.seed, normalisation
     )
     print(format_table(report))
+    print(verdict_line(report["summary"]))
     if args.output:
         write_json(report, args.output)
         print(f"wrote {args.output}")
@@ -166,6 +167,17 @@ def format_table(report: dict) -> str:
         f"{report['test_cases']} test cases ({report['test_source']})"
     )
     return "\n".join(lines)
+
+
+def verdict_line(summary: list[dict]) -> str:
+    """How many trained victims the protection stopped (best-epoch ratio at most the target); a lone failure says so."""
+    ratios = [row["ratio_best"] for row in summary]
+    stopped = sum(1 for r in ratios if r <= TARGET_RATIO)
+    runs = "run" if any(row["defense"] != "none" for row in summary) else "victim"
+    line = f"stopped {stopped} of {len(ratios)} {runs}s (ratio <= {TARGET_RATIO:.2f})"
+    if len(ratios) == 1 and not stopped:
+        line += f": not protected (ratio {_fmt(ratios[0])})"
+    return line
 
 
 def _fmt(value: float) -> str:

@@ -15,6 +15,7 @@ from ..io import check_output_path
 from ..objectives import OBJECTIVES
 from ..protector import CODE_INITS, ProtectorConfig, check_config_values, save_protector
 from . import add_option
+from .protect import device_line
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -88,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     check_config_values(values)
     config = ProtectorConfig(**values)
     samples = dataset_slices(args.datasets)  # validates the datasets before the progress bar starts
+    print(device_line(args.device))
     with tqdm(total=settings.steps, desc="fitting", unit="step", disable=args.no_progress) as bar:
 
         def progress(step: int, total: int, record: dict) -> None:

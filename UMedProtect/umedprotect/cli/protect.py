@@ -3,22 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from .. import io
+from .. import io, raster
+from ..array_protection import slice_axis_for
 from ..errors import InputError
 from ..methods import DEFAULT_METHOD, setup_method
 from ..metrics import psnr_text
+from ..preview import WINDOW_CHOICES, check_slice_index, choose_window, intensity_units, parse_window, save_heatmap_png
 from ..records import FileRecord, InputImageRecord, InputMaskRecord, ProtectionReport, ReportInputs
 from ..settings import ProtectionSettings
 from . import add_option
 
 log = logging.getLogger("umedprotect")
+MAX_LABELS = 255  # more distinct mask values than this: most likely an image, not a label map
+LOW_PSNR_DB = 50.0  # below this a change may be visible: warned about
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,19 +34,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Protect one 2D image or 3D volume inside the ROI of its mask and the contour band around it. "
             "Voxels outside ROI + band are bit-identical to the input; the output keeps size, spacing, origin, "
-            "direction and pixel type. IMAGE: any SimpleITK format (NIfTI, NRRD, MHA, ...) or a DICOM series "
-            "folder. MASK: a label map (every non-zero label is protected unless --labels) or a Slicer .seg.nrrd "
-            "(segments become labels 1, 2, ... in file order). OUTPUT: .nii.gz, .nii, .nrrd or .mha."
+            "direction and pixel type. IMAGE: any SimpleITK format (NIfTI, NRRD, MHA, ...), a DICOM series "
+            "folder, or a 2D grey-level PNG or TIFF (8 or 16 bit). "
+            "MASK: a label map (every non-zero label is protected unless --labels) or a Slicer .seg.nrrd "
+            "(segments become labels 1, 2, ... in file order). OUTPUT: .nii.gz, .nii, .nrrd or .mha; "
+            "for a PNG or TIFF IMAGE also its own format (bit depth kept; TIFF keeps its resolution tags)."
         ),
     )
     parser.add_argument("image", metavar="IMAGE", help="image file or DICOM series folder")
     parser.add_argument("mask", metavar="MASK", help="label map file or Slicer .seg.nrrd on the image")
     parser.add_argument("-o", "--output", metavar="OUTPUT", required=True, help="protected image file to write")
     add_protection_options(parser)
-    parser.add_argument("--heatmap", metavar="PNG", help="also write a preview: original | |perturbation| | protected")
+    parser.add_argument(
+        "--heatmap", metavar="PNG", help="also write a preview of one slice: original | |change| over it | protected"
+    )
+    window_choices = "{" + ",".join(WINDOW_CHOICES) + "} or L,W"
+    parser.add_argument("--window", type=_window_option, default="auto", metavar=window_choices,
+                        help="grey-level window of the --heatmap (default auto: the DICOM window, else CT soft tissue "
+                        "L 40 W 400 for a CT, else the 0.5-99.5 intensity percentiles; L,W: level and width)")
+    parser.add_argument(
+        "--slice", type=int, metavar="N", help="slice of the --heatmap (index as in Slicer; default: the most changed)"
+    )
     parser.add_argument("--report", metavar="JSON", help="also write a JSON report (inputs, hashes, parameters, metrics)")
     parser.add_argument("--resample-mask", action="store_true", help="resample a mask on another grid onto the image (nearest neighbour) instead of refusing it")
     parser.add_argument("--series-uid", metavar="UID", help="DICOM series to read when the IMAGE folder holds several")
+    parser.add_argument("--many-labels", action="store_true",
+                        help=f"accept a mask with more than {MAX_LABELS} labels, or with as many distinct values "
+                        "as the image (refused by default: image and mask are likely swapped)")  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -87,22 +107,34 @@ def run(args: argparse.Namespace) -> int:
     image_path, mask_path = Path(args.image), Path(args.mask)
     outputs = _check_outputs(args, [image_path, mask_path])
     image = io.read_image(image_path, args.series_uid)
+    raster.check_raster_output(outputs["output"], image.GetDimension())
     label_image = io.read_label(mask_path, image, resample=args.resample_mask)
     array, spacing = io.to_array(image)
     labels, _ = io.to_array(label_image)
+    tags = dicom_display_tags(image_path, args.series_uid)
     present = {int(v) for v in np.unique(labels)} - {0}
+    if not args.many_labels:
+        check_roles(array, present, image_path, mask_path)
     if args.labels:
         missing = sorted(set(args.labels) - present)
         if missing:
             raise InputError(f"{mask_path}: labels {missing} not in the mask (it holds {sorted(present) or 'none'})")
-    setup = setup_method(DEFAULT_METHOD, settings_from(args))
+    if args.slice is not None:
+        check_slice_index(args.slice, array.shape, slice_axis_for(spacing, array.ndim))
+    settings = settings_from(args)
+    setup = setup_method(DEFAULT_METHOD, settings)
     case_protector, parameters, protector_info, device = setup.case_protector, setup.parameters, setup.protector_info, setup.device
+    print(device_line(settings.device))
     read_s = time.perf_counter() - started
 
     if not present:
+        resampled = args.resample_mask or mask_path.name.lower().endswith(io.SEGMENTATION_ENDING)
+        problem = "does not overlap the image (no label left on the image grid)" if resampled else "mask is empty"
         if not args.allow_empty:
-            raise InputError(f"{mask_path}: mask is empty; nothing to protect (use --allow-empty to write the image unchanged)")
-        log.warning(f"{mask_path}: mask is empty; {args.output} is the unchanged image (--allow-empty)")
+            raise InputError(
+                f"{mask_path}: {problem}; nothing to protect (use --allow-empty to write the image unchanged)"
+            )
+        log.warning(f"{mask_path}: {problem}; {args.output} is the unchanged image (--allow-empty)")
     with tqdm(desc="protect", unit="slice", disable=None, leave=False) as bar:
 
         def progress(done: int, total: int) -> None:
@@ -111,39 +143,145 @@ def run(args: argparse.Namespace) -> int:
 
         result = case_protector(array, labels, spacing=spacing, progress=progress)  # empty mask: image unchanged
     protect_s = time.perf_counter() - started - read_s
+    if present and result.metrics["max_abs_change"] == 0:
+        if not args.allow_empty:
+            raise InputError(
+                f"{image_path}: protection changed no voxel (budget {result.budget:.3g} below one intensity step?); "
+                "nothing written (use --allow-empty to write the image unchanged)"
+            )
+        log.warning(f"{image_path}: protection changed no voxel; {args.output} is the unchanged image (--allow-empty)")
 
-    io.write_like(result.protected, image, outputs["output"], overwrite=args.overwrite)
-    if args.heatmap:
-        from ..preview import save_heatmap_png
-
-        save_heatmap_png(array, result.protected, result.region, outputs["heatmap"], result.metrics, result.slice_axis, overwrite=args.overwrite)
-    if args.report:
-        report = ProtectionReport(
-            inputs=ReportInputs(
-                image=InputImageRecord(str(image_path), io.input_sha256(image_path), **io.image_info(image)),
-                mask=InputMaskRecord(str(mask_path), io.input_sha256(mask_path), sorted(present), args.resample_mask),
-            ),
-            output=FileRecord(str(outputs["output"]), io.sha256(outputs["output"])),
-            heatmap=str(outputs["heatmap"]) if args.heatmap else None,
-            parameters=parameters,
-            protector=protector_info,
-            metrics=result.metrics,
-            versions=io.software_versions(),
-            device=device,
-            timing_s={"read": round(read_s, 3), "protect": round(protect_s, 3),
-                      "total": round(time.perf_counter() - started, 3)},  # fmt: skip
-        )
-        report.write(outputs["report"], overwrite=args.overwrite)
+    with _all_or_nothing() as written:
+        written.append(_write_image(result.protected, image, image_path, outputs["output"], args.overwrite))
+        if args.heatmap:
+            written.append(_save_heatmap(args, image, tags, array, result, spacing, outputs["heatmap"]))
+        if args.report:
+            report = ProtectionReport(
+                inputs=ReportInputs(
+                    image=InputImageRecord(str(image_path), io.input_sha256(image_path), **io.image_info(image)),
+                    mask=InputMaskRecord(str(mask_path), io.input_sha256(mask_path), sorted(present), args.resample_mask),
+                ),
+                output=FileRecord(str(outputs["output"]), io.sha256(outputs["output"])),
+                heatmap=str(outputs["heatmap"]) if args.heatmap else None,
+                parameters=parameters,
+                protector=protector_info,
+                metrics=result.metrics,
+                versions=io.software_versions(),
+                device=device,
+                timing_s={"read": round(read_s, 3), "protect": round(protect_s, 3),
+                          "total": round(time.perf_counter() - started, 3)},  # fmt: skip
+            )
+            outputs["report"].parent.mkdir(parents=True, exist_ok=True)
+            written.append(report.write(outputs["report"], overwrite=args.overwrite))
     m = result.metrics
-    print(f"{outputs['output']}: PSNR {psnr_text(m)}, SSIM {m['ssim']:.4f}, max change {m['max_abs_change']:.4g}")
+    units = intensity_units(array, tags.get("modality"))
+    change = f"max change {m['max_abs_change']:.4g} {units}"
+    print(f"{outputs['output']}: PSNR {psnr_text(m)}, SSIM {m['ssim']:.4f}, {change}")
+    worst = m.get("psnr_db_slice_min", m["psnr_db"])  # what a reader scrolling through a volume sees
+    if worst < LOW_PSNR_DB:
+        where = " (worst slice)" if "psnr_db_slice_min" in m else ""
+        log.warning(
+            f"{outputs['output']}: PSNR {worst:.1f} dB{where} is below {LOW_PSNR_DB:g} dB; the change may be visible "
+            f"(--min-psnr {LOW_PSNR_DB:g} keeps it above)"
+        )
     return 0
+
+
+def check_roles(image: np.ndarray, mask_labels: set[int], image_path: Path, mask_path: Path) -> None:
+    """Refuse a mask that is not a plausible label map, or image and mask given the other way round.
+
+    A mask with more than ``MAX_LABELS`` labels, or with at least as many distinct values as the
+    image has, is most likely an image (``--many-labels`` accepts a real many-label mask).
+    """
+    swapped = f"are IMAGE and MASK swapped? use --many-labels if {mask_path.name} really is a label map"
+    if len(mask_labels) > MAX_LABELS:
+        raise InputError(f"{mask_path}: mask has {len(mask_labels)} labels, more than a label map has ({swapped})")
+    if mask_labels and _distinct_values(image, more_than=len(mask_labels) + 1) <= len(mask_labels) + 1:
+        raise InputError(f"{image_path}: image has no more distinct values than the mask has labels; it looks like a "
+                         f"label map ({swapped})")  # fmt: skip
+
+
+def _distinct_values(array: np.ndarray, more_than: int) -> int:
+    """Number of distinct values in ``array``; a strided sample answers first when it already has enough."""
+    flat = array.ravel()
+    sample = np.unique(flat[:: max(flat.size // 100_000, 1)])
+    return sample.size if sample.size > more_than else np.unique(flat).size
+
+
+def device_line(device: str) -> str:
+    """The console line naming the device a run uses."""
+    from ..devices import describe_device, resolve_device
+
+    return f"device: {describe_device(resolve_device(device))}"
+
+
+def _write_image(protected: np.ndarray, image, image_path: Path, output: Path, overwrite: bool) -> Path:
+    """The protected image in the output's format (TIFF keeps the source file's resolution tags)."""
+    if raster.is_tiff(output):
+        return raster.write_tiff_like(protected, image_path, output, overwrite=overwrite)
+    return io.write_like(protected, image, output, overwrite=overwrite, endings=raster.output_endings(image_path))
+
+
+def _save_heatmap(args: argparse.Namespace, image, tags: dict, array: np.ndarray, result, spacing, path: Path) -> Path:
+    """The heatmap preview in the chosen display window, of the chosen (default: most changed) slice."""
+    window = choose_window(array, args.window, tags.get("window"), tags.get("modality"))
+    return save_heatmap_png(
+        array, result.protected, result.region, path, result.metrics, result.slice_axis, spacing=spacing,
+        direction=image.GetDirection(), window=window, units=intensity_units(array, tags.get("modality")),
+        slice_index=args.slice, overwrite=args.overwrite,
+    )  # fmt: skip
+
+
+def dicom_display_tags(image_path: Path, series_uid: str | None = None) -> dict:
+    """Modality and first display window (centre, width) of a DICOM series folder; empty for other inputs."""
+    if not image_path.is_dir():
+        return {}
+    import SimpleITK as sitk
+
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(image_path), *([series_uid] if series_uid else []))
+    if not files:
+        return {}
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    reader.ReadImageInformation()
+    tag = lambda key: reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else None
+    tags = {"modality": tag("0008|0060")}
+    try:
+        centre, width = (float(tag(key).split("\\")[0]) for key in ("0028|1050", "0028|1051"))
+    except (AttributeError, ValueError):
+        return tags
+    if width > 0:
+        tags["window"] = (centre, width)
+    return tags
+
+
+@contextlib.contextmanager
+def _all_or_nothing() -> Iterator[list[Path]]:
+    """Collect the outputs a run writes; if a later one fails, remove the earlier ones."""
+    written: list[Path] = []
+    try:
+        yield written
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _window_option(text: str) -> str | tuple[float, float]:
+    try:
+        return parse_window(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _check_outputs(args: argparse.Namespace, inputs: list[Path]) -> dict[str, Path]:
     """Validate every output path before any work: format, writable folder, no clobbering, not an input."""
-    outputs = {"output": io.check_output_path(args.output, args.overwrite)}
+    outputs = {"output": io.check_output_path(args.output, args.overwrite, endings=raster.output_endings(inputs[0]))}
     if args.heatmap:
         outputs["heatmap"] = io.check_output_path(args.heatmap, args.overwrite, endings=(".png",))
+    elif args.window != "auto" or args.slice is not None:
+        option = "slice" if args.slice is not None else "window"
+        raise InputError(f"--{option} applies to the --heatmap preview; add --heatmap")
     if args.report:
         outputs["report"] = io.check_output_path(args.report, args.overwrite, endings=(".json",))
     resolved_inputs = {p.resolve() for p in inputs}

@@ -8,7 +8,8 @@ import logging
 from ..dataset_protection import MANIFEST_NAME, protect_dataset
 from ..methods import DEFAULT_METHOD, method_names, setup_method
 from ..nnunet import read_dataset
-from .protect import add_protection_options, settings_from
+from ..records import CaseRecord
+from .protect import LOW_PSNR_DB, add_protection_options, device_line, settings_from
 
 log = logging.getLogger("umedprotect")
 
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = None if args.method == DEFAULT_METHOD else read_dataset(args.in_dir)
     setup = setup_method(args.method, settings, dataset)
     case_protector, parameters, protector_info, device = setup.case_protector, setup.parameters, setup.protector_info, setup.device
+    print(device_line(settings.device))
     manifest = protect_dataset(
         args.in_dir,
         args.output,
@@ -58,10 +60,43 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=not args.no_progress,
     )
-    done = [case for case in manifest.cases.values() if case.status == "protected"]
-    psnr = [image.worst_psnr_db for case in done for image in case.images]
-    summary = f"{args.output}: {len(done)} case(s) protected with {args.method}"
-    if psnr:
-        summary += f", PSNR min {min(psnr):.1f} dB (per image; per slice for volumes)"
-    print(summary)
+    print(case_table(manifest.cases))
+    print(summary_line(manifest.cases, args.output, args.method))
+    low = [cid for cid, e in manifest.cases.items() if e.status == "protected" and _worst_psnr(e) < LOW_PSNR_DB]
+    if low:
+        log.warning(
+            f"{len(low)} case(s) below {LOW_PSNR_DB:g} dB PSNR (worst slice): {', '.join(low)}; "
+            "the change may be visible"
+        )
     return 0
+
+
+def case_table(cases: dict[str, CaseRecord]) -> str:
+    """One row per case: status, PSNR in dB (mean over changed slices / worst slice), max change, seconds."""
+    header = f"{'case':<16}{'status':<14}{'PSNR mean':>10}{'worst slice':>12}{'max change':>12}{'seconds':>9}"
+    lines = [header, "-" * len(header)]
+    for case_id, entry in cases.items():
+        if entry.status != "protected" or not entry.images:
+            lines.append(f"{case_id:<16}{entry.status:<14}")
+            continue
+        psnr = min(i.psnr_db if i.psnr_db_slice_mean is None else i.psnr_db_slice_mean for i in entry.images)
+        change = max(i.max_abs_change for i in entry.images)
+        seconds = entry.seconds or 0
+        lines.append(f"{case_id:<16}{'protected':<14}{psnr:>10.1f}{_worst_psnr(entry):>12.1f}{change:>12.4g}{seconds:>9.1f}")
+    return "\n".join(lines)
+
+
+def summary_line(cases: dict[str, CaseRecord], output: str, method: str) -> str:
+    """Cases protected, skipped and copied, the lowest PSNR and the total time."""
+    done = [e for e in cases.values() if e.status == "protected"]
+    others = sorted({e.status for e in cases.values()} - {"protected"})
+    counts = "".join(f", {sum(e.status == s for e in cases.values())} {s.replace('_', ' ')}" for s in others)
+    text = f"{output}: {len(done)} of {len(cases)} case(s) protected with {method}{counts}"
+    if done:
+        text += f"; PSNR min {min(_worst_psnr(e) for e in done):.1f} dB (worst slice of a volume)"
+        text += f"; {sum(e.seconds or 0 for e in done):.1f} s"
+    return text
+
+
+def _worst_psnr(entry: CaseRecord) -> float:
+    return min(image.worst_psnr_db for image in entry.images or [])
