@@ -7,6 +7,7 @@ the reference geometry and pixel type before they are renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -36,6 +37,7 @@ BYTES_PER_VOXEL_OVERHEAD = 48  # working arrays of protect_array and the metrics
 MEMORY_ENV = "UMEDPROTECT_MEMORY_LIMIT_MB"  # overrides the available-memory reading (for tests)
 RESAMPLE_HINT = " (use --resample-mask to resample it onto the image grid)"
 NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy type
+FRAME_OF_REFERENCE_TAG = "0020|0052"  # DICOM FrameOfReferenceUID, kept on images read from DICOM
 
 
 def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:
@@ -48,20 +50,28 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
-        files = _dicom_series_files(path, series_uid)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
+        from .dicom_series import decoded_files
+
+        files = dicom_series_files(path, series_uid)
+        opened = decoded_files(files)
     else:
         if series_uid is not None:
             raise InputError(f"{path}: --series-uid applies to DICOM folders only")
-        files = [str(path)]
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-    _check_header(path, files)
-    try:
-        image = reader.Execute()
-    except RuntimeError:
-        raise InputError(f"{path}: cannot read the image data (file truncated or corrupt)") from None
+        opened = contextlib.nullcontext([str(path)])
+    with opened as files:
+        _check_header(path, files)
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(files)
+        else:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(files[0])
+        try:
+            image = reader.Execute()
+        except RuntimeError:
+            raise InputError(f"{path}: cannot read the image data (file truncated or corrupt)") from None
+        if path.is_dir():
+            _keep_frame_of_reference(image, files[0])
     _check_structure(path, image)
     _check_values(path, image)
     return image
@@ -80,17 +90,27 @@ def read_label(
     reference: sitk.Image | sitk.ImageFileReader,
     resample: bool = False,
     hint: str = RESAMPLE_HINT,
+    segments: list[str] | None = None,
 ) -> sitk.Image:
-    """Read a label map (or a Slicer ``.seg.nrrd``) on the grid of ``reference`` (an image or a header).
+    """Read a label map (a Slicer ``.seg.nrrd``, a DICOM SEG or RTSTRUCT) on the grid of ``reference`` (an image or a header).
 
     Size or geometry differences beyond a small tolerance are an InputError unless ``resample``,
     which resamples the mask onto the image grid with nearest neighbour. ``.seg.nrrd`` segments
-    become labels 1, 2, ... in file order and are always resampled onto the image grid.
+    become labels 1, 2, ... in file order and are always resampled onto the image grid; so are the
+    segments of a DICOM SEG and the ROIs of an RTSTRUCT (labels: their segment or ROI numbers;
+    ``segments`` selects some by name or number, see :mod:`dicom_masks`).
     Within tolerance, the reference's geometry is copied onto the mask. ``hint`` ends mismatch messages.
     """
+    from . import dicom_masks
+
     path = Path(path)
+    frame = frame_of_reference(reference)
     if isinstance(reference, sitk.ImageFileReader):
         reference = _grid_of(reference)
+    if dicom_masks.mask_kind(path):
+        return _resample_like(dicom_masks.read_mask(path, reference, frame, segments), reference, path)
+    if segments is not None:
+        raise InputError(f"{path}: applies to DICOM SEG and RTSTRUCT masks only", option="segments")
     if path.name.lower().endswith(SEGMENTATION_ENDING):
         return _resample_like(_read_segmentation(path), reference, path)
     if not path.exists():
@@ -159,6 +179,11 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False, endings:
         raise InputError(f"{path}: output already exists (use --overwrite to replace it)")
     check_writable_dir(path.parent)
     return path
+
+
+def is_dicom_output(output: str | os.PathLike, output_format: str = "auto") -> bool:
+    """Whether ``output`` is a DICOM series folder: format ``dicom``, or an existing folder, or a name ending with /."""
+    return output_format == "dicom" or str(output).endswith(("/", os.sep)) or Path(output).is_dir()
 
 
 def check_writable_dir(folder: str | os.PathLike) -> Path:
@@ -317,7 +342,8 @@ def software_versions() -> dict[str, str]:
     }
 
 
-def _dicom_series_files(folder: Path, series_uid: str | None) -> list[str]:
+def dicom_series_files(folder: Path, series_uid: str | None) -> list[str]:
+    """The files of a DICOM series in a folder, in SimpleITK's slice order (the only series, or ``series_uid``)."""
     uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not uids:
         raise InputError(f"{folder}: folder holds no DICOM series (a mask or image must be a file or a DICOM folder)")
@@ -330,6 +356,20 @@ def _dicom_series_files(folder: Path, series_uid: str | None) -> list[str]:
     elif series_uid not in uids:
         raise InputError(f"{folder}: no DICOM series {series_uid!r} here (found {', '.join(uids)})")
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+
+
+def frame_of_reference(image: sitk.Image | sitk.ImageFileReader) -> str | None:
+    """The DICOM FrameOfReferenceUID of an image read from DICOM, or None."""
+    if image.HasMetaDataKey(FRAME_OF_REFERENCE_TAG):
+        return image.GetMetaData(FRAME_OF_REFERENCE_TAG).strip().rstrip("\0") or None
+    return None
+
+
+def _keep_frame_of_reference(image: sitk.Image, first_file: str) -> None:
+    """Copy the series' FrameOfReferenceUID onto the image (SimpleITK's series reader drops the tags)."""
+    uid = frame_of_reference(_read_information(first_file))
+    if uid:
+        image.SetMetaData(FRAME_OF_REFERENCE_TAG, uid)
 
 
 def _read_information(path: str | os.PathLike) -> sitk.ImageFileReader:

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .. import io
+from .. import dicom_series, io
 from ..errors import InputError
 from ..methods import DEFAULT_METHOD, setup_method
 from ..metrics import psnr_text
 from ..settings import DEVICE_CHOICES, OPTIONS, ProtectionSettings
+
+OUTPUT_FORMATS = ("auto", "dicom")
 
 log = logging.getLogger("umedprotect")
 
@@ -28,12 +30,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Voxels outside ROI + band are bit-identical to the input; the output keeps size, spacing, origin, "
             "direction and pixel type. IMAGE: any SimpleITK format (NIfTI, NRRD, MHA, ...) or a DICOM series "
             "folder. MASK: a label map (every non-zero label is protected unless --labels) or a Slicer .seg.nrrd "
-            "(segments become labels 1, 2, ... in file order). OUTPUT: .nii.gz, .nii, .nrrd or .mha."
+            "(segments become labels 1, 2, ... in file order), a DICOM SEG or an RTSTRUCT (segment and ROI numbers become labels; "
+            "choose some with --segments). OUTPUT: .nii.gz, .nii, .nrrd or .mha, or a folder (existing, or ending with /) "
+            "for a protected DICOM series beside the source series (DICOM IMAGE only)."
         ),
     )
     parser.add_argument("image", metavar="IMAGE", help="image file or DICOM series folder")
-    parser.add_argument("mask", metavar="MASK", help="label map file or Slicer .seg.nrrd on the image")
-    parser.add_argument("-o", "--output", metavar="OUTPUT", required=True, help="protected image file to write")
+    parser.add_argument("mask", metavar="MASK", help="label map file, Slicer .seg.nrrd, DICOM SEG or RTSTRUCT on the image")
+    parser.add_argument("-o", "--output", metavar="OUTPUT", required=True, help="protected image file or DICOM folder to write")
+    parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default="auto", help="dicom: write a DICOM series into the OUTPUT folder; auto (default): a DICOM series when OUTPUT is a folder, else the format of OUTPUT's extension")
+    parser.add_argument("--segments", type=parse_segments, metavar="NAMES", help="DICOM SEG segments or RTSTRUCT ROIs to read from MASK, by name or number, e.g. 'Liver,Tumor' (default: all)")
     add_protection_options(parser)
     parser.add_argument("--heatmap", metavar="PNG", help="also write a preview: original | |perturbation| | protected")
     parser.add_argument("--report", metavar="JSON", help="also write a JSON report (inputs, hashes, parameters, metrics)")
@@ -57,6 +63,13 @@ def add_protection_options(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(option.flag, type=option.kind, default=option.default, metavar="N", help=option.help)
     parser.add_argument("--allow-empty", action="store_true", help="write images whose mask is empty unchanged (default: refuse/skip them with a warning)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
+
+
+def parse_segments(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give segment names or numbers, e.g. Liver,Tumor")
+    return names
 
 
 def parse_labels(text: str) -> list[int]:
@@ -86,9 +99,13 @@ def settings_from(args: argparse.Namespace) -> ProtectionSettings:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     image_path, mask_path = Path(args.image), Path(args.mask)
-    outputs = _check_outputs(args, [image_path, mask_path])
+    dicom_output = io.is_dicom_output(args.output, args.output_format)
+    if dicom_output and not image_path.is_dir():
+        raise InputError(f"{image_path}: a DICOM output needs a DICOM series folder as IMAGE (its tags are copied)")
+    outputs = _check_outputs(args, [image_path, mask_path], dicom_output)
     image = io.read_image(image_path, args.series_uid)
-    label_image = io.read_label(mask_path, image, resample=args.resample_mask)
+    source = dicom_series.read_source(image_path, args.series_uid) if dicom_output else None
+    label_image = io.read_label(mask_path, image, resample=args.resample_mask, segments=args.segments)
     array, spacing = io.to_array(image)
     labels, _ = io.to_array(label_image)
     present = {int(v) for v in np.unique(labels)} - {0}
@@ -113,7 +130,12 @@ def run(args: argparse.Namespace) -> int:
         result = case_protector(array, labels, spacing=spacing, progress=progress)  # empty mask: image unchanged
     protect_s = time.perf_counter() - started - read_s
 
-    io.write_like(result.protected, image, outputs["output"], overwrite=args.overwrite)
+    if dicom_output:
+        sha = protector_info["sha256"] if protector_info else None
+        description = dicom_series.derivation_description(setup.method, parameters, sha)
+        dicom_series.write_series(result.protected, image, source, outputs["output"], description, overwrite=args.overwrite)
+    else:
+        io.write_like(result.protected, image, outputs["output"], overwrite=args.overwrite)
     if args.heatmap:
         from ..preview import save_heatmap_png
 
@@ -125,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
                 "image": {"path": str(image_path), "sha256": io.input_sha256(image_path), **io.image_info(image)},
                 "mask": {"path": str(mask_path), "sha256": io.input_sha256(mask_path), "labels": sorted(present), "resampled": args.resample_mask},
             },
-            "output": {"path": str(outputs["output"]), "sha256": io.sha256(outputs["output"])},
+            "output": {"path": str(outputs["output"]), "sha256": io.input_sha256(outputs["output"])},
             "heatmap": str(outputs["heatmap"]) if args.heatmap else None,
             "parameters": parameters,
             "protector": protector_info,
@@ -140,9 +162,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_outputs(args: argparse.Namespace, inputs: list[Path]) -> dict[str, Path]:
+def _check_outputs(args: argparse.Namespace, inputs: list[Path], dicom_output: bool) -> dict[str, Path]:
     """Validate every output path before any work: format, writable folder, no clobbering, not an input."""
-    outputs = {"output": io.check_output_path(args.output, args.overwrite)}
+    check = dicom_series.check_output_folder if dicom_output else io.check_output_path
+    outputs = {"output": check(args.output, args.overwrite)}
     if args.heatmap:
         outputs["heatmap"] = io.check_output_path(args.heatmap, args.overwrite, endings=(".png",))
     if args.report:
