@@ -201,7 +201,7 @@ def _derived(header, stored: np.ndarray, series_uid: str, description: str):
     """A copy of the source header with the protected pixels and the attributes of a derived instance."""
     import copy
 
-    from pydicom.dataset import Dataset
+    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     from . import __version__
@@ -217,7 +217,9 @@ def _derived(header, stored: np.ndarray, series_uid: str, description: str):
     dataset.PixelData = stored.tobytes()
     dataset["PixelData"].VR = "OB" if stored.dtype.itemsize == 1 else "OW"
     dataset.SeriesInstanceUID = series_uid
-    dataset.SOPInstanceUID = _uid(header.SOPInstanceUID, description)
+    meta = header.file_meta  # some anonymisers leave the SOP UIDs in the file meta only
+    dataset.SOPClassUID = header.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
+    dataset.SOPInstanceUID = _uid(header.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID"), description)
     image_type = header.get("ImageType", ["DERIVED", "SECONDARY"])
     dataset.ImageType = ["DERIVED", *([] if isinstance(image_type, str) else list(image_type)[1:])]
     previous = header.get("DerivationDescription")
@@ -233,12 +235,12 @@ def _derived(header, stored: np.ndarray, series_uid: str, description: str):
     equipment.ContributionDescription = description[:SHORT_TEXT_MAX]
     equipment.PurposeOfReferenceCodeSequence = [purpose]
     dataset.ContributingEquipmentSequence = [*header.get("ContributingEquipmentSequence", []), equipment]
-    meta = dataset.file_meta
-    meta.MediaStorageSOPClassUID = dataset.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = f"UMEDPROTECT_{__version__}"[:16]
+    dataset.file_meta = FileMetaDataset()  # written by this software: nothing of the source's file meta applies
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    dataset.file_meta.ImplementationVersionName = f"UMEDPROTECT{__version__}"[:16]
     return dataset
 
 
