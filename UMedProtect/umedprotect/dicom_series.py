@@ -57,7 +57,7 @@ def decoded_files(files: Sequence[str]) -> Iterator[list[str]]:
             try:
                 dataset.decompress(generate_instance_uid=False)
             except Exception as exc:  # pydicom's plugins raise many types for undecodable data
-                reason = " ".join(str(exc).split())[:120]
+                reason = str(exc).strip().splitlines()[-1].strip()[:160]  # pydicom: one line per decoder tried
                 raise InputError(f"{name}: cannot decode its {syntax.name} pixel data ({reason})") from None
             temporary = temporary or Path(tempfile.mkdtemp(prefix="umedprotect-decoded-"))
             readable[index] = str(temporary / f"{index:05d}.dcm")

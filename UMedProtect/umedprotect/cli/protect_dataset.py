@@ -6,9 +6,10 @@ import argparse
 import logging
 
 from ..dataset_protection import MANIFEST_NAME, protect_dataset
+from ..errors import InputError
 from ..methods import DEFAULT_METHOD, method_names, setup_method
 from ..nnunet import read_dataset
-from .protect import add_protection_options, settings_from
+from .protect import OUTPUT_FORMATS, add_protection_options, settings_from
 
 log = logging.getLogger("umedprotect")
 
@@ -37,11 +38,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "which take --epsilon, --device and --seed but not --protector, --band-radius, --labels or --min-psnr)",
     )
     add_protection_options(parser)
+    parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default="auto", help="auto (default): the dataset's own file format; dicom is refused: nnU-Net datasets hold image files, so protect DICOM series one at a time with 'umedprotect protect'")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output_format == "dicom":
+        raise InputError(
+            "dicom: nnU-Net datasets hold image files (dataset.json file_ending), not DICOM series; "
+            "protect each series with 'umedprotect protect SERIES MASK -o OUT_DIR/'",
+            option="output_format",
+        )
     settings = settings_from(args)
     dataset = None if args.method == DEFAULT_METHOD else read_dataset(args.in_dir)
     setup = setup_method(args.method, settings, dataset)
