@@ -201,6 +201,8 @@ def write_ct_series(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = intercept, slope, "HU"
         ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.SmallestImagePixelValue, ds.LargestImagePixelValue = int(plane.min()), int(plane.max())
+        ds["SmallestImagePixelValue"].VR = ds["LargestImagePixelValue"].VR = "US"
         ds.add_new(0x00090010, "LO", "ACME")  # private creator
         ds.add_new(0x00091001, "LO", "vendor detail")
         ds.PixelData = plane.tobytes()

@@ -579,7 +579,8 @@ def rtstruct_roi_name_not_found(tmp, protector):
 def dicom_compressed_pixel_data_undecodable(tmp, protector):
     image, mask, out = base(tmp)
     (tmp / "in" / "jpeg").mkdir()
-    (tmp / "in" / "jpeg" / "slice.dcm").write_bytes((Path(pydicom.__file__).parent / "data" / "test_files" / "JPEG-lossy.dcm").read_bytes())
+    corrupt_jpeg = Path(pydicom.__file__).parent / "data" / "test_files" / "JPEG-lossy.dcm"  # pydicom's own test file
+    (tmp / "in" / "jpeg" / "slice.dcm").write_bytes(corrupt_jpeg.read_bytes())
     return protect_argv(tmp / "in" / "jpeg", mask, out, protector)
 
 

@@ -135,7 +135,8 @@ def test_protect_a_series_with_a_seg_into_a_dicom_series(two_structures, tmp_pat
     series, liver, tumor = two_structures
     seg = write_seg(series, liver * 1 + tumor * 2, ["Liver", "Tumor"], tmp_path / "seg.dcm")
     out = tmp_path / "out"
-    argv = ["protect", str(series), str(seg), "-o", f"{out}/", "--protector", str(protector_file), "--segments", "Tumor"]
+    argv = ["protect", str(series), str(seg), "-o", f"{out}/", "--protector", str(protector_file)]
+    argv += ["--segments", "Tumor"]
     assert main(argv) == 0
     protected = sitk.GetArrayFromImage(io.read_image(out))
     changed = protected != sitk.GetArrayFromImage(io.read_image(series))

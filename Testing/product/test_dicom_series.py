@@ -18,7 +18,8 @@ from umedprotect.cli import main
 from umedprotect.errors import InputError
 
 CHANGED = {"PixelData", "SeriesInstanceUID", "SOPInstanceUID", "ImageType", "DerivationDescription",
-           "ContributingEquipmentSequence", "SeriesDescription"}  # fmt: skip
+           "ContributingEquipmentSequence", "SeriesDescription", "SmallestImagePixelValue",
+           "LargestImagePixelValue"}  # fmt: skip
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
@@ -76,6 +77,7 @@ def test_protected_series_keeps_every_tag_but_what_must_change(ct_series, protec
         assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
         stored, original = output.pixel_array, source.pixel_array
         assert stored.dtype == original.dtype  # unsigned 16-bit, 12 bits stored
+        assert (output.SmallestImagePixelValue, output.LargestImagePixelValue) == (stored.min(), stored.max())
         assert np.array_equal(stored * 1.0 - 1024, read_series(tmp_path / "out")[sources.index(source)])
         assert (stored != original).sum() < stored.size // 4  # only the ROI and its band change
 
@@ -116,7 +118,8 @@ def test_compressed_series_read_like_uncompressed_and_written_uncompressed(synta
     mask = write_mask(labels, tmp_path / "plain", tmp_path / "mask.nii.gz")
     assert protect(tmp_path / "packed", mask, f"{tmp_path / 'out'}/", protector_file) == 0
     assert protect(tmp_path / "plain", mask, tmp_path / "plain.nii.gz", protector_file) == 0
-    assert np.array_equal(read_series(tmp_path / "out"), sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "plain.nii.gz"))))
+    from_nifti = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "plain.nii.gz")))
+    assert np.array_equal(read_series(tmp_path / "out"), from_nifti)
     assert {pydicom.dcmread(p).file_meta.TransferSyntaxUID for p in (tmp_path / "out").iterdir()} == {
         pydicom.uid.ExplicitVRLittleEndian
     }
@@ -165,7 +168,8 @@ def test_dicom_output_needs_a_dicom_image(tmp_path, protector_file, capsys):
 @pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian package dicom3tools) is not installed")
 def test_dciodvfy_finds_no_new_error_in_a_protected_file(ct_series, protector_file, tmp_path):
     series, hu, labels = ct_series
-    assert protect(series, write_mask(labels, series, tmp_path / "mask.nii.gz"), f"{tmp_path / 'out'}/", protector_file) == 0
+    mask = write_mask(labels, series, tmp_path / "mask.nii.gz")
+    assert protect(series, mask, f"{tmp_path / 'out'}/", protector_file) == 0
 
     def errors(path: Path) -> set[str]:
         run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)

@@ -94,6 +94,8 @@ def _read_seg(path: Path, reference: sitk.Image, image_frame: str | None, segmen
     except Exception as exc:  # noqa: BLE001 - highdicom/pydicom raise many types for malformed files
         raise InputError(f"{path}: not a readable DICOM SEG ({type(exc).__name__})") from None
     _check_frame(path, str(seg.get("FrameOfReferenceUID", "")) or None, image_frame)
+    if seg.segmentation_type != hd.seg.SegmentationTypeValues.BINARY:
+        raise InputError(f"{path}: a {seg.segmentation_type.value} SEG holds no labels; threshold it into a BINARY SEG")
     available = {n: seg.get_segment_description(n).segment_label for n in seg.segment_numbers}
     numbers = _select(path, "segment", available, segments)
     try:
@@ -113,7 +115,9 @@ def _read_rtstruct(
     try:
         structure_set = pydicom.dcmread(path)
         rois = {int(roi.ROINumber): roi for roi in structure_set.StructureSetROISequence}
-        contours = {int(item.ReferencedROINumber): item.get("ContourSequence", []) for item in structure_set.ROIContourSequence}
+        contours = {
+            int(item.ReferencedROINumber): item.get("ContourSequence", []) for item in structure_set.ROIContourSequence
+        }
     except Exception as exc:  # noqa: BLE001 - pydicom raises many types for malformed files
         raise InputError(f"{path}: not a readable RT Structure Set ({type(exc).__name__})") from None
     numbers = _select(path, "ROI", {n: str(roi.ROIName) for n, roi in rois.items()}, segments)
@@ -135,7 +139,8 @@ def _read_rtstruct(
                 continue  # between slices or outside the image
             polygons.setdefault(round(k), []).append(np.round(indices[:, :2]).astype(np.int32))
         if not polygons:
-            raise InputError(f"{path}: ROI {rois[number].ROIName!r} has no contour on this image's slices", option="segments")
+            name = rois[number].ROIName
+            raise InputError(f"{path}: ROI {name!r} has no contour on this image's slices", option="segments")
         for k, slice_polygons in polygons.items():
             cv2.fillPoly(drawn[k], slice_polygons, 1)
         labels[drawn > 0] = number

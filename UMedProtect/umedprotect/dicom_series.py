@@ -104,7 +104,7 @@ def check_output_folder(path: str | os.PathLike, overwrite: bool = False) -> Pat
         if entries and not overwrite:
             raise InputError(f"{path}: output folder is not empty (use --overwrite to replace the DICOM files in it)")
         if any(not (entry.is_file() and entry.suffix.lower() == ".dcm") for entry in entries):
-            raise InputError(f"{path}: output folder holds files other than a DICOM series; choose an empty or new folder")
+            raise InputError(f"{path}: output folder holds files other than a DICOM series; choose an empty or new one")
         if not os.access(path, os.W_OK | os.X_OK):
             raise InputError(f"{path}: output folder is not writable")
     check_writable_dir(path.parent)
@@ -154,7 +154,8 @@ def write_series(
         written = _read_back(staging)
         problem = geometry_difference(written, reference)
         if problem or not np.array_equal(sitk.GetArrayViewFromImage(written).reshape(protected.shape), protected):
-            raise RuntimeError(f"{folder}: the written series does not read back as the protected image ({problem or 'voxels differ'})")
+            problem = problem or "voxels differ"
+            raise RuntimeError(f"{folder}: the written series does not read back as the protected image ({problem})")
         _move_into_place(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -92,7 +92,7 @@ def read_label(
     hint: str = RESAMPLE_HINT,
     segments: list[str] | None = None,
 ) -> sitk.Image:
-    """Read a label map (a Slicer ``.seg.nrrd``, a DICOM SEG or RTSTRUCT) on the grid of ``reference`` (an image or a header).
+    """Read a label map (or a Slicer ``.seg.nrrd``, DICOM SEG or RTSTRUCT) on the grid of ``reference`` (or a header).
 
     Size or geometry differences beyond a small tolerance are an InputError unless ``resample``,
     which resamples the mask onto the image grid with nearest neighbour. ``.seg.nrrd`` segments

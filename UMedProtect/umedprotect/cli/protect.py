@@ -30,16 +30,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Voxels outside ROI + band are bit-identical to the input; the output keeps size, spacing, origin, "
             "direction and pixel type. IMAGE: any SimpleITK format (NIfTI, NRRD, MHA, ...) or a DICOM series "
             "folder. MASK: a label map (every non-zero label is protected unless --labels) or a Slicer .seg.nrrd "
-            "(segments become labels 1, 2, ... in file order), a DICOM SEG or an RTSTRUCT (segment and ROI numbers become labels; "
-            "choose some with --segments). OUTPUT: .nii.gz, .nii, .nrrd or .mha, or a folder (existing, or ending with /) "
-            "for a protected DICOM series beside the source series (DICOM IMAGE only)."
+            "(segments become labels 1, 2, ... in file order), a DICOM SEG or an RTSTRUCT (segment and ROI numbers "
+            "become labels; choose some with --segments). OUTPUT: .nii.gz, .nii, .nrrd or .mha, or a folder (existing, "
+            "or ending with /) for a protected DICOM series that files beside the source series (DICOM IMAGE only)."
         ),
     )
     parser.add_argument("image", metavar="IMAGE", help="image file or DICOM series folder")
-    parser.add_argument("mask", metavar="MASK", help="label map file, Slicer .seg.nrrd, DICOM SEG or RTSTRUCT on the image")
-    parser.add_argument("-o", "--output", metavar="OUTPUT", required=True, help="protected image file or DICOM folder to write")
-    parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default="auto", help="dicom: write a DICOM series into the OUTPUT folder; auto (default): a DICOM series when OUTPUT is a folder, else the format of OUTPUT's extension")
-    parser.add_argument("--segments", type=parse_segments, metavar="NAMES", help="DICOM SEG segments or RTSTRUCT ROIs to read from MASK, by name or number, e.g. 'Liver,Tumor' (default: all)")
+    parser.add_argument("mask", metavar="MASK", help="label map, Slicer .seg.nrrd, DICOM SEG or RTSTRUCT file")
+    parser.add_argument("-o", "--output", metavar="OUTPUT", required=True, help="protected image file or DICOM folder")
+    parser.add_argument(
+        "--output-format", choices=OUTPUT_FORMATS, default="auto",
+        help="dicom: a DICOM series in the OUTPUT folder; auto (default): a DICOM series when OUTPUT is a folder, "
+        "else the format of OUTPUT's extension",
+    )  # fmt: skip
+    parser.add_argument(
+        "--segments", type=parse_segments, metavar="NAMES",
+        help="DICOM SEG segments or RTSTRUCT ROIs to read from MASK, by name or number, e.g. Liver,Tumor "
+        "(default: all)",
+    )  # fmt: skip
     add_protection_options(parser)
     parser.add_argument("--heatmap", metavar="PNG", help="also write a preview: original | |perturbation| | protected")
     parser.add_argument("--report", metavar="JSON", help="also write a JSON report (inputs, hashes, parameters, metrics)")
@@ -103,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
     if dicom_output and not image_path.is_dir():
         raise InputError(f"{image_path}: a DICOM output needs a DICOM series folder as IMAGE (its tags are copied)")
     outputs = _check_outputs(args, [image_path, mask_path], dicom_output)
-    image = io.read_image(image_path, args.series_uid)
     source = dicom_series.read_source(image_path, args.series_uid) if dicom_output else None
+    image = io.read_image(image_path, args.series_uid)
     label_image = io.read_label(mask_path, image, resample=args.resample_mask, segments=args.segments)
     array, spacing = io.to_array(image)
     labels, _ = io.to_array(label_image)
@@ -133,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     if dicom_output:
         sha = protector_info["sha256"] if protector_info else None
         description = dicom_series.derivation_description(setup.method, parameters, sha)
-        dicom_series.write_series(result.protected, image, source, outputs["output"], description, overwrite=args.overwrite)
+        dicom_series.write_series(result.protected, image, source, outputs["output"], description, args.overwrite)
     else:
         io.write_like(result.protected, image, outputs["output"], overwrite=args.overwrite)
     if args.heatmap:

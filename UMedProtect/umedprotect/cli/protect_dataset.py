@@ -38,7 +38,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "which take --epsilon, --device and --seed but not --protector, --band-radius, --labels or --min-psnr)",
     )
     add_protection_options(parser)
-    parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default="auto", help="auto (default): the dataset's own file format; dicom is refused: nnU-Net datasets hold image files, so protect DICOM series one at a time with 'umedprotect protect'")
+    parser.add_argument(
+        "--output-format", choices=OUTPUT_FORMATS, default="auto",
+        help="auto (default): the dataset's own file format. dicom is refused: nnU-Net datasets hold image files, "
+        "so protect DICOM series one at a time with 'umedprotect protect'",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
