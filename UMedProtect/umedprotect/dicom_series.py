@@ -49,14 +49,13 @@ def decoded_files(files: Sequence[str]) -> Iterator[list[str]]:
     readable, temporary = list(files), None
     try:
         for index, name in enumerate(files):
-            header = pydicom.dcmread(name, stop_before_pixels=True)
-            syntax = header.file_meta.get("TransferSyntaxUID")
+            syntax = read_header(name).file_meta.get("TransferSyntaxUID")
             if syntax is None or not syntax.is_compressed:
                 continue
             dataset = pydicom.dcmread(name)
             try:
                 dataset.decompress(generate_instance_uid=False)
-            except Exception as exc:  # pydicom's plugins raise many types for undecodable data
+            except Exception as exc:  # noqa: BLE001 - pydicom's plugins raise many types for undecodable data
                 reason = str(exc).strip().splitlines()[-1].strip()[:160]  # pydicom: one line per decoder tried
                 raise InputError(f"{name}: cannot decode its {syntax.name} pixel data ({reason})") from None
             temporary = temporary or Path(tempfile.mkdtemp(prefix="umedprotect-decoded-"))
@@ -66,6 +65,16 @@ def decoded_files(files: Sequence[str]) -> Iterator[list[str]]:
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
+
+
+def read_header(name: str):
+    """A DICOM file's attributes without its pixel data (files without a preamble or file meta too)."""
+    import pydicom
+
+    try:
+        return pydicom.dcmread(name, stop_before_pixels=True, force=True)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for malformed files
+        raise InputError(f"{name}: not a readable DICOM file ({type(exc).__name__})") from None
 
 
 @dataclass(frozen=True)
@@ -79,12 +88,10 @@ class SeriesSource:
 def read_source(folder: str | os.PathLike, series_uid: str | None = None) -> SeriesSource:
     """The series a protected series is derived from, checked before any work: single-frame grey-level slices
     whose protected values can be stored back (integer rescale, 8, 16 or 32 bits allocated)."""
-    import pydicom
-
     from .io import dicom_series_files
 
     files = dicom_series_files(Path(folder), series_uid)
-    headers = [pydicom.dcmread(name, stop_before_pixels=True) for name in files]
+    headers = [read_header(name) for name in files]
     for name, header in zip(files, headers):
         problem = _storage_problem(header)
         if problem:
