@@ -142,3 +142,13 @@ def test_protect_a_series_with_a_seg_into_a_dicom_series(two_structures, tmp_pat
     changed = protected != sitk.GetArrayFromImage(io.read_image(series))
     near_tumor = binary_dilation(tumor, iterations=5)  # the ROI and its contour band
     assert changed.any() and not (changed & ~near_tumor).any()  # the liver segment was not selected
+
+
+def test_segments_apply_to_dicom_masks_only(ct_series, tmp_path, capsys):
+    series, hu, labels = ct_series
+    mask = sitk.GetImageFromArray(labels.astype(np.uint8))
+    mask.CopyInformation(io.read_image(series))
+    sitk.WriteImage(mask, str(tmp_path / "mask.nii.gz"))
+    assert main(["protect", str(series), str(tmp_path / "mask.nii.gz"), "-o", str(tmp_path / "p.nii.gz"),
+                 "--segments", "Liver"]) == 2  # fmt: skip
+    assert "--segments applies to DICOM SEG and RTSTRUCT masks only, not to" in capsys.readouterr().err

@@ -44,17 +44,20 @@ def mask_kind(path: str | os.PathLike) -> str | None:
 
 
 def read_mask(
-    path: str | os.PathLike, reference: sitk.Image, frame_of_reference: str | None, segments: Sequence[str] | None
+    path: str | os.PathLike,
+    kind: str,
+    reference: sitk.Image,
+    frame_of_reference: str | None,
+    segments: Sequence[str] | None,
 ) -> sitk.Image:
-    """A SEG or RTSTRUCT file as a label map (SEG: on its own grid; RTSTRUCT: on ``reference``'s grid).
+    """A SEG or RTSTRUCT file (``kind``, see :func:`mask_kind`) as a label map: a SEG on its own grid,
+    an RTSTRUCT on ``reference``'s grid.
 
     ``segments`` selects segments or ROIs by name (case-insensitive) or number; None takes all of them.
     ``frame_of_reference`` is the image's FrameOfReferenceUID when it was read from DICOM.
     """
-    path = Path(path)
-    kind = mask_kind(path)
     reader = {"SEG": _read_seg, "RTSTRUCT": _read_rtstruct}[kind]
-    return reader(path, reference, frame_of_reference, segments)
+    return reader(Path(path), reference, frame_of_reference, segments)
 
 
 def _select(path: Path, kind: str, available: dict[int, str], requested: Sequence[str] | None) -> list[int]:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from . import dicom_masks, dicom_series
 from .atomic import atomic_path
 from .errors import InputError
 
@@ -50,10 +51,8 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
-        from .dicom_series import decoded_files
-
         files = dicom_series_files(path, series_uid)
-        opened = decoded_files(files)
+        opened = dicom_series.decoded_files(files)
     else:
         if series_uid is not None:
             raise InputError(f"{path}: --series-uid applies to DICOM folders only")
@@ -101,16 +100,15 @@ def read_label(
     ``segments`` selects some by name or number, see :mod:`dicom_masks`).
     Within tolerance, the reference's geometry is copied onto the mask. ``hint`` ends mismatch messages.
     """
-    from . import dicom_masks
-
     path = Path(path)
     frame = frame_of_reference(reference)
     if isinstance(reference, sitk.ImageFileReader):
         reference = _grid_of(reference)
-    if dicom_masks.mask_kind(path):
-        return _resample_like(dicom_masks.read_mask(path, reference, frame, segments), reference, path)
+    kind = dicom_masks.mask_kind(path)
+    if kind:
+        return _resample_like(dicom_masks.read_mask(path, kind, reference, frame, segments), reference, path)
     if segments is not None:
-        raise InputError(f"{path}: applies to DICOM SEG and RTSTRUCT masks only", option="segments")
+        raise InputError(f"applies to DICOM SEG and RTSTRUCT masks only, not to {path}", option="segments")
     if path.name.lower().endswith(SEGMENTATION_ENDING):
         return _resample_like(_read_segmentation(path), reference, path)
     if not path.exists():
