@@ -1,10 +1,11 @@
 """Masks from DICOM: Segmentation (SEG) objects and RT Structure Sets (RTSTRUCT) as label maps.
 
 A SEG is read with highdicom: each selected segment becomes the label of its segment number.
-An RTSTRUCT is read with pydicom and its closed planar contours are rasterised on the image grid
-with OpenCV's polygon filling (the convention of rt-utils: vertices to the nearest pixel, boundary
-pixels inside), after SimpleITK maps their patient coordinates to voxel indices: each selected ROI
-becomes the label of its ROI number. Later ROIs in the selection win where ROIs overlap.
+An RTSTRUCT is read with pydicom; its closed planar contours are mapped from patient coordinates
+to voxel indices with the image's geometry and filled on their slice with OpenCV's polygon filling
+(the convention of rt-utils: vertices to the nearest pixel, boundary pixels inside): each selected
+ROI becomes the label of its ROI number. Later ROIs in the selection win where ROIs overlap;
+unselected ROIs without a contour on the image (markers, other scans) are left out.
 Either is refused when its FrameOfReferenceUID differs from a DICOM image's.
 """
 
@@ -128,6 +129,8 @@ def _read_rtstruct(
     if reference.GetDimension() != 3:
         raise InputError(f"{path}: an RT Structure Set needs a 3D image")
     labels = np.zeros(tuple(reversed(size)), dtype=_label_dtype(numbers))
+    index_to_point = np.array(reference.GetDirection()).reshape(3, 3) * np.array(reference.GetSpacing())
+    point_to_index, origin = np.linalg.inv(index_to_point), np.array(reference.GetOrigin())
     for number in numbers:
         _check_frame(path, str(rois[number].get("ReferencedFrameOfReferenceUID", "")) or None, image_frame)
         drawn = np.zeros_like(labels, dtype=np.uint8)
@@ -136,14 +139,15 @@ def _read_rtstruct(
             if contour.get("ContourGeometricType", "CLOSED_PLANAR") != "CLOSED_PLANAR":
                 continue  # points and open polylines enclose no area
             points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
-            indices = np.array([reference.TransformPhysicalPointToContinuousIndex(p.tolist()) for p in points])
+            indices = (points - origin) @ point_to_index.T  # continuous (i, j, k) voxel indices
             k = float(np.mean(indices[:, 2]))
             if abs(k - round(k)) > SLICE_TOLERANCE or not 0 <= round(k) < size[2]:
                 continue  # between slices or outside the image
             polygons.setdefault(round(k), []).append(np.round(indices[:, :2]).astype(np.int32))
         if not polygons:
-            name = rois[number].ROIName
-            raise InputError(f"{path}: ROI {name!r} has no contour on this image's slices", option="segments")
+            if segments is None:
+                continue  # markers and structures of other scans in an unselected RTSTRUCT
+            raise InputError(f"{path}: ROI {rois[number].ROIName!r} has no contour on this image's slices")
         for k, slice_polygons in polygons.items():
             cv2.fillPoly(drawn[k], slice_polygons, 1)
         labels[drawn > 0] = number
