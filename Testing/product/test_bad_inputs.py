@@ -577,7 +577,7 @@ def rtstruct_roi_name_not_found(tmp, protector):
 
 @bad("cannot decode its JPEG Extended (Process 2 and 4) pixel data")
 def dicom_compressed_pixel_data_undecodable(tmp, protector):
-    image, mask, out = base(tmp)
+    _, mask, out = base(tmp)
     (tmp / "in" / "jpeg").mkdir()
     corrupt_jpeg = Path(pydicom.__file__).parent / "data" / "test_files" / "JPEG-lossy.dcm"  # pydicom's own test file
     (tmp / "in" / "jpeg" / "slice.dcm").write_bytes(corrupt_jpeg.read_bytes())

@@ -9,9 +9,8 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from scipy.ndimage import binary_dilation
 from conftest import write_ct_series
-
+from scipy.ndimage import binary_dilation
 from umedprotect import io
 from umedprotect.cli import main
 from umedprotect.errors import InputError
@@ -27,10 +26,7 @@ def write_seg(series: Path, labels: np.ndarray, names: list[str], path: Path, fr
     from pydicom.sr.codedict import codes
 
     descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number, segment_label=name, segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue, algorithm_type="MANUAL",
-        )  # fmt: skip
+        hd.seg.SegmentDescription(number, name, codes.SCT.Tissue, codes.SCT.Tissue, algorithm_type="MANUAL")
         for number, name in enumerate(names, start=1)
     ]
     sources = source_datasets(series)
@@ -66,7 +62,7 @@ def label_array(mask_path: Path, series: Path, segments=None) -> np.ndarray:
 @pytest.fixture
 def two_structures(ct_series):
     """The CT series and two non-overlapping structures: a block ("Liver") and the phantom's lesions ("Tumor")."""
-    series, hu, lesions = ct_series
+    series, _, lesions = ct_series
     liver = np.zeros_like(lesions, dtype=bool)
     liver[1:4, 3:12, 18:29] = True
     tumor = (lesions > 0) & ~liver
@@ -82,7 +78,7 @@ def test_seg_segments_become_their_numbers_on_the_image_grid(two_structures, tmp
 
 
 def test_seg_of_a_subset_of_slices_lands_on_those_slices(two_structures, tmp_path):
-    series, liver, tumor = two_structures
+    series, liver, _ = two_structures
     only_middle = np.zeros_like(liver)
     only_middle[2] = liver[2]
     seg = write_seg(series, only_middle, ["Liver"], tmp_path / "seg.dcm")  # highdicom omits the empty frames
@@ -90,7 +86,7 @@ def test_seg_of_a_subset_of_slices_lands_on_those_slices(two_structures, tmp_pat
 
 
 def test_seg_on_another_frame_of_reference_is_refused(two_structures, tmp_path):
-    series, liver, tumor = two_structures
+    series, liver, _ = two_structures
     seg = write_seg(series, liver, ["Liver"], tmp_path / "seg.dcm", frame_uid="1.2.826.0.1.3680043.8.498.77")
     with pytest.raises(InputError, match="FrameOfReferenceUID 1.2.826.0.1.3680043.8.498.77 differs"):
         label_array(seg, series)
@@ -145,7 +141,7 @@ def test_protect_a_series_with_a_seg_into_a_dicom_series(two_structures, tmp_pat
 
 
 def test_segments_apply_to_dicom_masks_only(ct_series, tmp_path, capsys):
-    series, hu, labels = ct_series
+    series, _, labels = ct_series
     mask = sitk.GetImageFromArray(labels.astype(np.uint8))
     mask.CopyInformation(io.read_image(series))
     sitk.WriteImage(mask, str(tmp_path / "mask.nii.gz"))
