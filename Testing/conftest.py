@@ -161,12 +161,14 @@ def write_ct_series(
     bits_stored: int = 12,
     transfer_syntax: str = "1.2.840.10008.1.2.1",
     spacing=(0.7, 0.8, 2.5),
+    orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
     study_uid: str = "1.2.826.0.1.3680043.8.498.1",
     frame_uid: str = "1.2.826.0.1.3680043.8.498.2",
 ) -> list[Path]:
     """Write a (z, y, x) volume of HU values as a CT series with pydicom: unsigned stored values
     ``(hu - intercept) / slope``, a full CT Image header, a private tag, and the given transfer syntax
-    (compressed syntaxes are encoded by pydicom). Files are named in reverse slice order."""
+    (compressed syntaxes are encoded by pydicom). ``spacing`` is (row, column, slice) spacing; slices are
+    stacked along the normal of ``orientation``. Files are named in reverse slice order."""
     import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -175,6 +177,7 @@ def write_ct_series(
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = generate_uid(entropy_srcs=[str(folder), "series"])
     stored = np.rint((hu - intercept) / slope).astype(np.uint16)
+    normal = np.cross(orientation[:3], orientation[3:])
     assert stored.max() < 2**bits_stored and np.array_equal(stored * slope + intercept, hu)
     paths = []
     for z, plane in enumerate(stored):
@@ -193,8 +196,8 @@ def write_ct_series(
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = "1", 3, z + 1, 1
         ds.PatientPosition, ds.Laterality, ds.PositionReferenceIndicator, ds.KVP = "HFS", "", "", 120
-        ds.ImagePositionPatient = [-40.0, -30.0, 100.0 + z * spacing[2]]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.ImagePositionPatient = [float(v) for v in np.array([-40.0, -30.0, 100.0]) + z * spacing[2] * normal]
+        ds.ImageOrientationPatient = [float(v) for v in orientation]
         ds.SliceThickness, ds.PixelSpacing = spacing[2], [spacing[0], spacing[1]]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.Rows, ds.Columns = plane.shape

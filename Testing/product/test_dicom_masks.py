@@ -110,6 +110,20 @@ def test_rtstruct_rois_are_rasterised_back_to_the_drawn_masks(two_structures, tm
     assert np.array_equal(label_array(rtstruct, series, ["Tumor"]), tumor * 2)
 
 
+def test_seg_and_rtstruct_on_an_oblique_series(two_structures, tmp_path):
+    _, liver, tumor = two_structures
+    c, s = np.cos(0.4), np.sin(0.4)
+    series = tmp_path / "oblique"
+    write_ct_series(np.zeros(liver.shape) + np.arange(liver.shape[2]), series, spacing=(0.7, 0.7, 2.5),
+                    orientation=(c, s, 0.0, -s * 0.8, c * 0.8, 0.6))  # fmt: skip
+    assert not np.allclose(io.read_image(series).GetDirection(), np.eye(3).ravel())
+    expected = liver * 1 + tumor * 2
+    seg = write_seg(series, expected, ["Liver", "Tumor"], tmp_path / "seg.dcm")
+    rtstruct = write_rtstruct(series, {"Liver": liver, "Tumor": tumor}, tmp_path / "rt.dcm")
+    assert np.array_equal(label_array(seg, series), expected)
+    assert np.array_equal(label_array(rtstruct, series), expected)
+
+
 def test_rtstruct_on_a_non_square_grid_with_unequal_pixel_spacing(tmp_path):
     """Contours in patient millimetres around pixel centres (rows 2-5, columns 3-10) fill exactly those pixels."""
     write_ct_series(np.zeros((3, 12, 20)) + np.arange(20), tmp_path / "ct", spacing=(0.6, 1.5, 2.0))
