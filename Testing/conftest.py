@@ -150,3 +150,80 @@ def write_dicom_series(volume: np.ndarray, folder: Path, series_uid: str, spacin
         writer.SetFileName(str(folder / f"{series_uid[-6:]}_{z:03d}.dcm"))
         writer.Execute(image)
     return folder
+
+
+def write_ct_series(
+    hu: np.ndarray,
+    folder: Path,
+    *,
+    intercept: float = -1024.0,
+    slope: float = 1.0,
+    bits_stored: int = 12,
+    transfer_syntax: str = "1.2.840.10008.1.2.1",
+    spacing=(0.7, 0.8, 2.5),
+    orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0),
+    study_uid: str = "1.2.826.0.1.3680043.8.498.1",
+    frame_uid: str = "1.2.826.0.1.3680043.8.498.2",
+) -> list[Path]:
+    """Write a (z, y, x) volume of HU values as a CT series with pydicom: unsigned stored values
+    ``(hu - intercept) / slope``, a full CT Image header, a private tag, and the given transfer syntax
+    (compressed syntaxes are encoded by pydicom). ``spacing`` is (row, column, slice) spacing; slices are
+    stacked along the normal of ``orientation``. Files are named in reverse slice order."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = generate_uid(entropy_srcs=[str(folder), "series"])
+    stored = np.rint((hu - intercept) / slope).astype(np.uint16)
+    normal = np.cross(orientation[:3], orientation[3:])
+    assert stored.max() < 2**bits_stored and np.array_equal(stored * slope + intercept, hu)
+    paths = []
+    for z, plane in enumerate(stored):
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(z)])
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+        ds.StudyDate, ds.StudyTime, ds.ContentDate, ds.ContentTime = "20240102", "101500", "20240102", "101600"
+        ds.AccessionNumber, ds.Modality, ds.Manufacturer = "A123", "CT", "ACME"
+        ds.ReferringPhysicianName, ds.StudyDescription, ds.SeriesDescription = "", "Abdomen", "CT Abdomen 2.5"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "PHANTOM^ONE", "PH001", "", "O"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = "1", 3, z + 1, 1
+        ds.PatientPosition, ds.Laterality, ds.PositionReferenceIndicator, ds.KVP = "HFS", "", "", 120
+        ds.ImagePositionPatient = [float(v) for v in np.array([-40.0, -30.0, 100.0]) + z * spacing[2] * normal]
+        ds.ImageOrientationPatient = [float(v) for v in orientation]
+        ds.SliceThickness, ds.PixelSpacing = spacing[2], [spacing[0], spacing[1]]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = plane.shape
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = intercept, slope, "HU"
+        ds.WindowCenter, ds.WindowWidth = 40, 400
+        ds.SmallestImagePixelValue, ds.LargestImagePixelValue = int(plane.min()), int(plane.max())
+        ds["SmallestImagePixelValue"].VR = ds["LargestImagePixelValue"].VR = "US"
+        ds.add_new(0x00090010, "LO", "ACME")  # private creator
+        ds.add_new(0x00091001, "LO", "vendor detail")
+        ds.PixelData = plane.tobytes()
+        ds["PixelData"].VR = "OW"
+        if transfer_syntax != ExplicitVRLittleEndian:
+            ds.compress(transfer_syntax, generate_instance_uid=False)
+        path = folder / f"slice{len(stored) - z:03d}.dcm"
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def ct_series(tmp_path):
+    """A small CT series (HU, unsigned 12-bit stored values, intercept -1024) and its lesion labels."""
+    from umedprotect.phantoms import phantom_volume
+
+    image, labels = phantom_volume((5, 32, 32), n_lesions=2, rng=3)
+    hu = np.clip(np.rint(image), -1024, 3071)
+    write_ct_series(hu, tmp_path / "ct")
+    return tmp_path / "ct", hu, labels

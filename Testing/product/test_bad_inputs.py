@@ -7,13 +7,15 @@ import os
 import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import ROOT, write_dicom_series, write_image, write_nnunet_dataset
+from conftest import ROOT, write_ct_series, write_dicom_series, write_image, write_nnunet_dataset
 
 from umedprotect import cli
 from umedprotect.cli import main, option_message
@@ -627,6 +629,74 @@ def tiff_stack_to_tiff(tmp, protector):
     volume = sitk.GetArrayFromImage(sitk.ReadImage(str(image))).astype(np.uint16)
     sitk.WriteImage(sitk.GetImageFromArray(volume), str(tmp / "in" / "stack.tif"))
     return protect_argv(tmp / "in" / "stack.tif", mask, tmp / "out" / "protected.tif", protector, "--resample-mask")
+
+
+# --- DICOM outputs and DICOM masks --------------------------------------------------------------
+
+
+def ct_series_and_mask(tmp) -> tuple[Path, Path]:
+    """A small CT series in tmp/in/ct, its lesion mask as NIfTI, and the tmp/out folder."""
+    image, labels = phantom_volume((4, 32, 32), n_lesions=1, rng=0)
+    (tmp / "out").mkdir(exist_ok=True)
+    series = tmp / "in" / "ct"
+    write_ct_series(np.rint(image), series)
+    mask = sitk.GetImageFromArray(labels.astype(np.uint8))
+    mask.CopyInformation(sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series))))
+    sitk.WriteImage(mask, str(tmp / "in" / "mask.nii.gz"))
+    return series, tmp / "in" / "mask.nii.gz"
+
+
+@bad("output folder is not empty (only its DICOM files are replaced) (use --overwrite)")
+def dicom_output_folder_not_empty(tmp, protector):
+    series, mask = ct_series_and_mask(tmp)
+    (tmp / "out" / "notes.txt").write_text("someone else's file")
+    return protect_argv(series, mask, tmp / "out", protector, "--output-format", "dicom")
+
+
+@bad("FrameOfReferenceUID 1.2.826.0.1.3680043.8.498.77 differs from the image's")
+def seg_on_another_frame_of_reference(tmp, protector):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    series, mask = ct_series_and_mask(tmp)
+    sources = [pydicom.dcmread(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series))]
+    for ds in sources:
+        ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.77"
+    segment = hd.seg.SegmentDescription(1, "Liver", codes.SCT.Tissue, codes.SCT.Tissue, "MANUAL")
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(mask)))
+    hd.seg.Segmentation(
+        sources, labels, "BINARY", [segment], hd.UID(), 9, hd.UID(), 1, "test", "test", "1", "1"
+    ).save_as(tmp / "in" / "seg.dcm")
+    return protect_argv(series, tmp / "in" / "seg.dcm", f"{tmp / 'out' / 'protected'}/", protector)
+
+
+@bad("ROI 'Spleen' not found (it holds 1 'Liver')")
+def rtstruct_roi_name_not_found(tmp, protector):
+    from rt_utils import RTStructBuilder
+
+    series, mask = ct_series_and_mask(tmp)
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(mask)))
+    with warnings.catch_warnings():  # rt-utils sets attributes that pydicom 3 deprecates
+        warnings.simplefilter("ignore", DeprecationWarning)
+        structure_set = RTStructBuilder.create_new(dicom_series_path=str(series))
+        structure_set.add_roi(mask=labels.transpose(1, 2, 0) > 0, name="Liver")
+        structure_set.save(str(tmp / "in" / "rt.dcm"))
+    return protect_argv(series, tmp / "in" / "rt.dcm", tmp / "out" / "p.nii.gz", protector, "--segments", "Spleen")
+
+
+@bad("cannot decode its JPEG Extended (Process 2 and 4) pixel data")
+def dicom_compressed_pixel_data_undecodable(tmp, protector):
+    _, mask, out = base(tmp)
+    (tmp / "in" / "jpeg").mkdir()
+    corrupt_jpeg = Path(pydicom.__file__).parent / "data" / "test_files" / "JPEG-lossy.dcm"  # pydicom's own test file
+    (tmp / "in" / "jpeg" / "slice.dcm").write_bytes(corrupt_jpeg.read_bytes())
+    return protect_argv(tmp / "in" / "jpeg", mask, out, protector)
+
+
+@bad("--output-format dicom: nnU-Net datasets hold image files")
+def dataset_dicom_output(tmp, protector):
+    dataset(tmp)
+    return dataset_argv(tmp, protector, "--output-format", "dicom")
 
 
 def snapshot(folder: Path) -> dict[str, str | None]:

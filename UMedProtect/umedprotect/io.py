@@ -7,6 +7,7 @@ the reference geometry and pixel type before they are renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from . import dicom_masks, dicom_series
 from .atomic import atomic_path
 from .errors import InputError
 
@@ -36,6 +38,7 @@ ORIGIN_TOL = 1e-3  # in units of the smallest voxel spacing
 BYTES_PER_VOXEL_OVERHEAD = 48  # working arrays of protect_array and the metrics (float64 temporaries)
 MEMORY_ENV = "UMEDPROTECT_MEMORY_LIMIT_MB"  # overrides the available-memory reading (for tests)
 NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy type
+FRAME_OF_REFERENCE_TAG = "0020|0052"  # DICOM FrameOfReferenceUID, kept on images read from DICOM
 
 
 def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.Image:
@@ -48,20 +51,26 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if path.is_dir():
-        files = _dicom_series_files(path, series_uid)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
+        files = dicom_series_files(path, series_uid)
+        opened = dicom_series.decoded_files(files)
     else:
         if series_uid is not None:
             raise InputError(f"applies to DICOM folders only ({path} is a file)", option="series_uid")
-        files = [str(path)]
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-    _check_header(path, files)
-    try:
-        image = reader.Execute()
-    except RuntimeError:
-        raise InputError(f"{path}: cannot read the image data (file truncated or corrupt)") from None
+        opened = contextlib.nullcontext([str(path)])
+    with opened as files:
+        _check_header(path, files)
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(files)
+        else:
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(files[0])
+        try:
+            image = reader.Execute()
+        except RuntimeError:
+            raise InputError(f"{path}: cannot read the image data (file truncated or corrupt)") from None
+        if path.is_dir():
+            _keep_frame_of_reference(image, files[0])
     _check_structure(path, image)
     _check_values(path, image)
     return image
@@ -80,20 +89,29 @@ def read_label(
     reference: sitk.Image | sitk.ImageFileReader,
     resample: bool = False,
     hint: str | None = None,
+    segments: list[str] | None = None,
 ) -> sitk.Image:
-    """Read a label map (or a Slicer ``.seg.nrrd``) on the grid of ``reference`` (an image or a header).
+    """Read a label map (or a Slicer ``.seg.nrrd``, DICOM SEG or RTSTRUCT) on the grid of ``reference`` (or a header).
 
     Size or geometry differences beyond a small tolerance are an InputError unless ``resample``,
     which resamples the mask onto the image grid with nearest neighbour. ``.seg.nrrd`` segments
-    become labels 1, 2, ... in file order and are always resampled onto the image grid.
+    become labels 1, 2, ... in file order and are always resampled onto the image grid; so are the
+    segments of a DICOM SEG and the ROIs of an RTSTRUCT (labels: their segment or ROI numbers;
+    ``segments`` selects some by name or number, see :mod:`dicom_masks`).
     Within tolerance, the reference's geometry is copied onto the mask. A mismatch error names the
     ``resample_mask`` option, or, where resampling is not offered, ends with ``hint``.
     """
     path = Path(path)
     option = "resample_mask" if hint is None else None
     hint = hint or ""
+    frame = frame_of_reference(reference)
     if isinstance(reference, sitk.ImageFileReader):
         reference = _grid_of(reference)
+    kind = dicom_masks.mask_kind(path)
+    if kind:
+        return _resample_like(dicom_masks.read_mask(path, kind, reference, frame, segments), reference, path)
+    if segments is not None:
+        raise InputError(f"applies to DICOM SEG and RTSTRUCT masks only, not to {path}", option="segments")
     if path.name.lower().endswith(SEGMENTATION_ENDING):
         return _resample_like(_read_segmentation(path), reference, path)
     if not path.exists():
@@ -165,6 +183,11 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False, endings:
         raise InputError(f"{path}: output already exists", option="overwrite")
     check_writable_dir(path.parent)
     return path
+
+
+def is_dicom_output(output: str | os.PathLike, output_format: str = "auto") -> bool:
+    """Whether ``output`` is a DICOM series folder: format ``dicom``, or an existing folder, or a name ending with /."""
+    return output_format == "dicom" or str(output).endswith(("/", os.sep)) or Path(output).is_dir()
 
 
 def check_writable_dir(folder: str | os.PathLike) -> Path:
@@ -326,7 +349,8 @@ def software_versions() -> dict[str, str]:
     }
 
 
-def _dicom_series_files(folder: Path, series_uid: str | None) -> list[str]:
+def dicom_series_files(folder: Path, series_uid: str | None) -> list[str]:
+    """The files of a DICOM series in a folder, in SimpleITK's slice order (the only series, or ``series_uid``)."""
     uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not uids:
         raise InputError(f"{folder}: folder holds no DICOM series (a mask or image must be a file or a DICOM folder)")
@@ -350,6 +374,20 @@ def _is_unplaced_raster(path: Path, image: sitk.Image) -> bool:
         and image.GetOrigin() == (0.0, 0.0)
         and image.GetDirection() == (1.0, 0.0, 0.0, 1.0)
     )
+
+
+def frame_of_reference(image: sitk.Image | sitk.ImageFileReader) -> str | None:
+    """The DICOM FrameOfReferenceUID of an image read from DICOM, or None."""
+    if image.HasMetaDataKey(FRAME_OF_REFERENCE_TAG):
+        return image.GetMetaData(FRAME_OF_REFERENCE_TAG).strip().rstrip("\0") or None
+    return None
+
+
+def _keep_frame_of_reference(image: sitk.Image, first_file: str) -> None:
+    """Copy the series' FrameOfReferenceUID onto the image (SimpleITK's series reader drops the tags)."""
+    uid = frame_of_reference(_read_information(first_file))
+    if uid:
+        image.SetMetaData(FRAME_OF_REFERENCE_TAG, uid)
 
 
 def _read_information(path: str | os.PathLike) -> sitk.ImageFileReader:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .. import io, raster
+from .. import dicom_series, io, raster
 from ..array_protection import slice_axis_for
 from ..errors import InputError
 from ..methods import DEFAULT_METHOD, setup_method
@@ -21,6 +22,8 @@ from ..preview import WINDOW_CHOICES, check_slice_index, choose_window, intensit
 from ..records import FileRecord, InputImageRecord, InputMaskRecord, ProtectionReport, ReportInputs
 from ..settings import ProtectionSettings
 from . import add_option
+
+OUTPUT_FORMATS = ("auto", "dicom")
 
 log = logging.getLogger("umedprotect")
 MAX_LABELS = 255  # more distinct mask values than this: most likely an image, not a label map
@@ -35,15 +38,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "Protect one 2D image or 3D volume inside the ROI of its mask and the contour band around it. "
             "Voxels outside ROI + band are bit-identical to the input; the output keeps size, spacing, origin, "
             "direction and pixel type. IMAGE: any SimpleITK format (NIfTI, NRRD, MHA, ...), a DICOM series "
-            "folder, or a 2D grey-level PNG or TIFF (8 or 16 bit). "
-            "MASK: a label map (every non-zero label is protected unless --labels) or a Slicer .seg.nrrd "
-            "(segments become labels 1, 2, ... in file order). OUTPUT: .nii.gz, .nii, .nrrd or .mha; "
-            "for a PNG or TIFF IMAGE also its own format (bit depth kept; TIFF keeps its resolution tags)."
+            "folder, or a 2D grey-level PNG or TIFF (8 or 16 bit). MASK: a label map (every non-zero label is "
+            "protected unless --labels), a Slicer .seg.nrrd (segments become labels 1, 2, ... in file order), a DICOM "
+            "SEG or an RTSTRUCT (segment and ROI numbers become labels; choose some with --segments). OUTPUT: .nii.gz, "
+            ".nii, .nrrd or .mha; for a PNG or TIFF IMAGE also its own format (bit depth kept; TIFF keeps its "
+            "resolution tags); or a folder (existing, or ending with /) for a protected DICOM series that files beside "
+            "the source series (DICOM IMAGE only)."
         ),
     )
     parser.add_argument("image", metavar="IMAGE", help="image file or DICOM series folder")
-    parser.add_argument("mask", metavar="MASK", help="label map file or Slicer .seg.nrrd on the image")
-    parser.add_argument("-o", "--output", metavar="OUTPUT", required=True, help="protected image file to write")
+    parser.add_argument("mask", metavar="MASK", help="label map, Slicer .seg.nrrd, DICOM SEG or RTSTRUCT file")
+    parser.add_argument("-o", "--output", metavar="OUTPUT", required=True, help="protected image file or DICOM folder")
+    parser.add_argument(
+        "--output-format", choices=OUTPUT_FORMATS, default="auto",
+        help="dicom: a DICOM series in the OUTPUT folder; auto (default): a DICOM series when OUTPUT is a folder, "
+        "else the format of OUTPUT's extension",
+    )  # fmt: skip
+    parser.add_argument(
+        "--segments", type=parse_segments, metavar="NAMES",
+        help="DICOM SEG segments or RTSTRUCT ROIs to read from MASK, by name or number, e.g. Liver,Tumor "
+        "(default: all)",
+    )  # fmt: skip
     add_protection_options(parser)
     parser.add_argument(
         "--heatmap", metavar="PNG", help="also write a preview of one slice: original | |change| over it | protected"
@@ -78,6 +93,13 @@ def add_protection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
 
 
+def parse_segments(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give segment names or numbers, e.g. Liver,Tumor")
+    return names
+
+
 def parse_labels(text: str) -> list[int]:
     try:
         values = sorted({int(v) for v in text.split(",") if v.strip()})
@@ -105,10 +127,14 @@ def settings_from(args: argparse.Namespace) -> ProtectionSettings:
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     image_path, mask_path = Path(args.image), Path(args.mask)
-    outputs = _check_outputs(args, [image_path, mask_path])
+    dicom_output = io.is_dicom_output(args.output, args.output_format)
+    if dicom_output and not image_path.is_dir():
+        raise InputError(f"{image_path}: a DICOM output needs a DICOM series folder as IMAGE (its tags are copied)")
+    outputs = _check_outputs(args, [image_path, mask_path], dicom_output)
+    source = dicom_series.read_source(image_path, args.series_uid) if dicom_output else None
     image = io.read_image(image_path, args.series_uid)
     raster.check_raster_output(outputs["output"], image.GetDimension())
-    label_image = io.read_label(mask_path, image, resample=args.resample_mask)
+    label_image = io.read_label(mask_path, image, resample=args.resample_mask, segments=args.segments)
     array, spacing = io.to_array(image)
     labels, _ = io.to_array(label_image)
     tags = dicom_display_tags(image_path, args.series_uid)
@@ -152,7 +178,14 @@ def run(args: argparse.Namespace) -> int:
         log.warning(f"{image_path}: protection changed no voxel; {args.output} is the unchanged image (--allow-empty)")
 
     with _all_or_nothing() as written:
-        written.append(_write_image(result.protected, image, image_path, outputs["output"], args.overwrite))
+        if dicom_output:
+            sha = protector_info["sha256"] if protector_info else None
+            description = dicom_series.derivation_description(setup.method, parameters, sha)
+            written.append(
+                dicom_series.write_series(result.protected, image, source, outputs["output"], description, args.overwrite)
+            )
+        else:
+            written.append(_write_image(result.protected, image, image_path, outputs["output"], args.overwrite))
         if args.heatmap:
             written.append(_save_heatmap(args, image, tags, array, result, spacing, outputs["heatmap"]))
         if args.report:
@@ -161,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
                     image=InputImageRecord(str(image_path), io.input_sha256(image_path), **io.image_info(image)),
                     mask=InputMaskRecord(str(mask_path), io.input_sha256(mask_path), sorted(present), args.resample_mask),
                 ),
-                output=FileRecord(str(outputs["output"]), io.sha256(outputs["output"])),
+                output=FileRecord(str(outputs["output"]), io.input_sha256(outputs["output"])),
                 heatmap=str(outputs["heatmap"]) if args.heatmap else None,
                 parameters=parameters,
                 protector=protector_info,
@@ -263,7 +296,10 @@ def _all_or_nothing() -> Iterator[list[Path]]:
         yield written
     except BaseException:
         for path in written:
-            path.unlink(missing_ok=True)
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
         raise
 
 
@@ -274,9 +310,13 @@ def _window_option(text: str) -> str | tuple[float, float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _check_outputs(args: argparse.Namespace, inputs: list[Path]) -> dict[str, Path]:
+def _check_outputs(args: argparse.Namespace, inputs: list[Path], dicom_output: bool) -> dict[str, Path]:
     """Validate every output path before any work: format, writable folder, no clobbering, not an input."""
-    outputs = {"output": io.check_output_path(args.output, args.overwrite, endings=raster.output_endings(inputs[0]))}
+    if dicom_output:
+        outputs = {"output": dicom_series.check_output_folder(args.output, args.overwrite)}
+    else:
+        endings = raster.output_endings(inputs[0])
+        outputs = {"output": io.check_output_path(args.output, args.overwrite, endings=endings)}
     if args.heatmap:
         outputs["heatmap"] = io.check_output_path(args.heatmap, args.overwrite, endings=(".png",))
     elif args.window != "auto" or args.slice is not None:

@@ -6,10 +6,11 @@ import argparse
 import logging
 
 from ..dataset_protection import MANIFEST_NAME, protect_dataset
+from ..errors import InputError
 from ..methods import DEFAULT_METHOD, method_names, setup_method
 from ..nnunet import read_dataset
 from ..records import CaseRecord
-from .protect import LOW_PSNR_DB, add_protection_options, device_line, settings_from
+from .protect import LOW_PSNR_DB, OUTPUT_FORMATS, add_protection_options, device_line, settings_from
 
 log = logging.getLogger("umedprotect")
 
@@ -38,11 +39,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "which take --epsilon, --device and --seed but not --protector, --band-radius, --labels or --min-psnr)",
     )
     add_protection_options(parser)
+    parser.add_argument(
+        "--output-format", choices=OUTPUT_FORMATS, default="auto",
+        help="auto (default): the dataset's own file format. dicom is refused: nnU-Net datasets hold image files, "
+        "so protect DICOM series one at a time with 'umedprotect protect'",
+    )  # fmt: skip
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output_format == "dicom":
+        raise InputError(
+            "dicom: nnU-Net datasets hold image files (dataset.json file_ending), not DICOM series; "
+            "protect each series with 'umedprotect protect SERIES MASK -o OUT_DIR/'",
+            option="output_format",
+        )
     settings = settings_from(args)
     dataset = None if args.method == DEFAULT_METHOD else read_dataset(args.in_dir)
     setup = setup_method(args.method, settings, dataset)
