@@ -8,7 +8,9 @@ other volume goes to Slicer's exporter, whose stand-in records the tags it was g
 from __future__ import annotations
 
 import hashlib
+import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -95,7 +97,7 @@ def dicom_case(scene, tmp_path, protector_file):
     study = place_in_study(volume)
     logic = UMedProtectLogic(dicom=dicom)
     protected = protect(logic, volume, segment(volume, lesions), protector_file)
-    digests = {name: hashlib.sha256(open(name, "rb").read()).hexdigest() for name in files}
+    digests = {name: hashlib.sha256(Path(name).read_bytes()).hexdigest() for name in files}
     return types.SimpleNamespace(
         logic=logic, dicom=dicom, volume=volume, protected=protected, study=study, files=files, digests=digests
     )
@@ -133,7 +135,7 @@ def test_a_volume_loaded_from_dicom_is_written_with_its_source_tags_new_uids_and
     sh = subject_hierarchy()
     item = sh.GetItemByDataNode(case.protected)
     assert sh.GetItemParent(item) == case.study and sh.GetItemUID(item, "DICOM") == output.seriesInstanceUID
-    assert {name: hashlib.sha256(open(name, "rb").read()).hexdigest() for name in case.files} == case.digests
+    assert {name: hashlib.sha256(Path(name).read_bytes()).hexdigest() for name in case.files} == case.digests
 
 
 def test_without_an_output_folder_the_database_copies_the_files_from_a_temporary_folder(dicom_case):
@@ -223,3 +225,66 @@ def test_a_cancelled_export_writes_and_imports_nothing(dicom_case, tmp_path):
             case.logic.exportProtectedToDicom(case.protected, case.volume, folder)
     assert not (tmp_path / "new").exists() and list((tmp_path / "empty").iterdir()) == []
     assert case.dicom.exported == case.dicom.imported == []
+
+
+class Exportable:
+    """Slicer's qSlicerDICOMExportable: tags, an output directory."""
+
+    def __init__(self) -> None:
+        self.tags, self.directory = {"SeriesDescription": "No series description", "Modality": "CT"}, ""
+
+    def setTag(self, name: str, value: str) -> None:
+        self.tags[name] = value
+
+
+def test_slicer_dicom_drives_slicers_scalar_volume_exporter_indexer_and_database(scene, monkeypatch, tmp_path):
+    from UMedProtectLib.DicomExport import SlicerDicom
+
+    calls = []
+
+    class Plugin:  # DICOMScalarVolumePlugin.DICOMScalarVolumePluginClass
+        def examineForExport(self, item):
+            calls.append(("examine", item))
+            self.exportables = [Exportable()]
+            return self.exportables
+
+        def export(self, exportables):
+            calls.append(("export", [(e.directory, e.tags) for e in exportables]))
+            return "" if exportables[0].tags["Modality"] else "Empty modality"
+
+    class Database:
+        isOpen = True
+
+        def fileForInstance(self, uid):
+            return {"1.2.3": "/db/1.2.3"}.get(uid, "")
+
+    def importDicom(folder, database, copyFiles):
+        calls.append(("import", folder, database, copyFiles))
+        return True
+
+    dicomUtils = types.SimpleNamespace(importDicom=importDicom)
+    monkeypatch.setitem(sys.modules, "DICOMScalarVolumePlugin", types.SimpleNamespace(DICOMScalarVolumePluginClass=Plugin))
+    monkeypatch.setitem(sys.modules, "DICOMLib", types.SimpleNamespace(DICOMUtils=dicomUtils))
+    database = Database()
+    monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
+    volume = slicer.util.addVolumeFromArray(np.zeros((2, 4, 4), np.int16), name="ct")
+    item = subject_hierarchy().GetItemByDataNode(volume)
+    dicom = SlicerDicom()
+
+    assert (dicom.fileForInstance("1.2.3"), dicom.fileForInstance("9")) == ("/db/1.2.3", "")
+    dicom.exportVolume(volume, {"Modality": "MR", "SeriesInstanceUID": "1.2.4"}, tmp_path)
+    dicom.importFolder(tmp_path, copyFiles=True)
+    assert calls == [
+        ("examine", item),
+        ("export", [(str(tmp_path), {"SeriesDescription": "No series description", "Modality": "MR",
+                                      "SeriesInstanceUID": "1.2.4"})]),
+        ("import", str(tmp_path), database, True),
+    ]  # fmt: skip
+    with pytest.raises(RuntimeError, match="Empty modality"):
+        dicom.exportVolume(volume, {"Modality": ""}, tmp_path)
+    database.isOpen = False
+    with pytest.raises(InputError, match="DICOM database is not open"):
+        dicom.fileForInstance("1.2.3")
+    monkeypatch.setitem(sys.modules, "DICOMScalarVolumePlugin", None)
+    with pytest.raises(InputError, match="DICOM module is not available"):
+        dicom.exportVolume(volume, {}, tmp_path)
