@@ -262,8 +262,8 @@ def test_slicer_dicom_drives_slicers_scalar_volume_exporter_indexer_and_database
         calls.append(("import", folder, database, copyFiles))
         return True
 
-    dicomUtils = types.SimpleNamespace(importDicom=importDicom)
-    monkeypatch.setitem(sys.modules, "DICOMScalarVolumePlugin", types.SimpleNamespace(DICOMScalarVolumePluginClass=Plugin))
+    plugin, dicomUtils = Plugin, types.SimpleNamespace(importDicom=importDicom)
+    monkeypatch.setitem(sys.modules, "DICOMScalarVolumePlugin", types.SimpleNamespace(DICOMScalarVolumePluginClass=plugin))
     monkeypatch.setitem(sys.modules, "DICOMLib", types.SimpleNamespace(DICOMUtils=dicomUtils))
     database = Database()
     monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
