@@ -262,9 +262,10 @@ def test_slicer_dicom_drives_slicers_scalar_volume_exporter_indexer_and_database
         calls.append(("import", folder, database, copyFiles))
         return True
 
-    plugin, dicomUtils = Plugin, types.SimpleNamespace(importDicom=importDicom)
-    monkeypatch.setitem(sys.modules, "DICOMScalarVolumePlugin", types.SimpleNamespace(DICOMScalarVolumePluginClass=plugin))
-    monkeypatch.setitem(sys.modules, "DICOMLib", types.SimpleNamespace(DICOMUtils=dicomUtils))
+    plugins = types.SimpleNamespace(DICOMScalarVolumePluginClass=Plugin)
+    monkeypatch.setitem(sys.modules, "DICOMScalarVolumePlugin", plugins)
+    dicomLib = types.SimpleNamespace(DICOMUtils=types.SimpleNamespace(importDicom=importDicom))
+    monkeypatch.setitem(sys.modules, "DICOMLib", dicomLib)
     database = Database()
     monkeypatch.setattr(slicer, "dicomDatabase", database, raising=False)
     volume = slicer.util.addVolumeFromArray(np.zeros((2, 4, 4), np.int16), name="ct")
