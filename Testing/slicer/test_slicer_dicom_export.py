@@ -58,7 +58,7 @@ def place_in_study(volume, modality: str = "CT") -> int:
 
 
 def load_series(files: list[str], name: str):
-    """The series as Slicer's DICOM module loads it: voxels in slice order, RAS grid, one instance UID per slice."""
+    """The series as Slicer's DICOM module loads it: voxels in slice order, RAS grid, instance UIDs, description."""
     image = sitk.ReadImage(files)
     ijk_to_ras = np.eye(4)
     direction = np.array(image.GetDirection()).reshape(3, 3)
@@ -67,6 +67,8 @@ def load_series(files: list[str], name: str):
     volume = slicer.util.addVolumeFromArray(sitk.GetArrayFromImage(image), ijkToRAS=ijk_to_ras, name=name)
     uids = [pydicom.dcmread(name, stop_before_pixels=True).SOPInstanceUID for name in files]
     volume.SetAttribute("DICOM.instanceUIDs", " ".join(uids))
+    item = subject_hierarchy().GetItemByDataNode(volume)
+    subject_hierarchy().SetItemAttribute(item, "DICOM.SeriesDescription", "CT Abdomen 2.5")
     return volume
 
 
@@ -157,6 +159,7 @@ def test_a_dicom_volume_whose_files_cannot_be_used_goes_to_slicers_exporter(dico
     ((volume, tags, folder),) = case.dicom.exported
     assert not output.sourceTagsKept and volume is case.protected and folder == tmp_path / "out"
     assert tags["SeriesInstanceUID"] == output.seriesInstanceUID and tags["StudyInstanceUID"] == STUDY_UID
+    assert tags["SeriesDescription"] == "CT Abdomen 2.5 [UMedProtect]" and tags["Modality"] == "CT"
     assert not any((tmp_path / "out").glob("*.dcm"))  # the product wrote nothing
     assert case.dicom.imported == [(tmp_path / "out", False, [])]
 

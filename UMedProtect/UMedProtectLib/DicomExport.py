@@ -125,7 +125,8 @@ def studyInstanceUID(study: int) -> str:
 
 def exporterTags(study: int, sourceVolume, seriesUID: str) -> dict[str, str]:
     """Tags for Slicer's exporter: the patient's and study's (as its export dialog takes them from the subject
-    hierarchy) and the derived series': description, the source's modality and frame, UMed Protect, a new UID."""
+    hierarchy) and the derived series': the source's description with the suffix (its name when it has none), the
+    source's modality and frame of reference, UMed Protect, a new UID."""
     from umedprotect.dicom_series import MANUFACTURER
 
     shNode = subjectHierarchy()
@@ -135,11 +136,15 @@ def exporterTags(study: int, sourceVolume, seriesUID: str) -> dict[str, str]:
             if name.startswith(DICOM_ATTRIBUTE_PREFIX):
                 tags[name[len(DICOM_ATTRIBUTE_PREFIX) :]] = shNode.GetItemAttribute(item, name)
     sourceItem = shNode.GetItemByDataNode(sourceVolume)
-    frame = shNode.GetItemAttribute(sourceItem, DICOM_ATTRIBUTE_PREFIX + "FrameOfReferenceUID")
+
+    def sourceTag(name: str) -> str:
+        return shNode.GetItemAttribute(sourceItem, DICOM_ATTRIBUTE_PREFIX + name)
+
+    frame = sourceTag("FrameOfReferenceUID")
     tags.update(
         StudyInstanceUID=studyInstanceUID(study),
-        SeriesDescription=seriesDescription(sourceVolume.GetName()),
-        Modality=shNode.GetItemAttribute(sourceItem, DICOM_ATTRIBUTE_PREFIX + "Modality") or UNKNOWN_MODALITY,
+        SeriesDescription=seriesDescription(sourceTag("SeriesDescription") or sourceVolume.GetName()),
+        Modality=sourceTag("Modality") or UNKNOWN_MODALITY,
         Manufacturer=MANUFACTURER,
         Model=MODEL_NAME,
         SeriesInstanceUID=seriesUID,

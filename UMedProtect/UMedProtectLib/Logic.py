@@ -347,8 +347,8 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
           ContributingEquipmentSequence, SeriesDescription "<source's> [UMedProtect]". Preferred because
           Slicer's exporter writes a new minimal header (no ImageType DERIVED, derivation or equipment).
         - otherwise: Slicer's scalar volume exporter (DICOMScalarVolumePlugin), with the patient and study tags
-          of the subject hierarchy, SeriesDescription "<source name> [UMedProtect]", the source's Modality (OT
-          when unknown), Manufacturer UMedProtect and a new SeriesInstanceUID.
+          of the subject hierarchy, SeriesDescription "<source's, or its name> [UMedProtect]", the source's
+          Modality (OT when unknown), Manufacturer UMedProtect and a new SeriesInstanceUID.
 
         The product's writer runs on the runner (arrays and files only); Slicer's exporter and the database run
         in the calling thread, which must be the main thread in Slicer (see ``DicomExport.SlicerDicom``).
