@@ -192,6 +192,7 @@ def test_export_to_dicom_is_offered_for_a_result_of_the_input_and_adds_it_to_the
     assert volume is p.protectedVolume and tags["SeriesDescription"] == "ct [UMedProtect]"
     assert tags["SeriesInstanceUID"] in widget.ui.statusLabel.text and len(dicom.imported) == 1
     assert all(getattr(widget.ui, name).enabled for name in INPUT_SECTIONS) and panel.errors == []
+    assert panel.app.waitCursors == 0
 
     p.inputVolume = slicer.util.addVolumeFromArray(np.zeros((2, 4, 4), np.int16), name="other")
     widget._updateControls()

@@ -299,13 +299,15 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Export the latest protected volume of the input to a new series of its study in the DICOM database.
 
         The product's writer runs behind the progress dialog; Slicer's exporter and the database import run
-        here, on the main thread, where Slicer's DICOM database connection and CLI modules live.
+        here, on the main thread, where Slicer's DICOM database connection and CLI modules live (under a wait
+        cursor: they show no progress).
         """
         p = self._parameterNode
         protected = self.logic.outputOf(p.protectedVolume, p.inputVolume)
         if protected is None:
             return  # no result of this input yet (the button is disabled then)
-        with slicer.util.tryWithErrorDisplay(_("Export to DICOM failed.")), self._inputsLocked():
+        failed = _("Export to DICOM failed.")
+        with slicer.util.tryWithErrorDisplay(failed, waitCursor=True), self._inputsLocked():
             try:
                 output = self.logic.exportProtectedToDicom(protected, p.inputVolume)
             except Cancelled:
