@@ -134,9 +134,7 @@ def test_a_volume_loaded_from_dicom_is_written_with_its_source_tags_new_uids_and
     np.testing.assert_array_equal(voxels, protected)
     assert not np.array_equal(protected, original)
 
-    sh = subject_hierarchy()
-    item = sh.GetItemByDataNode(case.protected)
-    assert sh.GetItemParent(item) == case.study and sh.GetItemUID(item, "DICOM") == output.seriesInstanceUID
+    assert subject_hierarchy().GetItemParent(subject_hierarchy().GetItemByDataNode(case.protected)) == case.study
     assert {name: hashlib.sha256(Path(name).read_bytes()).hexdigest() for name in case.files} == case.digests
 
 
@@ -190,9 +188,14 @@ def test_a_volume_not_from_dicom_goes_to_slicers_exporter_with_the_study_and_ser
     assert subject_hierarchy().GetItemParent(subject_hierarchy().GetItemByDataNode(protected)) == study
 
 
-def test_a_source_in_no_study_gets_a_new_one_that_later_exports_reuse(scene, protector_file):
+@pytest.mark.parametrize("study", ["none", "one without a StudyInstanceUID"])
+def test_a_study_is_made_or_given_a_uid_and_later_exports_reuse_it(scene, protector_file, study):
     image, lesions = phantom_volume((4, 32, 32), n_lesions=1, rng=6)
     volume = slicer.util.addVolumeFromArray(np.round(image).astype(np.int16), name="ct")
+    if study != "none":  # made in the Data module
+        sh = subject_hierarchy()
+        item = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "someone"), "a study")
+        sh.SetItemParent(sh.GetItemByDataNode(volume), item)
     dicom = slicer_shim.FakeDicomServices()
     logic = UMedProtectLogic(dicom=dicom)
     protected = protect(logic, volume, segment(volume, lesions), protector_file)
@@ -202,6 +205,11 @@ def test_a_source_in_no_study_gets_a_new_one_that_later_exports_reuse(scene, pro
     assert first.seriesInstanceUID != second.seriesInstanceUID
     assert [tags["Modality"] for _, tags, _ in dicom.exported] == ["OT", "OT"]
     assert [tags["StudyInstanceUID"] for _, tags, _ in dicom.exported] == [first.studyInstanceUID] * 2
+    sh = subject_hierarchy()
+    protected_study = sh.GetItemParent(sh.GetItemByDataNode(protected))
+    assert sh.GetItemAttribute(protected_study, "DICOM.StudyInstanceUID") == first.studyInstanceUID
+    if study != "none":
+        assert protected_study == sh.GetItemParent(sh.GetItemByDataNode(volume))
 
 
 def test_refused_before_any_work(dicom_case, tmp_path):

@@ -69,9 +69,8 @@ class SlicerDicom:
         except ModuleNotFoundError:
             raise InputError("Slicer's DICOM module is not available, so nothing can be exported to DICOM") from None
         self._database()  # the exporter checks the new series UID against the database
-        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         exporter = DICOMScalarVolumePluginClass()
-        exportables = exporter.examineForExport(shNode.GetItemByDataNode(volumeNode))
+        exportables = exporter.examineForExport(subjectHierarchy().GetItemByDataNode(volumeNode))
         for exportable in exportables:
             exportable.directory = str(folder)
             for name, value in tags.items():
@@ -88,14 +87,16 @@ class SlicerDicom:
 
 
 def subjectHierarchy():
+    """The scene's subject hierarchy node."""
     return slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
 
 
 def placeInSourceStudy(protectedVolume, sourceVolume) -> int:
     """Move ``protectedVolume`` into the subject hierarchy study of ``sourceVolume`` and return that study.
 
-    A source in no study (loaded from a file) gets none: the protected volume keeps the study a previous
-    export made for it, or a new patient and study are made, with a new StudyInstanceUID.
+    For a source in no study (loaded from a file) the protected volume keeps the study a previous export made
+    for it, or a new patient and study are made. A study without a StudyInstanceUID is given a new one, so that
+    every export of the source goes into the same study.
     """
     shNode = subjectHierarchy()
     studyLevel = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy()
@@ -105,10 +106,11 @@ def placeInSourceStudy(protectedVolume, sourceVolume) -> int:
         if study and shNode.GetItemLevel(study) == studyLevel:
             break
     else:
-        from pydicom.uid import generate_uid
-
         patient = shNode.CreateSubjectItem(shNode.GetSceneItemID(), sourceVolume.GetName())
         study = shNode.CreateStudyItem(patient, "UMed Protect")
+    if not studyInstanceUID(study):
+        from pydicom.uid import generate_uid
+
         studyUID = generate_uid()
         shNode.SetItemUID(study, DICOM_UID_NAME, studyUID)
         shNode.SetItemAttribute(study, DICOM_ATTRIBUTE_PREFIX + "StudyInstanceUID", studyUID)

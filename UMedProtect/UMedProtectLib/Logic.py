@@ -390,8 +390,6 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
         finally:
             if temporary:
                 shutil.rmtree(temporary, ignore_errors=True)
-        shNode = DicomExport.subjectHierarchy()
-        shNode.SetItemUID(shNode.GetItemByDataNode(protectedVolume), DicomExport.DICOM_UID_NAME, seriesUID)
         logging.info(f"UMedProtect: '{protectedVolume.GetName()}' exported to DICOM as series {seriesUID}")
         return DicomExportOutput(seriesUID, DicomExport.studyInstanceUID(study), folder, sourceTagsKept)
 
