@@ -7,6 +7,7 @@ torch is imported on first use only, and installed through the PyTorch extension
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import pathlib
 import tempfile
@@ -50,7 +51,8 @@ class UMedProtect(ScriptedLoadableModule):
 
 
 class UMedProtectTest(ScriptedLoadableModuleTest):
-    """Offline self-test: synthetic volume + segmentation, preview, export; run with 'Reload and Test'."""
+    """Offline self-test: synthetic volume + segmentation, preview, export to a file and to DICOM (in a temporary
+    DICOM database); run with 'Reload and Test'."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -58,11 +60,23 @@ class UMedProtectTest(ScriptedLoadableModuleTest):
     def runTest(self) -> None:
         self.setUp()
         self.test_PreviewAndExport()
+        self.setUp()
+        self.test_ExportToDicom()
 
-    def test_PreviewAndExport(self) -> None:
+    @staticmethod
+    def _segmentation(volume, lesions: np.ndarray):
+        """A segmentation of ``volume`` with one segment per lesion label."""
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "UMedProtectTestSegmentation")
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        for value in (1, 2):
+            segmentId = segmentation.GetSegmentation().AddEmptySegment(f"lesion {value}")
+            mask = (lesions == value).astype(np.uint8)
+            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, segmentId, volume)
+        return segmentation
+
+    def _syntheticCase(self):
+        """A ready logic, and an int16 volume on a rotated grid with a two-lesion segmentation and its labels."""
         from umedprotect.phantoms import phantom_volume
-        from umedprotect.regions import contour_band
-        from umedprotect.settings import ProtectionSettings
 
         self.delayDisplay(_("Building a synthetic volume and segmentation"))
         logic = UMedProtectLogic()
@@ -71,12 +85,13 @@ class UMedProtectTest(ScriptedLoadableModuleTest):
         image = np.round(image).astype(np.int16)
         ijkToRAS = np.array([[0.0, -0.7, 0.0, 12.0], [0.8, 0.0, 0.0, -30.0], [0.0, 0.0, 2.5, 4.0], [0, 0, 0, 1]])
         volume = slicer.util.addVolumeFromArray(image, ijkToRAS=ijkToRAS, name="UMedProtectTestVolume")
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "UMedProtectTestSegmentation")
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        for value in (1, 2):
-            segmentId = segmentation.GetSegmentation().AddEmptySegment(f"lesion {value}")
-            mask = (lesions == value).astype(np.uint8)
-            slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, segmentId, volume)
+        return logic, volume, self._segmentation(volume, lesions), lesions
+
+    def test_PreviewAndExport(self) -> None:
+        from umedprotect.regions import contour_band
+        from umedprotect.settings import ProtectionSettings
+
+        logic, volume, segmentation, lesions = self._syntheticCase()
         before = np.array(slicer.util.arrayFromVolume(volume))
 
         self.delayDisplay(_("Preview"))
@@ -100,8 +115,8 @@ class UMedProtectTest(ScriptedLoadableModuleTest):
         change = np.abs(protected.astype(np.float64) - before)
         self.assertLessEqual(change.max(), output.metrics["budget_native"] + 1e-9)
         self.assertGreater(change.max(), 0)
-        region = np.zeros(image.shape, dtype=bool)
-        for k in range(image.shape[0]):  # slices along the coarsest (k) axis
+        region = np.zeros(before.shape, dtype=bool)
+        for k in range(before.shape[0]):  # slices along the coarsest (k) axis
             region[k] = (lesions[k] > 0) | contour_band(lesions[k], bandRadius)
         self.assertFalse(change[~region].any(), "voxels outside ROI + contour band changed")
         np.testing.assert_allclose(heatmap, change, atol=1e-3)
@@ -117,3 +132,44 @@ class UMedProtectTest(ScriptedLoadableModuleTest):
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)
         logging.info("UMedProtect self-test passed")
         self.delayDisplay(_("Test passed"))
+
+    def test_ExportToDicom(self) -> None:
+        """Both DICOM writers, into a temporary DICOM database: Slicer's exporter for a volume made here, then the
+        product's writer, with every source tag kept, for that series loaded back from the database."""
+        if importlib.util.find_spec("DICOMLib") is None:
+            logging.info("UMedProtect self-test: Slicer's DICOM module is not available; DICOM export not tested")
+            self.delayDisplay(_("Slicer's DICOM module is not available: DICOM export skipped"))
+            return
+        import pydicom
+        from DICOMLib import DICOMUtils
+
+        from umedprotect.dicom_series import SERIES_SUFFIX
+        from umedprotect.settings import ProtectionSettings
+
+        settings = ProtectionSettings(epsilon=4.0, band_radius=3, device="cpu")
+        logic, volume, segmentation, lesions = self._syntheticCase()
+        with DICOMUtils.TemporaryDICOMDatabase() as database:
+            self.delayDisplay(_("Export to DICOM through Slicer's exporter"))
+            protected = logic.process(volume, segmentation, None, settings).protectedVolume
+            exported = logic.exportProtectedToDicom(protected, volume)
+            self.assertFalse(exported.sourceTagsKept)
+            self.assertIn(exported.seriesInstanceUID, database.seriesForStudy(exported.studyInstanceUID))
+            loaded = slicer.mrmlScene.GetNodeByID(DICOMUtils.loadSeriesByUID([exported.seriesInstanceUID])[0])
+            np.testing.assert_array_equal(slicer.util.arrayFromVolume(loaded), slicer.util.arrayFromVolume(protected))
+
+            self.delayDisplay(_("Export to DICOM with the source's tags"))
+            protectedAgain = logic.process(loaded, self._segmentation(loaded, lesions), None, settings).protectedVolume
+            derived = logic.exportProtectedToDicom(protectedAgain, loaded)
+            self.assertTrue(derived.sourceTagsKept)
+            self.assertEqual(derived.studyInstanceUID, exported.studyInstanceUID)
+            files = database.filesForSeries(derived.seriesInstanceUID)
+            self.assertEqual(len(files), len(database.filesForSeries(exported.seriesInstanceUID)))
+            header = pydicom.dcmread(files[0], stop_before_pixels=True)
+            self.assertEqual((header.StudyInstanceUID, header.ImageType[0]), (exported.studyInstanceUID, "DERIVED"))
+            self.assertTrue(header.SeriesDescription.endswith(SERIES_SUFFIX.strip()))
+            reloaded = slicer.mrmlScene.GetNodeByID(DICOMUtils.loadSeriesByUID([derived.seriesInstanceUID])[0])
+            np.testing.assert_array_equal(
+                slicer.util.arrayFromVolume(reloaded), slicer.util.arrayFromVolume(protectedAgain)
+            )
+        logging.info("UMedProtect DICOM export self-test passed")
+        self.delayDisplay(_("DICOM export test passed"))

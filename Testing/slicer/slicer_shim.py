@@ -186,9 +186,11 @@ def install() -> None:
 def bootstrap_scene():
     """A fresh MRML scene with the application, colours, volumes and segmentations logic (slicer-core).
 
-    Sets ``slicer.mrmlScene`` and a minimal ``slicer.modules`` as ``slicer.util`` expects them.
+    Sets ``slicer.mrmlScene`` and a minimal ``slicer.modules`` as ``slicer.util`` expects them, and gives every
+    volume and segmentation added a subject hierarchy item, as Slicer's subject hierarchy plugins do.
     """
     import slicer
+    import vtk
 
     scene = slicer.vtkMRMLScene()
     application = slicer.vtkSlicerApplicationLogic()
@@ -208,6 +210,14 @@ def bootstrap_scene():
         application.SetModuleLogic(name.capitalize(), logic)
         logics[name] = logic
     slicer.mrmlScene = scene
+    subjectHierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def addItem(caller, event, node):
+        if node.IsA("vtkMRMLVolumeNode") or node.IsA("vtkMRMLSegmentationNode"):
+            subjectHierarchy.CreateItem(subjectHierarchy.GetSceneItemID(), node)
+
+    scene.AddObserver(scene.NodeAddedEvent, addItem)
     slicer.modules = types.SimpleNamespace(
         **{name: types.SimpleNamespace(logic=(lambda logic=logic: logic)) for name, logic in logics.items()}
     )
@@ -219,3 +229,23 @@ def import_module():
     """The module file ``UMedProtect`` (and so ``UMedProtectLib``) on top of slicer-core."""
     install()
     return importlib.import_module("UMedProtect")
+
+
+class FakeDicomServices:
+    """Slicer's DICOM module as ``UMedProtectLib.DicomExport.DicomServices``: a database of instance files, and
+    an exporter and an indexer that record what they were given (the exporter writes nothing)."""
+
+    def __init__(self, instanceFiles: dict[str, str] | None = None) -> None:
+        self.instanceFiles = dict(instanceFiles or {})
+        self.exported: list[tuple] = []  # (volume node, tags, folder)
+        self.imported: list[tuple] = []  # (folder, copyFiles, the .dcm files under the folder then)
+
+    def fileForInstance(self, instanceUID: str) -> str:
+        return self.instanceFiles.get(instanceUID, "")
+
+    def exportVolume(self, volumeNode, tags: dict[str, str], folder: pathlib.Path) -> None:
+        self.exported.append((volumeNode, dict(tags), folder))
+
+    def importFolder(self, folder: pathlib.Path, copyFiles: bool) -> None:
+        files = sorted(path.name for path in pathlib.Path(folder).rglob("*.dcm"))
+        self.imported.append((pathlib.Path(folder), copyFiles, files))

@@ -20,6 +20,7 @@ from UMedProtectLib.BackgroundWork import DirectRunner  # noqa: E402
 from UMedProtectLib.Logic import UMedProtectLogic  # noqa: E402
 from UMedProtectLib.Parameters import UMedProtectParameterNode  # noqa: E402
 from UMedProtectLib.Widget import INPUT_SECTIONS, UMedProtectWidget  # noqa: E402
+from umedprotect.errors import Cancelled, InputError  # noqa: E402
 from umedprotect.phantoms import phantom_volume  # noqa: E402
 
 
@@ -176,3 +177,45 @@ def test_dependency_prompts_are_not_under_a_wait_cursor(panel, monkeypatch):
     with pytest.raises(RuntimeError):  # shown to the user, then raised to Slicer's console
         panel.widget.onPreviewButton()
     assert panel.errors[-1].endswith("PyTorch is required") and panel.app.waitCursors == 0
+
+
+def test_export_to_dicom_is_offered_for_a_result_of_the_input_and_adds_it_to_the_database(panel):
+    widget, p = panel.widget, panel.p
+    widget.logic.dicom = dicom = slicer_shim.FakeDicomServices()
+    widget._updateControls()
+    assert not widget.ui.exportDicomButton.enabled
+    widget.onPreviewButton()
+    assert widget.ui.exportDicomButton.enabled
+
+    widget.onExportDicomButton()
+    ((volume, tags, _),) = dicom.exported  # a volume not loaded from DICOM: Slicer's exporter
+    assert volume is p.protectedVolume and tags["SeriesDescription"] == "ct [UMedProtect]"
+    assert tags["SeriesInstanceUID"] in widget.ui.statusLabel.text and len(dicom.imported) == 1
+    assert all(getattr(widget.ui, name).enabled for name in INPUT_SECTIONS) and panel.errors == []
+    assert panel.app.waitCursors == 0
+
+    p.inputVolume = slicer.util.addVolumeFromArray(np.zeros((2, 4, 4), np.int16), name="other")
+    widget._updateControls()
+    assert not widget.ui.exportDicomButton.enabled
+    widget.onExportDicomButton()  # the result of "ct" is never exported for "other"
+    assert len(dicom.exported) == 1
+
+
+def test_export_to_dicom_names_a_refused_folder_and_a_cancel(panel, monkeypatch):
+    widget = panel.widget
+    widget.logic.dicom = slicer_shim.FakeDicomServices()
+    widget.onPreviewButton()
+
+    def refuse(protected, source):
+        raise InputError("Slicer's DICOM database is not open")
+
+    monkeypatch.setattr(widget.logic, "exportProtectedToDicom", refuse)
+    widget.onExportDicomButton()
+    assert panel.errors == ["Slicer's DICOM database is not open"]
+
+    def cancel(protected, source):
+        raise Cancelled("cancelled")
+
+    monkeypatch.setattr(widget.logic, "exportProtectedToDicom", cancel)
+    widget.onExportDicomButton()
+    assert widget.ui.statusLabel.text.startswith("Cancelled")

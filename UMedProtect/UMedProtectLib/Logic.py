@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import pathlib
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -24,6 +26,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 from umedprotect.errors import Cancelled, InputError
 from umedprotect.settings import ProtectionSettings
 
+from . import DicomExport
 from .BackgroundWork import CancelCheck, DirectRunner, ProgressCallback, Runner
 from .Parameters import UMedProtectParameterNode
 
@@ -36,6 +39,7 @@ PIP_REQUIREMENTS = {  # import name -> requirement, for the product's packages t
 }
 HEATMAP_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
 SOURCE_ATTRIBUTE = "UMedProtect.InputVolumeID"  # set on output nodes: the volume they were computed from
+DERIVATION_ATTRIBUTE = "UMedProtect.DerivationDescription"  # set on protected volumes: how they were made
 PROTECTOR_ENDING = ".safetensors"
 
 
@@ -60,12 +64,23 @@ class ProtectionOutput:
     metrics: dict
 
 
+@dataclass(frozen=True)
+class DicomExportOutput:
+    """A protected series added to the DICOM database by :meth:`UMedProtectLogic.exportProtectedToDicom`."""
+
+    seriesInstanceUID: str
+    studyInstanceUID: str
+    folder: pathlib.Path | None  # where the files stay; None: copied into the database from a temporary folder
+    sourceTagsKept: bool  # written by the product from the source's files (else by Slicer's exporter)
+
+
 class UMedProtectLogic(ScriptedLoadableModuleLogic):
     """Protection, preview and fitting on MRML nodes; blocking, with the computing handed to ``runner``."""
 
-    def __init__(self, runner: Runner | None = None) -> None:
+    def __init__(self, runner: Runner | None = None, dicom: DicomExport.DicomServices | None = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.runner = runner or DirectRunner()
+        self.dicom = dicom or DicomExport.SlicerDicom()
 
     def getParameterNode(self) -> UMedProtectParameterNode:
         return UMedProtectParameterNode(super().getParameterNode())
@@ -187,6 +202,7 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
         loading, slices = _("Loading the protector..."), _("Protecting slices: {done}/{total}")
 
         def work(progress: ProgressCallback, cancelled: CancelCheck):
+            from umedprotect.dicom_series import derivation_description
             from umedprotect.methods import DEFAULT_METHOD, setup_method
 
             progress(0.0, loading)
@@ -195,17 +211,20 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
             def sliceProgress(done: int, total: int) -> None:
                 progress(0.05 + 0.95 * done / max(total, 1), slices.format(done=done, total=total))
 
-            return setup.case_protector(
+            result = setup.case_protector(
                 case.image, case.labels, spacing=case.spacing, progress=sliceProgress, cancel=cancelled
             )
+            protectorSha256 = setup.protector_info["sha256"] if setup.protector_info else None
+            return result, derivation_description(setup.method, setup.parameters, protectorSha256)
 
-        result = self.runner(_("Computing protection..."), work)
+        result, derivation = self.runner(_("Computing protection..."), work)
         protected = result.protected[None] if case.singleSlice else result.protected
         change = np.abs(result.change[None] if case.singleSlice else result.change).astype(np.float32)
         name = inputVolume.GetName()
         protectedVolume = self._volumeLike(
             inputVolume, protectedName or f"{name} protected", protected, protectedVolume
         )
+        protectedVolume.SetAttribute(DERIVATION_ATTRIBUTE, derivation)
         heatmapVolume = self._volumeLike(inputVolume, f"{name} perturbation", change, heatmapVolume)
         self._copyDisplay(inputVolume, protectedVolume)
         self._styleHeatmap(heatmapVolume, float(change.max()))
@@ -309,6 +328,83 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
             storageNode.UnRegister(None)
         node.CreateDefaultDisplayNodes()
         return node
+
+    # -- DICOM ----------------------------------------------------------------------------------
+
+    def exportProtectedToDicom(
+        self, protectedVolume, sourceVolume, outputFolder: str | pathlib.Path | None = None
+    ) -> DicomExportOutput:
+        """Write a protected volume of ``sourceVolume`` as a new DICOM series of the source's study, and add it to
+        the DICOM database (through ``self.dicom``, Slicer's DICOM module by default).
+
+        The protected volume moves into the source's subject hierarchy study. Which writer:
+
+        - the source was loaded by Slicer's DICOM module (its ``DICOM.instanceUIDs`` name one file per slice in
+          the database, and those files read as its grid): the product's writer, ``umedprotect.dicom_series``,
+          as the CLI writes DICOM. Every tag of the source files is kept, so the series files beside its source
+          with the same patient, study, frame of reference, acquisition and vendor tags; new Series and SOP
+          Instance UIDs, ImageType DERIVED, the DerivationDescription of the protection, UMed Protect in the
+          ContributingEquipmentSequence, SeriesDescription "<source's> [UMedProtect]". Preferred because
+          Slicer's exporter writes a new minimal header (no ImageType DERIVED, derivation or equipment).
+        - otherwise: Slicer's scalar volume exporter (DICOMScalarVolumePlugin), with the patient and study tags
+          of the subject hierarchy, SeriesDescription "<source's, or its name> [UMedProtect]", the source's
+          Modality (OT when unknown), Manufacturer UMedProtect and a new SeriesInstanceUID.
+
+        The product's writer runs on the runner (arrays and files only); Slicer's exporter and the database run
+        in the calling thread, which must be the main thread in Slicer (see ``DicomExport.SlicerDicom``).
+        ``outputFolder`` (new or empty) keeps the files and the database links to them; None writes to a
+        temporary folder whose files the database copies. Raises InputError before any writing for a volume
+        that is not a protected volume of ``sourceVolume`` or an unusable folder; values the source's pixel
+        format cannot store exactly are refused too (save the volume as NRRD/NIfTI then). When the run is
+        cancelled, nothing is written and nothing is added to the database.
+        """
+        from pydicom.uid import generate_uid
+
+        from umedprotect.dicom_series import check_output_folder
+
+        derivation = protectedVolume.GetAttribute(DERIVATION_ATTRIBUTE) if protectedVolume is not None else None
+        if self.outputOf(protectedVolume, sourceVolume) is None or not derivation:
+            name = protectedVolume.GetName() if protectedVolume is not None else None
+            raise InputError(f"'{name}' is not a protected volume of '{sourceVolume.GetName()}': protect it first")
+        folder = check_output_folder(outputFolder) if outputFolder else None
+        existed = folder is not None and folder.exists()
+        files = DicomExport.sourceFiles(sourceVolume, self.dicom)
+        study = DicomExport.placeInSourceStudy(protectedVolume, sourceVolume)
+        temporary = None if folder else pathlib.Path(tempfile.mkdtemp(prefix="UMedProtectDicom-"))
+        target = folder or temporary / "series"
+        try:
+            seriesUID = None
+            if files:
+                work = self._writeWork(DicomExport.gridImage(protectedVolume), files, target, derivation)
+                seriesUID = self.runner(_("Writing the DICOM series..."), work)
+            sourceTagsKept = seriesUID is not None
+            if not sourceTagsKept:
+                seriesUID = generate_uid()
+                tags = DicomExport.exporterTags(study, sourceVolume, seriesUID)
+                self.dicom.exportVolume(protectedVolume, tags, target)
+            self.dicom.importFolder(target, copyFiles=folder is None)
+        except Cancelled:
+            if folder:
+                DicomExport.removeWritten(folder, existed)
+            raise
+        finally:
+            if temporary:
+                shutil.rmtree(temporary, ignore_errors=True)
+        logging.info(f"UMedProtect: '{protectedVolume.GetName()}' exported to DICOM as series {seriesUID}")
+        return DicomExportOutput(seriesUID, DicomExport.studyInstanceUID(study), folder, sourceTagsKept)
+
+    @staticmethod
+    def _writeWork(image, files: Sequence[str], folder: pathlib.Path, derivation: str):
+        writing = _("Writing the DICOM series...")
+
+        def work(progress: ProgressCallback, cancelled: CancelCheck) -> str | None:
+            progress(0.0, writing)
+            seriesUID = DicomExport.writeWithSourceTags(image, files, folder, derivation)
+            if cancelled():
+                raise Cancelled("DICOM export cancelled")
+            return seriesUID
+
+        return work
 
     # -- fitting --------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from .BackgroundWork import DialogRunner
 from .Logic import ProtectionOutput, UMedProtectLogic
 from .Parameters import LIMITS, UMedProtectParameterNode, pathOrNone, protectionSettings
 
-LIB_MODULES = ("Parameters", "BackgroundWork", "Logic", "Widget")  # in import order, for the developer Reload
+LIB_MODULES = ("Parameters", "BackgroundWork", "DicomExport", "Logic", "Widget")  # import order, for Reload
 SETTING_WIDGETS = {  # parameter -> (setting of the settings table, its spin box, its label)
     "epsilon": ("epsilon", "epsilonSpinBox", "epsilonLabel"),
     "bandRadius": ("band_radius", "bandRadiusSpinBox", "bandRadiusLabel"),
@@ -47,7 +47,7 @@ class ControlStates:
     """Which controls can be used in a given panel state."""
 
     canProtect: bool
-    canShowProtected: bool  # the latest result was computed from the current input
+    canShowProtected: bool  # the latest result was computed from the current input (shown, exported to DICOM)
     canFit: bool
     protectorPathEnabled: bool
     minPsnrEnabled: bool
@@ -134,6 +134,7 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentSelectorWidget.connect("segmentSelectionChanged(QStringList)", self.onSegmentSelectionChanged)
         self.ui.previewButton.connect("clicked(bool)", self.onPreviewButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicomButton)
         self.ui.toggleProtectedButton.connect("toggled(bool)", self.onToggleProtected)
         self.ui.heatmapOpacitySliderWidget.connect("valueChanged(double)", self.onHeatmapOpacityChanged)
         self.ui.detectDevicesButton.connect("clicked(bool)", self.onDetectDevicesButton)
@@ -204,6 +205,7 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.previewButton.enabled = states.canProtect
         self.ui.exportButton.enabled = states.canProtect
         self.ui.toggleProtectedButton.enabled = states.canShowProtected
+        self.ui.exportDicomButton.enabled = states.canShowProtected
         self.ui.protectorPathLineEdit.enabled = states.protectorPathEnabled
         self.ui.minPsnrSpinBox.enabled = states.minPsnrEnabled
         self.ui.fitDatasetPathLineEdit.enabled = states.fitDatasetPathEnabled
@@ -292,6 +294,32 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.tryWithErrorDisplay(_("Saving the protected volume failed."), waitCursor=True):
                 self.logic.saveVolume(output.protectedVolume, path)
                 self.ui.statusLabel.text = _("Exported '{name}' and saved it to {path}.").format(name=name, path=path)
+
+    def onExportDicomButton(self) -> None:
+        """Export the latest protected volume of the input to a new series of its study in the DICOM database.
+
+        The product's writer runs behind the progress dialog; Slicer's exporter and the database import run
+        here, on the main thread, where Slicer's DICOM database connection and CLI modules live (under a wait
+        cursor: they show no progress).
+        """
+        p = self._parameterNode
+        protected = self.logic.outputOf(p.protectedVolume, p.inputVolume)
+        if protected is None:
+            return  # no result of this input yet (the button is disabled then)
+        failed = _("Export to DICOM failed.")
+        with slicer.util.tryWithErrorDisplay(failed, waitCursor=True), self._inputsLocked():
+            try:
+                output = self.logic.exportProtectedToDicom(protected, p.inputVolume)
+            except Cancelled:
+                self.ui.statusLabel.text = _("Cancelled: nothing was written to the DICOM database.")
+                return
+            except InputError as error:
+                slicer.util.errorDisplay(errorText(error))
+                return
+            how = _("every tag of the source kept") if output.sourceTagsKept else _("written by Slicer's exporter")
+            self.ui.statusLabel.text = _(
+                "Exported '{name}' to the DICOM database as series {series} of study {study} ({how})."
+            ).format(name=protected.GetName(), series=output.seriesInstanceUID, study=output.studyInstanceUID, how=how)
 
     def onToggleProtected(self, showProtected: bool) -> None:
         """Show the protected image of the current input, or the input itself."""
