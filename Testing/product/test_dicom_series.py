@@ -91,6 +91,19 @@ def test_output_is_reproducible_byte_for_byte(ct_series, protector_file, tmp_pat
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
 
 
+def test_another_protection_with_the_same_settings_gets_other_uids(ct_series, protector_file, tmp_path):
+    series, _, labels = ct_series
+    whole = write_mask(labels, series, tmp_path / "whole.nii.gz")
+    part = labels.copy()
+    part[: part.shape[0] // 2] = 0  # another mask, same settings: other voxels change
+    half = write_mask(part, series, tmp_path / "half.nii.gz")
+    assert protect(series, whole, f"{tmp_path / 'a'}/", protector_file) == 0
+    assert protect(series, half, f"{tmp_path / 'b'}/", protector_file) == 0
+    a, b = datasets_by_position(tmp_path / "a"), datasets_by_position(tmp_path / "b")
+    assert a[0].SeriesInstanceUID != b[0].SeriesInstanceUID
+    assert not {ds.SOPInstanceUID for ds in a} & {ds.SOPInstanceUID for ds in b}
+
+
 def test_overwrite_replaces_a_previous_dicom_output(ct_series, protector_file, tmp_path):
     series, _, labels = ct_series
     mask = write_mask(labels, series, tmp_path / "mask.nii.gz")

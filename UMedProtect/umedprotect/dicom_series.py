@@ -11,6 +11,7 @@ pydicom is imported at the point of use.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -150,12 +151,13 @@ def write_series(
 
     folder = check_output_folder(folder, overwrite)
     slices = protected.reshape(len(source.files), -1, protected.shape[-1])
-    series_uid = _uid(source.headers[0].SeriesInstanceUID, description)
+    identity = f"{description}; voxels sha256 {hashlib.sha256(np.ascontiguousarray(protected).tobytes()).hexdigest()}"
+    series_uid = _uid(source.headers[0].SeriesInstanceUID, identity)  # another protection gets other UIDs
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
     try:
         for number, (name, header, values) in enumerate(zip(source.files, source.headers, slices), start=1):
-            dataset = _derived(header, _stored_values(values, header, name), series_uid, description)
+            dataset = _derived(header, _stored_values(values, header, name), series_uid, description, identity)
             pydicom.dcmwrite(staging / OUTPUT_FILE_PATTERN.format(number), dataset, enforce_file_format=True,
                              little_endian=True, implicit_vr=False)  # fmt: skip
         written = _read_back(staging)
@@ -205,8 +207,11 @@ def _stored_values(values: np.ndarray, header, name: str) -> np.ndarray:
     return stored.astype(dtype).reshape(int(header.Rows), int(header.Columns))
 
 
-def _derived(header, stored: np.ndarray, series_uid: str, description: str):
-    """A copy of the source header with the protected pixels and the attributes of a derived instance."""
+def _derived(header, stored: np.ndarray, series_uid: str, description: str, identity: str):
+    """A copy of the source header with the protected pixels and the attributes of a derived instance.
+
+    ``identity`` (the description and the protected voxels' hash) seeds the new instance UIDs.
+    """
     import copy
 
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -227,7 +232,7 @@ def _derived(header, stored: np.ndarray, series_uid: str, description: str):
     dataset.SeriesInstanceUID = series_uid
     meta = header.file_meta  # some anonymisers leave the SOP UIDs in the file meta only
     dataset.SOPClassUID = header.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
-    dataset.SOPInstanceUID = _uid(header.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID"), description)
+    dataset.SOPInstanceUID = _uid(header.get("SOPInstanceUID") or meta.get("MediaStorageSOPInstanceUID"), identity)
     image_type = header.get("ImageType", ["DERIVED", "SECONDARY"])
     dataset.ImageType = ["DERIVED", *([] if isinstance(image_type, str) else list(image_type)[1:])]
     previous = header.get("DerivationDescription")
