@@ -194,6 +194,14 @@ def _edge_pattern(images: Sequence[np.ndarray], bins: Sequence[np.ndarray]) -> n
     return np.linalg.solve(regularised, target)
 
 
+def _distance_bins(mask: np.ndarray) -> np.ndarray:
+    """Each pixel's bin of signed edge distance, 0..2*EDGE_DISTANCE-1 (-1: farther from the edge, or no edge)."""
+    if not mask.any() or mask.all():
+        return np.full(mask.shape, -1, dtype=np.int64)
+    bins = np.floor(signed_edge_distance(mask)).astype(np.int64) + EDGE_DISTANCE
+    return np.where((bins >= 0) & (bins < 2 * EDGE_DISTANCE), bins, -1)
+
+
 def _laplace(image: np.ndarray) -> np.ndarray:
     return ndimage.laplace(image, mode="nearest")
 
