@@ -337,6 +337,11 @@ def _summary_row(
     }
 
 
+def on_target_key(key: str) -> str:
+    """The ``over_seeds`` key counting the seeds on target under the rule whose summary key is ``key``."""
+    return "seeds_on_target" + ("" if key == "best" else f"_{key}")
+
+
 def over_seeds(summary: Sequence[dict]) -> list[dict]:
     """Per victim and defense and for each checkpoint rule: how the ratio varies with the seed (mean, lowest,
     highest; nan: none defined), and for how many seeds it reached the protection target (ratio ≤ ``TARGET_RATIO``;
@@ -351,7 +356,7 @@ def over_seeds(summary: Sequence[dict]) -> list[dict]:
             ratios = [row[f"ratio_{key}"] for row in rows if math.isfinite(row[f"ratio_{key}"])]
             spread = (float(np.mean(ratios)), min(ratios), max(ratios)) if ratios else (math.nan,) * 3
             out.update(dict(zip((f"ratio_{key}_mean", f"ratio_{key}_min", f"ratio_{key}_max"), spread)))
-            out["seeds_on_target" + ("" if key == "best" else f"_{key}")] = sum(r <= TARGET_RATIO for r in ratios)
+            out[on_target_key(key)] = sum(r <= TARGET_RATIO for r in ratios)
             out[f"protected_{key}_mean"] = float(np.mean([row[f"protected_{key}"] for row in rows]))
             out[f"clean_{key}_mean"] = float(np.mean([row[f"clean_{key}"] for row in rows]))
         rows_out.append(out)
