@@ -330,9 +330,9 @@ def _summary_row(
         row["clean_nnunet_epoch"], row["protected_nnunet_epoch"] = clean.epoch("nnunet"), protected.epoch("nnunet")
     return {
         **row,
-        "clean_train_dsc": clean.train_curve[-1],
-        "protected_train_dsc": protected.train_curve[-1],
-        "protected_clean_train_dsc": protected.clean_train_curve[-1],
+        "clean_train_dsc": clean.train_dsc,
+        "protected_train_dsc": protected.train_dsc,
+        "protected_clean_train_dsc": protected.clean_train_dsc,
         "clean_convergence_gain": convergence_gain(clean.validation_curve or clean.train_curve),
     }
 

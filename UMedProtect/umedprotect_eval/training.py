@@ -125,6 +125,16 @@ class TrainingRun:
         """Each foreground label's best test DSC over the epochs, at its own best epoch (nan: in no test case)."""
         return [max((v for v in epochs if not math.isnan(v)), default=math.nan) for epochs in zip(*self.label_curve)]
 
+    @property
+    def train_dsc(self) -> float:
+        """The fit check after the last epoch (nan: no training case with labels was checked)."""
+        return _last(self.train_curve)
+
+    @property
+    def clean_train_dsc(self) -> float:
+        """The fit check on the clean versions after the last epoch (nan: not given)."""
+        return _last(self.clean_train_curve)
+
     def epoch(self, rule: str) -> int:
         """The 1-based epoch that checkpoint ``rule`` keeps (:data:`CHECKPOINT_RULES`; the first one on ties)."""
         if rule == "final":
@@ -155,8 +165,8 @@ class TrainingRun:
             "curve": self.curve,
             "best_dsc_by_label": self.best_by_label,
             "label_curve": self.label_curve,
-            "train_dsc_final": _last(self.train_curve),
-            "clean_train_dsc_final": _last(self.clean_train_curve),
+            "train_dsc_final": self.train_dsc,
+            "clean_train_dsc_final": self.clean_train_dsc,
             "train_curve": self.train_curve,
             "clean_train_curve": self.clean_train_curve,
             "validation_curve": self.validation_curve,
