@@ -117,7 +117,7 @@ def test_convergence_gain_and_warning():
     rising = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9]
     assert convergence_gain(rising) == pytest.approx(0.9 - 0.8)  # the last fifth (2 epochs) over the rest
     assert math.isnan(convergence_gain([0.2, 0.5]))  # too short to tell
-    rows = [{"victim": "unet", "seed": 0, "defense": d, "clean_convergence_gain": g} for d, g in (("none", 0.1), ("blur", 0.1))]
+    rows = [{"victim": "unet", "seed": 0, "defense": d, "clean_convergence_gain": 0.1} for d in ("none", "blur")]
     rows.append({"victim": "unet", "seed": 1, "defense": "none", "clean_convergence_gain": CONVERGENCE_TOLERANCE / 2})
     (line,) = convergence_warnings(rows)  # once per clean victim; seed 1 converged
     assert "clean unet victim (seed 0) had not converged (its validation DSC rose by 0.100" in line

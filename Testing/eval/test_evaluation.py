@@ -273,10 +273,11 @@ def test_several_seeds_train_every_victim_once_per_seed_and_report_the_spread(cl
     assert "--seed values must differ" in capsys.readouterr().err
 
 
-def _seed_row(seed: int, ratio_best: float, protected_best: float, defense: str = "none", ratio_final: float = 0.5) -> dict:
+def _seed_row(seed: int, ratio_best: float, protected_best: float, defense="none", ratio_final=0.5) -> dict:
     """A summary row with the oracle ratio given, the final one ``ratio_final`` and the nnU-Net one 0.05."""
     return {"victim": "unet", "defense": defense, "seed": seed, "clean_best": 0.8, "protected_best": protected_best,
-            "ratio_best": ratio_best, "clean_final": 0.8, "protected_final": 0.8 * ratio_final, "ratio_final": ratio_final,
+            "ratio_best": ratio_best, "clean_final": 0.8, "protected_final": 0.8 * ratio_final,
+            "ratio_final": ratio_final,
             "clean_nnunet": 0.8, "protected_nnunet": 0.04, "ratio_nnunet": 0.05}  # fmt: skip
 
 

@@ -54,7 +54,8 @@ def test_each_intensity_transform_fires_with_nnunets_probability(name, effective
 def test_the_whole_intensity_pipeline_leaves_about_nnunets_share_of_images_untouched():
     p = NNUNET_AUGMENTATION
     untouched = 1.0
-    for chance in (p.p_noise, p.p_blur * 0.5, p.p_brightness, p.p_contrast, p.p_lowres * 0.5, p.p_gamma_inverted, p.p_gamma):
+    chances = (p.p_noise, p.p_blur * 0.5, p.p_brightness, p.p_contrast, p.p_lowres * 0.5, p.p_gamma_inverted, p.p_gamma)
+    for chance in chances:
         untouched *= 1 - chance
     image = _images()
     share = 1 - _changed(image, intensity(image.clone(), p, torch.Generator().manual_seed(2))).float().mean()
@@ -79,7 +80,8 @@ def test_gamma_keeps_the_mean_and_std_and_contrast_the_range():
     assert torch.allclose(gamma.mean(dims), image.mean(dims), atol=1e-3)
     assert torch.allclose(gamma.std(dims), image.std(dims), rtol=1e-3)
     contrast = intensity(image.clone(), only(p_contrast=1.0), torch.Generator().manual_seed(6))
-    assert bool((contrast.amin(dims) >= image.amin(dims) - 1e-5).all() and (contrast.amax(dims) <= image.amax(dims) + 1e-5).all())
+    assert bool((contrast.amin(dims) >= image.amin(dims) - 1e-5).all())
+    assert bool((contrast.amax(dims) <= image.amax(dims) + 1e-5).all())
 
 
 def test_rotation_scaling_and_mirroring_have_nnunets_probabilities_and_scaling_shrinks():

@@ -101,8 +101,10 @@ def _chance(n: int, p: float, generator: torch.Generator, device) -> torch.Tenso
     return (torch.rand(n, generator=generator) < p).to(device)
 
 
-def _factor(n: int, bounds: tuple[float, float], split_at_one: bool, generator: torch.Generator, device) -> torch.Tensor:
-    """Uniform factors in ``bounds``; with ``split_at_one`` (nnU-Net), below 1 half of the time and above 1 otherwise."""
+def _factor(
+    n: int, bounds: tuple[float, float], split_at_one: bool, generator: torch.Generator, device
+) -> torch.Tensor:
+    """Uniform factors in ``bounds``; with ``split_at_one`` (nnU-Net), below 1 half of the time, above 1 otherwise."""
     low, high = bounds
     if not split_at_one or low >= 1:
         return _uniform(n, low, high, generator, device)
@@ -291,6 +293,6 @@ def _plasma(image: torch.Tensor, s: AugmentSettings, generator: torch.Generator)
 def augment_batch(
     image: torch.Tensor, labels: torch.Tensor, settings: AugmentSettings, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spatial then intensity augmentation of z-scored images (B,1,H,W) or (B,1,D,H,W) and labels (B,H,W) or (B,D,H,W)."""
+    """Spatial then intensity augmentation of z-scored images (B,1,H,W) or (B,1,D,H,W) and their labels."""
     image, labels = spatial(image, labels, settings, generator)
     return intensity(image, settings, generator), labels

@@ -170,7 +170,8 @@ def format_table(report: dict) -> str:
             f"{row['victim']:<16}{row['defense']:<12}" + (f"{row['seed']:>6}" if seeded else "")
             + "".join(f"{_fmt(row[f'clean_{k}']):>8}{_fmt(row[f'protected_{k}']):>8}{_fmt(row[f'ratio_{k}']):>8}"
                       for k in RULE_KEYS.values())
-            + f"{row['clean_train_dsc']:>10.3f}{row['protected_train_dsc']:>10.3f}{row['protected_clean_train_dsc']:>15.3f}"
+            + f"{_fmt(row['clean_train_dsc']):>10}{_fmt(row['protected_train_dsc']):>10}"
+            + f"{_fmt(row['protected_clean_train_dsc']):>15}"
         )  # fmt: skip
     if len(report["labels"]) > 1:
         for row in report["summary"]:

@@ -143,8 +143,9 @@ def ueraser(protected: list[SliceSample], clean: list[SliceSample], settings):
 
 
 @register_defense(
-    "adaptive", f"knows the method: per case, fits and subtracts a pattern tied to the distance (within {EDGE_DISTANCE} "
-    "px) to each label's edge"
+    "adaptive",
+    f"knows the method: per case, fits and subtracts a pattern tied to the distance (within {EDGE_DISTANCE} px) "
+    "to each label's edge",
 )
 def adaptive(protected: list[SliceSample], clean: list[SliceSample], settings):
     return remove_edge_pattern(protected), settings

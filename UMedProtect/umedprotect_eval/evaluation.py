@@ -269,7 +269,8 @@ def convergence_warnings(summary: Sequence[dict]) -> list[str]:
         if key in seen or (math.isfinite(gain) and gain <= CONVERGENCE_TOLERANCE):
             continue
         seen.add(key)
-        how = "too few epochs to tell" if math.isnan(gain) else f"its validation DSC rose by {gain:.3f} in the last epochs"
+        rose = f"its validation DSC rose by {gain:.3f} in the last epochs"
+        how = "too few epochs to tell" if math.isnan(gain) else rose
         lines.append(
             f"the clean {row['victim']} victim (seed {row['seed']}) had not converged ({how}): train longer "
             "(--epochs); a short schedule mistakes delay for protection"
@@ -315,7 +316,8 @@ def _summary_row(
     """For each checkpoint rule (keys: :data:`RULE_KEYS`; ``best`` is the oracle) the DSC of a clean and a protected
     run and their ratio (overall, by label); the fit checks; whether the clean victim converged."""
     row = {"victim": victim, "defense": defense, "seed": seed}
-    rules = [rule for rule in CHECKPOINT_RULES if rule != "nnunet" or (clean.validation_curve and protected.validation_curve)]
+    validated = bool(clean.validation_curve and protected.validation_curve)
+    rules = [rule for rule in CHECKPOINT_RULES if rule != "nnunet" or validated]
     for rule in CHECKPOINT_RULES:
         key = RULE_KEYS[rule]
         if rule not in rules:  # nothing could be held out for validation

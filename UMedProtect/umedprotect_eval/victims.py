@@ -1,8 +1,8 @@
 """Victim segmenters an unauthorised trainer might use, built by name.
 
 ``unet`` is the project's own 2D U-Net, ``unet3d`` a small built-in 3D one; the others come from
-established libraries (nnU-Net's ``dynamic-network-architectures`` and MONAI), imported only when built so the core install does
-not need them (``pip install umedprotect[eval]``, plus ``pip install --no-deps
+established libraries (nnU-Net's ``dynamic-network-architectures`` and MONAI), imported only when built so the
+core install does not need them (``pip install umedprotect[eval]``, plus ``pip install --no-deps
 dynamic-network-architectures`` for the nnU-Net networks).
 """
 
