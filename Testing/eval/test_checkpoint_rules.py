@@ -9,9 +9,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from conftest import write_nnunet_dataset
-from umedprotect.augment import NO_AUGMENTATION, NNUNET_AUGMENTATION, NNUNET_LIKE_AUGMENTATION
+from umedprotect.augment import (
+    NNUNET_AUGMENTATION,
+    NNUNET_LIKE_AUGMENTATION,
+    NO_AUGMENTATION,
+)
 from umedprotect.cli import main
 from umedprotect.slices import case_slices
 from umedprotect_eval.cli import verdict_line
@@ -51,13 +54,14 @@ def test_each_rule_keeps_its_checkpoint():
     assert PROTECTED.to_dict()["nnunet_epoch"] == 4 and "nnunet_epoch" not in TrainingRun("unet", [0.1], 0.0).to_dict()
 
 
+GIVEN: list[dict] = []  # what each ScriptedTrainer was given
+
+
 class ScriptedTrainer(VictimTrainer):
     """Returns the scripted runs (clean data: CLEAN; protected: PROTECTED) and records what it was given."""
 
-    given: list[dict] = []
-
     def run(self, progress=None, run_name=""):
-        ScriptedTrainer.given.append(
+        GIVEN.append(
             {"train": {s.case_id for s in self.train}, "validation": {s.case_id for s in self.validation},
              "augment": self.settings.augment, "protected": "protected" in run_name}
         )  # fmt: skip
@@ -71,7 +75,7 @@ def datasets(tmp_path):
 
 
 def test_evaluate_reports_the_three_ratios_from_a_validation_split_of_each_victims_own_data(datasets, monkeypatch):
-    ScriptedTrainer.given = []
+    GIVEN.clear()
     report = evaluate(*datasets, settings=TINY, trainer=ScriptedTrainer)
     row = report["summary"][0]
     assert row["ratio_final"] == pytest.approx(0.02 / 0.88)
@@ -80,7 +84,7 @@ def test_evaluate_reports_the_three_ratios_from_a_validation_split_of_each_victi
     assert (row["clean_nnunet_epoch"], row["protected_nnunet_epoch"]) == (3, 4)
     assert row["ratio_nnunet_by_label"] == {"lesion1": 0.0, "lesion2": pytest.approx(0.04 / 0.9)}
     assert report["validation_cases"] == ["case004"] and report["train_cases"] == 5
-    clean_run, protected_run = ScriptedTrainer.given
+    clean_run, protected_run = GIVEN
     assert clean_run["validation"] == protected_run["validation"] == {"case004"}  # by case, the same for both
     assert clean_run["train"] == protected_run["train"] == {"case000", "case001", "case002", "case003"}
     assert verdict_line(report["summary"]) == (
@@ -124,9 +128,9 @@ def test_convergence_gain_and_warning():
 
 
 def test_augmentation_regimes_reach_the_victims_and_the_report(datasets, tmp_path, capsys):
-    ScriptedTrainer.given = []
+    GIVEN.clear()
     evaluate(*datasets, settings=replace(TINY, augment=NO_AUGMENTATION), trainer=ScriptedTrainer)
-    assert [run["augment"] for run in ScriptedTrainer.given] == [NO_AUGMENTATION] * 2
+    assert [run["augment"] for run in GIVEN] == [NO_AUGMENTATION] * 2
     assert TrainSettings().augment == NNUNET_AUGMENTATION and TrainSettings().iterations_per_epoch == 250
     report_path = tmp_path / "report.json"
     argv = ["evaluate", *map(str, datasets), "--epochs", "1", "--iterations", "1", "--batch-size", "2",

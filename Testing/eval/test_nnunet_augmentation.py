@@ -7,7 +7,6 @@ from dataclasses import fields, replace
 
 import pytest
 import torch
-
 from umedprotect.augment import (
     NNUNET_AUGMENTATION,
     NNUNET_LIKE_AUGMENTATION,

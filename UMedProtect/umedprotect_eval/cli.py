@@ -51,9 +51,9 @@ protected victim that fits its protected cases but fails on their clean versions
 perturbation (same subject and slices: no generalisation gap mixed in).
 A WARNING says when a clean victim had not converged (its validation DSC still rising by more than
 0.01 over the last fifth of the epochs): a short schedule mistakes delay for protection.
-The default schedule is nnU-Net's epoch of 250 iterations, 20 epochs (about 1-2 h per victim on a
-CPU for the default patch); use a larger --patch-size and more --epochs on a GPU, or fewer
---iterations for a quick look (the warning will say it is one)."""
+The default schedule is nnU-Net's epoch of 250 iterations, 20 epochs (tens of minutes to hours per
+victim on a CPU); use a larger --patch-size and more --epochs on a GPU, or fewer --iterations for a
+quick look (the warning will say it is one)."""
 
 
 VICTIM_INSTALL = (
@@ -90,7 +90,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default %(default)s)")
     p.add_argument("--iterations", type=int, default=defaults.iterations_per_epoch, help="iterations per epoch (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per iteration (default %(default)s)")
-    p.add_argument("--patch-size", type=int, default=defaults.patch_size, help="patch size in pixels (default %(default)s)")
+    p.add_argument("--patch-size", type=int, default=defaults.patch_size,
+                   help="patch side in pixels (3D victims: cubes, at most as deep as the volumes) (default %(default)s)")
     p.add_argument("--optimizer", choices=tuple(DEFAULT_LEARNING_RATES), default=defaults.optimizer, help="victim optimiser (default %(default)s, as nnU-Net)")
     p.add_argument("--learning-rate", type=float, help="initial learning rate (default: sgd 0.01, adam 0.001)")
     p.add_argument("--seed", type=int, nargs="+", default=[defaults.seed], metavar="N",

@@ -200,10 +200,11 @@ def evaluate(
     """Train every victim on clean and on protected training cases (and under each defense).
 
     Returns a JSON-ready report: settings, data summary, visibility of the protection (PSNR/SSIM
-    of protected vs clean training images), every run's per-epoch test DSC, and a summary row per
-    victim and defense with best/final DSC and ratio = best DSC(protected) / best DSC(clean), and
-    that ratio for each foreground label (each label's own best epoch). Defended runs are compared
-    with the undefended clean run (the attacker's alternative).
+    of protected vs clean training images), every run's per-epoch test and validation DSC, and a
+    summary row per victim and defense with, for each checkpoint rule, both victims' DSC and their
+    ratio, overall and for each foreground label (see :func:`_summary_row`). Every victim trains
+    without the cases of :func:`validation_split` and is validated on them. Defended runs are
+    compared with the undefended clean run (the attacker's alternative).
     ``seeds``: train every victim once per seed (default: ``settings.seed``); with several, the
     report adds ``over_seeds``, the mean and spread of each victim's and defense's ratio.
     ``normalisation``: the victims' intensity normalisation (``zscore`` or ``ct``); default: as
