@@ -95,3 +95,45 @@ def test_defend_dispatch():
         assert len(samples) == len(protected)
     with pytest.raises(InputError, match="unknown defense"):
         defend("sharpen", protected, clean, settings)
+
+
+def _disk_case(ring_amplitude: float = 0.0) -> list:
+    """Slices of one case: a blurred ellipse (label 1) on noise; optionally rings tied to its edge (alternating
+    +-amplitude in each 1-pixel distance band within 4 px of the edge)."""
+    from scipy import ndimage
+
+    from umedprotect_eval.defenses import signed_edge_distance
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    images, labels = [], []
+    for k in range(4):
+        mask = (yy - 32 - 2 * k) ** 2 / 1.2 + (xx - 30 + k) ** 2 <= (12 + k) ** 2
+        image = 300 + 400 * ndimage.gaussian_filter(mask.astype(float), 1.0) + rng.normal(0, 10, mask.shape)
+        distance = signed_edge_distance(mask)
+        image += np.where(np.abs(distance) < 4, ring_amplitude * np.cos(np.pi * np.floor(distance)), 0.0)
+        images.append(image)
+        labels.append(mask.astype(np.uint8))
+    return case_slices(np.stack(images).astype(np.float32), np.stack(labels), None, "disk", roi_only=False)
+
+
+def _energy(samples, reference) -> float:
+    return float(sum(((s.image.astype(np.float64) - r.image) ** 2).sum() for s, r in zip(samples, reference)))
+
+
+def test_the_adaptive_attacker_removes_a_pattern_tied_to_the_edge_and_leaves_clean_images_nearly_unchanged():
+    clean, ringed = _disk_case(), _disk_case(ring_amplitude=6.0)
+    assert _energy(DEFENSES["adaptive"].apply(ringed, clean, None)[0], clean) < 0.6 * _energy(ringed, clean)
+    cleaned = DEFENSES["adaptive"].apply(clean, clean, None)[0]
+    assert _energy(cleaned, clean) < 0.05 * _energy(ringed, clean)
+    assert max(float(np.abs(s.image - c.image).max()) for s, c in zip(cleaned, clean)) < 3  # edge contrast: 400
+    assert [s.labels.tolist() for s in cleaned] == [c.labels.tolist() for c in clean]
+
+
+def test_ueraser_trains_with_plasma_fields_and_strong_intensity_augmentation():
+    from umedprotect.augment import UERASER_AUGMENTATION
+
+    protected, clean = _cases(2, offset=1.0), _cases(2)
+    samples, settings = defend("ueraser", protected, clean, TrainSettings())
+    assert samples == protected and settings.augment == UERASER_AUGMENTATION
+    assert settings.augment.p_plasma > 0 and settings.augment.gamma_range[1] > 1.5

@@ -199,15 +199,18 @@ def test_evaluate_reports_each_labels_ratio_for_multi_label_datasets(tmp_path, c
     for run in report["runs"]:  # one test case with both labels: its DSC is the mean of theirs
         assert run["curve"] == [pytest.approx(np.mean(labels)) for labels in run["label_curve"]]
         assert run["best_dsc_by_label"] == [max(epochs) for epochs in zip(*run["label_curve"])]
-    by_label = report["summary"][0]["ratio_best_by_label"]
-    assert list(by_label) == ["lesion1", "lesion2"]
-    for k, name in enumerate(by_label):
+    row = report["summary"][0]
+    assert list(row["ratio_best_by_label"]) == list(row["ratio_final_by_label"]) == ["lesion1", "lesion2"]
+    for k, name in enumerate(report["labels"]):
         expected = ratio(protected_run["best_dsc_by_label"][k], clean_run["best_dsc_by_label"][k])
-        assert by_label[name] == pytest.approx(expected, nan_ok=True)
+        assert row["ratio_best_by_label"][name] == pytest.approx(expected, nan_ok=True)
+        expected = ratio(protected_run["label_curve"][-1][k], clean_run["label_curve"][-1][k])
+        assert row["ratio_final_by_label"][name] == pytest.approx(expected, nan_ok=True)
     argv = ["evaluate", str(clean), str(protected), "--epochs", "1", "--iterations", "1", "--batch-size", "2",
-            "--patch-size", "32", "--device", "cpu"]  # fmt: skip
+            "--patch-size", "32", "--device", "cpu", "--victim", "unet-small"]  # fmt: skip
     assert main(argv) == 0
-    assert "ratio by label (each label's best epoch): lesion1 " in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "ratio by label: final lesion1 " in out and "; oracle (each label's best epoch) lesion1 " in out
 
 
 def test_evaluation_data_checks(clean_and_protected, tmp_path):
@@ -265,21 +268,29 @@ def test_several_seeds_train_every_victim_once_per_seed_and_report_the_spread(cl
             "--patch-size", "32", "--device", "cpu", "--seed", "3", "4"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "over seeds 3, 4: ratio mean" in out and "ratio <= 0.1 with " in out and " of 2 seeds" in out
+    assert "over seeds 3, 4: ratio mean final " in out and "<= 0.1 with " in out and " of 2 seeds" in out
     assert main(argv[:-1] + ["3"]) == 2
     assert "--seed values must differ" in capsys.readouterr().err
 
 
-def test_over_seeds_gives_mean_and_spread_of_the_defined_ratios():
-    row = {"victim": "unet", "defense": "none", "clean_best": 0.8}
-    rows = [{**row, "seed": 0, "ratio_best": 0.2, "protected_best": 0.16}, {**row, "seed": 1, "ratio_best": 0.6, "protected_best": 0.48},
-            {**row, "seed": 2, "ratio_best": math.nan, "protected_best": 0.0}, {**row, "defense": "blur", "seed": 0, "ratio_best": math.nan,
-            "protected_best": 0.0}]  # fmt: skip
+def _seed_row(seed: int, ratio_best: float, protected_best: float, defense="none", ratio_final=0.5) -> dict:
+    """A summary row with the oracle ratio given, the final one ``ratio_final`` and the nnU-Net one 0.05."""
+    return {"victim": "unet", "defense": defense, "seed": seed, "clean_best": 0.8, "protected_best": protected_best,
+            "ratio_best": ratio_best, "clean_final": 0.8, "protected_final": 0.8 * ratio_final,
+            "ratio_final": ratio_final,
+            "clean_nnunet": 0.8, "protected_nnunet": 0.04, "ratio_nnunet": 0.05}  # fmt: skip
+
+
+def test_over_seeds_gives_mean_and_spread_of_the_defined_ratios_under_each_rule():
+    rows = [_seed_row(0, 0.2, 0.16), _seed_row(1, 0.6, 0.48, ratio_final=0.08), _seed_row(2, math.nan, 0.0),
+            _seed_row(0, math.nan, 0.0, defense="blur")]  # fmt: skip
     plain, blurred = over_seeds(rows)
     assert plain["seeds"] == [0, 1, 2] and plain["ratio_best_mean"] == pytest.approx(0.4)
     assert (plain["ratio_best_min"], plain["ratio_best_max"]) == (0.2, 0.6)
     assert plain["protected_best_mean"] == pytest.approx(0.64 / 3) and plain["clean_best_mean"] == pytest.approx(0.8)
     assert plain["seeds_on_target"] == 0
+    assert (plain["seeds_on_target_final"], plain["seeds_on_target_nnunet"]) == (1, 3)
+    assert (plain["ratio_final_min"], plain["ratio_final_max"]) == (0.08, 0.5)
     assert over_seeds([{**rows[0], "ratio_best": 0.1}, {**rows[1], "ratio_best": 0.05}])[0]["seeds_on_target"] == 2
     assert blurred["defense"] == "blur" and math.isnan(blurred["ratio_best_mean"])
 

@@ -140,13 +140,18 @@ def test_verify_reports_each_missing_file_once(tmp_path, protector_file, capsys)
 @pytest.mark.parametrize(
     "ratios, defense, expected",
     [
-        ([1.001], "none", "stopped 0 of 1 victims (ratio <= 0.10): not protected (ratio 1.001)"),
-        ([0.02], "none", "stopped 1 of 1 victims (ratio <= 0.10)"),
-        ([0.05, 0.4, float("nan")], "none", "stopped 1 of 3 victims (ratio <= 0.10)"),
-        ([0.05, 0.4], "blur", "stopped 1 of 2 runs (ratio <= 0.10)"),
+        ([1.001], "none", "stopped 0 of 1 victims (ratio <= 0.10) at the final checkpoint, 0 of 1 at the one nnU-Net "
+         "keeps (0 of 1 at the oracle's best epoch): not protected (ratio 1.001 final, 1.001 nnU-Net)"),
+        ([0.02], "none", "stopped 1 of 1 victims (ratio <= 0.10) at the final checkpoint, 1 of 1 at the one nnU-Net "
+         "keeps (1 of 1 at the oracle's best epoch)"),
+        ([0.05, 0.4, float("nan")], "none", "stopped 1 of 3 victims (ratio <= 0.10) at the final checkpoint, 1 of 3 "
+         "at the one nnU-Net keeps (1 of 3 at the oracle's best epoch)"),
+        ([0.05, 0.4], "blur", "stopped 1 of 2 runs (ratio <= 0.10) at the final checkpoint, 1 of 2 at the one "
+         "nnU-Net keeps (1 of 2 at the oracle's best epoch)"),
     ],
-)
+)  # fmt: skip
 def test_evaluate_ends_with_a_verdict(ratios, defense, expected):
     from umedprotect_eval.cli import verdict_line  # the evaluation side's console line, pure
 
-    assert verdict_line([{"ratio_best": r, "defense": defense} for r in ratios]) == expected
+    rows = [{"ratio_final": r, "ratio_nnunet": r, "ratio_best": r, "defense": defense} for r in ratios]
+    assert verdict_line(rows) == expected

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 
 def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
-    """Cross-entropy + (1 - batch soft Dice over foreground classes), as in nnU-Net."""
+    """Cross-entropy + (1 - batch soft Dice over foreground classes), as in nnU-Net; 2D or 3D logits (B,C,...)."""
     ce = F.cross_entropy(logits, labels)
     probs = logits.softmax(dim=1)[:, 1:]
-    onehot = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2)[:, 1:].to(probs.dtype)
-    dims = (0, 2, 3)
+    onehot = F.one_hot(labels, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
+    dims = (0, *range(2, logits.ndim))
     dice = (2 * (probs * onehot).sum(dims) + smooth) / (probs.sum(dims) + onehot.sum(dims) + smooth)
     return ce + (1 - dice.mean())
 

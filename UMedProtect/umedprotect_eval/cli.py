@@ -10,7 +10,7 @@ from pathlib import Path
 from umedprotect.cli import add_option
 from umedprotect.io import check_writable_dir, write_json
 
-from .evaluation import TARGET_RATIO, evaluate
+from .evaluation import RULE_KEYS, TARGET_RATIO, evaluate, on_target_key
 from .training import DEFAULT_LEARNING_RATES, NORMALISATIONS, TrainSettings
 
 from .victims import VICTIMS
@@ -19,23 +19,29 @@ DESCRIPTION = """\
 Train a victim segmenter from scratch on the clean training cases of CLEAN_DIR and, with the same
 seed and schedule, on the protected versions of the same cases in PROTECTED_DIR (both nnU-Net v2
 raw datasets, e.g. PROTECTED_DIR written by 'umedprotect protect-dataset'); test both after every
-epoch on clean test cases and report the test DSC (final and best epoch), the ratio
-best DSC(protected) / best DSC(clean) (lower = stronger protection) and the PSNR/SSIM of the
-protected training images against the clean ones.
+epoch on clean test cases, and report the PSNR/SSIM of the protected training images against the
+clean ones and, for three checkpoints of each victim, ratio = DSC(protected) / DSC(clean) (lower =
+stronger protection; <= 0.10 counts as stopped):
+  final    the last epoch's checkpoint;
+  nnU-Net  the checkpoint nnU-Net keeps: best DSC on validation cases held out of the victim's own
+           training data (20% of the cases, the same for both victims, so the protected victim is
+           selected on protected data; with a single case, a block of its last slices);
+  oracle   the best epoch on the clean test cases (no attacker has it; it bounds early stopping).
+The first two are what an attacker gets. A verdict line counts the victims stopped under each.
 
 Test cases: the labelled test cases of CLEAN_DIR (imagesTs/ with labelsTs/) when it has any;
 otherwise --test-dir, an nnU-Net raw dataset whose labelled test cases (or, if it has none, its
 training cases) are used. Test cases must not be training cases.
 
-Training (nnU-Net-like, 2D): slices along each case's coarsest axis; nnU-Net's normalisation
-(channel named CT in dataset.json: clip to the 0.5-99.5 percentiles of the training foreground,
-z-score with its mean/std; otherwise per-case z-score); random patches (a third centred on the
-ROI); flips, rotation/scale resampling, brightness/contrast/gamma/noise/blur/low-resolution
-augmentation; Dice + CE loss; SGD with Nesterov momentum 0.99 (or --optimizer adam) and poly
-learning-rate decay. Test DSC of a case = mean Dice over the foreground labels it contains (3D over
-all its slices); the epoch's DSC = mean over test cases. With several foreground labels the ratio
-is also given for each label (its DSC = mean over the test cases that contain it; each label's best
-epoch).
+Training (nnU-Net-like): 2D victims on slices along each case's coarsest axis, 3D victims on 3D
+patches of the volumes; nnU-Net's normalisation (channel named CT in dataset.json: clip to the
+0.5-99.5 percentiles of the training foreground, z-score with its mean/std; otherwise per-case
+z-score); random patches (a third centred on the ROI); --augmentation nnunet: nnU-Net v2's training
+augmentation (rotation and scaling, noise, blur, brightness, contrast, low resolution, gamma,
+mirroring, with its probabilities), or none (the protocol of most published results); Dice + CE
+loss; SGD with Nesterov momentum 0.99 (or --optimizer adam) and poly learning-rate decay. Test DSC
+of a case = mean Dice over the foreground labels it contains (3D over all its slices); the epoch's
+DSC = mean over test cases. With several foreground labels the ratios are also given for each label.
 
 Checks after the last epoch, on (up to 8 of) the training cases: 'clean fit' and 'prot. fit', each
 victim's DSC on its own training cases; 'prot. on clean', the protected victim's DSC on the clean
@@ -43,12 +49,11 @@ versions of its training cases. A victim that does not fit its training data has
 the anatomy nor a shortcut, and its ratio says nothing about the protection: train longer. A
 protected victim that fits its protected cases but fails on their clean versions relies on the
 perturbation (same subject and slices: no generalisation gap mixed in).
-Victims can learn the anatomy before they come to rely on a perturbation, so a protected victim's
-best epoch is often an early one: fewer --iterations per epoch (same total) check more often, as an
-attacker who early-stops on clean cases would. The victim's normalisation sets how large a
-perturbation is to it (nnU-Net's CT clip range around one soft-tissue organ makes it large, a
-per-case z-score small): check --normalisation zscore too. The defaults are CPU-sized; use more
---epochs / --iterations and a larger --patch-size on a GPU."""
+A WARNING says when a clean victim had not converged (its validation DSC still rising by more than
+0.01 over the last fifth of the epochs): a short schedule mistakes delay for protection.
+The default schedule is nnU-Net's epoch of 250 iterations, 20 epochs (tens of minutes to hours per
+victim on a CPU); use a larger --patch-size and more --epochs on a GPU, or fewer --iterations for a
+quick look (the warning will say it is one)."""
 
 
 VICTIM_INSTALL = (
@@ -58,6 +63,8 @@ VICTIM_INSTALL = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from umedprotect.augment import AUGMENTATIONS
+
     from .defenses import DEFENSES
 
     defaults = TrainSettings()
@@ -76,10 +83,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-dir", metavar="DIR", help="dataset with the clean test cases, if CLEAN_DIR has none")
     p.add_argument("--victim", nargs="+", choices=tuple(VICTIMS), default=["unet"], help="victim architecture(s) (default unet)")
     p.add_argument("--defense", nargs="+", choices=tuple(DEFENSES), default=[], help="also train on the protected data after these defenses")
+    p.add_argument("--augmentation", choices=tuple(AUGMENTATIONS), default="nnunet",
+                   help="victims' training augmentation: nnunet (nnU-Net v2's transforms and probabilities), "
+                   "nnunet-like (the same transforms drawn as UMedProtect's fitting draws them), or none "
+                   "(default %(default)s)")  # fmt: skip
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default %(default)s)")
     p.add_argument("--iterations", type=int, default=defaults.iterations_per_epoch, help="iterations per epoch (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per iteration (default %(default)s)")
-    p.add_argument("--patch-size", type=int, default=defaults.patch_size, help="patch size in pixels (default %(default)s)")
+    p.add_argument("--patch-size", type=int, default=defaults.patch_size,
+                   help="patch side in pixels (3D victims: cubes, at most as deep as the volumes) (default %(default)s)")
     p.add_argument("--optimizer", choices=tuple(DEFAULT_LEARNING_RATES), default=defaults.optimizer, help="victim optimiser (default %(default)s, as nnU-Net)")
     p.add_argument("--learning-rate", type=float, help="initial learning rate (default: sgd 0.01, adam 0.001)")
     p.add_argument("--seed", type=int, nargs="+", default=[defaults.seed], metavar="N",
@@ -103,7 +115,10 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("must be at least 1", option=name)
     if args.output:
         check_writable_dir(Path(args.output).resolve().parent)
+    from umedprotect.augment import AUGMENTATIONS
+
     settings = TrainSettings(
+        augment=AUGMENTATIONS[args.augmentation],
         epochs=args.epochs,
         iterations_per_epoch=args.iterations,
         batch_size=args.batch_size,
@@ -125,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate(
         args.clean_dir, args.protected_dir, args.test_dir, args.victim, args.defense, settings, progress, args.seed, normalisation
     )
+    for warning in report["warnings"]:
+        print(f"WARNING: {warning}", file=sys.stderr)
     print(format_table(report))
     print(verdict_line(report["summary"]))
     if args.output:
@@ -133,50 +150,71 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+RULE_TITLES = {"final": "final", "nnunet": "nnU-Net", "oracle": "oracle"}
+LABEL_RULE_TITLES = {**RULE_TITLES, "oracle": "oracle (each label's best epoch)"}
+
+
 def format_table(report: dict) -> str:
-    """The summary as a small fixed-width table, with the visibility line under it."""
+    """The summary as a small fixed-width table (clean and protected DSC and their ratio under each checkpoint
+    rule), with the visibility line under it."""
     seeded = len(report.get("seeds", ())) > 1
+    lead = 28 + 6 * seeded
+    groups = "".join(f"{'-- ' + RULE_TITLES[rule] + ' --':^24}" for rule in RULE_KEYS)
     header = (
-        f"{'victim':<14}{'defense':<12}" + (f"{'seed':>6}" if seeded else "")
-        + f"{'clean best':>11}{'prot. best':>11}{'clean last':>11}{'prot. last':>11}"
-        f"{'ratio':>8}{'clean fit':>10}{'prot. fit':>10}{'prot. on clean':>15}"
-    )
-    lines = [header, "-" * len(header)]
+        f"{'victim':<16}{'defense':<12}" + (f"{'seed':>6}" if seeded else "")
+        + f"{'clean':>8}{'prot.':>8}{'ratio':>8}" * len(RULE_KEYS)
+        + f"{'clean fit':>10}{'prot. fit':>10}{'prot. on clean':>15}"
+    )  # fmt: skip
+    lines = [" " * lead + groups, header, "-" * len(header)]
     for row in report["summary"]:
         lines.append(
-            f"{row['victim']:<14}{row['defense']:<12}" + (f"{row['seed']:>6}" if seeded else "")
-            + f"{row['clean_best']:>11.4f}{row['protected_best']:>11.4f}"
-            f"{row['clean_final']:>11.4f}{row['protected_final']:>11.4f}{_fmt(row['ratio_best']):>8}"
-            f"{row['clean_train_dsc']:>10.4f}{row['protected_train_dsc']:>10.4f}{row['protected_clean_train_dsc']:>15.4f}"
-        )
+            f"{row['victim']:<16}{row['defense']:<12}" + (f"{row['seed']:>6}" if seeded else "")
+            + "".join(f"{_fmt(row[f'clean_{k}']):>8}{_fmt(row[f'protected_{k}']):>8}{_fmt(row[f'ratio_{k}']):>8}"
+                      for k in RULE_KEYS.values())
+            + f"{_fmt(row['clean_train_dsc']):>10}{_fmt(row['protected_train_dsc']):>10}"
+            + f"{_fmt(row['protected_clean_train_dsc']):>15}"
+        )  # fmt: skip
     if len(report["labels"]) > 1:
         for row in report["summary"]:
-            by_label = ", ".join(f"{name} {_fmt(value)}" for name, value in row["ratio_best_by_label"].items())
             seed = f" seed {row['seed']}" if seeded else ""
-            lines.append(f"{row['victim']} / {row['defense']}{seed}: ratio by label (each label's best epoch): {by_label}")
+            by_rule = "; ".join(
+                f"{LABEL_RULE_TITLES[rule]} "
+                + ", ".join(f"{name} {_fmt(value)}" for name, value in row[f"ratio_{key}_by_label"].items())
+                for rule, key in RULE_KEYS.items()
+            )
+            lines.append(f"{row['victim']} / {row['defense']}{seed}: ratio by label: {by_rule}")
     for row in report.get("over_seeds", []):
-        lines.append(
-            f"{row['victim']} / {row['defense']} over seeds {', '.join(map(str, row['seeds']))}: ratio mean "
-            f"{_fmt(row['ratio_best_mean'])} (lowest {_fmt(row['ratio_best_min'])}, highest {_fmt(row['ratio_best_max'])}); "
-            f"ratio <= {TARGET_RATIO:g} with {row['seeds_on_target']} of {len(row['seeds'])} seeds"
+        n = len(row["seeds"])
+        spread = "; ".join(
+            f"{RULE_TITLES[rule]} {_fmt(row[f'ratio_{key}_mean'])} ({_fmt(row[f'ratio_{key}_min'])} to "
+            f"{_fmt(row[f'ratio_{key}_max'])}, <= {TARGET_RATIO:g} with {row[on_target_key(key)]} of {n} seeds)"
+            for rule, key in RULE_KEYS.items()
         )
+        seeds = ", ".join(map(str, row["seeds"]))
+        lines.append(f"{row['victim']} / {row['defense']} over seeds {seeds}: ratio mean {spread}")
     q = report["quality"]
     lines.append(
         f"protected vs clean training images: mean PSNR {q['psnr_db_mean']:.2f} dB, mean SSIM {q['ssim_mean']:.5f}, "
-        f"max |change| {q['max_abs_change']:.4g}; {report['train_cases']} training cases, "
-        f"{report['test_cases']} test cases ({report['test_source']})"
+        f"max |change| {q['max_abs_change']:.4g}; {report['train_cases']} training cases "
+        f"({len(report['validation_cases'])} held out for validation), {report['test_cases']} test cases "
+        f"({report['test_source']}); augmentation {report['augmentation']}"
     )
     return "\n".join(lines)
 
 
 def verdict_line(summary: list[dict]) -> str:
-    """How many trained victims the protection stopped (best-epoch ratio at most the target); a lone failure says so."""
-    ratios = [row["ratio_best"] for row in summary]
-    stopped = sum(1 for r in ratios if r <= TARGET_RATIO)
+    """How many trained victims the protection stopped (ratio at most the target) at the final checkpoint and at the
+    one nnU-Net keeps, with the oracle's count beside them; a lone victim not stopped says so."""
+    n = len(summary)
+    stopped = {key: sum(1 for row in summary if row[f"ratio_{key}"] <= TARGET_RATIO) for key in RULE_KEYS.values()}
     runs = "run" if any(row["defense"] != "none" for row in summary) else "victim"
-    line = f"stopped {stopped} of {len(ratios)} {runs}s (ratio <= {TARGET_RATIO:.2f})"
-    if len(ratios) == 1 and not stopped:
-        line += f": not protected (ratio {_fmt(ratios[0])})"
+    line = (
+        f"stopped {stopped['final']} of {n} {runs}s (ratio <= {TARGET_RATIO:.2f}) at the final checkpoint, "
+        f"{stopped['nnunet']} of {n} at the one nnU-Net keeps ({stopped['best']} of {n} at the oracle's best epoch)"
+    )
+    if n == 1 and not (stopped["final"] or stopped["nnunet"]):
+        row = summary[0]
+        line += f": not protected (ratio {_fmt(row['ratio_final'])} final, {_fmt(row['ratio_nnunet'])} nnU-Net)"
     return line
 
 

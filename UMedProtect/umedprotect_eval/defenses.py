@@ -4,7 +4,10 @@ Image defenses act on each 2D training slice in native units, using the case's i
 ``blur`` (Gaussian, sigma 1 px), ``bitdepth`` (6 bits over the window), ``jpeg`` (quality 50 on the
 window mapped to 8 bits, as for an 8-bit export), ``downup`` (0.5x down-sampling and back, bilinear).
 Training defenses change the schedule: ``strong-aug`` (stronger augmentation), ``mix-clean``
-(20% of the training cases, at least one, replaced by their clean versions).
+(20% of the training cases, at least one, replaced by their clean versions), ``ueraser`` (UEraser-like
+strong intensity augmentation: plasma brightness and contrast fields, strong gamma, contrast and noise).
+``adaptive`` is an attacker who knows the method: it estimates, per case and label, the pattern tied to
+the distance from the label's edge (:func:`remove_edge_pattern`) and subtracts it before training.
 """
 
 from __future__ import annotations
@@ -19,16 +22,20 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from umedprotect.augment import STRONG_AUGMENTATION
+from umedprotect.augment import STRONG_AUGMENTATION, UERASER_AUGMENTATION
 from umedprotect.errors import InputError
 from umedprotect.intensity import Window
 from umedprotect.slices import SliceSample
+
+from .training import by_case
 
 BLUR_SIGMA = 1.0
 BIT_DEPTH = 6
 JPEG_QUALITY = 50
 DOWNUP_FACTOR = 0.5
 CLEAN_FRACTION = 0.2
+EDGE_DISTANCE = 8  # pixels either side of a label's edge where the adaptive attacker models the pattern
+ADAPTIVE_RIDGE = 10.0  # the adaptive attacker's ridge penalty (relative): less removes more pattern and more anatomy
 
 ImageTransform = Callable[[np.ndarray, Window], np.ndarray]  # (slice in native units, its window) -> defended slice
 
@@ -126,6 +133,78 @@ def strong_augmentation(protected: list[SliceSample], clean: list[SliceSample], 
 )
 def mixed_with_clean(protected: list[SliceSample], clean: list[SliceSample], settings):
     return mix_clean(protected, clean, settings.seed), settings
+
+
+@register_defense(
+    "ueraser", "UEraser-like strong intensity augmentation: plasma brightness/contrast fields, gamma, contrast, noise"
+)
+def ueraser(protected: list[SliceSample], clean: list[SliceSample], settings):
+    return protected, replace(settings, augment=UERASER_AUGMENTATION)
+
+
+@register_defense(
+    "adaptive",
+    f"knows the method: per case, fits and subtracts a pattern tied to the distance (within {EDGE_DISTANCE} px) "
+    "to each label's edge",
+)
+def adaptive(protected: list[SliceSample], clean: list[SliceSample], settings):
+    return remove_edge_pattern(protected), settings
+
+
+def signed_edge_distance(mask: np.ndarray) -> np.ndarray:
+    """Signed distance in pixels to the edge of a 2D ``mask``: positive inside, negative outside (0.5 either side
+    of the edge)."""
+    inside = ndimage.distance_transform_edt(mask)
+    outside = ndimage.distance_transform_edt(~mask)
+    return np.where(mask, inside - 0.5, 0.5 - outside)
+
+
+def remove_edge_pattern(samples: Sequence[SliceSample]) -> list[SliceSample]:
+    """The adaptive attacker: per case and foreground label, a pattern that is a function of the signed distance to
+    the label's edge (one value per 1-pixel distance bin within :data:`EDGE_DISTANCE`) fitted by least squares to
+    the image's high-pass residual (its Laplacian) over all the case's slices, and subtracted. The ridge penalty
+    (:data:`ADAPTIVE_RIDGE`, relative to each bin's own weight) keeps the fit from flattening the anatomy's edge: a
+    pattern tied to the edge (rings) goes, an unprotected image stays nearly unchanged."""
+    out = []
+    for slices in by_case(samples).values():
+        images = [s.image.astype(np.float64) for s in slices]
+        for label in sorted({int(v) for s in slices for v in np.unique(s.labels)} - {0}):
+            bins = [_distance_bins(s.labels == label) for s in slices]
+            pattern = _edge_pattern(images, bins)
+            for image, b in zip(images, bins):
+                image -= np.where(b >= 0, pattern[np.maximum(b, 0)], 0.0)
+        out += [replace(s, image=image.astype(np.float32)) for s, image in zip(slices, images)]
+    return _restat(out)
+
+
+def _edge_pattern(images: Sequence[np.ndarray], bins: Sequence[np.ndarray]) -> np.ndarray:
+    """Per distance bin, the value whose image, through the Laplacian, best explains the images' Laplacian."""
+    n = 2 * EDGE_DISTANCE
+    normal, target = np.zeros((n, n)), np.zeros(n)
+    for image, b in zip(images, bins):
+        rows = ndimage.binary_dilation(b >= 0, iterations=1)
+        if not rows.any():
+            continue
+        basis = np.stack([_laplace((b == k).astype(np.float64))[rows] for k in range(n)], axis=1)
+        normal += basis.T @ basis
+        target += basis.T @ _laplace(image)[rows]
+    scale = np.diag(normal)
+    if not scale.any():
+        return np.zeros(n)
+    regularised = normal + ADAPTIVE_RIDGE * np.diag(scale) + 1e-9 * np.eye(n)
+    return np.linalg.solve(regularised, target)
+
+
+def _distance_bins(mask: np.ndarray) -> np.ndarray:
+    """Each pixel's bin of signed edge distance, 0..2*EDGE_DISTANCE-1 (-1: farther from the edge, or no edge)."""
+    if not mask.any() or mask.all():
+        return np.full(mask.shape, -1, dtype=np.int64)
+    bins = np.floor(signed_edge_distance(mask)).astype(np.int64) + EDGE_DISTANCE
+    return np.where((bins >= 0) & (bins < 2 * EDGE_DISTANCE), bins, -1)
+
+
+def _laplace(image: np.ndarray) -> np.ndarray:
+    return ndimage.laplace(image, mode="nearest")
 
 
 def apply_image_transform(transform: ImageTransform, samples: Sequence[SliceSample]) -> list[SliceSample]:

@@ -1,10 +1,13 @@
-"""Victim training: one segmenter trained from scratch on 2D slices, tested on clean cases after every epoch.
+"""Victim training: one segmenter trained from scratch, tested on clean cases after every epoch.
 
-nnU-Net-like settings: nnU-Net's normalisation (CT: clipping to the 0.5-99.5 percentiles of the training
-set's foreground voxels, then z-score with their mean and std; other modalities: per-case z-score), random
-patches with foreground oversampling, the victim-like augmentation of :mod:`umedprotect.augment`, Dice + CE
-loss, SGD with Nesterov momentum 0.99 (or Adam) and a poly learning-rate decay. The test DSC of a case is the
-mean Dice over the foreground labels present in it (3D, over all its slices); an epoch's, the mean over cases.
+nnU-Net-like settings: nnU-Net's normalisation (CT: clipping to the 0.5-99.5 percentiles of the training set's
+foreground voxels, then z-score with their mean and std; other modalities: per-case z-score), random
+patches with foreground oversampling (2D victims: patches of slices; 3D victims: of the volumes), nnU-Net's
+augmentation (:data:`umedprotect.augment.NNUNET_AUGMENTATION`), Dice + CE loss, SGD with Nesterov momentum
+0.99 (or Adam) and a poly learning-rate decay. The test DSC of a case is the mean Dice over the foreground
+labels present in it (3D, over all its slices); an epoch's, the mean over cases. Given validation cases
+(held out of the training data), the victim is scored on them too: nnU-Net keeps the checkpoint that is best
+there (:data:`CHECKPOINT_RULES`).
 
 :class:`VictimTrainer` runs one training. Experiments change it by subclassing and overriding its hooks
 (``build_network``, ``normalisation_statistics``, ``on_iteration``, ``on_checkpoint``, ``should_stop``),
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from umedprotect.augment import AugmentSettings, augment_batch
+from umedprotect.augment import NNUNET_AUGMENTATION, AugmentSettings, augment_batch
 from umedprotect.devices import resolve_device
 from umedprotect.errors import InputError
 from umedprotect.losses import dice_by_label, dice_ce_loss, nan_mean
@@ -35,14 +38,19 @@ NORMALISATIONS = ("zscore", "ct")  # per-case z-score; nnU-Net's CT normalisatio
 DEFAULT_LEARNING_RATES = {"sgd": 0.01, "adam": 1e-3}  # nnU-Net's SGD; the usual Adam rate
 FIT_CHECK_CASES = 8  # training cases segmented after every epoch to check the victim fits its data
 GRADIENT_CLIP = 12.0  # nnU-Net's gradient norm clipping
+NNUNET_ITERATIONS_PER_EPOCH = 250
+# Which checkpoint a victim is judged by: the last; the one nnU-Net keeps (best DSC on validation cases held
+# out of its own training data, here the protected data); the oracle (best DSC on the clean test cases).
+CHECKPOINT_RULES = ("final", "nnunet", "oracle")
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Victim training schedule; the defaults are CPU-friendly (a few hundred iterations)."""
+    """Victim training schedule: nnU-Net's epoch of 250 iterations, 20 epochs (long enough for a clean victim to
+    converge on small datasets; check :func:`umedprotect_eval.evaluation.convergence_gain`), CPU-sized patches."""
 
-    epochs: int = 10
-    iterations_per_epoch: int = 25
+    epochs: int = 20
+    iterations_per_epoch: int = NNUNET_ITERATIONS_PER_EPOCH
     batch_size: int = 8
     patch_size: int = 96  # rounded up to a multiple of the victim's divisor
     optimizer: str = "sgd"  # "sgd" (nnU-Net: Nesterov, momentum below) or "adam"
@@ -53,7 +61,7 @@ class TrainSettings:
     test_batch_size: int = 16
     seed: int = 0
     device: str = "auto"
-    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    augment: AugmentSettings = NNUNET_AUGMENTATION
 
     def __post_init__(self) -> None:
         if self.learning_rate is None:
@@ -72,6 +80,7 @@ class Checkpoint:
     label_dsc: list[float]  # test DSC of each foreground label (nan: in no test case)
     train_dsc: float  # on (up to FIT_CHECK_CASES of) its training cases
     clean_train_dsc: float | None  # on their clean versions; None when not given
+    validation_dsc: float | None = None  # on the validation cases; None when not given
 
 
 @dataclass
@@ -84,6 +93,7 @@ class TrainingRun:
     train_curve: list[float] = field(default_factory=list)
     clean_train_curve: list[float] = field(default_factory=list)
     label_curve: list[list[float]] = field(default_factory=list)  # per epoch: test DSC of each foreground label
+    validation_curve: list[float] = field(default_factory=list)  # per epoch: DSC on the validation cases
 
     @classmethod
     def from_checkpoints(cls, victim: str, checkpoints: Sequence[Checkpoint], seconds: float) -> TrainingRun:
@@ -94,6 +104,7 @@ class TrainingRun:
             [c.train_dsc for c in checkpoints],
             [c.clean_train_dsc for c in checkpoints if c.clean_train_dsc is not None],
             [c.label_dsc for c in checkpoints],
+            [c.validation_dsc for c in checkpoints if c.validation_dsc is not None],
         )
 
     @property
@@ -114,6 +125,37 @@ class TrainingRun:
         """Each foreground label's best test DSC over the epochs, at its own best epoch (nan: in no test case)."""
         return [max((v for v in epochs if not math.isnan(v)), default=math.nan) for epochs in zip(*self.label_curve)]
 
+    @property
+    def train_dsc(self) -> float:
+        """The fit check after the last epoch (nan: no training case with labels was checked)."""
+        return _last(self.train_curve)
+
+    @property
+    def clean_train_dsc(self) -> float:
+        """The fit check on the clean versions after the last epoch (nan: not given)."""
+        return _last(self.clean_train_curve)
+
+    def epoch(self, rule: str) -> int:
+        """The 1-based epoch that checkpoint ``rule`` keeps (:data:`CHECKPOINT_RULES`; the first one on ties)."""
+        if rule == "final":
+            return len(self.curve)
+        if rule == "oracle":
+            return self.best_epoch
+        if rule == "nnunet":
+            if not self.validation_curve:
+                raise ValueError("the nnunet rule needs validation cases")
+            scores = np.nan_to_num(np.asarray(self.validation_curve, dtype=float), nan=-1.0)
+            return int(np.argmax(scores)) + 1
+        raise ValueError(f"unknown checkpoint rule {rule!r} (choose from {', '.join(CHECKPOINT_RULES)})")
+
+    def dsc(self, rule: str) -> float:
+        """The test DSC of the checkpoint that ``rule`` keeps."""
+        return self.curve[self.epoch(rule) - 1]
+
+    def dsc_by_label(self, rule: str) -> list[float]:
+        """Each foreground label's test DSC at the checkpoint ``rule`` keeps; the oracle: at each label's best."""
+        return self.best_by_label if rule == "oracle" else list(self.label_curve[self.epoch(rule) - 1])
+
     def to_dict(self) -> dict:
         return {
             "victim": self.victim,
@@ -123,10 +165,12 @@ class TrainingRun:
             "curve": self.curve,
             "best_dsc_by_label": self.best_by_label,
             "label_curve": self.label_curve,
-            "train_dsc_final": _last(self.train_curve),
-            "clean_train_dsc_final": _last(self.clean_train_curve),
+            "train_dsc_final": self.train_dsc,
+            "clean_train_dsc_final": self.clean_train_dsc,
             "train_curve": self.train_curve,
             "clean_train_curve": self.clean_train_curve,
+            "validation_curve": self.validation_curve,
+            **({"nnunet_epoch": self.epoch("nnunet")} if self.validation_curve else {}),
             "seconds": round(self.seconds, 1),
         }
 
@@ -140,6 +184,7 @@ class VictimTrainer:
 
     ``normalisation``: ``zscore`` (per case) or ``ct`` (see :func:`ct_normalised`).
     ``clean_train``: the clean versions of the (protected) training cases, for the fit check.
+    ``validation``: cases held out of the training data, scored after every epoch (nnU-Net's checkpoint choice).
     After :meth:`run`, ``model`` is the trained network.
     """
 
@@ -152,6 +197,7 @@ class VictimTrainer:
         settings: TrainSettings | None = None,
         normalisation: str = "zscore",
         clean_train: Sequence[SliceSample] | None = None,
+        validation: Sequence[SliceSample] | None = None,
     ) -> None:
         settings = settings or TrainSettings()
         if not train:
@@ -165,6 +211,7 @@ class VictimTrainer:
             raise InputError(f"unknown optimizer {settings.optimizer!r} (choose from {choices})")
         self.spec = victim_spec(victim)
         self.train, self.test, self.clean_train = list(train), list(test), list(clean_train or [])
+        self.validation = list(validation or [])
         self.victim, self.n_classes, self.settings, self.normalisation = victim, n_classes, settings, normalisation
         self.model: torch.nn.Module | None = None
 
@@ -191,10 +238,12 @@ class VictimTrainer:
     def run(self, progress: EpochProgress | None = None, run_name: str = "") -> TrainingRun:
         """Train through the epochs of the settings (or until :meth:`should_stop`); the per-epoch scores."""
         settings = self.settings
-        train, test, clean_train = self.train, self.test, self.clean_train
+        train, test, clean_train, validation = self.train, self.test, self.clean_train, self.validation
         if self.normalisation == "ct":
             statistics = self.normalisation_statistics(train)
-            train, test, clean_train = ct_normalised(train, test, clean_train, statistics=statistics)
+            train, test, clean_train, validation = ct_normalised(
+                train, test, clean_train, validation, statistics=statistics
+            )
         self.device = resolve_device(settings.device)
         torch.manual_seed(settings.seed)
         self.model = self.build_network().to(self.device)
@@ -204,19 +253,26 @@ class VictimTrainer:
         optimiser = _optimiser(self.model, settings)
         total = settings.epochs * settings.iterations_per_epoch
         schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda it: (1 - it / total) ** 0.9)
-        with_roi = [s for s in train if s.labels.any()]
         fit_check = _fit_check_slices(train)
         clean_check = [s for s in clean_train if s.case_id in {s.case_id for s in fit_check}]
+        if self.spec.spatial_dims == 3:
+            train = stack_cases(train)
+            depth = math.ceil(max(s.image.shape[0] for s in train) / self.spec.divisor) * self.spec.divisor
+            patch_shape = (min(patch, depth), patch, patch)
+        with_roi = [s for s in train if s.labels.any()]
         checkpoints: list[Checkpoint] = []
         start = time.time()
         for epoch in range(1, settings.epochs + 1):
             self.model.train()
             for i in range(settings.iterations_per_epoch):
-                image, labels = _sample_batch(train, with_roi, patch, settings, rng, self.device)
+                if self.spec.spatial_dims == 3:
+                    image, labels = _sample_volume_batch(train, with_roi, patch_shape, settings, rng, self.device)
+                else:
+                    image, labels = _sample_batch(train, with_roi, patch, settings, rng, self.device)
                 loss = self._train_step(*augment_batch(image, labels, settings.augment, augment_rng), optimiser)
                 schedule.step()
                 self.on_iteration((epoch - 1) * settings.iterations_per_epoch + i + 1, loss)
-            checkpoints.append(self._checkpoint(epoch, test, fit_check, clean_check))
+            checkpoints.append(self._checkpoint(epoch, test, fit_check, clean_check, validation))
             self.on_checkpoint(checkpoints[-1])
             if progress is not None:
                 progress(run_name or self.victim, epoch, settings.epochs, checkpoints[-1].test_dsc)
@@ -238,8 +294,10 @@ class VictimTrainer:
         test: Sequence[SliceSample],
         fit_check: Sequence[SliceSample],
         clean_check: Sequence[SliceSample],
+        validation: Sequence[SliceSample],
     ) -> Checkpoint:
-        """The test scores after ``epoch``, and the fit check on its training cases (and their clean versions)."""
+        """The test scores after ``epoch``, the fit check on its training cases (and their clean versions), the
+        validation DSC."""
         tested = self._case_dice(test)
         return Checkpoint(
             epoch,
@@ -247,9 +305,13 @@ class VictimTrainer:
             label_dsc(tested, self.n_classes),
             mean_dsc(self._case_dice(fit_check)),
             mean_dsc(self._case_dice(clean_check)) if clean_check else None,
+            mean_dsc(self._case_dice(validation)) if validation else None,
         )
 
     def _case_dice(self, samples: Sequence[SliceSample]) -> list[list[float]]:
+        if self.spec.spatial_dims == 3:
+            tile = math.ceil(self.settings.patch_size / self.spec.divisor) * self.spec.divisor
+            return volume_dice(self.model, samples, self.n_classes, self.spec.divisor, tile, self.device)
         batch_size = self.settings.test_batch_size
         return case_dice(self.model, samples, self.n_classes, self.spec.divisor, batch_size, self.device)
 
@@ -264,9 +326,11 @@ def train_victim(
     run_name: str = "",
     normalisation: str = "zscore",
     clean_train: Sequence[SliceSample] | None = None,
+    validation: Sequence[SliceSample] | None = None,
 ) -> TrainingRun:
     """One :class:`VictimTrainer` run with the default hooks."""
-    return VictimTrainer(train, test, victim, n_classes, settings, normalisation, clean_train).run(progress, run_name)
+    trainer = VictimTrainer(train, test, victim, n_classes, settings, normalisation, clean_train, validation)
+    return trainer.run(progress, run_name)
 
 
 def by_case(samples: Sequence[SliceSample]) -> dict[str, list[SliceSample]]:
@@ -275,6 +339,14 @@ def by_case(samples: Sequence[SliceSample]) -> dict[str, list[SliceSample]]:
     for s in samples:
         cases.setdefault(s.case_id, []).append(s)
     return {k: sorted(v, key=lambda s: s.index) for k, v in cases.items()}
+
+
+def stack_cases(samples: Sequence[SliceSample]) -> list[SliceSample]:
+    """One sample per case whose image and labels are the case's slices stacked into a volume (D,H,W)."""
+    return [
+        replace(slices[0], image=np.stack([s.image for s in slices]), labels=np.stack([s.labels for s in slices]))
+        for slices in by_case(samples).values()
+    ]
 
 
 def ct_normalised(
@@ -332,6 +404,48 @@ def _sample_batch(
     )
 
 
+def _sample_volume_batch(
+    volumes: Sequence[SliceSample],
+    with_roi: Sequence[SliceSample],
+    patch: tuple[int, int, int],
+    settings: TrainSettings,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Z-scored random 3D patches (B,1,D,H,W) of the volumes and their labels (B,D,H,W); padding is the case minimum."""
+    images, labels = [], []
+    for _ in range(settings.batch_size):
+        foreground = bool(with_roi) and rng.random() < settings.foreground_fraction
+        v = with_roi[rng.integers(len(with_roi))] if foreground else volumes[rng.integers(len(volumes))]
+        if foreground:
+            voxels = np.argwhere(v.labels)
+            centre = voxels[rng.integers(len(voxels))] + [rng.integers(-n // 4, n // 4 + 1) for n in patch]
+        else:
+            centre = np.array([rng.integers(n) for n in v.labels.shape])
+        origin = [int(c) - n // 2 for c, n in zip(centre, patch)]
+        z = _zscore(v.image, v)
+        images.append(_crop_or_pad_nd(z, origin, patch, float(z.min()))[None])
+        labels.append(_crop_or_pad_nd(v.labels, origin, patch, 0))
+    return (
+        torch.as_tensor(np.stack(images), dtype=torch.float32, device=device),
+        torch.as_tensor(np.stack(labels), dtype=torch.long, device=device),
+    )
+
+
+def _crop_or_pad_nd(array: np.ndarray, origin: Sequence[int], size: Sequence[int], fill: float) -> np.ndarray:
+    """The window of ``size`` starting at ``origin`` (may lie partly outside), padded with ``fill``."""
+    out = np.full(tuple(size), fill, dtype=array.dtype)
+    source, target = [], []
+    for start, n, length in zip(origin, size, array.shape):
+        lo, hi = max(start, 0), min(start + n, length)
+        if hi <= lo:
+            return out
+        source.append(slice(lo, hi))
+        target.append(slice(lo - start, hi - start))
+    out[tuple(target)] = array[tuple(source)]
+    return out
+
+
 def _zscore(image: np.ndarray, sample: SliceSample) -> np.ndarray:
     """Z-score with the sample's statistics (its case's, or the CT normalisation's)."""
     return ((image - sample.mean) / max(sample.std, 1e-6)).astype(np.float32)
@@ -360,6 +474,35 @@ def case_dice(
             x = F.pad(x, pad, mode="replicate") if any(pad) else x
             pred.append(model(x)[:, :, :h, :w].argmax(dim=1).cpu().numpy())
         scores.append(dice_by_label(np.concatenate(pred), target, n_classes))
+    return scores
+
+
+@torch.inference_mode()
+def volume_dice(
+    model: torch.nn.Module,
+    test: Sequence[SliceSample],
+    n_classes: int,
+    divisor: int,
+    tile: int,
+    device: torch.device | str = "cpu",
+) -> list[list[float]]:
+    """3D victims: per test case, the Dice of each foreground label; the volume is segmented in tiles of ``tile``
+    voxels a side (along an axis shorter than that: the axis padded to the divisor)."""
+    model.eval()
+    scores = []
+    for volume in stack_cases(test):
+        z = _zscore(volume.image, volume)
+        shape = z.shape
+        tiles = [min(tile, math.ceil(n / divisor) * divisor) for n in shape]
+        padded_shape = [math.ceil(n / t) * t for n, t in zip(shape, tiles)]
+        padded = np.pad(z, [(0, p - n) for p, n in zip(padded_shape, shape)], mode="edge")
+        pred = np.zeros(padded_shape, dtype=np.int64)
+        for corner in np.ndindex(*[p // t for p, t in zip(padded_shape, tiles)]):
+            window = tuple(slice(c * t, (c + 1) * t) for c, t in zip(corner, tiles))
+            x = torch.as_tensor(padded[window][None, None], device=device)
+            pred[window] = model(x).argmax(dim=1)[0].cpu().numpy()
+        crop = tuple(slice(0, n) for n in shape)
+        scores.append(dice_by_label(pred[crop], volume.labels, n_classes))
     return scores
 
 

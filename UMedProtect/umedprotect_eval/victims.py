@@ -1,8 +1,8 @@
 """Victim segmenters an unauthorised trainer might use, built by name.
 
-``unet`` is the project's own 2D U-Net; the others come from established libraries (nnU-Net's
-``dynamic-network-architectures`` and MONAI), imported only when built so the core install does
-not need them (``pip install umedprotect[eval]``, plus ``pip install --no-deps
+``unet`` is the project's own 2D U-Net, ``unet3d`` a small built-in 3D one; the others come from
+established libraries (nnU-Net's ``dynamic-network-architectures`` and MONAI), imported only when built so the
+core install does not need them (``pip install umedprotect[eval]``, plus ``pip install --no-deps
 dynamic-network-architectures`` for the nnU-Net networks).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from umedprotect.errors import InputError
@@ -27,8 +28,9 @@ class VictimSpec:
 
     name: str
     description: str
-    divisor: int  # input height and width must be multiples of this
+    divisor: int  # input height and width (and depth) must be multiples of this
     builder: Callable[[int], nn.Module]
+    spatial_dims: int = 2  # 2: trained on slices; 3: on 3D patches of the volumes
 
 
 def _unet(n_classes: int, base_channels: int = 32) -> nn.Module:
@@ -41,19 +43,58 @@ def _small_unet(n_classes: int) -> nn.Module:
     return _unet(n_classes, base_channels=16)
 
 
-def _nnunet_kwargs() -> dict:
-    """nnU-Net's 2D configuration (3x3 kernels, instance norm, leaky ReLU), 5 stages of 32..320 features."""
+class UNet3d(nn.Module):
+    """A small 3D U-Net (3 levels; 3x3x3 convolutions, instance norm, leaky ReLU), nnU-Net's building blocks."""
+
+    def __init__(self, n_classes: int, base_channels: int = 16, levels: int = 3) -> None:
+        super().__init__()
+        widths = [base_channels * 2**i for i in range(levels)]
+        self.encoders, self.upsamplers, self.decoders = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        previous = 1
+        for width in widths:
+            self.encoders.append(_conv_block_3d(previous, width))
+            previous = width
+        for width in reversed(widths[:-1]):
+            self.upsamplers.append(nn.ConvTranspose3d(previous, width, 2, stride=2))
+            self.decoders.append(_conv_block_3d(2 * width, width))
+            previous = width
+        self.head = nn.Conv3d(previous, n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, encoder in enumerate(self.encoders):
+            x = encoder(nn.functional.max_pool3d(x, 2) if i else x)
+            skips.append(x)
+        for upsample, decoder, skip in zip(self.upsamplers, self.decoders, reversed(skips[:-1])):
+            x = decoder(torch.cat([upsample(x), skip], dim=1))
+        return self.head(x)
+
+
+def _conv_block_3d(in_channels: int, out_channels: int) -> nn.Sequential:
+    layers = []
+    for channels in (in_channels, out_channels):
+        layers += [nn.Conv3d(channels, out_channels, 3, padding=1), nn.InstanceNorm3d(out_channels, affine=True),
+                   nn.LeakyReLU(0.01, inplace=True)]  # fmt: skip
+    return nn.Sequential(*layers)
+
+
+def _unet3d(n_classes: int) -> nn.Module:
+    return UNet3d(n_classes)
+
+
+def _nnunet_kwargs(spatial_dims: int = 2) -> dict:
+    """nnU-Net's configuration (3x3(x3) kernels, instance norm, leaky ReLU), 5 stages of 32..320 features."""
     import torch
 
     return dict(
         input_channels=1,
         n_stages=5,
         features_per_stage=(32, 64, 128, 256, 320),
-        conv_op=nn.Conv2d,
+        conv_op=nn.Conv2d if spatial_dims == 2 else nn.Conv3d,
         kernel_sizes=3,
         strides=(1, 2, 2, 2, 2),
         conv_bias=True,
-        norm_op=nn.InstanceNorm2d,
+        norm_op=nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d,
         norm_op_kwargs={"eps": 1e-5, "affine": True},
         nonlin=torch.nn.LeakyReLU,
         nonlin_kwargs={"inplace": True},
@@ -61,14 +102,19 @@ def _nnunet_kwargs() -> dict:
     )
 
 
-def _plain_conv_unet(n_classes: int) -> nn.Module:
+def _plain_conv_unet(n_classes: int, spatial_dims: int = 2) -> nn.Module:
     try:
         from dynamic_network_architectures.architectures.unet import PlainConvUNet
     except ImportError:
-        raise InputError(f"victim 'plainconvunet' needs dynamic-network-architectures ({NNUNET_HINT})") from None
+        name = "plainconvunet" + ("3d" if spatial_dims == 3 else "")
+        raise InputError(f"victim {name!r} needs dynamic-network-architectures ({NNUNET_HINT})") from None
     return PlainConvUNet(
-        num_classes=n_classes, n_conv_per_stage=2, n_conv_per_stage_decoder=2, **_nnunet_kwargs()
+        num_classes=n_classes, n_conv_per_stage=2, n_conv_per_stage_decoder=2, **_nnunet_kwargs(spatial_dims)
     )
+
+
+def _plain_conv_unet_3d(n_classes: int) -> nn.Module:
+    return _plain_conv_unet(n_classes, spatial_dims=3)
 
 
 def _residual_encoder_unet(n_classes: int) -> nn.Module:
@@ -106,6 +152,10 @@ VICTIMS: dict[str, VictimSpec] = {
         VictimSpec("resencunet", "nnU-Net ResidualEncoderUNet (ResEnc-M-like), 2D, 5 stages", 16, _residual_encoder_unet),
         VictimSpec("segresnet", "MONAI SegResNet, 2D, 16 initial filters", 8, _segresnet),
         VictimSpec("basicunet", "MONAI BasicUNet, 2D", 16, _basicunet),
+        VictimSpec("plainconvunet3d", "nnU-Net 3d_fullres-like: PlainConvUNet, 3D, 5 stages, on 3D patches", 16,
+                   _plain_conv_unet_3d, spatial_dims=3),
+        VictimSpec("unet3d", "a small built-in 3D U-Net (3 levels, 16 base channels), on 3D patches", 4, _unet3d,
+                   spatial_dims=3),
     )
 }
 
@@ -128,5 +178,5 @@ def victim_spec(name: str) -> VictimSpec:
 
 
 def build_victim(name: str, n_classes: int) -> nn.Module:
-    """A freshly initialised victim mapping (B,1,H,W) to (B,n_classes,H,W) logits."""
+    """A freshly initialised victim mapping (B,1,H,W) to (B,n_classes,H,W) logits (3D victims: (B,1,D,H,W))."""
     return victim_spec(name).builder(n_classes)
