@@ -1,0 +1,114 @@
+"""The ε budget in native units, checked against a window this test computes itself, for every supported pixel type.
+
+The oracle: |protected - original| <= ε/255 · (P99.5 - P0.5) of the case's intensities (numpy percentiles),
+integer images change by whole levels no larger than the budget's floor, nothing but rounding is lost.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from oracles import live_protector, promised_budget
+
+from umedprotect import io
+from umedprotect.array_protection import protect_array
+from umedprotect.phantoms import phantom_slice, phantom_volume
+
+# (offset, span) of the test image per pixel type: inside the type's range, wide enough for several ε levels.
+INTENSITIES = {
+    "uint8": (0, 250),
+    "int8": (-120, 240),
+    "uint16": (100, 4000),
+    "int16": (-1024, 3000),
+    "uint32": (70_000, 9_000),
+    "int32": (-50_000, 120_000),
+    "uint64": (2**40, 5_000),
+    "int64": (-(2**40), 7_000),
+    "float32": (-1000.0, 2500.0),
+    "float64": (0.0, 1.0),
+}
+EPSILONS = (1.0, 4.0, 16.0)
+
+
+def test_every_supported_pixel_type_is_covered():
+    supported = {sitk.GetArrayFromImage(sitk.Image(1, 1, pixel_id)).dtype.name for pixel_id in io.SUPPORTED_PIXEL_TYPES}
+    assert supported == set(INTENSITIES)
+
+
+def typed_image(dtype: str, shape=(64, 64), rng=0) -> tuple[np.ndarray, np.ndarray]:
+    image, labels = phantom_slice(shape, n_lesions=2, rng=rng) if len(shape) == 2 else phantom_volume(shape, 2, rng=rng)
+    unit = (image - image.min()) / (image.max() - image.min())
+    offset, span = INTENSITIES[dtype]
+    values = offset + unit.astype(np.float64) * span
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        values = np.rint(values)
+    return values.astype(dtype), labels
+
+
+@pytest.fixture(scope="module")
+def protector():
+    return live_protector()
+
+
+@pytest.mark.parametrize("epsilon", EPSILONS)
+@pytest.mark.parametrize("dtype", sorted(INTENSITIES))
+def test_change_stays_within_the_promised_budget_and_uses_it(protector, dtype, epsilon):
+    image, labels = typed_image(dtype)
+    result = protect_array(image, labels, protector, epsilon=epsilon, device="cpu")
+    budget = promised_budget(image, epsilon)
+    change = result.protected.astype(np.float64) - image.astype(np.float64)
+    assert result.protected.dtype == image.dtype
+    assert np.abs(change).max() <= budget * (1 + 1e-12)
+    if np.issubdtype(image.dtype, np.integer):
+        assert np.array_equal(change, np.rint(change))
+        reachable = np.floor(budget)  # whole levels only
+    else:
+        reachable = budget
+    assert np.abs(change).max() >= 0.9 * reachable  # the budget is used, not silently shrunk
+    assert result.budget == pytest.approx(budget, rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "int32"])
+@pytest.mark.parametrize("epsilon", [2.5, 8.0])
+def test_integer_images_get_the_float_change_rounded_to_the_nearest_level_within_the_budget(protector, dtype, epsilon):
+    """The same case as float64 gives the exact change; as integers it must be rint of it, capped at floor(budget)."""
+    image, labels = typed_image(dtype)
+    exact = protect_array(image.astype(np.float64), labels, protector, epsilon=epsilon, device="cpu")
+    result = protect_array(image, labels, protector, epsilon=epsilon, device="cpu")
+    step = np.floor(promised_budget(image, epsilon))
+    expected = np.clip(np.rint(exact.protected - image), -step, step)
+    expected = np.clip(image + expected, image.min(), image.max()) - image
+    change = result.protected.astype(np.float64) - image.astype(np.float64)
+    assert step >= 1
+    assert np.abs(expected).max() == step  # the cap is reached: rounding up beyond it would show
+    np.testing.assert_array_equal(change, expected)
+
+
+def test_the_window_of_a_nearly_constant_image_falls_back_to_its_range(protector):
+    """Fewer than 0.5 % of the voxels differ from the background: the percentile window is empty, use min/max."""
+    _, labels = typed_image("float32", shape=(64, 64))
+    image = np.full(labels.shape, 100.0, dtype=np.float32)
+    image[0, :8], image[-1, :8] = 900.0, 0.0
+    assert np.percentile(image, 0.5) == np.percentile(image, 99.5)
+    budget = promised_budget(image, 8.0)
+    assert budget == pytest.approx(8.0 / 255 * 900)
+    result = protect_array(image, labels, protector, epsilon=8.0, device="cpu")
+    change = np.abs(result.protected.astype(np.float64) - image)
+    assert 0.9 * budget <= change.max() <= budget * (1 + 1e-12)
+
+
+def test_a_volume_stays_within_the_budget_of_its_whole_window(protector):
+    image, labels = typed_image("int16", shape=(6, 40, 40))
+    result = protect_array(image, labels, protector, spacing=(3.0, 0.8, 0.8), epsilon=6.0, device="cpu")
+    change = np.abs(result.protected.astype(np.float64) - image)
+    assert 1 <= change.max() <= promised_budget(image, 6.0)
+
+
+def test_protection_is_deterministic_with_live_generators(protector):
+    image, labels = typed_image("int16", shape=(6, 40, 40))
+    first = protect_array(image, labels, protector, spacing=(3.0, 0.8, 0.8), device="cpu")
+    second = protect_array(image, labels, live_protector(), spacing=(3.0, 0.8, 0.8), device="cpu")
+    np.testing.assert_array_equal(first.protected, second.protected)
+    other = protect_array(image, labels, live_protector(seed=2), spacing=(3.0, 0.8, 0.8), device="cpu")
+    assert not np.array_equal(first.protected, other.protected)

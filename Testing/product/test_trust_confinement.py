@@ -1,0 +1,91 @@
+"""Confinement: only ROI ∪ contour band may change, checked against a region this test builds itself.
+
+The oracle region comes from Euclidean distance transforms (see ``oracles.band_2d``), not from
+``umedprotect.regions``; the protectors have live (random, seeded) generator heads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from oracles import allowed_region, band_2d, live_protector, promised_budget
+
+from umedprotect.array_protection import protect_array
+from umedprotect.phantoms import phantom_slice, phantom_volume
+from umedprotect.protector import Protector
+
+
+@pytest.fixture(scope="module")
+def protector():
+    return live_protector()
+
+
+def changed(result, image) -> np.ndarray:
+    return result.protected.astype(np.float64) != image.astype(np.float64)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3, 6])
+def test_a_slice_changes_inside_its_roi_and_contour_band_only(protector, radius):
+    image, labels = phantom_slice((80, 72), n_lesions=3, rng=4)
+    result = protect_array(image, labels, protector, band_radius=radius, device="cpu")
+    allowed = allowed_region(labels, radius, axis=None)
+    moved = changed(result, image)
+    assert not moved[~allowed].any()
+    assert moved[labels != 0].mean() > 0.9  # the ROI is protected
+    if radius:
+        assert moved[allowed & (labels == 0)].mean() > 0.5  # and so is the band outside it
+    np.testing.assert_array_equal(result.region, allowed)
+
+
+@pytest.mark.parametrize("spacing, axis", [((3.0, 0.8, 0.8), 0), ((0.8, 0.8, 3.0), 2), ((0.7, 2.5, 0.7), 1)])
+def test_a_volume_is_confined_slice_by_slice_along_its_coarsest_axis(protector, spacing, axis):
+    image, labels = phantom_volume((12, 40, 36), n_lesions=2, rng=2)
+    result = protect_array(image, labels, protector, spacing=spacing, band_radius=3, device="cpu")
+    allowed = allowed_region(labels, 3, axis=axis)
+    moved = changed(result, image)
+    assert result.slice_axis == axis
+    assert not moved[~allowed].any()
+    assert moved[allowed].mean() > 0.5
+    np.testing.assert_array_equal(result.region, allowed)
+
+
+def test_selected_labels_confine_the_change_to_their_own_region(protector):
+    image, labels = phantom_slice((80, 80), n_lesions=3, rng=5)
+    values = [int(v) for v in np.unique(labels) if v]
+    assert len(values) >= 2
+    chosen = values[:1]
+    result = protect_array(image, labels, protector, band_radius=2, label_values=chosen, device="cpu")
+    allowed = allowed_region(labels, 2, axis=None, label_values=chosen)
+    moved = changed(result, image)
+    assert not moved[~allowed].any()
+    assert moved[labels == chosen[0]].mean() > 0.9
+    assert allowed.sum() < allowed_region(labels, 2, axis=None).sum()
+
+
+def test_untouched_voxels_are_bit_identical_even_for_float_images(protector):
+    image, labels = phantom_slice((64, 64), n_lesions=2, rng=6)
+    image = (image.astype(np.float64) * np.pi).astype(np.float32)
+    result = protect_array(image, labels, protector, band_radius=3, device="cpu")
+    outside = ~allowed_region(labels, 3, axis=None)
+    assert result.protected[outside].tobytes() == image[outside].tobytes()
+
+
+def test_live_generators_change_the_result_of_the_fixed_pattern(protector):
+    """The fixed code pattern alone (zero heads) differs from what live generators make: they are really used."""
+    image, labels = phantom_slice((64, 64), n_lesions=2, rng=7)
+    torch.manual_seed(1)
+    fixed = protect_array(image, labels, Protector().eval(), device="cpu")
+    live = protect_array(image, labels, protector, device="cpu")
+    assert not np.array_equal(fixed.protected, live.protected)
+    budget = promised_budget(image, protector.config.epsilon)
+    assert np.abs(live.protected.astype(np.float64) - image).max() <= budget * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 5])
+def test_the_contour_band_the_generators_see_is_the_distance_band(radius):
+    from umedprotect.regions import contour_band
+
+    _, labels = phantom_slice((72, 64), n_lesions=3, rng=8)
+    labels[30:40, 0:6] = 1  # a label touching the image border
+    np.testing.assert_array_equal(contour_band(labels, radius), band_2d(labels, radius))

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Mutation testing of the core modules with mutmut 3 (pip install -e ".[dev]"); configuration: pyproject's
+# [tool.mutmut]. mutmut names modules from their path and strips only "src.", so the run happens in a scratch
+# copy with UMedProtect/ as src/. Prints the survivors and the score (killed / (killed + survived)).
+#   scripts/mutation.sh              # every mutant (about an hour on two cores)
+#   scripts/mutation.sh 'umedprotect.intensity*'   # a subset, by mutant name glob
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+work="${UMEDPROTECT_MUTATION_DIR:-${TMPDIR:-/tmp}/umedprotect-mutation}"
+rm -rf "$work"
+mkdir -p "$work"
+cp -r "$repo/UMedProtect" "$work/src"
+cp -r "$repo/Testing" "$repo/pyproject.toml" "$work/"
+find "$work" -name __pycache__ -prune -exec rm -rf {} +
+cd "$work"
+unset PYTHONPATH  # the mutated copy, not the repository's code, must be imported
+export OMP_NUM_THREADS=1
+mutmut run --max-children "${UMEDPROTECT_MUTATION_JOBS:-2}" "$@" || true
+mutmut results
+mutmut export-cicd-stats >/dev/null
+python - <<'PY'
+import json
+stats = json.load(open("mutants/mutmut-cicd-stats.json"))
+tested = stats["killed"] + stats["survived"]
+print(f"mutation score: {stats['killed']} killed of {tested} ({100 * stats['killed'] / max(tested, 1):.1f} %); {stats}")
+PY
