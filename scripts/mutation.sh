@@ -10,7 +10,9 @@ work="${UMEDPROTECT_MUTATION_DIR:-${TMPDIR:-/tmp}/umedprotect-mutation}"
 rm -rf "$work"
 mkdir -p "$work"
 cp -r "$repo/UMedProtect" "$work/src"
+mkdir -p "$work/Resources"
 cp -r "$repo/Testing" "$repo/pyproject.toml" "$work/"
+cp -r "$repo/Resources/Sample" "$work/Resources/"
 find "$work" -name __pycache__ -prune -exec rm -rf {} +
 cd "$work"
 unset PYTHONPATH  # the mutated copy, not the repository's code, must be imported

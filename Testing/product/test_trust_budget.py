@@ -112,3 +112,36 @@ def test_protection_is_deterministic_with_live_generators(protector):
     np.testing.assert_array_equal(first.protected, second.protected)
     other = protect_array(image, labels, live_protector(seed=2), spacing=(3.0, 0.8, 0.8), device="cpu")
     assert not np.array_equal(first.protected, other.protected)
+
+
+def slice_psnr_db(before: np.ndarray, after: np.ndarray, value_range: float) -> float:
+    mse = np.mean((after.astype(np.float64) - before.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(value_range**2 / mse)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int16"])
+def test_a_psnr_floor_holds_on_every_slice_and_scales_each_slice_uniformly(protector, dtype):
+    """PSNRs computed here with the volume's range: each slice meets the floor, just, by one scale factor."""
+    image, labels = typed_image(dtype, shape=(6, 40, 40))
+    spacing = (3.0, 0.8, 0.8)
+    free = protect_array(image, labels, protector, spacing=spacing, epsilon=16.0, device="cpu")
+    value_range = float(image.max()) - float(image.min())
+    free_db = [slice_psnr_db(image[z], free.protected[z], value_range) for z in range(image.shape[0])]
+    floor_db = min(free_db) + 4.0
+    held = protect_array(image, labels, protector, spacing=spacing, epsilon=16.0, min_psnr=floor_db, device="cpu")
+    free_change = free.protected.astype(np.float64) - image
+    held_change = held.protected.astype(np.float64) - image
+    assert np.abs(held_change).max() <= promised_budget(image, 16.0)
+    assert not held_change[free_change == 0].any()
+    for z, before_db in enumerate(free_db):
+        after_db = slice_psnr_db(image[z], held.protected[z], value_range)
+        assert after_db >= floor_db
+        if before_db < floor_db:
+            assert after_db <= floor_db + (0.5 if dtype == "int16" else 0.1)  # scaled just enough
+            if dtype != "int16":
+                moved = free_change[z] != 0
+                ratio = held_change[z][moved] / free_change[z][moved]
+                np.testing.assert_allclose(ratio, ratio.mean(), rtol=1e-4)  # the pattern is kept, only smaller
+        else:
+            np.testing.assert_array_equal(held.protected[z], free.protected[z])
+    assert held.metrics["change_scale"] < 1

@@ -89,3 +89,25 @@ def test_the_contour_band_the_generators_see_is_the_distance_band(radius):
     _, labels = phantom_slice((72, 64), n_lesions=3, rng=8)
     labels[30:40, 0:6] = 1  # a label touching the image border
     np.testing.assert_array_equal(contour_band(labels, radius), band_2d(labels, radius))
+
+
+def test_a_fitted_protector_keeps_the_promises_and_protects_differently_from_its_start():
+    from umedprotect.fitting import FitSettings, fit_protector
+    from umedprotect.protector import ProtectorConfig
+    from umedprotect.slices import case_slices
+
+    samples = []
+    for k in range(3):
+        samples += case_slices(*phantom_slice((48, 48), 1, k), None, f"case{k}")
+    config = ProtectorConfig(base_channels=4, levels=2, epsilon=6.0)
+    torch.manual_seed(0)
+    unfitted = Protector(config).eval()
+    settings = FitSettings(steps=4, batch_size=2, patch_size=32, min_steps=2, surrogate_channels=4, device="cpu", seed=0)
+    fitted, _ = fit_protector(samples, config, settings)
+    image, labels = phantom_slice((64, 64), n_lesions=2, rng=9)
+    before = protect_array(image, labels, unfitted, device="cpu")
+    after = protect_array(image, labels, fitted.eval(), device="cpu")
+    change = after.protected.astype(np.float64) - image
+    assert not np.array_equal(after.protected, before.protected)
+    assert not change[~allowed_region(labels, config.band_radius, axis=None)].any()
+    assert 0.5 * promised_budget(image, 6.0) <= np.abs(change).max() <= promised_budget(image, 6.0) * (1 + 1e-12)
