@@ -102,7 +102,7 @@ def test_a_fitted_protector_keeps_the_promises_and_protects_differently_from_its
     config = ProtectorConfig(base_channels=4, levels=2, epsilon=6.0)
     torch.manual_seed(0)
     unfitted = Protector(config).eval()
-    settings = FitSettings(steps=4, batch_size=2, patch_size=32, min_steps=2, surrogate_channels=4, device="cpu", seed=0)
+    settings = FitSettings(steps=4, batch_size=2, patch_size=32, min_steps=2, surrogate_channels=4, device="cpu")
     fitted, _ = fit_protector(samples, config, settings)
     image, labels = phantom_slice((64, 64), n_lesions=2, rng=9)
     before = protect_array(image, labels, unfitted, device="cpu")

@@ -35,7 +35,8 @@ def source(tmp_path):
 
 
 def protect(source, out, protector, *options) -> int:
-    return main(["protect-dataset", str(source), "-o", str(out), "--protector", str(protector), "--no-progress", *options])
+    argv = ["protect-dataset", str(source), "-o", str(out), "--protector", str(protector), "--no-progress"]
+    return main([*argv, *options])
 
 
 def files(folder) -> dict[str, bytes]:
@@ -162,7 +163,9 @@ def forget_the_last_case(out):
     (out / "imagesTr" / ".case002_0000.nii.gz.x.partial.nii.gz").write_bytes(b"half")
 
 
-@pytest.mark.parametrize("damage", [damage_output_image, damage_output_label, delete_output_label, forget_the_last_case])
+@pytest.mark.parametrize(
+    "damage", [damage_output_image, damage_output_label, delete_output_label, forget_the_last_case]
+)
 def test_damaged_or_unfinished_outputs_are_repaired(tmp_path, source, protectors, capsys, damage):
     out = tmp_path / "out"
     assert protect(source, out, protectors[0]) == 0
@@ -170,7 +173,8 @@ def test_damaged_or_unfinished_outputs_are_repaired(tmp_path, source, protectors
     damage(out)
     assert protect(source, out, protectors[0]) == 0
     repaired = files(out)
-    assert {k: v for k, v in repaired.items() if k != MANIFEST_NAME} == {k: v for k, v in good.items() if k != MANIFEST_NAME}
+    del repaired[MANIFEST_NAME], good[MANIFEST_NAME]
+    assert repaired == good
     assert_manifest_describes_the_disk(out, source, capsys)
 
 
