@@ -158,3 +158,34 @@ def test_the_window_of_a_large_volume_matches_the_percentiles_of_all_its_voxels(
     assert window.lo == pytest.approx(lo, abs=0.002 * (hi - lo))
     assert window.hi == pytest.approx(hi, abs=0.002 * (hi - lo))
     assert (window.lo, window.hi) != (lo, hi)  # it was sampled: the exact path is tested by the cases above
+
+
+@pytest.mark.parametrize(
+    "dtype, value_range, expected",
+    [
+        ("int16", None, [0, 13, 17, 32, 40]),  # rint, capped at floor(3.5) = 3, kept in the image's own range
+        ("int16", (-10, 50), [-3, 13, 17, 32, 43]),
+        ("float64", None, [0.0, 13.5, 16.5, 32.4, 40.0]),  # capped at the budget, not dropped
+        ("float64", (-10, 50), [-3.5, 13.5, 16.5, 32.4, 43.5]),
+    ],
+)
+def test_apply_change_caps_each_change_at_the_budget_and_keeps_the_range(dtype, value_range, expected):
+    from umedprotect.intensity import apply_change
+
+    original = np.array([0, 10, 20, 30, 40], dtype=dtype)
+    result = apply_change(original, np.array([-5.0, 7.6, -7.6, 2.4, 9.0]), 3.5, value_range)
+    assert result.dtype == original.dtype
+    np.testing.assert_allclose(result, expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_change_follows_an_affine_rescaling_of_the_intensities(protector, dtype):
+    """The generators see window units: scaling the intensities by 4 and shifting them scales the change by 4."""
+    image, labels = typed_image(dtype)
+    first = protect_array(image, labels, protector, device="cpu")
+    rescaled = (image.astype(np.float64) * 4 + 1024).astype(dtype)
+    second = protect_array(rescaled, labels, protector, device="cpu")
+    first_change = first.protected.astype(np.float64) - image
+    second_change = second.protected.astype(np.float64) - rescaled
+    assert np.abs(first_change).max() > 0
+    np.testing.assert_allclose(second_change, 4 * first_change, rtol=1e-3, atol=1e-3 * np.abs(first_change).max())

@@ -111,3 +111,17 @@ def test_a_fitted_protector_keeps_the_promises_and_protects_differently_from_its
     assert not np.array_equal(after.protected, before.protected)
     assert not change[~allowed_region(labels, config.band_radius, axis=None)].any()
     assert 0.5 * promised_budget(image, 6.0) <= np.abs(change).max() <= promised_budget(image, 6.0) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("margin", [None, 0, 2, 50])
+def test_the_crop_around_the_roi_is_its_bounding_box_grown_by_the_margin(margin):
+    from umedprotect.regions import bounding_box
+
+    mask = np.zeros((7, 30, 40), dtype=bool)
+    mask[2, 5, 12] = mask[4, 20, 31] = True
+    grow = margin or 0
+    expected = tuple(
+        slice(max(lo - grow, 0), min(hi + grow + 1, size)) for lo, hi, size in [(2, 4, 7), (5, 20, 30), (12, 31, 40)]
+    )
+    assert (bounding_box(mask) if margin is None else bounding_box(mask, margin)) == expected
+    assert bounding_box(np.zeros((3, 3), dtype=bool), 1) is None
