@@ -125,3 +125,26 @@ def test_the_crop_around_the_roi_is_its_bounding_box_grown_by_the_margin(margin)
     )
     assert (bounding_box(mask) if margin is None else bounding_box(mask, margin)) == expected
     assert bounding_box(np.zeros((3, 3), dtype=bool), 1) is None
+
+
+@pytest.mark.parametrize("floor, window", [(0.25, 5), (0.5, 3)])
+def test_the_texture_bound_is_the_local_deviation_relative_to_the_interiors_90th_percentile(floor, window):
+    """Oracle: each pixel's standard deviation over its window (mirrored at the border), divided by the 90th
+    percentile of those inside the interior, clipped to [floor, 1] there and zero elsewhere."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from umedprotect.regions import texture_bound
+
+    image, labels = phantom_slice((48, 40), n_lesions=2, rng=10)
+    image = image.astype(np.float64) / 100 + np.linspace(0, 1, 40)  # a gradient: non-zero mean everywhere
+    interior = (labels != 0) & ~band_2d(labels, 2)
+    half = window // 2
+    patches = sliding_window_view(np.pad(image, half, mode="symmetric"), (window, window))
+    deviation = patches.std(axis=(-2, -1))
+    expected = np.zeros(image.shape)
+    expected[interior] = np.clip(deviation[interior] / np.percentile(deviation[interior], 90), floor, 1.0)
+    bound = texture_bound(image, interior, floor, window)
+    np.testing.assert_allclose(bound, expected, atol=1e-5)
+    assert (bound[interior] == 1).any() and (bound[interior] < 1).any()
+    flat = texture_bound(np.ones_like(image), interior, floor, window)
+    np.testing.assert_array_equal(flat, np.where(interior, 1.0, 0.0))  # no texture anywhere: the full budget
