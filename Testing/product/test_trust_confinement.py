@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 from oracles import allowed_region, band_2d, live_protector, promised_budget
 
 from umedprotect.array_protection import protect_array
@@ -127,24 +128,47 @@ def test_the_crop_around_the_roi_is_its_bounding_box_grown_by_the_margin(margin)
     assert bounding_box(np.zeros((3, 3), dtype=bool), 1) is None
 
 
-@pytest.mark.parametrize("floor, window", [(0.25, 5), (0.5, 3)])
-def test_the_texture_bound_is_the_local_deviation_relative_to_the_interiors_90th_percentile(floor, window):
-    """Oracle: each pixel's standard deviation over its window (mirrored at the border), divided by the 90th
-    percentile of those inside the interior, clipped to [floor, 1] there and zero elsewhere."""
+def texture_oracle(image: np.ndarray, interior: np.ndarray, floor: float, window: int) -> np.ndarray:
+    """Each pixel's standard deviation over its window (mirrored at the border), divided by the 90th percentile
+    of those inside the interior, clipped to [floor, 1] there; zero elsewhere."""
     from numpy.lib.stride_tricks import sliding_window_view
 
-    from umedprotect.regions import texture_bound
-
-    image, labels = phantom_slice((48, 40), n_lesions=2, rng=10)
-    image = image.astype(np.float64) / 100 + np.linspace(0, 1, 40)  # a gradient: non-zero mean everywhere
-    interior = (labels != 0) & ~band_2d(labels, 2)
     half = window // 2
-    patches = sliding_window_view(np.pad(image, half, mode="symmetric"), (window, window))
-    deviation = patches.std(axis=(-2, -1))
+    deviation = sliding_window_view(np.pad(image, half, mode="symmetric"), (window, window)).std(axis=(-2, -1))
     expected = np.zeros(image.shape)
     expected[interior] = np.clip(deviation[interior] / np.percentile(deviation[interior], 90), floor, 1.0)
+    return expected
+
+
+def textured_slice():
+    image, labels = phantom_slice((48, 40), n_lesions=2, rng=10)
+    return image.astype(np.float64) / 100 + np.linspace(0, 1, 40), labels  # a gradient: non-zero mean everywhere
+
+
+@pytest.mark.parametrize("floor, window", [(0.25, 5), (0.5, 3)])
+def test_the_texture_bound_is_the_local_deviation_relative_to_the_interiors_90th_percentile(floor, window):
+    from umedprotect.regions import texture_bound
+
+    image, labels = textured_slice()
+    interior = (labels != 0) & ~band_2d(labels, 2)
     bound = texture_bound(image, interior, floor, window)
-    np.testing.assert_allclose(bound, expected, atol=1e-5)
+    np.testing.assert_allclose(bound, texture_oracle(image, interior, floor, window), atol=1e-5)
     assert (bound[interior] == 1).any() and (bound[interior] < 1).any()
     flat = texture_bound(np.ones_like(image), interior, floor, window)
     np.testing.assert_array_equal(flat, np.where(interior, 1.0, 0.0))  # no texture anywhere: the full budget
+
+
+def test_the_maps_the_generators_see_are_roi_band_texture_and_depth():
+    from umedprotect.regions import region_maps
+
+    image, labels = textured_slice()
+    roi, band, texture, depth = region_maps(image, labels, band_radius=2, texture_floor=0.4, texture_window=3)
+    np.testing.assert_array_equal(roi, labels != 0)
+    np.testing.assert_array_equal(band, band_2d(labels, 2))
+    interior = (labels != 0) & ~band_2d(labels, 2)
+    np.testing.assert_allclose(texture, texture_oracle(image, interior, 0.4, 3), atol=1e-5)
+    expected_depth = np.zeros(labels.shape)
+    for value in np.unique(labels[labels != 0]):
+        region = labels == value
+        expected_depth[region] = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1][region]
+    np.testing.assert_allclose(depth, expected_depth, atol=1e-5)
