@@ -203,3 +203,12 @@ def test_the_change_follows_an_affine_rescaling_of_the_intensities(protector, dt
     second_change = second.protected.astype(np.float64) - rescaled
     assert np.abs(first_change).max() > 0
     np.testing.assert_allclose(second_change, 4 * first_change, rtol=1e-3, atol=1e-3 * np.abs(first_change).max())
+
+
+def test_a_volume_without_a_selected_label_comes_back_unchanged_with_infinite_psnrs(protector):
+    image, labels = typed_image("int16", shape=(4, 32, 32))
+    result = protect_array(image, labels, protector, spacing=(3.0, 0.8, 0.8), label_values=[99], device="cpu")
+    assert result.protected.tobytes() == image.tobytes()
+    assert not result.region.any() and not result.change.any()
+    assert result.metrics["psnr_db_slice_min"] == result.metrics["psnr_db_slice_mean"] == float("inf")
+    assert result.metrics["slices_protected"] == 0
