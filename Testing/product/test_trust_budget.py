@@ -212,3 +212,25 @@ def test_a_volume_without_a_selected_label_comes_back_unchanged_with_infinite_ps
     assert not result.region.any() and not result.change.any()
     assert result.metrics["psnr_db_slice_min"] == result.metrics["psnr_db_slice_mean"] == float("inf")
     assert result.metrics["slices_protected"] == 0
+
+
+def test_the_reported_window_budget_and_region_size_match_the_oracles(protector):
+    from oracles import allowed_region
+
+    image, labels = typed_image("int16", shape=(6, 40, 40))
+    result = protect_array(image, labels, protector, spacing=(3.0, 0.8, 0.8), epsilon=5.0, device="cpu")
+    assert result.metrics["window"] == pytest.approx(list(np.percentile(image.astype(np.float64), [0.5, 99.5])))
+    assert result.metrics["budget_native"] == pytest.approx(promised_budget(image, 5.0), rel=1e-12)
+    assert result.metrics["region_voxels"] == allowed_region(labels, protector.config.band_radius, axis=0).sum()
+
+
+@pytest.mark.parametrize("labels_dtype", [bool, np.float32, np.uint8])
+def test_masks_of_booleans_integral_floats_or_integers_are_accepted_and_fractions_refused(protector, labels_dtype):
+    from umedprotect.errors import InputError
+
+    image, labels = typed_image("float32")
+    mask = (labels != 0).astype(labels_dtype)
+    assert protect_array(image, mask, protector, device="cpu").change.any()
+    if labels_dtype is np.float32:
+        with pytest.raises(InputError, match="non-integer"):
+            protect_array(image, mask * 0.5, protector, device="cpu")
