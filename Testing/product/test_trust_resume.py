@@ -199,3 +199,34 @@ def test_live_generators_make_the_two_protectors_differ(tmp_path, source, protec
         sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a" / "labelsTr" / "case000.nii.gz"))),
         sitk.GetArrayFromImage(sitk.ReadImage(str(source / "labelsTr" / "case000.nii.gz"))),
     )
+
+
+def test_verify_checks_against_the_source_it_is_given_and_hashes_only_without_one(tmp_path, source, protectors, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    assert protect(source, out, protectors[0]) == 0
+    moved = tmp_path / "moved"
+    shutil.move(source, moved)
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 0  # the recorded source is gone: hashes only, with a warning
+    assert "checking hashes only" in capsys.readouterr().err
+    change_source_label(moved)
+    (moved / "dataset.json").write_text((moved / "dataset.json").read_text() + " ")
+    assert main(["verify", str(out), "--source", str(moved)]) == 3
+    report = capsys.readouterr().out
+    assert "labelsTr/case001.nii.gz: label differs from the source" in report
+    assert "dataset.json: differs from the source" in report
+
+
+def test_verify_reports_a_case_skipped_for_its_empty_mask(tmp_path, source, protectors, capsys):
+    path = source / "labelsTr" / "case002.nii.gz"
+    labels = sitk.ReadImage(str(path))
+    io.write_like(np.zeros_like(sitk.GetArrayFromImage(labels)), labels, path, overwrite=True)
+    out = tmp_path / "out"
+    assert protect(source, out, protectors[0]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 3
+    report = capsys.readouterr().out
+    assert "case case002: skipped (empty mask), not in the output" in report
+    assert report.count("discrepanc") == 1 and "1 discrepancy" in report.splitlines()[-1]
