@@ -224,13 +224,13 @@ def test_the_reported_window_budget_and_region_size_match_the_oracles(protector)
     assert result.metrics["region_voxels"] == allowed_region(labels, protector.config.band_radius, axis=0).sum()
 
 
-@pytest.mark.parametrize("labels_dtype", [bool, np.float32, np.uint8])
+@pytest.mark.parametrize("labels_dtype", [bool, np.float32, np.float64, np.uint8])
 def test_masks_of_booleans_integral_floats_or_integers_are_accepted_and_fractions_refused(protector, labels_dtype):
     from umedprotect.errors import InputError
 
     image, labels = typed_image("float32")
     mask = (labels != 0).astype(labels_dtype)
     assert protect_array(image, mask, protector, device="cpu").change.any()
-    if labels_dtype is np.float32:
+    if np.issubdtype(labels_dtype, np.floating):
         with pytest.raises(InputError, match="non-integer"):
             protect_array(image, mask * 0.5, protector, device="cpu")
