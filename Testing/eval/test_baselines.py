@@ -55,6 +55,32 @@ def test_method_runs_within_budget_and_keeps_labels(dataset, method):
     assert result.metrics["psnr_db"] > 30
 
 
+def own_region(labels: np.ndarray, axis: int, method: str) -> np.ndarray:
+    """The rule, built here: ``random`` changes the ROI only, the others every voxel of a slice holding ROI."""
+    if method == "random":
+        return labels != 0
+    roi_slices = np.moveaxis(labels != 0, axis, 0).reshape(labels.shape[axis], -1).any(axis=1)
+    shape = [1] * labels.ndim
+    shape[axis] = labels.shape[axis]
+    return np.broadcast_to(roi_slices.reshape(shape), labels.shape)
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_method_is_confined_to_its_own_region_and_budget_computed_here(dataset, method):
+    """Region and budget from the test's own rule and percentiles, not from what the method reports."""
+    image, labels, spacing = _case(dataset, 1)
+    result = build_case_protector(method, dataset, epsilon=6.0, device="cpu", seed=1, settings=TINY)(
+        image, labels, spacing=spacing
+    )
+    axis = int(np.argmax(spacing))
+    lo, hi = np.percentile(image.astype(np.float64), [0.5, 99.5])
+    change = result.protected.astype(np.float64) - image.astype(np.float64)
+    region = own_region(labels, axis, method)
+    assert not change[~region].any()
+    assert (change[region] != 0).mean() > 0.3
+    assert 1 <= np.abs(change).max() <= np.floor(6.0 / 255 * (hi - lo))  # int16: whole levels within ε
+
+
 @pytest.mark.parametrize("method", ["random", "lsp", "ar"])
 def test_training_free_methods_are_deterministic_with_a_seed(dataset, method):
     image, labels, spacing = _case(dataset)
