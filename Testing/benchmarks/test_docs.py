@@ -97,11 +97,13 @@ def _run_check(module: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, "--check"], cwd=ROOT, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_results_page_and_tables_are_up_to_date():
     result = _run_check("benchmarks.make_results")
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_cli_reference_is_up_to_date():
     result = _run_check("benchmarks.make_cli_reference")
     assert result.returncode == 0, result.stderr

@@ -17,6 +17,7 @@ from benchmarks import first_epoch_race as race
 from benchmarks import race_summary as summary
 
 
+@pytest.mark.slow
 def test_the_first_epoch_race_reports_the_first_epoch_of_the_full_schedule(tmp_path):
     clean = write_nnunet_dataset(tmp_path / "clean", n_train=2, n_test=1, shape=(2, 32, 32), n_lesions=1)
     data = load_evaluation_data(clean, clean)
@@ -82,6 +83,7 @@ def test_race_summary_merges_seeds_and_counts_victims_under_the_target_ratio():
     assert summary.clean_best_by_seed(evaluation) == {0: 0.6}
 
 
+@pytest.mark.slow
 def test_the_race_can_z_score_its_victims_or_give_the_ct_normalisation_other_statistics(tmp_path, capsys, monkeypatch):
     clean = write_nnunet_dataset(tmp_path / "clean", n_train=2, n_test=1, shape=(2, 32, 32), n_lesions=1)
     seen = []

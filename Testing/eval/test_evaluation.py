@@ -44,6 +44,7 @@ def disk_cases(n: int, seed: int, size: int = 32) -> list:
     return to_class_indices(samples, [0, 1])
 
 
+@pytest.mark.slow
 def test_victim_learns_a_trivially_learnable_task():
     settings = TrainSettings(
         epochs=3, iterations_per_epoch=8, batch_size=4, patch_size=32, learning_rate=0.01,
@@ -55,6 +56,7 @@ def test_victim_learns_a_trivially_learnable_task():
     assert run.train_curve[-1] > 0.5, run.train_curve  # it fits its own training cases too
 
 
+@pytest.mark.slow
 def test_adam_victim_learns_and_unknown_optimizers_are_refused():
     settings = TrainSettings(
         epochs=3, iterations_per_epoch=8, batch_size=4, patch_size=32, optimizer="adam", learning_rate=3e-3,
@@ -77,6 +79,7 @@ def shortcut_cases(n: int, seed: int, size: int = 32) -> tuple[list, list]:
     return protected, clean
 
 
+@pytest.mark.slow
 def test_fit_check_tells_a_learned_shortcut_from_learned_anatomy():
     """Trained where only a shortcut marks the labels, the victim fits its training cases and fails the test."""
     settings = TrainSettings(

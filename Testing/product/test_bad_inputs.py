@@ -748,6 +748,7 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(name, tmp_path, pro
 
 
 @pytest.mark.parametrize("name", ["missing_image", "mask_size_mismatch", "protector_is_a_pickle"])
+@pytest.mark.slow
 def test_bad_input_in_a_real_process(name, tmp_path, protector_file):
     setup, message = CASES[name]
     argv = setup(tmp_path, protector_file)

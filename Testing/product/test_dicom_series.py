@@ -209,6 +209,7 @@ def totalsegmentator_files() -> Path:
         sys.path.remove(str(ROOT / "benchmarks"))
 
 
+@pytest.mark.slow
 def test_real_jpeg2000_ct_series_round_trips(totalsegmentator_files, protector_file, tmp_path):
     series, mask = totalsegmentator_files / "example_ct_dicom", totalsegmentator_files / "example_seg_dicom.nii.gz"
     argv = ["--labels", "5", "--resample-mask"]  # the liver; the mask's grid is flipped in y

@@ -36,6 +36,7 @@ def source(tmp_path):
     return write_nnunet_dataset(tmp_path / "Dataset002_Kill", n_train=N_CASES, n_test=1, shape=(10, 64, 64))
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_finishes_every_case_exactly_once(tmp_path, source, protector_file, capsys):
     out = tmp_path / "protected"
     argv = ["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]
