@@ -16,7 +16,6 @@ from umedprotect.cli import build_parser
 
 MARKDOWN = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # Pages other branches write; a link to one may dangle until it lands. Remove each name once its page exists.
-PENDING_PAGES = {"docs/testing.md"}
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)|!\[[^\]]*\]\(([^)\s]+)\)")
 ISSUE_REFERENCE = re.compile(r"\bissues? #?\d", re.IGNORECASE)
 TEXT_SUFFIXES = {".md", ".py", ".sh", ".toml", ".json", ".jsonl", ".txt", ".ui", ".s4ext", ".cfg", ".yml", ".yaml"}
@@ -46,18 +45,11 @@ def test_every_relative_link_resolves(page):
     for target in _relative_links(page):
         file_part, _, anchor = target.partition("#")
         resolved = (page.parent / file_part).resolve() if file_part else page
-        name = os.path.relpath(resolved, ROOT)
         if not resolved.exists():
-            if name not in PENDING_PAGES:
-                broken.append(target)
+            broken.append(target)
         elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
             broken.append(target)
     assert not broken, f"{page.relative_to(ROOT)}: links to nothing: {broken}"
-
-
-def test_pending_pages_are_still_pending():
-    landed = sorted(name for name in PENDING_PAGES if (ROOT / name).exists())
-    assert not landed, f"these pages exist now: remove them from PENDING_PAGES: {landed}"
 
 
 def test_link_check_finds_broken_links(tmp_path):
