@@ -256,7 +256,8 @@ def _start_manifest(
     earlier = own if own.is_file() else next(iter(siblings), None)
     if earlier is None:
         raise InputError(
-            f"{out}: output folder is not empty and has no {shard.manifest_name}; overwrite it or choose another folder",
+            f"{out}: output folder is not empty and has no {shard.manifest_name}; "
+            "overwrite it or choose another folder",
             option="overwrite",
         )
     previous = DatasetManifest.read(earlier)
@@ -385,7 +386,8 @@ def _output_paths(dataset: NnUNetDataset, cases: Iterable[Case], shard: Shard) -
     paths += [dataset.relative(path) for case in cases for path in (*case.images, case.label)]
     if shard.writes_shared_files:
         paths.append(Path("dataset.json"))
-        paths += [dataset.relative(p) for case in dataset.test for p in (*case.images, *([case.label] if case.label else []))]
+        test_files = [path for case in dataset.test for path in (*case.images, *([case.label] if case.label else []))]
+        paths += [dataset.relative(path) for path in test_files]
     return paths
 
 

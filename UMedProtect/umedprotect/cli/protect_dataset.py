@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "and, with several GPUs, the next GPU in turn (default 1)",
     )  # fmt: skip
     scale.add_argument(
-        "--shard", type=_shard, default=WHOLE_DATASET, metavar="K/N",
+        "--shard", type=_shard, metavar="K/N",
         help="protect shard K of N (0 <= K < N: the training cases at positions K, K+N, ... in case-id order), "
         "e.g. one task of a SLURM job array (scripts/slurm_protect_dataset.sh). Each shard writes its own manifest "
         "part umedprotect_manifest.shard-K-of-N.json into OUT_DIR; shard 0 also copies dataset.json and the test "
@@ -64,7 +64,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(N worker processes here), then verify; OUT_DIR must be reachable from every worker under the same path "
         "(needs the dask extra)",
     )  # fmt: skip
-    scale.add_argument("--shards", type=int, metavar="N", help="with --dask: number of shards (default: one per worker)")
+    scale.add_argument(
+        "--shards", type=int, metavar="N", help="with --dask: number of shards (default: one per Dask worker)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             option="output_format",
         )
     if args.dask is not None:
-        if args.shard != WHOLE_DATASET or args.workers != 1:
+        if args.shard is not None or args.workers != 1:
             raise InputError("runs one shard per Dask task: leave out --shard and --workers", option="dask")
     elif args.shards is not None:
         raise InputError("applies to --dask only", option="shards")
@@ -91,14 +93,15 @@ def run(args: argparse.Namespace) -> int:
         cases = dict(sorted(((cid, e) for m in manifests for cid, e in m.cases.items()), key=lambda item: item[0]))
     else:
         manifest = protect_shard(
-            args.in_dir, args.output, args.method, settings, shard=args.shard, workers=args.workers,
+            args.in_dir, args.output, args.method, settings, shard=args.shard or WHOLE_DATASET, workers=args.workers,
             progress=not args.no_progress, **options,
         )  # fmt: skip
         cases, problems = manifest.cases, []
     print(case_table(cases))
     print(summary_line(cases, args.output, args.method))
-    if args.shard != WHOLE_DATASET:
-        print(f"shard {args.shard.index}/{args.shard.count} done: run 'umedprotect verify {args.output}' once every shard is")
+    if args.shard is not None:
+        shard = f"{args.shard.index}/{args.shard.count}"
+        print(f"shard {shard} done: run 'umedprotect verify {args.output}' once every shard is")
     for problem in problems:
         print(problem)
     _warn_low_psnr(cases)
