@@ -49,7 +49,7 @@ def test_verify_reports_a_missing_shard(tmp_path, data, capsys):
     capsys.readouterr()
     assert main(["verify", str(out)]) == 3
     printed = capsys.readouterr().out
-    assert "umedprotect_manifest.shard-1-of-3.json: missing (run protect-dataset --shard 1/3)" in printed
+    assert "umedprotect_manifest.shard-1-of-3.json: missing (protect shard 1 of 3)" in printed
     assert "case case001: in the source but not in the manifest" in printed
 
 

@@ -21,7 +21,7 @@ from umedprotect.errors import InputError
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_scale_data(tmp_path_factory.mktemp("workers"), n_cases=8, shape=(10, 64, 64))
+    return make_scale_data(tmp_path_factory.mktemp("workers"), n_cases=6, shape=(10, 64, 64))
 
 
 def finished(manifest_path) -> list[str]:
@@ -57,10 +57,10 @@ def test_sigkill_of_a_two_worker_run_then_resume(tmp_path, data, capsys):
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, process.stderr.read()
     done_before = finished(out / MANIFEST_NAME)
-    assert 1 <= len(done_before) < 8
+    assert 1 <= len(done_before) < 6
 
     assert main(argv) == 0  # resume
-    assert f"resuming: {len(done_before)} of 8" in capsys.readouterr().err
+    assert f"resuming: {len(done_before)} of 6" in capsys.readouterr().err
     assert json.loads((out / MANIFEST_NAME).read_text())["status"] == "complete"
     assert not [p for p in out.rglob("*") if ".partial" in p.name]
     assert outputs(out) == outputs(data.reference)

@@ -549,7 +549,7 @@ def _merged_manifest(out: Path) -> tuple[DatasetManifest, set[str], list[str]]:
     for k in range(counts[-1]):
         if Shard(k, counts[-1]) not in parts:
             missing = Shard(k, counts[-1]).manifest_name
-            problems.append(f"{out / missing}: missing (run protect-dataset --shard {k}/{counts[-1]})")
+            problems.append(f"{out / missing}: missing (protect shard {k} of {counts[-1]})")
     cases: dict[str, CaseRecord] = {}
     for shard, manifest in manifests.items():
         settings = ("source", "method", "parameters", "allow_empty", "protector_sha256")
