@@ -4,15 +4,31 @@ The output folder has the input's layout: protected training images, byte-identi
 dataset.json and test files, plus ``MANIFEST_NAME``. The manifest is rewritten atomically after
 every case, so a run killed at any point can be rerun: finished cases whose output hashes still
 match are skipped, the interrupted one is redone.
+
+Two ways to spread the work, which combine and leave byte-identical outputs:
+
+- ``workers``: cases are protected in that many spawned processes on this machine (each with its
+  share of the CPU threads, and its GPU in turn when there are several); only the calling process
+  writes the manifest, after each finished case.
+- ``shard``: shard K of N protects the training cases at positions K, K + N, ... in case-id order,
+  so N runs (on N machines sharing the output folder) split a dataset without talking to each
+  other. Each writes its own manifest part (:attr:`Shard.manifest_name`) and lock; shard 0 alone
+  copies dataset.json and the test cases. :func:`verify` merges the parts and reports missing ones.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import os
+import pickle
+import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +53,51 @@ MANIFEST_NAME = "umedprotect_manifest.json"
 LOCK_NAME = ".umedprotect.lock"  # holds the pid of the run writing the folder
 BUDGET_RTOL = 1e-6  # float rounding allowance when re-checking the ε bound
 
+SHARD_MANIFEST = re.compile(r"umedprotect_manifest\.shard-(\d+)-of-(\d+)\.json")  # a shard's manifest part
+
 CaseProtector = Callable[..., ProtectionResult]  # called as case_protector(image, labels, spacing=spacing)
 log = logging.getLogger("umedprotect")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (0-based): the training cases at positions index, index + count, ...
+    in case-id order. ``Shard(0, 1)`` is the whole dataset, with the plain manifest and lock names."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise InputError(f"{self.index}/{self.count}: a shard is K/N with 0 <= K < N", option="shard")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"K/N"`` (as SLURM's ``$SLURM_ARRAY_TASK_ID/N``) -> ``Shard(K, N)``."""
+        match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+        if match is None:
+            raise InputError(f"{text!r} is not K/N (shard K of N, 0 <= K < N)", option="shard")
+        return cls(int(match[1]), int(match[2]))
+
+    def cases(self, cases: Sequence[Case]) -> list[Case]:
+        """This shard's cases, in case-id order."""
+        return sorted(cases, key=lambda case: case.case_id)[self.index :: self.count]
+
+    @property
+    def manifest_name(self) -> str:
+        return MANIFEST_NAME if self.count == 1 else f"umedprotect_manifest.shard-{self.index}-of-{self.count}.json"
+
+    @property
+    def lock_name(self) -> str:
+        return LOCK_NAME if self.count == 1 else f".umedprotect.shard-{self.index}-of-{self.count}.lock"
+
+    @property
+    def writes_shared_files(self) -> bool:
+        """Shard 0 copies dataset.json and the test cases, so that no two shards write the same file."""
+        return self.index == 0
+
+
+WHOLE_DATASET = Shard(0, 1)
 
 
 def protect_dataset(
@@ -53,42 +112,62 @@ def protect_dataset(
     allow_empty: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    workers: int = 1,
+    shard: Shard = WHOLE_DATASET,
 ) -> DatasetManifest:
-    """Protect every training case of ``in_dir`` into ``out_dir``; return the final manifest.
+    """Protect every training case of ``in_dir`` (of ``shard``) into ``out_dir``; return the final manifest.
 
     ``case_protector(image, labels, spacing=spacing)`` protects one channel (numpy arrays in
     (z, y, x) order) and returns a :class:`protect.ProtectionResult`. ``parameters`` (JSON-able)
     and ``method_name`` are recorded; a rerun with other ones into the same folder is refused.
     Cases whose selected mask is empty are skipped with a warning, or copied unchanged with
-    ``allow_empty``. Mask values not declared in dataset.json are an InputError.
+    ``allow_empty``. Mask values not declared in dataset.json are an InputError. ``workers`` > 1
+    protects cases in that many processes (``case_protector`` must pickle); ``shard`` protects one
+    shard of the training cases (see the module's description).
     """
     dataset = read_dataset(in_dir)
     out = Path(out_dir)
     if out.resolve() == dataset.root or out.resolve().is_relative_to(dataset.root):
         raise InputError(f"{out}: output folder must not be inside the input dataset {dataset.root}")
+    if workers < 1:
+        raise InputError(f"{workers} must be at least 1", option="workers")
     io.check_writable_dir(out)
-    label_values = parameters.get("labels")
-    empty = _validate_cases(dataset, label_values, allow_empty)  # before anything is written
-    manifest = _start_manifest(dataset, out, method_name, parameters, protector_info, device, allow_empty, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out):
-        _remove_partial_files(out)
-        dataset_json = io.copy_file(dataset.root / "dataset.json", out / "dataset.json", overwrite=True)
-        manifest.dataset_json = DatasetJsonRecord(dataset_json)
-        _save(manifest, out)
-        bar = tqdm(dataset.training, desc="protect-dataset", unit="case", disable=None if progress else True)
-        for case in bar:
-            bar.set_postfix_str(case.case_id)
-            if _is_finished(manifest.cases.get(case.case_id), dataset, case, out):
-                continue
-            if case.case_id in empty and not allow_empty:
-                manifest.cases[case.case_id] = CaseRecord("skipped_empty")
-            else:
-                manifest.cases[case.case_id] = _protect_case(dataset, case, out, case_protector, case.case_id in empty)
-            _save(manifest, out)
-        manifest.test = [_copy_test_case(dataset, case, out) for case in dataset.test]
-        manifest.status = "complete"
-        _save(manifest, out)
+    cases = shard.cases(dataset.training)
+    with _worker_pool(case_protector, workers) as pool:
+        empty = _validate_cases(dataset, cases, parameters.get("labels"), allow_empty, pool)  # before any writing
+        manifest = _start_manifest(
+            dataset, out, shard, method_name, parameters, protector_info, device, allow_empty, overwrite
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        with _exclusive(out / shard.lock_name):
+            _remove_partial_files(out, _output_paths(dataset, cases, shard))
+            manifest.dataset_json = DatasetJsonRecord(io.sha256(dataset.root / "dataset.json"))
+            _save(manifest, out, shard)  # first: a shard starting later sees a run of the same settings here
+            if shard.writes_shared_files:
+                io.copy_file(dataset.root / "dataset.json", out / "dataset.json", overwrite=True)
+            todo = []
+            for case in cases:
+                if _is_finished(manifest.cases.get(case.case_id), dataset, case, out):
+                    continue
+                if case.case_id in empty and not allow_empty:
+                    manifest.cases[case.case_id] = CaseRecord("skipped_empty")
+                else:
+                    todo.append(case)
+            _save(manifest, out, shard)
+            bar = tqdm(total=len(cases), initial=len(cases) - len(todo), desc="protect-dataset", unit="case",
+                       disable=None if progress else True)  # fmt: skip
+            for case_id, record in _protect_cases(dataset, todo, out, case_protector, empty, pool):
+                manifest.cases[case_id] = record
+                _save(manifest, out, shard)
+                bar.set_postfix_str(case_id)
+                bar.update()
+            bar.close()
+            in_order = {case.case_id: manifest.cases[case.case_id] for case in cases if case.case_id in manifest.cases}
+            manifest.cases = {**in_order, **manifest.cases}  # case-id order, whichever worker finished first
+            if shard.writes_shared_files:
+                manifest.test = [_copy_test_case(dataset, case, out) for case in dataset.test]
+            manifest.status = "complete"
+            _save(manifest, out, shard)
     skipped = [cid for cid, entry in manifest.cases.items() if entry.status == "skipped_empty"]
     if skipped:
         log.warning(
@@ -106,10 +185,10 @@ def verify(out_dir: str | os.PathLike, source_dir: str | os.PathLike | None = No
     and, with the source dataset (default: the one recorded in the manifest, when it still exists),
     that labels, dataset.json and test files are byte-identical to it, the source is unchanged,
     and every protected image has the source's geometry and pixel type and respects the ε bound.
+    A sharded run's manifest parts are merged: a missing or unfinished shard is a discrepancy.
     """
     out = Path(out_dir)
-    manifest = _load_manifest(out)
-    problems: list[str] = []
+    manifest, bookkeeping, problems = _merged_manifest(out)
     if manifest.status != "complete":
         problems.append("manifest: the run did not finish (rerun protect-dataset to resume it)")
     source = Path(source_dir) if source_dir is not None else Path(manifest.source)
@@ -121,7 +200,7 @@ def verify(out_dir: str | os.PathLike, source_dir: str | os.PathLike | None = No
             f"{source}: source dataset not found; checking hashes only, not labels and ε", extra={"option": "source"}
         )
     problems += _check_file(out / "dataset.json", manifest.dataset_json.sha256)
-    expected_files = {"dataset.json", MANIFEST_NAME, LOCK_NAME}
+    expected_files = {"dataset.json", *bookkeeping}
     for entry in manifest.cases.values():
         if not entry.finished:
             continue
@@ -147,6 +226,7 @@ def verify(out_dir: str | os.PathLike, source_dir: str | os.PathLike | None = No
 def _start_manifest(
     dataset: NnUNetDataset,
     out: Path,
+    shard: Shard,
     method: str,
     parameters: dict,
     protector_info: dict | None,
@@ -154,7 +234,10 @@ def _start_manifest(
     allow_empty: bool,
     overwrite: bool,
 ) -> DatasetManifest:
-    """A fresh manifest, or the one of an earlier run with the same settings (to resume)."""
+    """A fresh manifest, or the one of an earlier run with the same settings (to resume).
+
+    A shard may also start in a folder where other shards of the same count and settings run.
+    """
     fresh = DatasetManifest(
         status="running",
         source=str(dataset.root),
@@ -168,12 +251,16 @@ def _start_manifest(
     existing_entries = [p for p in out.iterdir() if not p.name.startswith(".")] if out.is_dir() else []
     if overwrite or not existing_entries:
         return fresh
-    if not (out / MANIFEST_NAME).is_file():
+    own = out / shard.manifest_name
+    siblings = sorted(out.glob(f"umedprotect_manifest.shard-*-of-{shard.count}.json")) if shard.count > 1 else []
+    earlier = own if own.is_file() else next(iter(siblings), None)
+    if earlier is None:
         raise InputError(
-            f"{out}: output folder is not empty and has no {MANIFEST_NAME}; overwrite it or choose another folder",
+            f"{out}: output folder is not empty and has no {shard.manifest_name}; "
+            "overwrite it or choose another folder",
             option="overwrite",
         )
-    previous = _load_manifest(out)
+    previous = DatasetManifest.read(earlier)
     same = all(getattr(previous, k) == getattr(fresh, k) for k in ("source", "method", "parameters", "allow_empty"))
     if not same or previous.protector_sha256 != fresh.protector_sha256:
         raise InputError(
@@ -181,32 +268,32 @@ def _start_manifest(
             "start again or choose another folder",
             option="overwrite",
         )
+    if earlier != own:
+        return fresh  # another shard's part: this shard starts afresh beside it
     if previous.versions != fresh.versions:
         log.warning(f"{out}: resuming a run made with other software versions ({previous.versions})")
     fresh.cases = previous.cases
     n_done = sum(1 for entry in fresh.cases.values() if entry.finished)
-    log.info(f"resuming: {n_done} of {len(dataset.training)} case(s) already finished in {out}")
+    log.info(f"resuming: {n_done} of {len(shard.cases(dataset.training))} case(s) already finished in {out}")
     return fresh
 
 
-def _validate_cases(dataset: NnUNetDataset, label_values: list[int] | None, allow_empty: bool) -> set[str]:
-    """Check every training case's headers, mask grid and mask values; return the ids of empty ones.
+def _validate_cases(
+    dataset: NnUNetDataset,
+    cases: Sequence[Case],
+    label_values: list[int] | None,
+    allow_empty: bool,
+    pool: Executor | None,
+) -> set[str]:
+    """Check each case's headers, mask grid and mask values (in ``pool`` if any); return the ids of empty ones.
 
     Runs before anything is written, so these problems never leave a partial output behind.
     """
+    arguments = (cases, repeat(dataset.label_values), repeat(label_values))
+    found_empty = (pool.map if pool else map)(_validate_case, *arguments)
     empty = set()
-    for case in dataset.training:
-        headers = [io.read_header(path) for path in case.images]
-        for path, header in zip(case.images[1:], headers[1:]):
-            problem = io.geometry_difference(header, headers[0])
-            if problem:
-                raise InputError(f"{path}: channel grid differs from {case.images[0].name} ({problem})")
-        labels, _ = io.to_array(io.read_label(case.label, headers[0], hint=" (nnU-Net needs masks on the image grid)"))
-        found = {int(v) for v in np.unique(labels)}
-        undeclared = sorted(found - dataset.label_values)
-        if undeclared:
-            raise InputError(f"{case.label}: mask values {undeclared} are not declared in dataset.json labels")
-        if not (found - {0} if label_values is None else found & set(label_values)):
+    for case, is_empty in zip(cases, found_empty):
+        if is_empty:
             empty.add(case.case_id)
             action = "copied unchanged (empty masks allowed)" if allow_empty else "skipped, not copied unchanged"
             log.warning(
@@ -214,6 +301,94 @@ def _validate_cases(dataset: NnUNetDataset, label_values: list[int] | None, allo
                 extra={"option": None if allow_empty else "allow_empty"},
             )
     return empty
+
+
+def _validate_case(case: Case, declared: set[int], label_values: list[int] | None) -> bool:
+    """Check one case (InputError on a problem); whether its selected mask is empty."""
+    headers = [io.read_header(path) for path in case.images]
+    for path, header in zip(case.images[1:], headers[1:]):
+        problem = io.geometry_difference(header, headers[0])
+        if problem:
+            raise InputError(f"{path}: channel grid differs from {case.images[0].name} ({problem})")
+    labels, _ = io.to_array(io.read_label(case.label, headers[0], hint=" (nnU-Net needs masks on the image grid)"))
+    found = {int(v) for v in np.unique(labels)}
+    undeclared = sorted(found - declared)
+    if undeclared:
+        raise InputError(f"{case.label}: mask values {undeclared} are not declared in dataset.json labels")
+    return not (found - {0} if label_values is None else found & set(label_values))
+
+
+def _protect_cases(
+    dataset: NnUNetDataset,
+    cases: Sequence[Case],
+    out: Path,
+    case_protector: CaseProtector,
+    empty: set[str],
+    pool: Executor | None,
+) -> Iterator[tuple[str, CaseRecord]]:
+    """(case id, manifest entry) of each case as it finishes: here in turn, or in ``pool`` in any order."""
+    if pool is None:
+        for case in cases:
+            yield case.case_id, _protect_case(dataset, case, out, case_protector, case.case_id in empty)
+        return
+    futures = {pool.submit(_protect_in_worker, dataset, case, out, case.case_id in empty): case for case in cases}
+    for future in as_completed(futures):
+        yield futures[future].case_id, future.result()
+
+
+@contextlib.contextmanager
+def _worker_pool(case_protector: CaseProtector, workers: int) -> Iterator[Executor | None]:
+    """``workers`` spawned processes holding ``case_protector`` (None for one worker: this process)."""
+    if workers == 1:
+        yield None
+        return
+    try:
+        pickle.dumps(case_protector)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        message = f"{workers}: this method cannot be sent to worker processes ({exc}); use 1 worker"
+        raise InputError(message, option="workers") from None
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding threads or a CUDA context
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    started = context.Value("i", 0)
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=(case_protector, threads, started)
+    )
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_worker_case_protector: CaseProtector | None = None  # set in each worker process by _start_worker
+
+
+def _start_worker(case_protector: CaseProtector, threads: int, started) -> None:
+    """A worker's set-up: its share of the CPU threads, the next GPU in turn when there are several."""
+    global _worker_case_protector
+    import torch
+
+    torch.set_num_threads(threads)
+    with started.get_lock():
+        index = started.value
+        started.value += 1
+    if torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        torch.cuda.set_device(index % torch.cuda.device_count())  # "cuda" is then this worker's GPU
+    _worker_case_protector = case_protector
+
+
+def _protect_in_worker(dataset: NnUNetDataset, case: Case, out: Path, empty: bool) -> CaseRecord:
+    return _protect_case(dataset, case, out, _worker_case_protector, empty)
+
+
+def _output_paths(dataset: NnUNetDataset, cases: Iterable[Case], shard: Shard) -> list[Path]:
+    """The files a run of ``shard`` writes in its output folder, relative to it."""
+    paths = [Path(shard.manifest_name)]
+    paths += [dataset.relative(path) for case in cases for path in (*case.images, case.label)]
+    if shard.writes_shared_files:
+        paths.append(Path("dataset.json"))
+        test_files = [path for case in dataset.test for path in (*case.images, *([case.label] if case.label else []))]
+        paths += [dataset.relative(path) for path in test_files]
+    return paths
 
 
 def _protect_case(
@@ -356,21 +531,51 @@ def _check_file(
     return []
 
 
-def _load_manifest(out: Path) -> DatasetManifest:
+def _merged_manifest(out: Path) -> tuple[DatasetManifest, set[str], list[str]]:
+    """The manifest of ``out``, its shards' parts merged; the names of the run's own files; problems found."""
     path = out / MANIFEST_NAME
-    if not path.is_file():
+    if path.is_file():
+        return DatasetManifest.read(path), {MANIFEST_NAME, LOCK_NAME}, []
+    found = [(SHARD_MANIFEST.fullmatch(p.name), p) for p in sorted(out.glob("umedprotect_manifest.shard-*.json"))]
+    parts = {Shard(int(match[1]), int(match[2])): p for match, p in found if match}
+    if not parts:
         raise InputError(f"{path}: manifest not found (is this a protect-dataset output folder?)")
-    return DatasetManifest.read(path)
+    manifests = {shard: DatasetManifest.read(p) for shard, p in sorted(parts.items(), key=lambda i: i[0].index)}
+    first = next(iter(manifests.values()))
+    counts = sorted({shard.count for shard in parts})
+    problems = []
+    if len(counts) > 1:
+        problems.append(f"{out}: manifest parts of runs with different shard counts ({', '.join(map(str, counts))})")
+    for k in range(counts[-1]):
+        if Shard(k, counts[-1]) not in parts:
+            missing = Shard(k, counts[-1]).manifest_name
+            problems.append(f"{out / missing}: missing (protect shard {k} of {counts[-1]})")
+    cases: dict[str, CaseRecord] = {}
+    for shard, manifest in manifests.items():
+        settings = ("source", "method", "parameters", "allow_empty", "protector_sha256")
+        if any(getattr(manifest, key) != getattr(first, key) for key in settings):
+            problems.append(f"{parts[shard]}: made with other settings than the other shards")
+        twice = sorted(set(manifest.cases) & set(cases))
+        problems += [f"case {case_id}: in more than one shard's manifest" for case_id in twice]
+        cases.update(manifest.cases)
+    done = not problems and all(manifest.status == "complete" for manifest in manifests.values())
+    merged = replace(
+        first,
+        status="complete" if done else "running",
+        cases=dict(sorted(cases.items())),
+        test=[item for manifest in manifests.values() for item in manifest.test],
+    )
+    return merged, {name for shard in parts for name in (shard.manifest_name, shard.lock_name)}, problems
 
 
-def _save(manifest: DatasetManifest, out: Path) -> None:
-    manifest.write(out / MANIFEST_NAME)
+def _save(manifest: DatasetManifest, out: Path, shard: Shard) -> None:
+    manifest.write(out / shard.manifest_name)
 
 
 @contextlib.contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
-    """Refuse a second run writing into ``out`` at the same time; a lock left by a killed run is taken over."""
-    lock = out / LOCK_NAME
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Refuse a second run holding ``lock`` at the same time; a lock left by a killed run is taken over."""
+    out = lock.parent
     for _ in range(2):
         try:
             descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -407,8 +612,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _remove_partial_files(out: Path) -> None:
-    """Delete temporary files an interrupted run left behind (they never carry a final name)."""
-    for path in out.rglob(".*.partial*"):
-        if path.is_file():
-            path.unlink()
+def _remove_partial_files(out: Path, outputs: Iterable[Path]) -> None:
+    """Delete the temporary files an interrupted run left behind of ``outputs`` (never those of other shards)."""
+    for output in outputs:
+        for path in (out / output).parent.glob(f".{output.name}.*.partial*"):
+            if path.is_file():
+                path.unlink()

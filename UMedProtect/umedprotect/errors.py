@@ -14,6 +14,9 @@ class InputError(Exception):
         super().__init__(message)
         self.option = option
 
+    def __reduce__(self):  # keep ``option`` across processes (protect-dataset --workers)
+        return type(self), (str(self), self.option)
+
 
 class Cancelled(Exception):
     """The user cancelled a long operation."""

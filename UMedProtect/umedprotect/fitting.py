@@ -6,6 +6,9 @@ plus a visibility penalty.
 The surrogate sees what a victim sees: the victim's normalisation (CT datasets: nnU-Net's clipping
 and foreground statistics; otherwise per-case z-score), computed as the victim would on the
 protected data, and augmentation.
+
+Under ``torchrun`` the fit is data-parallel (:mod:`umedprotect.ddp`): every rank draws the same global
+batch and fits on its share, DistributedDataParallel averages the gradients.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from . import ddp
 from .augment import AugmentSettings, augment_batch
 from .devices import resolve_device
 from .errors import Cancelled, InputError
 from .intensity import normalize
 from .losses import dice_ce_loss
 from .networks import UNet2d
-from .objectives import objective_for
+from .objectives import Alignment, objective_for
 from .protector import Protector, ProtectorConfig
 from .regions import region_maps
 from .slices import SliceSample, crop_or_pad, patch_origin
@@ -148,28 +152,35 @@ class ProtectorFit:
         if not samples:
             raise InputError("no training slices with a segmented ROI to fit on")
         self.objective = objective_for(settings.objective)
+        if ddp.world_size() > 1 and isinstance(self.objective, Alignment):
+            raise InputError("gradient alignment needs the whole batch's gradients: fit it in one process", "objective")
         self.samples, self.config, self.settings = samples, config, settings
         self.device = resolve_device(settings.device)
+        self.rows = ddp.share(settings.batch_size)  # this process's share of each global batch
         torch.manual_seed(settings.seed)
-        self.rng = np.random.default_rng(settings.seed)
-        self.augment_rng = torch.Generator().manual_seed(settings.seed)
+        self.rng = np.random.default_rng(settings.seed)  # the same global batches in every process
+        self.augment_rng = torch.Generator().manual_seed(settings.seed + ddp.rank())  # its own augmentations
         self.data = prepare(samples, config)
         self.n_classes = int(max(s.labels.max() for s in self.data)) + 1
-        self.protector = Protector(config).to(self.device).train()
-        fitted = [p for name, p in self.protector.named_parameters() if not (settings.freeze_codes and name == "codes")]
+        protector = Protector(config).to(self.device).train()
+        fitted = [p for name, p in protector.named_parameters() if not (settings.freeze_codes and name == "codes")]
+        self.protector = ddp.parallel(protector)
         self.generator_optimiser = torch.optim.Adam(fitted, lr=settings.generator_lr)
         self.surrogate_loss = torch.zeros(())
         self.reset_surrogate()
 
     def reset_surrogate(self) -> None:
         """A freshly initialised surrogate U-Net and its optimiser."""
-        self.surrogate = UNet2d(1, self.n_classes, self.settings.surrogate_channels, 3).to(self.device).train()
+        surrogate = UNet2d(1, self.n_classes, self.settings.surrogate_channels, 3).to(self.device).train()
+        self.surrogate = ddp.parallel(surrogate)
         self.surrogate_optimiser = torch.optim.Adam(self.surrogate.parameters(), lr=self.settings.surrogate_lr)
         self.dice_ema = 0.0  # the surrogate's training Dice, smoothed
         self.since_reset = 0  # generator steps since
 
     def sample_batch(self) -> Batch:
-        return sample_batch(self.data, self.settings, self.rng, self.device)
+        """This process's share of the next global batch."""
+        batch = sample_batch(self.data, self.settings, self.rng, self.device)
+        return batch if ddp.world_size() == 1 else tuple(tensor[self.rows] for tensor in batch)
 
     def victim_view(
         self, batch: Batch, delta: torch.Tensor, labels: torch.Tensor | None = None
@@ -234,6 +245,8 @@ class ProtectorFit:
             for _ in range(self.settings.pretrain_steps):
                 self.surrogate_step(protected=False)
         self.surrogate.requires_grad_(self.objective.trains_surrogate)
+        if not self.objective.trains_surrogate:
+            self.surrogate = ddp.unwrap(self.surrogate)  # frozen: no gradients to average
         history: list[dict] = []
         for step in range(1, self.settings.steps + 1):
             if cancel is not None and cancel():
@@ -247,11 +260,13 @@ class ProtectorFit:
 
     def fitted_protector(self, history: list[dict], seconds: float) -> Protector:
         """The protector in eval mode on the CPU, its config recording the data and the fit."""
-        protector = self.protector.cpu().eval()
+        protector = ddp.unwrap(self.protector).cpu().eval()
+        processes = {"processes": ddp.world_size()} if ddp.world_size() > 1 else {}
         protector.config = replace(
             self.config,
             training={
                 **self.config.training,
+                **processes,
                 "cases": sorted({s.case_id for s in self.samples}),
                 "slices": len(self.samples),
                 "classes": self.n_classes,
@@ -283,18 +298,18 @@ def fit_protector(
 def _penalties(delta: torch.Tensor, batch: Batch, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Visibility (mean squared delta/epsilon over ROI and band) and offset (squared mean change in each ROI)."""
     region = (batch[1][:, :2].sum(dim=1, keepdim=True) > 0).float()  # ROI ∪ band
-    visibility = ((delta / eps) ** 2).sum() / region.sum().clamp_min(1.0)
+    visibility = ddp.global_sum(((delta / eps) ** 2).sum()) / ddp.global_sum(region.sum()).clamp_min(1.0)
     roi = batch[1][:, :1]
     offset = ((delta * roi).sum(dim=(1, 2, 3)) / roi.sum(dim=(1, 2, 3)).clamp_min(1.0) / eps).pow(2).mean()
     return visibility, offset
 
 
 def _batch_dice(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Foreground Dice of argmax predictions over the batch."""
+    """Foreground Dice of argmax predictions over the (global) batch."""
     pred = logits.argmax(dim=1)
     fg_pred, fg_true = pred > 0, labels > 0
-    inter = (fg_pred & fg_true & (pred == labels)).sum().item()
-    denom = fg_pred.sum().item() + fg_true.sum().item()
+    inter = ddp.global_sum((fg_pred & fg_true & (pred == labels)).sum()).item()
+    denom = ddp.global_sum(fg_pred.sum() + fg_true.sum()).item()
     return 2 * inter / denom if denom else 1.0
 
 

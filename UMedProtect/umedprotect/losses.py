@@ -9,14 +9,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .ddp import global_sum
+
 
 def dice_ce_loss(logits: torch.Tensor, labels: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
-    """Cross-entropy + (1 - batch soft Dice over foreground classes), as in nnU-Net; 2D or 3D logits (B,C,...)."""
+    """Cross-entropy + (1 - batch soft Dice over foreground classes), as in nnU-Net; 2D or 3D logits (B,C,...).
+
+    In a data-parallel fit the Dice is the global batch's (its sums over the processes).
+    """
     ce = F.cross_entropy(logits, labels)
     probs = logits.softmax(dim=1)[:, 1:]
     onehot = F.one_hot(labels, logits.shape[1]).movedim(-1, 1)[:, 1:].to(probs.dtype)
     dims = (0, *range(2, logits.ndim))
-    dice = (2 * (probs * onehot).sum(dims) + smooth) / (probs.sum(dims) + onehot.sum(dims) + smooth)
+    overlap, total = global_sum((probs * onehot).sum(dims)), global_sum(probs.sum(dims) + onehot.sum(dims))
+    dice = (2 * overlap + smooth) / (total + smooth)
     return ce + (1 - dice.mean())
 
 

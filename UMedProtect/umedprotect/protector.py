@@ -254,8 +254,8 @@ def load_protector(path: str | Path | None = None, device: str | torch.device = 
     if not path.is_file():
         raise InputError(f"{source}: protector file not found")
     with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
+        head = handle.read(9)  # safetensors: an 8-byte header length, then the JSON header
+    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise InputError(f"{source}: pickle/zip-based PyTorch files are refused; protectors must be safetensors")
     try:
         with safe_open(source, framework="pt") as handle:

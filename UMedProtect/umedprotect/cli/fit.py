@@ -8,6 +8,7 @@ from dataclasses import fields
 
 from tqdm import tqdm
 
+from .. import ddp
 from ..atomic import atomic_path
 from ..errors import InputError
 from ..fitting import FitSettings, dataset_slices, fit_on_datasets
@@ -33,7 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "surrogate reaches --stop-dice training Dice on the protected data, or after --steps. "
             "The shipped default protector is the codes alone, not fitted: --codes rings --code-period 6 "
             "--texture-floor 1 --steps 0 (min-min fitting weakened the rings in every run so far: "
-            "docs/results.md, docs/archive/research-log.md)."
+            "docs/results.md, docs/archive/research-log.md). "
+            "On several GPUs or processes: torchrun --nproc-per-node N -m umedprotect.cli fit ... "
+            "(data-parallel: each process fits on its share of --batch-size, which N must divide; "
+            "gloo on CPU, nccl on CUDA; process 0 writes the output; min-min and targeted objectives)."
         ),
     )
     p.add_argument("datasets", nargs="+", metavar="IN_DIR", help="nnU-Net v2 raw dataset folder(s)")
@@ -74,6 +78,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Fit and write the protector; under torchrun, data-parallel across the processes."""
+    ddp.start_from_env(args.device)
+    try:
+        return _fit(args)
+    finally:
+        ddp.stop()
+
+
+def _fit(args: argparse.Namespace) -> int:
     output = check_output_path(args.output, args.overwrite, endings=(".safetensors",))
     history_path = check_output_path(args.history, args.overwrite, endings=(".json",)) if args.history else None
     for name, low in (("steps", 0), ("batch_size", 1), ("patch_size", 16), ("surrogate_reset_every", 1), ("min_steps", 0), ("pretrain_steps", 0)):
@@ -89,14 +102,18 @@ def run(args: argparse.Namespace) -> int:
     check_config_values(values)
     config = ProtectorConfig(**values)
     samples = dataset_slices(args.datasets)  # validates the datasets before the progress bar starts
-    print(device_line(args.device))
-    with tqdm(total=settings.steps, desc="fitting", unit="step", disable=args.no_progress) as bar:
+    main_process = ddp.is_main()  # the one that prints and writes
+    if main_process:
+        print(device_line(args.device))
+    with tqdm(total=settings.steps, desc="fitting", unit="step", disable=args.no_progress or not main_process) as bar:
 
         def progress(step: int, total: int, record: dict) -> None:
             bar.update(step - bar.n)
             bar.set_postfix(dice=record["surrogate_dice_ema"], loss=record["generator_loss"])
 
         protector, history = fit_on_datasets(args.datasets, config, settings, progress, samples=samples)
+    if not main_process:
+        return 0
     save_protector(protector, output)
     if history_path is not None:
         with atomic_path(history_path) as tmp:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..dataset_protection import MANIFEST_NAME, protect_dataset
+from ..dask_runner import LOCAL_PREFIX, protect_on_dask, protect_shard
+from ..dataset_protection import MANIFEST_NAME, WHOLE_DATASET, Shard
 from ..errors import InputError
-from ..methods import DEFAULT_METHOD, method_names, setup_method
-from ..nnunet import read_dataset
+from ..exit_codes import EXIT_DISCREPANCIES, EXIT_OK
+from ..methods import DEFAULT_METHOD, method_names
 from ..records import CaseRecord
 from .protect import LOW_PSNR_DB, OUTPUT_FORMATS, add_protection_options, device_line, settings_from
 
@@ -44,6 +45,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="auto (default): the dataset's own file format. dicom is refused: nnU-Net datasets hold image files, "
         "so protect DICOM series one at a time with 'umedprotect protect'",
     )  # fmt: skip
+    scale = parser.add_argument_group("spreading the work (outputs are byte-identical whichever is used)")
+    scale.add_argument(
+        "--workers", type=int, default=1, metavar="N",
+        help="protect N cases at a time in N processes of this machine, each with its share of the CPU threads "
+        "and, with several GPUs, the next GPU in turn (default 1)",
+    )  # fmt: skip
+    scale.add_argument(
+        "--shard", type=_shard, metavar="K/N",
+        help="protect shard K of N (0 <= K < N: the training cases at positions K, K+N, ... in case-id order), "
+        "e.g. one task of a SLURM job array (scripts/slurm_protect_dataset.sh). Each shard writes its own manifest "
+        "part umedprotect_manifest.shard-K-of-N.json into OUT_DIR; shard 0 also copies dataset.json and the test "
+        "cases. Run 'umedprotect verify OUT_DIR' once every shard is done: it merges the parts",
+    )  # fmt: skip
+    scale.add_argument(
+        "--dask", metavar="SCHEDULER",
+        help=f"run the shards as tasks on a Dask cluster: a scheduler address (tcp://host:8786) or {LOCAL_PREFIX}N "
+        "(N worker processes here), then verify; OUT_DIR must be reachable from every worker under the same path "
+        "(needs the dask extra)",
+    )  # fmt: skip
+    scale.add_argument(
+        "--shards", type=int, metavar="N", help="with --dask: number of shards (default: one per Dask worker)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -55,32 +78,54 @@ def run(args: argparse.Namespace) -> int:
             "protect each series with 'umedprotect protect SERIES MASK -o OUT_DIR/'",
             option="output_format",
         )
+    if args.dask is not None:
+        if args.shard is not None or args.workers != 1:
+            raise InputError("runs one shard per Dask task: leave out --shard and --workers", option="dask")
+    elif args.shards is not None:
+        raise InputError("applies to --dask only", option="shards")
     settings = settings_from(args)
-    dataset = None if args.method == DEFAULT_METHOD else read_dataset(args.in_dir)
-    setup = setup_method(args.method, settings, dataset)
-    case_protector, parameters, protector_info, device = setup.case_protector, setup.parameters, setup.protector_info, setup.device
     print(device_line(settings.device))
-    manifest = protect_dataset(
-        args.in_dir,
-        args.output,
-        case_protector,
-        args.method,
-        parameters,
-        protector_info=protector_info,
-        device=device,
-        allow_empty=args.allow_empty,
-        overwrite=args.overwrite,
-        progress=not args.no_progress,
-    )
-    print(case_table(manifest.cases))
-    print(summary_line(manifest.cases, args.output, args.method))
-    low = [cid for cid, e in manifest.cases.items() if e.status == "protected" and _worst_psnr(e) < LOW_PSNR_DB]
+    options = dict(allow_empty=args.allow_empty, overwrite=args.overwrite)
+    if args.dask is not None:
+        manifests, problems = protect_on_dask(
+            args.dask, args.in_dir, args.output, args.method, settings, shards=args.shards, **options
+        )
+        cases = dict(sorted(((cid, e) for m in manifests for cid, e in m.cases.items()), key=lambda item: item[0]))
+    else:
+        manifest = protect_shard(
+            args.in_dir, args.output, args.method, settings, shard=args.shard or WHOLE_DATASET, workers=args.workers,
+            progress=not args.no_progress, **options,
+        )  # fmt: skip
+        cases, problems = manifest.cases, []
+    print(case_table(cases))
+    print(summary_line(cases, args.output, args.method))
+    if args.shard is not None:
+        shard = f"{args.shard.index}/{args.shard.count}"
+        print(f"shard {shard} done: run 'umedprotect verify {args.output}' once every shard is")
+    for problem in problems:
+        print(problem)
+    _warn_low_psnr(cases)
+    if problems:
+        print(f"{args.output}: {len(problems)} discrepancy(ies) found")
+        return EXIT_DISCREPANCIES
+    return EXIT_OK
+
+
+def _shard(text: str) -> Shard:
+    """``K/N`` as an argparse type: a malformed shard is an argument error (exit 2)."""
+    try:
+        return Shard.parse(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _warn_low_psnr(cases: dict[str, CaseRecord]) -> None:
+    low = [cid for cid, e in cases.items() if e.status == "protected" and _worst_psnr(e) < LOW_PSNR_DB]
     if low:
         log.warning(
             f"{len(low)} case(s) below {LOW_PSNR_DB:g} dB PSNR (worst slice): {', '.join(low)}; "
             "the change may be visible"
         )
-    return 0
 
 
 def case_table(cases: dict[str, CaseRecord]) -> str:

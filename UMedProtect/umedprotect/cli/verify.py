@@ -17,8 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "no case is missing or extra, and every image header has the recorded geometry. With the source dataset "
             "(--source, default: the path recorded in the manifest, if it exists) also: labels, dataset.json and "
             "test files byte-identical to the source, source unchanged, geometry and pixel type identical, "
-            "and |protected - source| within each case's budget. Exit 0 when all is well, 3 when discrepancies "
-            "were found (each printed on one line)."
+            "and |protected - source| within each case's budget. A folder written by protect-dataset --shard K/N "
+            "holds one manifest part per shard: they are merged, and a missing or unfinished shard is a discrepancy. "
+            "Exit 0 when all is well, 3 when discrepancies were found (each printed on one line)."
         ),
     )
     parser.add_argument("out_dir", metavar="OUT_DIR", help="a protect-dataset output folder")
