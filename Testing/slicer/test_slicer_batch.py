@@ -119,7 +119,7 @@ def test_protects_within_budget_and_region_then_resumes_and_verifies(batch, data
 
     written = {p: p.stat().st_mtime_ns for p in (out / "imagesTr").iterdir()}
     assert batch.main(argv) == 0  # a rerun finds every case finished and rewrites none
-    assert "protect_batch: info: resuming: 2 of 2 case(s) already finished" in capsys.readouterr().err
+    assert "protect_batch: info: resuming: 2 of 2 case(s) recorded as finished" in capsys.readouterr().err
     assert {p: p.stat().st_mtime_ns for p in (out / "imagesTr").iterdir()} == written
 
     redo = out / "imagesTr" / "case001_0000.nii.gz"

@@ -274,7 +274,8 @@ def _start_manifest(
         log.warning(f"{out}: resuming a run made with other software versions ({previous.versions})")
     fresh.cases = previous.cases
     n_done = sum(1 for entry in fresh.cases.values() if entry.finished)
-    log.info(f"resuming: {n_done} of {len(shard.cases(dataset.training))} case(s) already finished in {out}")
+    total = len(shard.cases(dataset.training))
+    log.info(f"resuming: {n_done} of {total} case(s) recorded as finished in {out} (redone if their files changed)")
     return fresh
 
 
