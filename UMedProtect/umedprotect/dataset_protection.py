@@ -14,13 +14,13 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
 from . import io
-from .array_protection import ProtectionResult
 from .errors import InputError
 from .nnunet import Case, NnUNetDataset, read_dataset
 from .records import (
@@ -33,11 +33,14 @@ from .records import (
     TestCaseRecord,
 )
 
+if TYPE_CHECKING:
+    from .array_protection import ProtectionResult
+
 MANIFEST_NAME = "umedprotect_manifest.json"
 LOCK_NAME = ".umedprotect.lock"  # holds the pid of the run writing the folder
 BUDGET_RTOL = 1e-6  # float rounding allowance when re-checking the ε bound
 
-CaseProtector = Callable[..., ProtectionResult]  # called as case_protector(image, labels, spacing=spacing)
+CaseProtector = Callable[..., "ProtectionResult"]  # called as case_protector(image, labels, spacing=spacing)
 log = logging.getLogger("umedprotect")
 
 

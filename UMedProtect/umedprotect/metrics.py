@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
-
-from .regions import bounding_box
 
 SSIM_WINDOW = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
@@ -18,6 +15,8 @@ def data_range(original: np.ndarray) -> float:
 
 def changed_box(original: np.ndarray, protected: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
     """Bounding box of the voxels that differ, grown by ``margin`` (None when nothing changed)."""
+    from .regions import bounding_box
+
     return bounding_box(protected != original, margin)
 
 
@@ -46,6 +45,8 @@ def ssim(original: np.ndarray, protected: np.ndarray) -> float:
 
     Computed exactly but only around the changed voxels: windows that see no change have SSIM 1.
     """
+    from scipy import ndimage
+
     box = changed_box(original, protected, margin=SSIM_WINDOW)
     if box is None:
         return 1.0

@@ -8,13 +8,8 @@ import sys
 from pathlib import Path
 
 from umedprotect.cli import add_option
-from umedprotect.io import check_writable_dir, write_json
 
-from .evaluation import TARGET_RATIO, evaluate
-from .training import DEFAULT_LEARNING_RATES, NORMALISATIONS, TrainSettings
-
-from .victims import VICTIMS
-
+SUMMARY = "check the protection: train victims on clean vs protected data, compare test DSC"
 DESCRIPTION = """\
 Train a victim segmenter from scratch on the clean training cases of CLEAN_DIR and, with the same
 seed and schedule, on the protected versions of the same cases in PROTECTED_DIR (both nnU-Net v2
@@ -59,13 +54,15 @@ VICTIM_INSTALL = (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from .defenses import DEFENSES
+    from .training import DEFAULT_LEARNING_RATES, NORMALISATIONS, TrainSettings
+    from .victims import VICTIMS
 
     defaults = TrainSettings()
     victims = "\n".join(f"  {name:<14}{spec.description}" for name, spec in VICTIMS.items())
     defenses = "\n".join(f"  {name:<14}{defense.help}" for name, defense in DEFENSES.items())
     p = subparsers.add_parser(
         "evaluate",
-        help="check the protection: train victims on clean vs protected data, compare test DSC",
+        help=SUMMARY,
         description=DESCRIPTION,
         epilog=f"victims:\n{victims}\n{VICTIM_INSTALL}\n\ndefenses "
         f"(applied to the protected training set; the ratio is against the undefended clean run):\n{defenses}",
@@ -97,6 +94,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from umedprotect.errors import InputError
+    from umedprotect.io import check_writable_dir, write_json
+
+    from .evaluation import evaluate
+    from .training import TrainSettings
 
     for name in ("epochs", "iterations", "batch_size", "patch_size"):
         if getattr(args, name) < 1:
@@ -135,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(report: dict) -> str:
     """The summary as a small fixed-width table, with the visibility line under it."""
+    from .evaluation import TARGET_RATIO
+
     seeded = len(report.get("seeds", ())) > 1
     header = (
         f"{'victim':<14}{'defense':<12}" + (f"{'seed':>6}" if seeded else "")
@@ -171,6 +174,8 @@ def format_table(report: dict) -> str:
 
 def verdict_line(summary: list[dict]) -> str:
     """How many trained victims the protection stopped (best-epoch ratio at most the target); a lone failure says so."""
+    from .evaluation import TARGET_RATIO
+
     ratios = [row["ratio_best"] for row in summary]
     stopped = sum(1 for r in ratios if r <= TARGET_RATIO)
     runs = "run" if any(row["defense"] != "none" for row in summary) else "victim"

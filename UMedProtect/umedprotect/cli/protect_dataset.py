@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
-from ..dataset_protection import MANIFEST_NAME, protect_dataset
 from ..errors import InputError
 from ..methods import DEFAULT_METHOD, method_names, setup_method
-from ..nnunet import read_dataset
-from ..records import CaseRecord
 from .protect import LOW_PSNR_DB, OUTPUT_FORMATS, add_protection_options, device_line, settings_from
 
+if TYPE_CHECKING:
+    from ..records import CaseRecord
+
 log = logging.getLogger("umedprotect")
+SUMMARY = "protect an nnU-Net v2 raw dataset (resumable, with a manifest)"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..dataset_protection import MANIFEST_NAME
+
     parser = subparsers.add_parser(
         "protect-dataset",
-        help="protect an nnU-Net v2 raw dataset (resumable, with a manifest)",
+        help=SUMMARY,
         description=(
             "Protect every training image of an nnU-Net v2 raw dataset (dataset.json, imagesTr/CASE_0000.ext, "
             "labelsTr/CASE.ext). OUT_DIR gets the same layout: protected images (every channel), byte-identical "
@@ -49,6 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..dataset_protection import protect_dataset
+    from ..nnunet import read_dataset
+
     if args.output_format == "dicom":
         raise InputError(
             "dicom: nnU-Net datasets hold image files (dataset.json file_ending), not DICOM series; "
