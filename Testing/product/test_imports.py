@@ -22,7 +22,8 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
 def imported_after(code: str, *args: str) -> tuple[dict, str]:
     """Run ``code`` in a fresh interpreter; its JSON line on stdout, and its stderr."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "UMedProtect"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
+    command = [sys.executable, "-c", code, *args]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 

@@ -441,16 +441,16 @@ def _read_file(path: Path, header: sitk.ImageFileReader, shown: Path, what: str)
     """
     values = _read_nifti_data(path) if _is_nifti(path) else None
     shape = tuple(reversed(header.GetSize()))
-    if values is not None and values.dtype.newbyteorder("=") == _numpy_dtype(header.GetPixelID()):
-        if values.size == np.prod(shape, dtype=np.int64):
-            image = sitk.GetImageFromArray(values.reshape(shape).astype(values.dtype.newbyteorder("="), copy=False))
-            image.SetSpacing(header.GetSpacing())
-            image.SetOrigin(header.GetOrigin())
-            image.SetDirection(header.GetDirection())
-            for key in header.GetMetaDataKeys():
-                if not key.startswith(ITK_READER_KEYS):  # not text, and not set on images SimpleITK reads
-                    image.SetMetaData(key, header.GetMetaData(key))
-            return image
+    native = _numpy_dtype(header.GetPixelID())
+    if values is not None and values.dtype.newbyteorder("=") == native and values.size == np.prod(shape, dtype=np.int64):
+        image = sitk.GetImageFromArray(values.reshape(shape).astype(native, copy=False))
+        image.SetSpacing(header.GetSpacing())
+        image.SetOrigin(header.GetOrigin())
+        image.SetDirection(header.GetDirection())
+        for key in header.GetMetaDataKeys():
+            if not key.startswith(ITK_READER_KEYS):  # not text, and not set on images SimpleITK reads
+                image.SetMetaData(key, header.GetMetaData(key))
+        return image
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError:
