@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from umedprotect import io
 from umedprotect.errors import InputError
-from umedprotect.intensity import exact_percentiles, intensity_window
+from umedprotect.intensity import distinct_values, exact_percentiles, intensity_window
 
 INTEGER_TYPES = ("uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
 FLOAT_TYPES = ("float32", "float64")
@@ -34,6 +34,15 @@ def test_exact_percentiles_equal_numpys_percentile_of_the_float64_values(dtype):
         percentiles = (0.5, 99.5) if rng.random() < 0.5 else tuple(np.sort(rng.uniform(0, 100, 2)))
         expected = np.percentile(values.astype(np.float64), percentiles)
         assert exact_percentiles(values, percentiles) == tuple(expected)  # == : -0.0 and 0.0 tie in a sort
+
+
+@pytest.mark.parametrize("dtype", INTEGER_TYPES + FLOAT_TYPES)
+def test_distinct_values_equal_numpys_unique(dtype):
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        values = random_values(rng, dtype, int(rng.integers(1, 3000)))
+        found = distinct_values(values)
+        assert found.dtype == values.dtype and np.array_equal(found, np.unique(values))
 
 
 def test_intensity_window_of_a_large_volume_is_exact_not_sampled():

@@ -58,20 +58,40 @@ HISTOGRAM_LEVELS = 1 << 20  # integer images spanning at most this many levels a
 HISTOGRAM_CHUNK = 1 << 22  # voxels converted to indices at a time
 
 
+def distinct_values(values: np.ndarray) -> np.ndarray:
+    """``np.unique(values)``, counted (:func:`histogram`) rather than sorted for integer arrays."""
+    counted = histogram(values)
+    if counted is None:
+        return np.unique(values)
+    low, counts = counted
+    return (np.flatnonzero(counts) + low).astype(values.dtype)
+
+
+def histogram(values: np.ndarray) -> tuple[int, np.ndarray] | None:
+    """(lowest value, count of every level from it) of an integer array spanning at most :data:`HISTOGRAM_LEVELS`
+    levels, counted a chunk at a time; None for other arrays."""
+    flat = values.reshape(-1)
+    if not np.issubdtype(flat.dtype, np.integer) or not flat.size:
+        return None
+    low, high = int(flat.min()), int(flat.max())
+    if high - low >= HISTOGRAM_LEVELS:
+        return None
+    counts = np.zeros(high - low + 1, dtype=np.int64)
+    offsets = np.dtype(f"u{flat.dtype.itemsize}")  # value - low, modulo the type's range: exact here
+    for start in range(0, flat.size, HISTOGRAM_CHUNK):
+        chunk = np.subtract(flat[start : start + HISTOGRAM_CHUNK], flat.dtype.type(low), dtype=flat.dtype)
+        counts += np.bincount(chunk.view(offsets), minlength=counts.size)
+    return low, counts
+
+
 def _order_statistics(values: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     """The ``ranks``-th smallest values (0-based, sorted ranks) as float64."""
-    flat = values.reshape(-1)
-    if np.issubdtype(flat.dtype, np.integer) and flat.size:
-        low, high = int(flat.min()), int(flat.max())
-        if high - low < HISTOGRAM_LEVELS:
-            counts = np.zeros(high - low + 1, dtype=np.int64)
-            offsets = np.dtype(f"u{flat.dtype.itemsize}")  # value - low, modulo the type's range: exact here
-            for start in range(0, flat.size, HISTOGRAM_CHUNK):
-                chunk = np.subtract(flat[start : start + HISTOGRAM_CHUNK], flat.dtype.type(low), dtype=flat.dtype)
-                counts += np.bincount(chunk.view(offsets), minlength=counts.size)
-            levels = np.searchsorted(np.cumsum(counts), ranks, side="right")
-            return np.array([float(low + int(level)) for level in levels])  # Python ints: no overflow
-    return np.partition(flat, ranks)[ranks].astype(np.float64)
+    counted = histogram(values)
+    if counted is not None:
+        low, counts = counted
+        levels = np.searchsorted(np.cumsum(counts), ranks, side="right")
+        return np.array([float(low + int(level)) for level in levels])  # Python ints: no overflow
+    return np.partition(values.reshape(-1), ranks)[ranks].astype(np.float64)
 
 
 def normalize(image: np.ndarray, window: Window) -> np.ndarray:

@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from . import dicom_masks, dicom_series
 from .atomic import atomic_path
 from .errors import InputError
+from .metrics import SLAB_VOXELS
 
 OUTPUT_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")  # single-file formats keeping geometry and pixel type
 SEGMENTATION_ENDING = ".seg.nrrd"
@@ -35,7 +36,8 @@ SUPPORTED_PIXEL_TYPES = {
 SPACING_RTOL = 1e-4  # relative spacing difference still counted as the same grid
 DIRECTION_ATOL = 1e-4
 ORIGIN_TOL = 1e-3  # in units of the smallest voxel spacing
-BYTES_PER_VOXEL_OVERHEAD = 48  # working arrays of protect_array and the metrics (float64 temporaries)
+BYTES_PER_VOXEL_OVERHEAD = 4  # mask (up to 2 bytes), region map, comparisons
+SLAB_WORKING_SET = 12 * 8 * SLAB_VOXELS  # float64 arrays of the metrics over one slab
 MEMORY_ENV = "UMEDPROTECT_MEMORY_LIMIT_MB"  # overrides the available-memory reading (for tests)
 NIFTI_TYPES = {  # NIfTI datatype code -> numpy type
     2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8",
@@ -170,9 +172,14 @@ def geometry_difference(image: sitk.Image | sitk.ImageFileReader, reference: sit
     return None
 
 
-def to_array(image: sitk.Image) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Voxels as a numpy array in (z, y, x) order (a copy) and the spacing per numpy axis."""
-    return sitk.GetArrayFromImage(image), tuple(reversed(image.GetSpacing()))
+def to_array(image: sitk.Image, copy: bool = True) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Voxels as a numpy array in (z, y, x) order and the spacing per numpy axis.
+
+    ``copy=False``: a read-only view of the image's own buffer (no second copy of a large volume);
+    keep ``image`` alive while the view is used.
+    """
+    voxels = sitk.GetArrayFromImage(image) if copy else sitk.GetArrayViewFromImage(image)
+    return voxels, tuple(reversed(image.GetSpacing()))
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool = False, endings: tuple[str, ...] = OUTPUT_ENDINGS) -> Path:
@@ -264,8 +271,12 @@ def image_info(image: sitk.Image | sitk.ImageFileReader) -> dict:
 
 
 def memory_needed(n_voxels: int, bytes_per_voxel: int) -> int:
-    """Estimated peak memory (bytes) to read and protect an image of this size and pixel size."""
-    return n_voxels * (3 * bytes_per_voxel + BYTES_PER_VOXEL_OVERHEAD)
+    """Estimated peak memory (bytes) to read and protect an image of this size and pixel size.
+
+    The image, its voxels, the protected copy and the copy written, the mask and the region map;
+    protection and metrics work slab by slab beyond that (:data:`metrics.SLAB_VOXELS`).
+    """
+    return n_voxels * (4 * bytes_per_voxel + BYTES_PER_VOXEL_OVERHEAD) + SLAB_WORKING_SET
 
 
 def available_memory() -> int:

@@ -6,7 +6,7 @@ import numpy as np
 
 SSIM_WINDOW = 7
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-SLAB_VOXELS = 1 << 24  # voxels of one slab: the float64 working set of the metrics is a few times this
+SLAB_VOXELS = 1 << 23  # voxels of one slab: the float64 working set of the metrics is about ten times this
 
 
 def data_range(original: np.ndarray) -> float:

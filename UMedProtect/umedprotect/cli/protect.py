@@ -123,11 +123,11 @@ def settings_from(args: argparse.Namespace) -> ProtectionSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     from tqdm import tqdm
 
     from .. import dicom_series, io, raster
     from ..methods import DEFAULT_METHOD, setup_method
+    from ..intensity import distinct_values
     from ..metrics import psnr_text
     from ..preview import check_slice_index, intensity_units
     from ..records import FileRecord, InputImageRecord, InputMaskRecord, ProtectionReport, ReportInputs
@@ -142,10 +142,10 @@ def run(args: argparse.Namespace) -> int:
     image = io.read_image(image_path, args.series_uid)
     raster.check_raster_output(outputs["output"], image.GetDimension())
     label_image = io.read_label(mask_path, image, resample=args.resample_mask, segments=args.segments)
-    array, spacing = io.to_array(image)
-    labels, _ = io.to_array(label_image)
+    array, spacing = io.to_array(image, copy=False)  # views: image and label_image stay alive in this scope
+    labels, _ = io.to_array(label_image, copy=False)
     tags = dicom_display_tags(image_path, args.series_uid)
-    present = {int(v) for v in np.unique(labels)} - {0}
+    present = {int(v) for v in distinct_values(labels)} - {0}
     if not args.many_labels:
         check_roles(array, present, image_path, mask_path)
     if args.labels:
@@ -245,11 +245,11 @@ def check_roles(image: np.ndarray, mask_labels: set[int], image_path: Path, mask
 
 def _distinct_values(array: np.ndarray, more_than: int) -> int:
     """Number of distinct values in ``array``; a strided sample answers first when it already has enough."""
-    import numpy as np
+    from ..intensity import distinct_values
 
-    flat = array.ravel()
-    sample = np.unique(flat[:: max(flat.size // 100_000, 1)])
-    return sample.size if sample.size > more_than else np.unique(flat).size
+    flat = array.reshape(-1)
+    sample = distinct_values(flat[:: max(flat.size // 100_000, 1)])
+    return sample.size if sample.size > more_than else distinct_values(flat).size
 
 
 def device_line(device: str) -> str:
