@@ -64,7 +64,8 @@ def distinct_values(values: np.ndarray) -> np.ndarray:
     if counted is None:
         return np.unique(values)
     low, counts = counted
-    return (np.flatnonzero(counts) + low).astype(values.dtype)
+    offsets = np.flatnonzero(counts).astype(values.dtype, casting="unsafe")  # low + offset, modulo the type's range
+    return np.add(offsets, values.dtype.type(low), dtype=values.dtype)
 
 
 def histogram(values: np.ndarray) -> tuple[int, np.ndarray] | None:
