@@ -126,8 +126,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .. import dicom_series, io, raster
-    from ..methods import DEFAULT_METHOD, setup_method
     from ..intensity import distinct_values
+    from ..methods import DEFAULT_METHOD, setup_method
     from ..metrics import psnr_text
     from ..preview import check_slice_index, intensity_units
     from ..records import FileRecord, InputImageRecord, InputMaskRecord, ProtectionReport, ReportInputs
