@@ -46,9 +46,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The ``umedprotect`` parser: every subcommand in full, or for a command line ``argv`` only the one it names.
 
     For ``argv`` the other subcommands are listed by their one-line ``SUMMARY`` only, so ``--help`` and
-    option errors answer without importing what the other commands need (torch, ...).
+    option errors answer without importing what the other commands need (torch, ...); a command of
+    this package runs without looking up the installed add-ons' commands at all.
     """
     command = None if argv is None else chosen_command(argv)
+    builtin = command in {name.replace("_", "-") for name in SUBCOMMANDS}
     parser = OneLineParser(
         prog="umedprotect",
         description=(
@@ -61,7 +63,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"umedprotect {__version__}")
     parser.add_argument("--debug", action="store_true", help="print the full traceback of unexpected errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module_name in command_modules():
+    for name, module_name in command_modules(plugins=not builtin):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:  # an optional dependency of that command is missing
@@ -75,10 +77,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def command_modules() -> list[tuple[str, str]]:
-    """(command, module) of every subcommand, in help order: this package's, then the installed add-ons'."""
+def command_modules(plugins: bool = True) -> list[tuple[str, str]]:
+    """(command, module) of every subcommand, in help order: this package's, then (``plugins``) the add-ons'.
+
+    Looking up the add-ons' entry points reads every installed package's metadata (a fifth of a second).
+    """
     modules = [(name.replace("_", "-"), f"{__name__}.{name}") for name in SUBCOMMANDS]
-    return modules + [(ep.name, ep.value) for ep in entry_points(group=PLUGIN_GROUP)]
+    return modules + ([(ep.name, ep.value) for ep in entry_points(group=PLUGIN_GROUP)] if plugins else [])
 
 
 def chosen_command(argv: Sequence[str]) -> str | None:
