@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,7 +152,7 @@ def test_a_writer_killed_mid_write_leaves_the_complete_old_content(target):
     kill_while_writing(WRITER, target)
     assert target.read_bytes() == OLD
     assert len(leftovers(target.parent)) == 1  # the killed process could not clean up: a hidden .partial file
-    _remove_partial_files(target.parent)  # which the next protect-dataset run deletes
+    _remove_partial_files(target.parent, [Path(target.name)])  # which the next protect-dataset run deletes
     assert leftovers(target.parent) == []
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from .devices import resolve_device
 from .errors import Cancelled, InputError
 from .intensity import Window, apply_change, intensity_window, normalize
-from .metrics import data_range, image_quality, slice_psnrs
+from .metrics import data_range, image_quality, slab_slices_for, slice_psnrs
 from .protector import Protector, load_protector
 from .regions import bounding_box, contour_band, region_maps, roi_mask
 from .settings import OPTIONS
@@ -24,15 +24,20 @@ ProgressCallback = Callable[[int, int], None]
 
 @dataclass
 class ProtectionResult:
-    """Protected array (input dtype and shape), the change it carries, and its visibility metrics."""
+    """Protected array (input dtype and shape), the original it was made from, and its visibility metrics."""
 
     protected: np.ndarray
-    change: np.ndarray  # float32, protected - original, native units
+    original: np.ndarray
     region: np.ndarray  # bool, ROI ∪ contour band: the only voxels that may change
     window: Window
     budget: float  # max allowed |change|, native units
     slice_axis: int | None  # None for 2D images
     metrics: dict
+
+    @property
+    def change(self) -> np.ndarray:
+        """protected - original in native units (float32), computed on request: a whole volume's worth of floats."""
+        return (self.protected.astype(np.float64) - self.original.astype(np.float64)).astype(np.float32)
 
 
 def slice_axis_for(spacing: Sequence[float] | None, ndim: int) -> int | None:
@@ -73,6 +78,7 @@ def protect_array(
     device: str = "auto",
     min_psnr: float | None = None,
     batch_size: int = 16,
+    slab_slices: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> ProtectionResult:
@@ -83,6 +89,11 @@ def protect_array(
     ``label_values`` restricts the ROI to these labels (default: every non-zero label);
     ``min_psnr`` (dB) scales the whole perturbation down where it would be more visible than that.
     Voxels outside ROI ∪ band are bit-identical to the input.
+
+    Beyond the protected copy and the region mask, memory does not grow with the volume: slices are
+    protected on their own, in batches that never cross a slab of ``slab_slices`` slices (default:
+    :func:`metrics.slab_slices_for`), and the metrics are accumulated slab by slab. The intensity window
+    is the whole volume's.
     """
     check_inputs(image, labels)
     torch_device = resolve_device(device)
@@ -96,46 +107,60 @@ def protect_array(
     window = intensity_window(image, config.percentiles)
     budget = window.budget(epsilon)
     value_range = (float(image.min()), float(image.max()))  # crops are clipped to the image's range, not their own
-    selected = np.where(roi_mask(labels, label_values), labels, 0).astype(np.int32)
     axis = slice_axis_for(spacing, image.ndim)
-    stack_image = image[None] if axis is None else np.moveaxis(image, axis, 0)
-    stack_labels = selected[None] if axis is None else np.moveaxis(selected, axis, 0)
-
     protected = image.copy()
-    change = np.zeros(image.shape, dtype=np.float32)
     region = np.zeros(image.shape, dtype=bool)
-    stack_protected = protected[None] if axis is None else np.moveaxis(protected, axis, 0)
-    stack_change = change[None] if axis is None else np.moveaxis(change, axis, 0)
-    stack_region = region[None] if axis is None else np.moveaxis(region, axis, 0)
+    stack_image, stack_labels, stack_protected, stack_region = (
+        a[None] if axis is None else np.moveaxis(a, axis, 0) for a in (image, labels, protected, region)
+    )
+    slab = slab_slices or slab_slices_for(stack_image.shape)
 
-    indices = [i for i in range(stack_labels.shape[0]) if stack_labels[i].any()]
+    indices, roi_union = _roi_slices(stack_labels, label_values)
     if indices:
-        crop = bounding_box(stack_labels[indices].any(axis=0), band_radius + CONTEXT_MARGIN)
-        for start in range(0, len(indices), batch_size):
+        crop = bounding_box(roi_union, band_radius + CONTEXT_MARGIN)
+        batches = [
+            part[start : start + batch_size]
+            for first in range(0, stack_image.shape[0], slab)
+            if (part := [i for i in indices if first <= i < first + slab])
+            for start in range(0, len(part), batch_size)
+        ]
+        done = 0
+        for batch in batches:
             if cancel is not None and cancel():
                 raise Cancelled("protection cancelled")
-            batch = indices[start : start + batch_size]
             original = stack_image[batch][(slice(None), *crop)]
             labels_crop = stack_labels[batch][(slice(None), *crop)]
+            labels_crop = np.where(roi_mask(labels_crop, label_values), labels_crop, 0).astype(np.int32)
             origin = (crop[0].start, crop[1].start)
             delta = _perturb(protector, normalize(original, window), labels_crop, origin, band_radius, epsilon, torch_device)
             new = apply_change(original, delta * window.width, budget, value_range)
             for k, i in enumerate(batch):
                 stack_protected[i][crop] = new[k]
-                stack_change[i][crop] = new[k].astype(np.float64) - original[k].astype(np.float64)
                 stack_region[i][crop] = (labels_crop[k] != 0) | contour_band(labels_crop[k], band_radius)
+            done += len(batch)
             if progress is not None:
-                progress(min(start + batch_size, len(indices)), len(indices))
+                progress(done, len(indices))
     details = dict(epsilon=epsilon, band_radius=band_radius, slices_protected=len(indices))
     if min_psnr is not None:
-        details.update(min_psnr=min_psnr, change_scale=limit_visibility(image, protected, change, budget, min_psnr, axis))
-    return make_result(image, protected, change, region, window, budget, axis, **details)
+        details.update(min_psnr=min_psnr, change_scale=limit_visibility(image, protected, budget, min_psnr, axis))
+    return make_result(image, protected, region, window, budget, axis, slab_slices=slab, **details)
+
+
+def _roi_slices(stack_labels: np.ndarray, label_values: Sequence[int] | None) -> tuple[list[int], np.ndarray]:
+    """Indices of the slices holding ROI, and the union of their ROIs (2D), one slice at a time."""
+    indices, union = [], np.zeros(stack_labels.shape[1:], dtype=bool)
+    for i, slice_labels in enumerate(stack_labels):
+        roi = roi_mask(slice_labels, label_values)
+        if roi.any():
+            indices.append(i)
+            union |= roi
+    return indices, union
 
 
 def limit_visibility(
-    image: np.ndarray, protected: np.ndarray, change: np.ndarray, budget: float, min_psnr: float, axis: int | None = None
+    image: np.ndarray, protected: np.ndarray, budget: float, min_psnr: float, axis: int | None = None
 ) -> float:
-    """Scale ``change`` down (in place, with ``protected``) until PSNR >= ``min_psnr``; returns the smallest scale.
+    """Scale the change down (in ``protected``) until PSNR >= ``min_psnr``; returns the smallest scale.
 
     A 2D image is held to the floor as a whole, a volume slice by slice along ``axis`` (with the
     volume's range, as :func:`metrics.slice_psnrs`): a reader sees slices, and a volume's own PSNR
@@ -143,46 +168,44 @@ def limit_visibility(
     bound still holds.
     """
     peak = data_range(image) ** 2 / 10 ** (min_psnr / 10)
-    stacks = [a[None] if axis is None else np.moveaxis(a, axis, 0) for a in (image, protected, change)]
+    stacks = [a[None] if axis is None else np.moveaxis(a, axis, 0) for a in (image, protected)]
     value_range = (float(image.min()), float(image.max()))
     scales = (_scale_down(*views, budget, peak * views[0].size, value_range) for views in zip(*stacks))
     return min(scales, default=1.0)
 
 
 def _scale_down(
-    image: np.ndarray,
-    protected: np.ndarray,
-    change: np.ndarray,
-    budget: float,
-    max_squared: float,
-    value_range: tuple[float, float],
+    image: np.ndarray, protected: np.ndarray, budget: float, max_squared: float, value_range: tuple[float, float]
 ) -> float:
-    """Scale one image's ``change`` (in place, with ``protected``) until its squared sum <= ``max_squared``."""
-    changed = change != 0
+    """Scale one image's change (in ``protected``) until its squared sum <= ``max_squared``."""
+    changed = protected != image
     original = image[changed]
-    full = change[changed].astype(np.float64)
-    scale, new, diff = 1.0, protected[changed], full
+    new = protected[changed]
+    full = (new.astype(np.float64) - original.astype(np.float64)).astype(np.float32).astype(np.float64)
+    scale, diff = 1.0, full  # the change as ProtectionResult.change holds it
     while (squared := np.sum(diff * diff)) > max_squared:
         scale *= 0.995 * np.sqrt(max_squared / squared)
         new = apply_change(original, full * scale, budget, value_range)
         diff = new.astype(np.float64) - original.astype(np.float64)
     protected[changed] = new
-    change[changed] = diff
     return float(scale)
 
 
 def make_result(
     image: np.ndarray,
     protected: np.ndarray,
-    change: np.ndarray,
     region: np.ndarray,
     window: Window,
     budget: float,
     axis: int | None,
+    slab_slices: int | None = None,
     **details,
 ) -> ProtectionResult:
-    """A ProtectionResult with the visibility metrics of ``protected`` and the run's ``details``."""
-    metrics = image_quality(image, protected)
+    """A ProtectionResult with the visibility metrics of ``protected`` and the run's ``details``.
+
+    The metrics are accumulated over slabs of ``slab_slices`` slices along ``axis`` (default: one slab).
+    """
+    metrics = image_quality(image, protected, axis, slab_slices)
     if axis is not None:
         per_slice = slice_psnrs(image, protected, axis)
         metrics.update(
@@ -190,7 +213,7 @@ def make_result(
             psnr_db_slice_mean=float(np.mean(per_slice)) if per_slice else float("inf"),
         )
     metrics.update(budget_native=budget, window=[window.lo, window.hi], region_voxels=int(region.sum()), **details)
-    return ProtectionResult(protected, change, region, window, budget, axis, metrics)
+    return ProtectionResult(protected, image, region, window, budget, axis, metrics)
 
 
 @torch.inference_mode()

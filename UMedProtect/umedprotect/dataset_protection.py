@@ -30,13 +30,13 @@ from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from itertools import repeat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
 from . import io
-from .array_protection import ProtectionResult
 from .errors import InputError
 from .nnunet import Case, NnUNetDataset, read_dataset
 from .records import (
@@ -49,13 +49,16 @@ from .records import (
     TestCaseRecord,
 )
 
+if TYPE_CHECKING:
+    from .array_protection import ProtectionResult
+
 MANIFEST_NAME = "umedprotect_manifest.json"
 LOCK_NAME = ".umedprotect.lock"  # holds the pid of the run writing the folder
 BUDGET_RTOL = 1e-6  # float rounding allowance when re-checking the ε bound
 
 SHARD_MANIFEST = re.compile(r"umedprotect_manifest\.shard-(\d+)-of-(\d+)\.json")  # a shard's manifest part
 
-CaseProtector = Callable[..., ProtectionResult]  # called as case_protector(image, labels, spacing=spacing)
+CaseProtector = Callable[..., "ProtectionResult"]  # called as case_protector(image, labels, spacing=spacing)
 log = logging.getLogger("umedprotect")
 
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .settings import DEVICE_CHOICES
 
+if TYPE_CHECKING:
+    import torch
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU; ``cuda`` without a GPU is an input error."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
@@ -23,6 +28,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def describe_devices() -> str:
     """One line naming the devices found, for logs and the Slicer panel."""
+    import torch
+
     if torch.cuda.is_available():
         return f"CUDA: {torch.cuda.get_device_name(0)}"
     return "CPU only (no CUDA GPU found)"
@@ -30,6 +37,8 @@ def describe_devices() -> str:
 
 def describe_device(device: torch.device) -> str:
     """The device a run uses, for its console line: ``cuda:0 (NVIDIA H200)`` or ``cpu (2 threads)``."""
+    import torch
+
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"{device} ({torch.get_num_threads()} threads)"

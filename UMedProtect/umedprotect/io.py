@@ -24,6 +24,7 @@ import SimpleITK as sitk
 from . import dicom_masks, dicom_series
 from .atomic import atomic_path
 from .errors import InputError
+from .metrics import SLAB_VOXELS
 
 OUTPUT_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")  # single-file formats keeping geometry and pixel type
 SEGMENTATION_ENDING = ".seg.nrrd"
@@ -35,9 +36,13 @@ SUPPORTED_PIXEL_TYPES = {
 SPACING_RTOL = 1e-4  # relative spacing difference still counted as the same grid
 DIRECTION_ATOL = 1e-4
 ORIGIN_TOL = 1e-3  # in units of the smallest voxel spacing
-BYTES_PER_VOXEL_OVERHEAD = 48  # working arrays of protect_array and the metrics (float64 temporaries)
+BYTES_PER_VOXEL_OVERHEAD = 4  # mask (up to 2 bytes), region map, comparisons
+SLAB_WORKING_SET = 12 * 8 * SLAB_VOXELS  # float64 arrays of the metrics over one slab
 MEMORY_ENV = "UMEDPROTECT_MEMORY_LIMIT_MB"  # overrides the available-memory reading (for tests)
-NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy type
+NIFTI_TYPES = {  # NIfTI datatype code -> numpy type
+    2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8",
+}  # fmt: skip
+ITK_READER_KEYS = "ITK_original_"  # metadata of ITK's header reader that a read image does not carry
 FRAME_OF_REFERENCE_TAG = "0020|0052"  # DICOM FrameOfReferenceUID, kept on images read from DICOM
 
 
@@ -58,30 +63,34 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> sitk.I
             raise InputError(f"applies to DICOM folders only ({path} is a file)", option="series_uid")
         opened = contextlib.nullcontext([str(path)])
     with opened as files:
-        _check_header(path, files)
+        header = _check_header(path, files)
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(files)
-        else:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(files[0])
-        try:
-            image = reader.Execute()
-        except RuntimeError:
-            raise InputError(f"{path}: cannot read the image data (file truncated or corrupt)") from None
-        if path.is_dir():
+            try:
+                image = reader.Execute()
+            except RuntimeError:
+                raise InputError(f"{path}: cannot read the image data (file truncated or corrupt)") from None
             _keep_frame_of_reference(image, files[0])
+        else:
+            image = _read_file(Path(files[0]), header, path, "image")
     _check_structure(path, image)
     _check_values(path, image)
     return image
 
 
 def read_header(path: str | os.PathLike) -> sitk.ImageFileReader:
-    """Validated header of an image file (format, dimension, components, pixel type, memory), no voxels."""
+    """Validated header of an image file (format, dimension, components, pixel type, memory).
+
+    A NIfTI file's data are checked too (complete, finite), since SimpleITK would read them silently.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    return _check_header(path, [str(path)])
+    header = _check_header(path, [str(path)])
+    if _is_nifti(path):
+        _read_nifti_data(path)
+    return header
 
 
 def read_label(
@@ -118,11 +127,7 @@ def read_label(
         raise InputError(f"{path}: file not found")
     if path.is_dir():
         raise InputError(f"{path}: is a folder; a mask must be a single label-map file")
-    _check_header(path, [str(path)])
-    try:
-        label = sitk.ReadImage(str(path))
-    except RuntimeError:
-        raise InputError(f"{path}: cannot read the mask data (file truncated or corrupt)") from None
+    label = _read_file(path, _check_header(path, [str(path)]), path, "mask")
     _check_structure(path, label)
     values = sitk.GetArrayViewFromImage(label)
     if np.issubdtype(values.dtype, np.floating) and not (np.isfinite(values).all() and np.all(np.mod(values, 1) == 0)):
@@ -167,9 +172,14 @@ def geometry_difference(image: sitk.Image | sitk.ImageFileReader, reference: sit
     return None
 
 
-def to_array(image: sitk.Image) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Voxels as a numpy array in (z, y, x) order (a copy) and the spacing per numpy axis."""
-    return sitk.GetArrayFromImage(image), tuple(reversed(image.GetSpacing()))
+def to_array(image: sitk.Image, copy: bool = True) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Voxels as a numpy array in (z, y, x) order and the spacing per numpy axis.
+
+    ``copy=False``: a read-only view of the image's own buffer (no second copy of a large volume);
+    keep ``image`` alive while the view is used.
+    """
+    voxels = sitk.GetArrayFromImage(image) if copy else sitk.GetArrayViewFromImage(image)
+    return voxels, tuple(reversed(image.GetSpacing()))
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool = False, endings: tuple[str, ...] = OUTPUT_ENDINGS) -> Path:
@@ -261,8 +271,12 @@ def image_info(image: sitk.Image | sitk.ImageFileReader) -> dict:
 
 
 def memory_needed(n_voxels: int, bytes_per_voxel: int) -> int:
-    """Estimated peak memory (bytes) to read and protect an image of this size and pixel size."""
-    return n_voxels * (3 * bytes_per_voxel + BYTES_PER_VOXEL_OVERHEAD)
+    """Estimated peak memory (bytes) to read and protect an image of this size and pixel size.
+
+    The image, its voxels, the protected copy and the copy written, the mask and the region map;
+    protection and metrics work slab by slab beyond that (:data:`metrics.SLAB_VOXELS`).
+    """
+    return n_voxels * (4 * bytes_per_voxel + BYTES_PER_VOXEL_OVERHEAD) + SLAB_WORKING_SET
 
 
 def available_memory() -> int:
@@ -422,34 +436,64 @@ def _check_header(path: Path, files: list[str]) -> sitk.ImageFileReader:
             f"{path}: image of {size} voxels needs about {needed / 2**30:.1f} GiB of memory, "
             f"only {available / 2**30:.1f} GiB available"
         )
-    if path.name.lower().endswith((".nii", ".nii.gz")):
-        _check_nifti_data(path)
     return info
 
 
-def _check_nifti_data(path: Path) -> None:
-    """Check a NIfTI file's data before ITK reads it, because ITK does so silently.
+def _is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def _read_file(path: Path, header: sitk.ImageFileReader, shown: Path, what: str) -> sitk.Image:
+    """The voxels of one image file (``shown`` names it in errors; ``what`` is "image" or "mask").
+
+    A NIfTI file is decompressed and checked once (:func:`_read_nifti_data`) and its stored values become
+    the image, on the header's grid and with its metadata, as SimpleITK would read them; a NIfTI with
+    scaled values (scl_slope, scl_inter) or other formats are read by SimpleITK.
+    """
+    values = _read_nifti_data(path) if _is_nifti(path) else None
+    shape = tuple(reversed(header.GetSize()))
+    native = _numpy_dtype(header.GetPixelID())
+    if values is not None and values.dtype.newbyteorder("=") == native and values.size == np.prod(shape, dtype=np.int64):
+        image = sitk.GetImageFromArray(values.reshape(shape).astype(native, copy=False))
+        image.SetSpacing(header.GetSpacing())
+        image.SetOrigin(header.GetOrigin())
+        image.SetDirection(header.GetDirection())
+        for key in header.GetMetaDataKeys():
+            if not key.startswith(ITK_READER_KEYS):  # not text, and not set on images SimpleITK reads
+                image.SetMetaData(key, header.GetMetaData(key))
+        return image
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise InputError(f"{shown}: cannot read the {what} data (file truncated or corrupt)") from None
+
+
+def _read_nifti_data(path: Path) -> np.ndarray | None:
+    """A NIfTI file's voxels in file order (x fastest), checked, since SimpleITK would read bad data silently.
 
     ITK reads truncated files (missing voxels become garbage) and turns NaN/Inf voxels into 0.
     This checks the gzip stream, the data length and, for float data, that every voxel is finite.
+    The voxels are None when the file scales its values or stores a type SimpleITK converts.
     """
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rb") as handle:
-            content = handle.read()
-    except (OSError, EOFError, zlib.error):
+        raw = path.read_bytes()
+        content = gzip.decompress(raw) if path.name.lower().endswith(".gz") else raw
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile):
         raise InputError(f"{path}: cannot read the image data (compressed stream truncated or corrupt)") from None
+    del raw
     for order in "<>":
         sizeof_hdr = struct.unpack(f"{order}i", content[:4])[0] if len(content) >= 4 else 0
         if sizeof_hdr == 348 and len(content) >= 348:  # NIfTI-1
             dims = struct.unpack(f"{order}8h", content[40:56])
             datatype, bitpix = struct.unpack(f"{order}2h", content[70:74])
             offset = int(struct.unpack(f"{order}f", content[108:112])[0])
+            slope, intercept = struct.unpack(f"{order}2f", content[112:120])
             break
         if sizeof_hdr == 540 and len(content) >= 540:  # NIfTI-2
             datatype, bitpix = struct.unpack(f"{order}2h", content[12:16])
             dims = struct.unpack(f"{order}8q", content[16:80])
             offset = struct.unpack(f"{order}q", content[168:176])[0]
+            slope, intercept = struct.unpack(f"{order}2d", content[176:192])
             break
     else:
         raise InputError(f"{path}: not a NIfTI file (bad header)")
@@ -458,10 +502,12 @@ def _check_nifti_data(path: Path) -> None:
     expected = offset + n_values * bitpix // 8
     if len(content) < expected:
         raise InputError(f"{path}: file is truncated ({len(content)} of {expected} bytes); the image data is incomplete")
-    if datatype in NIFTI_FLOAT_TYPES:
-        values = np.frombuffer(content, dtype=order + NIFTI_FLOAT_TYPES[datatype], count=n_values, offset=offset)
-        if not np.isfinite(values).all():
-            raise InputError(f"{path}: image contains NaN or infinite voxels")
+    if datatype not in NIFTI_TYPES:
+        return None
+    values = np.frombuffer(content, dtype=order + NIFTI_TYPES[datatype], count=n_values, offset=offset)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise InputError(f"{path}: image contains NaN or infinite voxels")
+    return values if slope in (0.0, 1.0) and intercept == 0.0 else None
 
 
 def _check_structure(path: Path, image: sitk.Image | sitk.ImageFileReader) -> None:

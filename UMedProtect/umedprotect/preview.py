@@ -11,16 +11,17 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib import patheffects
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from .atomic import atomic_path
 from .errors import InputError
 from .intensity import DEFAULT_PERCENTILES, intensity_window
 from .metrics import psnr_text
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CT_PRESETS = {"ct-soft-tissue": (40.0, 400.0), "ct-lung": (-600.0, 1500.0), "ct-bone": (400.0, 1800.0)}  # L, W in HU
 WINDOW_CHOICES = ("auto", *CT_PRESETS, "percentile")
@@ -273,6 +274,9 @@ def save_heatmap_png(
 
 def _figure(shape: tuple[int, int], aspect: float) -> Figure:
     """A figure sized to the panels' physical aspect, laid out so that nothing overlaps (constrained layout)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     height = float(np.clip(PANEL_INCHES * shape[0] * aspect / shape[1], *PANEL_HEIGHT_RANGE))
     figure = Figure(figsize=(3 * PANEL_INCHES + 1.2, height + 1.3), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
@@ -283,6 +287,8 @@ def _draw_letters(axis, letters: dict[str, str] | None) -> None:
     """Orientation letters at the panel's edges, white with a dark outline (readable on any anatomy)."""
     if letters is None:
         return
+    from matplotlib import patheffects
+
     places = {"top": (0.5, 0.99, "center", "top"), "bottom": (0.5, 0.01, "center", "bottom"),
               "left": (0.01, 0.5, "left", "center"), "right": (0.99, 0.5, "right", "center")}  # fmt: skip
     outline = [patheffects.withStroke(linewidth=2, foreground="black")]

@@ -130,8 +130,7 @@ def _protect(image: np.ndarray, labels: np.ndarray, spacing, epsilon: float, per
         move(region)[indices] = r
     delta[~region] = 0
     protected = apply_change(image, delta * window.width, budget)
-    change = (protected.astype(np.float64) - image.astype(np.float64)).astype(np.float32)
-    return make_result(image, protected, change, region, window, budget, axis, epsilon=epsilon, slices_protected=len(indices))
+    return make_result(image, protected, region, window, budget, axis, epsilon=epsilon, slices_protected=len(indices))
 
 
 def _random_perturbation(seed: int) -> Perturbation:

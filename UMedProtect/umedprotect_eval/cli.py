@@ -8,13 +8,8 @@ import sys
 from pathlib import Path
 
 from umedprotect.cli import add_option
-from umedprotect.io import check_writable_dir, write_json
 
-from .evaluation import RULE_KEYS, TARGET_RATIO, evaluate, on_target_key
-from .training import DEFAULT_LEARNING_RATES, NORMALISATIONS, TrainSettings
-
-from .victims import VICTIMS
-
+SUMMARY = "check the protection: train victims on clean vs protected data, compare test DSC"
 DESCRIPTION = """\
 Train a victim segmenter from scratch on the clean training cases of CLEAN_DIR and, with the same
 seed and schedule, on the protected versions of the same cases in PROTECTED_DIR (both nnU-Net v2
@@ -66,13 +61,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from umedprotect.augment import AUGMENTATIONS
 
     from .defenses import DEFENSES
+    from .training import DEFAULT_LEARNING_RATES, NORMALISATIONS, TrainSettings
+    from .victims import VICTIMS
 
     defaults = TrainSettings()
     victims = "\n".join(f"  {name:<14}{spec.description}" for name, spec in VICTIMS.items())
     defenses = "\n".join(f"  {name:<14}{defense.help}" for name, defense in DEFENSES.items())
     p = subparsers.add_parser(
         "evaluate",
-        help="check the protection: train victims on clean vs protected data, compare test DSC",
+        help=SUMMARY,
         description=DESCRIPTION,
         epilog=f"victims:\n{victims}\n{VICTIM_INSTALL}\n\ndefenses "
         f"(applied to the protected training set; the ratio is against the undefended clean run):\n{defenses}",
@@ -109,6 +106,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from umedprotect.errors import InputError
+    from umedprotect.io import check_writable_dir, write_json
+
+    from .evaluation import evaluate
+    from .training import TrainSettings
 
     for name in ("epochs", "iterations", "batch_size", "patch_size"):
         if getattr(args, name) < 1:
@@ -157,6 +158,8 @@ LABEL_RULE_TITLES = {**RULE_TITLES, "oracle": "oracle (each label's best epoch)"
 def format_table(report: dict) -> str:
     """The summary as a small fixed-width table (clean and protected DSC and their ratio under each checkpoint
     rule), with the visibility line under it."""
+    from .evaluation import RULE_KEYS, TARGET_RATIO, on_target_key
+
     seeded = len(report.get("seeds", ())) > 1
     lead = 28 + 6 * seeded
     groups = "".join(f"{'-- ' + RULE_TITLES[rule] + ' --':^24}" for rule in RULE_KEYS)
@@ -205,6 +208,8 @@ def format_table(report: dict) -> str:
 def verdict_line(summary: list[dict]) -> str:
     """How many trained victims the protection stopped (ratio at most the target) at the final checkpoint and at the
     one nnU-Net keeps, with the oracle's count beside them; a lone victim not stopped says so."""
+    from .evaluation import RULE_KEYS, TARGET_RATIO
+
     n = len(summary)
     stopped = {key: sum(1 for row in summary if row[f"ratio_{key}"] <= TARGET_RATIO) for key in RULE_KEYS.values()}
     runs = "run" if any(row["defense"] != "none" for row in summary) else "victim"

@@ -16,6 +16,8 @@ from ..exit_codes import EXIT_BAD_INPUT, EXIT_DISCREPANCIES, EXIT_FAILURE, EXIT_
 from ..settings import OPTIONS
 
 SUBCOMMANDS = ("protect", "protect_dataset", "verify", "fit")  # modules in this package, in help order
+# A subcommand module has ``add_parser(subparsers)`` and ``run(args)``, imports heavy libraries only in
+# them, and may declare a one-line ``SUMMARY``: then its parser is built only when that command runs.
 PLUGIN_GROUP = "umedprotect.commands"  # entry points of installed add-ons (the evaluation side's ``evaluate``)
 HINT_OPTIONS = ("overwrite", "allow_empty", "resample_mask", "source", "test_dir")  # worded "... (use --flag)"
 
@@ -40,7 +42,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The ``umedprotect`` parser: every subcommand in full, or for a command line ``argv`` only the one it names.
+
+    For ``argv`` the other subcommands are listed by their one-line ``SUMMARY`` only, so ``--help`` and
+    option errors answer without importing what the other commands need (torch, ...); a command of
+    this package runs without looking up the installed add-ons' commands at all.
+    """
+    command = None if argv is None else chosen_command(argv)
+    builtin = command in {name.replace("_", "-") for name in SUBCOMMANDS}
     parser = OneLineParser(
         prog="umedprotect",
         description=(
@@ -53,16 +63,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"umedprotect {__version__}")
     parser.add_argument("--debug", action="store_true", help="print the full traceback of unexpected errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    modules = [(name.replace("_", "-"), f"{__name__}.{name}") for name in SUBCOMMANDS]
-    modules += [(ep.name, ep.value) for ep in entry_points(group=PLUGIN_GROUP)]
-    for command, module_name in modules:
+    for name, module_name in command_modules(plugins=not builtin):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:  # an optional dependency of that command is missing
-            _add_unavailable(subparsers, command, exc.name or str(exc))
+            _add_unavailable(subparsers, name, exc.name or str(exc))
             continue
-        module.add_parser(subparsers)
+        summary = getattr(module, "SUMMARY", None)
+        if argv is None or name == command or summary is None:
+            module.add_parser(subparsers)
+        else:
+            subparsers.add_parser(name, help=summary, add_help=False)  # listed; never parsed
     return parser
+
+
+def command_modules(plugins: bool = True) -> list[tuple[str, str]]:
+    """(command, module) of every subcommand, in help order: this package's, then (``plugins``) the add-ons'.
+
+    Looking up the add-ons' entry points reads every installed package's metadata (a fifth of a second).
+    """
+    modules = [(name.replace("_", "-"), f"{__name__}.{name}") for name in SUBCOMMANDS]
+    return modules + ([(ep.name, ep.value) for ep in entry_points(group=PLUGIN_GROUP)] if plugins else [])
+
+
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on a command line: its first word that is not an option (global options take no value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def _add_unavailable(subparsers: argparse._SubParsersAction, command: str, missing: str) -> None:
@@ -79,7 +105,8 @@ def _add_unavailable(subparsers: argparse._SubParsersAction, command: str, missi
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (see ``EPILOG``)."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version and argument errors

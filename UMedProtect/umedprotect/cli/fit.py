@@ -6,25 +6,24 @@ import argparse
 import json
 from dataclasses import fields
 
-from tqdm import tqdm
-
-from .. import ddp
 from ..atomic import atomic_path
 from ..errors import InputError
-from ..fitting import FitSettings, dataset_slices, fit_on_datasets
-from ..io import check_output_path
-from ..objectives import OBJECTIVES
-from ..protector import CODE_INITS, ProtectorConfig, check_config_values, save_protector
 from . import add_option
 from .protect import device_line
 
+SUMMARY = "fit a protector (contour + texture perturbators) on segmentation datasets"
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..fitting import FitSettings
+    from ..objectives import OBJECTIVES
+    from ..protector import CODE_INITS, ProtectorConfig
+
     defaults = FitSettings()
     config = ProtectorConfig()
     p = subparsers.add_parser(
         "fit",
-        help="fit a protector (contour + texture perturbators) on segmentation datasets",
+        help=SUMMARY,
         description=(
             "Min-min fitting of the contour perturbator G_c and texture perturbator G_t against a "
             "surrogate U-Net trained from scratch on the protected images through nnU-Net-like "
@@ -79,6 +78,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Fit and write the protector; under torchrun, data-parallel across the processes."""
+    from .. import ddp
+
     ddp.start_from_env(args.device)
     try:
         return _fit(args)
@@ -87,6 +88,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _fit(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .. import ddp
+    from ..fitting import FitSettings, dataset_slices, fit_on_datasets
+    from ..io import check_output_path
+    from ..protector import ProtectorConfig, check_config_values, save_protector
+
     output = check_output_path(args.output, args.overwrite, endings=(".safetensors",))
     history_path = check_output_path(args.history, args.overwrite, endings=(".json",)) if args.history else None
     for name, low in (("steps", 0), ("batch_size", 1), ("patch_size", 16), ("surrogate_reset_every", 1), ("min_steps", 0), ("pretrain_steps", 0)):

@@ -9,20 +9,16 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-from tqdm import tqdm
-
-from .. import dicom_series, io, raster
-from ..array_protection import slice_axis_for
 from ..errors import InputError
-from ..methods import DEFAULT_METHOD, setup_method
-from ..metrics import psnr_text
-from ..preview import WINDOW_CHOICES, check_slice_index, choose_window, intensity_units, parse_window, save_heatmap_png
-from ..records import FileRecord, InputImageRecord, InputMaskRecord, ProtectionReport, ReportInputs
 from ..settings import ProtectionSettings
 from . import add_option
 
+if TYPE_CHECKING:
+    import numpy as np
+
+SUMMARY = "protect one image or volume given its segmentation mask"
 OUTPUT_FORMATS = ("auto", "dicom")
 
 log = logging.getLogger("umedprotect")
@@ -31,9 +27,11 @@ LOW_PSNR_DB = 50.0  # below this a change may be visible: warned about
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..preview import WINDOW_CHOICES
+
     parser = subparsers.add_parser(
         "protect",
-        help="protect one image or volume given its segmentation mask",
+        help=SUMMARY,
         description=(
             "Protect one 2D image or 3D volume inside the ROI of its mask and the contour band around it. "
             "Voxels outside ROI + band are bit-identical to the input; the output keeps size, spacing, origin, "
@@ -125,6 +123,15 @@ def settings_from(args: argparse.Namespace) -> ProtectionSettings:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .. import dicom_series, io, raster
+    from ..intensity import distinct_values
+    from ..methods import DEFAULT_METHOD, setup_method
+    from ..metrics import psnr_text
+    from ..preview import check_slice_index, intensity_units
+    from ..records import FileRecord, InputImageRecord, InputMaskRecord, ProtectionReport, ReportInputs
+
     started = time.perf_counter()
     image_path, mask_path = Path(args.image), Path(args.mask)
     dicom_output = io.is_dicom_output(args.output, args.output_format)
@@ -135,10 +142,10 @@ def run(args: argparse.Namespace) -> int:
     image = io.read_image(image_path, args.series_uid)
     raster.check_raster_output(outputs["output"], image.GetDimension())
     label_image = io.read_label(mask_path, image, resample=args.resample_mask, segments=args.segments)
-    array, spacing = io.to_array(image)
-    labels, _ = io.to_array(label_image)
+    array, spacing = io.to_array(image, copy=False)  # views: image and label_image stay alive in this scope
+    labels, _ = io.to_array(label_image, copy=False)
     tags = dicom_display_tags(image_path, args.series_uid)
-    present = {int(v) for v in np.unique(labels)} - {0}
+    present = {int(v) for v in distinct_values(labels)} - {0}
     if not args.many_labels:
         check_roles(array, present, image_path, mask_path)
     if args.labels:
@@ -146,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         if missing:
             raise InputError(f"{mask_path}: labels {missing} not in the mask (it holds {sorted(present) or 'none'})")
     if args.slice is not None:
+        from ..array_protection import slice_axis_for
+
         check_slice_index(args.slice, array.shape, slice_axis_for(spacing, array.ndim))
     settings = settings_from(args)
     setup = setup_method(DEFAULT_METHOD, settings)
@@ -236,9 +245,11 @@ def check_roles(image: np.ndarray, mask_labels: set[int], image_path: Path, mask
 
 def _distinct_values(array: np.ndarray, more_than: int) -> int:
     """Number of distinct values in ``array``; a strided sample answers first when it already has enough."""
-    flat = array.ravel()
-    sample = np.unique(flat[:: max(flat.size // 100_000, 1)])
-    return sample.size if sample.size > more_than else np.unique(flat).size
+    from ..intensity import distinct_values
+
+    flat = array.reshape(-1)
+    sample = distinct_values(flat[:: max(flat.size // 100_000, 1)])
+    return sample.size if sample.size > more_than else distinct_values(flat).size
 
 
 def device_line(device: str) -> str:
@@ -250,6 +261,8 @@ def device_line(device: str) -> str:
 
 def _write_image(protected: np.ndarray, image, image_path: Path, output: Path, overwrite: bool) -> Path:
     """The protected image in the output's format (TIFF keeps the source file's resolution tags)."""
+    from .. import io, raster
+
     if raster.is_tiff(output):
         return raster.write_tiff_like(protected, image_path, output, overwrite=overwrite)
     return io.write_like(protected, image, output, overwrite=overwrite, endings=raster.output_endings(image_path))
@@ -257,6 +270,8 @@ def _write_image(protected: np.ndarray, image, image_path: Path, output: Path, o
 
 def _save_heatmap(args: argparse.Namespace, image, tags: dict, array: np.ndarray, result, spacing, path: Path) -> Path:
     """The heatmap preview in the chosen display window, of the chosen (default: most changed) slice."""
+    from ..preview import choose_window, intensity_units, save_heatmap_png
+
     window = choose_window(array, args.window, tags.get("window"), tags.get("modality"))
     return save_heatmap_png(
         array, result.protected, result.region, path, result.metrics, result.slice_axis, spacing=spacing,
@@ -304,6 +319,8 @@ def _all_or_nothing() -> Iterator[list[Path]]:
 
 
 def _window_option(text: str) -> str | tuple[float, float]:
+    from ..preview import parse_window
+
     try:
         return parse_window(text)
     except InputError as exc:
@@ -312,6 +329,8 @@ def _window_option(text: str) -> str | tuple[float, float]:
 
 def _check_outputs(args: argparse.Namespace, inputs: list[Path], dicom_output: bool) -> dict[str, Path]:
     """Validate every output path before any work: format, writable folder, no clobbering, not an input."""
+    from .. import dicom_series, io, raster
+
     if dicom_output:
         outputs = {"output": dicom_series.check_output_folder(args.output, args.overwrite)}
     else:

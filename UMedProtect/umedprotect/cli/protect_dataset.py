@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
-from ..dask_runner import LOCAL_PREFIX, protect_on_dask, protect_shard
-from ..dataset_protection import MANIFEST_NAME, WHOLE_DATASET, Shard
 from ..errors import InputError
 from ..exit_codes import EXIT_DISCREPANCIES, EXIT_OK
 from ..methods import DEFAULT_METHOD, method_names
-from ..records import CaseRecord
 from .protect import LOW_PSNR_DB, OUTPUT_FORMATS, add_protection_options, device_line, settings_from
 
+if TYPE_CHECKING:
+    from ..dataset_protection import Shard
+    from ..records import CaseRecord
+
 log = logging.getLogger("umedprotect")
+SUMMARY = "protect an nnU-Net v2 raw dataset (resumable, with a manifest)"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..dask_runner import LOCAL_PREFIX
+    from ..dataset_protection import MANIFEST_NAME
+
     parser = subparsers.add_parser(
         "protect-dataset",
-        help="protect an nnU-Net v2 raw dataset (resumable, with a manifest)",
+        help=SUMMARY,
         description=(
             "Protect every training image of an nnU-Net v2 raw dataset (dataset.json, imagesTr/CASE_0000.ext, "
             "labelsTr/CASE.ext). OUT_DIR gets the same layout: protected images (every channel), byte-identical "
@@ -72,6 +78,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..dask_runner import protect_on_dask, protect_shard
+    from ..dataset_protection import WHOLE_DATASET
+
     if args.output_format == "dicom":
         raise InputError(
             "dicom: nnU-Net datasets hold image files (dataset.json file_ending), not DICOM series; "
@@ -113,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _shard(text: str) -> Shard:
     """``K/N`` as an argparse type: a malformed shard is an argument error (exit 2)."""
+    from ..dataset_protection import Shard
+
     try:
         return Shard.parse(text)
     except InputError as exc:

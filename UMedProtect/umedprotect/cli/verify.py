@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from ..dataset_protection import MANIFEST_NAME, verify
 from ..exit_codes import EXIT_DISCREPANCIES, EXIT_OK
+
+SUMMARY = "re-check a protect-dataset output against its manifest"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from ..dataset_protection import MANIFEST_NAME
+
     parser = subparsers.add_parser(
         "verify",
-        help="re-check a protect-dataset output against its manifest",
+        help=SUMMARY,
         description=(
             f"Re-check OUT_DIR against its {MANIFEST_NAME}: the run finished, every output and label hash matches, "
             "no case is missing or extra, and every image header has the recorded geometry. With the source dataset "
@@ -28,6 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..dataset_protection import verify
+
     problems = verify(args.out_dir, args.source)
     for problem in problems:
         print(problem)
