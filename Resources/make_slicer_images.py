@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch, PathPatch
 from matplotlib.path import Path as MplPath
+
 from umedprotect import io
 from umedprotect.array_protection import protect_array
 from umedprotect.atomic import atomic_path
@@ -49,7 +50,15 @@ def make_icon(path: Path = ICON) -> None:
     ax.add_patch(FancyBboxPatch((0.04, 0.04), 0.92, 0.92, boxstyle="round,pad=0,rounding_size=0.16", color="#1d2733"))
     shield = MplPath(
         [(0.5, 0.9), (0.82, 0.78), (0.8, 0.42), (0.5, 0.1), (0.2, 0.42), (0.18, 0.78), (0.5, 0.9)],
-        [MplPath.MOVETO, MplPath.LINETO, MplPath.CURVE3, MplPath.CURVE3, MplPath.CURVE3, MplPath.CURVE3, MplPath.LINETO],
+        [
+            MplPath.MOVETO,
+            MplPath.LINETO,
+            MplPath.CURVE3,
+            MplPath.CURVE3,
+            MplPath.CURVE3,
+            MplPath.CURVE3,
+            MplPath.LINETO,
+        ],
     )
     ax.add_patch(PathPatch(shield, facecolor="#d9dde2", edgecolor="#ffffff", linewidth=2.5))
     yy, xx = np.mgrid[-1:1:96j, -1:1:96j]
@@ -77,7 +86,10 @@ def make_screenshot(path: Path = SCREENSHOT) -> dict:
     window = intensity_window(array)
     rows, cols = np.nonzero(np.take(result.region, index, axis=result.slice_axis))
     margin = 40
-    crop = (slice(max(rows.min() - margin, 0), rows.max() + margin), slice(max(cols.min() - margin, 0), cols.max() + margin))
+    crop = (
+        slice(max(rows.min() - margin, 0), rows.max() + margin),
+        slice(max(cols.min() - margin, 0), cols.max() + margin),
+    )
 
     figure = Figure(figsize=(10, 5.0), dpi=100, facecolor="black", layout="constrained")
     FigureCanvasAgg(figure)
@@ -87,11 +99,18 @@ def make_screenshot(path: Path = SCREENSHOT) -> dict:
     hot = colormaps["hot"].copy()
     hot.set_bad(alpha=0.0)
     overlay = left.imshow(
-        np.ma.masked_equal(change[crop], 0.0), cmap=hot, vmin=0.0, vmax=max(float(change.max()), 1e-12),
-        alpha=HEATMAP_OPACITY, interpolation="nearest",
+        np.ma.masked_equal(change[crop], 0.0),
+        cmap=hot,
+        vmin=0.0,
+        vmax=max(float(change.max()), 1e-12),
+        alpha=HEATMAP_OPACITY,
+        interpolation="nearest",
     )
     right.imshow(protected[crop], **grey)
-    for ax, title in ((left, f"input + |perturbation| heatmap (opacity {HEATMAP_OPACITY})"), (right, "protected (toggle)")):
+    for ax, title in (
+        (left, f"input + |perturbation| heatmap (opacity {HEATMAP_OPACITY})"),
+        (right, "protected (toggle)"),
+    ):
         ax.set_title(title, color="white", fontsize=11)
         ax.set_axis_off()
     bar = figure.colorbar(overlay, ax=[left, right], fraction=0.03, pad=0.02)
@@ -102,7 +121,8 @@ def make_screenshot(path: Path = SCREENSHOT) -> dict:
         f"UMed Protect preview - brain1 (sample), slice {index}:  PSNR {m['psnr_db']:.1f} dB   SSIM {m['ssim']:.4f}   "
         f"max change {m['max_abs_change']:.3g} (budget {m['budget_native']:.3g})   "
         f"voxels changed {100 * m['fraction_changed']:.2f} %",
-        color="white", fontsize=10,
+        color="white",
+        fontsize=10,
     )
     save(figure, path, facecolor="black")
     return m

@@ -37,15 +37,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", type=float, help="default: sgd 0.01, adam 0.001")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
-    settings = TrainSettings(epochs=args.epochs, iterations_per_epoch=args.iterations, batch_size=args.batch_size,
-                             patch_size=args.patch_size, optimizer=args.optimizer, learning_rate=args.learning_rate,
-                             device=args.device)  # fmt: skip
-    report = evaluate(args.clean_dir, args.protected_dir, victims=[args.victim],
-                      settings=replace(settings, augment=NO_AUGMENTATION))  # fmt: skip
+    settings = TrainSettings(
+        epochs=args.epochs,
+        iterations_per_epoch=args.iterations,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        device=args.device,
+    )
+    report = evaluate(
+        args.clean_dir, args.protected_dir, victims=[args.victim], settings=replace(settings, augment=NO_AUGMENTATION)
+    )
     row = report["summary"][0]
-    print(f"no augmentation: clean best {row['clean_best']:.4f}  protected best {row['protected_best']:.4f}  "
-          f"ratio {row['ratio_best']:.3f}  protected fit {row['protected_train_dsc']:.4f}  "
-          f"on clean versions {row['protected_clean_train_dsc']:.4f}")  # fmt: skip
+    print(
+        f"no augmentation: clean best {row['clean_best']:.4f}  protected best {row['protected_best']:.4f}  "
+        f"ratio {row['ratio_best']:.3f}  protected fit {row['protected_train_dsc']:.4f}  "
+        f"on clean versions {row['protected_clean_train_dsc']:.4f}"
+    )
     write_json(report, args.output)
     return 0
 

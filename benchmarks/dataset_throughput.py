@@ -42,20 +42,30 @@ def write_dataset(root: Path, n_cases: int, shape: tuple[int, int, int]) -> Path
         image[~body] = -1000
         centre = np.array([z / 2, y * rng.uniform(0.4, 0.5), x * rng.uniform(0.5, 0.6)])
         radii = np.array([z * 0.35, y * 0.15, x * 0.18]) * rng.uniform(0.8, 1.2)
-        organ = (((zz - centre[0]) / radii[0]) ** 2 + ((yy - centre[1]) / radii[1]) ** 2
-                 + ((xx - centre[2]) / radii[2]) ** 2) <= 1  # fmt: skip
-        lesion = (((zz - centre[0]) / (radii[0] / 3)) ** 2 + ((yy - centre[1]) / (radii[1] / 3)) ** 2
-                  + ((xx - centre[2]) / (radii[2] / 3)) ** 2) <= 1  # fmt: skip
+        organ = (
+            ((zz - centre[0]) / radii[0]) ** 2 + ((yy - centre[1]) / radii[1]) ** 2 + ((xx - centre[2]) / radii[2]) ** 2
+        ) <= 1
+        lesion = (
+            ((zz - centre[0]) / (radii[0] / 3)) ** 2
+            + ((yy - centre[1]) / (radii[1] / 3)) ** 2
+            + ((xx - centre[2]) / (radii[2] / 3)) ** 2
+        ) <= 1
         image[organ] += 60
         image[lesion] -= 30
         labels = organ.astype(np.uint8) + lesion.astype(np.uint8)
-        for array, path in ((image.astype(np.int16), f"imagesTr/case{k:03d}_0000.nii.gz"),
-                            (labels, f"labelsTr/case{k:03d}.nii.gz")):  # fmt: skip
+        for array, path in (
+            (image.astype(np.int16), f"imagesTr/case{k:03d}_0000.nii.gz"),
+            (labels, f"labelsTr/case{k:03d}.nii.gz"),
+        ):
             volume = sitk.GetImageFromArray(array)
             volume.SetSpacing((0.8, 0.8, 2.5))
             sitk.WriteImage(volume, str(root / path), useCompression=True)
-    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1, "lesion": 2},
-            "numTraining": n_cases, "file_ending": ".nii.gz"}  # fmt: skip
+    meta = {
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "organ": 1, "lesion": 2},
+        "numTraining": n_cases,
+        "file_ending": ".nii.gz",
+    }
     (root / "dataset.json").write_text(json.dumps(meta, indent=2))
     return root
 
@@ -63,15 +73,26 @@ def write_dataset(root: Path, n_cases: int, shape: tuple[int, int, int]) -> Path
 def protect(source: Path, out: Path, workers: int) -> dict:
     """One ``protect-dataset`` run: wall time, load average before and after, the outputs' hashes."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "UMedProtect")}
-    command = [sys.executable, "-m", "umedprotect.cli", "protect-dataset", str(source), "-o", str(out),
-               "--workers", str(workers), "--no-progress"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "umedprotect.cli",
+        "protect-dataset",
+        str(source),
+        "-o",
+        str(out),
+        "--workers",
+        str(workers),
+        "--no-progress",
+    ]
     load_before = os.getloadavg()
     started = time.perf_counter()
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
     seconds = time.perf_counter() - started
     manifest = json.loads((out / "umedprotect_manifest.json").read_text())
-    hashes = {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-              for p in sorted(out.rglob("*.nii.gz"))}  # fmt: skip
+    hashes = {
+        p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*.nii.gz"))
+    }
     return {
         "workers": workers,
         "wall_seconds": round(seconds, 2),

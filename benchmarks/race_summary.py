@@ -42,23 +42,34 @@ def summarise(lines: list[dict], clean_best: dict[int, float]) -> list[dict]:
     for name, entry in merged.items():
         dsc = dict(sorted(entry["dsc"].items()))
         resisting = {s: d for s, d in dsc.items() if d > TARGET_RATIO * clean_best.get(s, fallback)}
-        summaries.append({
-            "protected": name, "psnr": entry["psnr"], "seeds": len(dsc), "stopped": len(dsc) - len(resisting),
-            "mean": statistics.mean(dsc.values()), "median": statistics.median(dsc.values()), "resisting": resisting,
-        })  # fmt: skip
+        summaries.append(
+            {
+                "protected": name,
+                "psnr": entry["psnr"],
+                "seeds": len(dsc),
+                "stopped": len(dsc) - len(resisting),
+                "mean": statistics.mean(dsc.values()),
+                "median": statistics.median(dsc.values()),
+                "resisting": resisting,
+            }
+        )
     return summaries
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("race", help="JSON lines written by first_epoch_race.py")
-    parser.add_argument("--clean-best", required=True, help="an `umedprotect evaluate` JSON: the clean victims' best epochs")
+    parser.add_argument(
+        "--clean-best", required=True, help="an `umedprotect evaluate` JSON: the clean victims' best epochs"
+    )
     args = parser.parse_args()
     lines = [json.loads(text) for text in Path(args.race).read_text().splitlines() if text.strip()]
     clean_best = clean_best_by_seed(json.loads(Path(args.clean_best).read_text()))
     for s in summarise(lines, clean_best):
         resisting = " ".join(f"{seed}:{d:.3f}" for seed, d in s["resisting"].items())
-        print(f"{s['protected']}\t{s['psnr']}\t{s['seeds']}\t{s['stopped']}\t{s['mean']:.3f}\t{s['median']:.3f}\t{resisting}")
+        print(
+            f"{s['protected']}\t{s['psnr']}\t{s['seeds']}\t{s['stopped']}\t{s['mean']:.3f}\t{s['median']:.3f}\t{resisting}"
+        )
     return 0
 
 

@@ -85,8 +85,19 @@ def protect_end_to_end(image: Path, labels: Path, output: Path, device: str, rep
     """Fastest ``umedprotect protect`` wall time (s) and its largest peak resident memory (MB)."""
     times, peaks = [], []
     for _ in range(repeats):
-        command = [sys.executable, "-c", PEAK_REPORTER, "protect", str(image), str(labels), "-o", str(output),
-                   "--device", device, "--overwrite"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-c",
+            PEAK_REPORTER,
+            "protect",
+            str(image),
+            str(labels),
+            "-o",
+            str(output),
+            "--device",
+            device,
+            "--overwrite",
+        ]
         start = time.perf_counter()
         proc = subprocess.run(command, capture_output=True, text=True, check=False)
         times.append(time.perf_counter() - start)
@@ -110,8 +121,16 @@ def instant_commands(folder: Path, repeats: int) -> dict:
     """``--help`` and a file-not-found error against an empty interpreter start."""
     python = best_time([sys.executable, "-c", "pass"], repeats)
     help_s = best_time([sys.executable, "-m", "umedprotect.cli", "--help"], repeats)
-    missing = [sys.executable, "-m", "umedprotect.cli", "protect", str(folder / "missing.nii.gz"),
-               str(folder / "missing_label.nii.gz"), "-o", str(folder / "never.nii.gz")]  # fmt: skip
+    missing = [
+        sys.executable,
+        "-m",
+        "umedprotect.cli",
+        "protect",
+        str(folder / "missing.nii.gz"),
+        str(folder / "missing_label.nii.gz"),
+        "-o",
+        str(folder / "never.nii.gz"),
+    ]
     error_s = best_time(missing, repeats, expect=2)
     return {
         "python_pass_s": round(python, 3),

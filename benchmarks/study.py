@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from umedprotect.dataset_protection import MANIFEST_NAME, protect_dataset
 from umedprotect.devices import resolve_device
 from umedprotect.fitting import FitSettings, fit_on_datasets
@@ -54,9 +55,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 METHODS = ("umed-default", "umed-fitted", "em", "tap", "lsp", "ar", "sep", "random")
 METHOD_LABELS = {
-    "umed-default": "UMed (default protector)", "umed-fitted": "UMed (fitted on this dataset)", "em": "EM",
-    "tap": "TAP", "lsp": "LSP", "ar": "AR", "sep": "SEP", "random": "random noise in ROI", "clean": "clean (no protection)",
-}  # fmt: skip
+    "umed-default": "UMed (default protector)",
+    "umed-fitted": "UMed (fitted on this dataset)",
+    "em": "EM",
+    "tap": "TAP",
+    "lsp": "LSP",
+    "ar": "AR",
+    "sep": "SEP",
+    "random": "random noise in ROI",
+    "clean": "clean (no protection)",
+}
 EPSILON = 4.0
 DATA_DIR = ROOT / "benchmarks" / "data" / "nnUNet_raw"
 WORK_DIR = ROOT / "benchmarks" / "data" / "study"
@@ -64,17 +72,30 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 
 SETTINGS = {
     "smoke": dict(
-        datasets=["900"], victims=["unet"], defenses=["blur", "mix-clean"], defense_victims=["unet"],
+        datasets=["900"],
+        victims=["unet"],
+        defenses=["blur", "mix-clean"],
+        defense_victims=["unet"],
         defense_methods=["umed-default"],
         train=TrainSettings(epochs=2, iterations_per_epoch=2, batch_size=2, patch_size=32),
-        baseline=BaselineSettings(surrogate_steps=4, batch_size=2, patch_size=32, em_rounds=1, em_train_steps=2,
-                                  em_pgd_steps=1, pgd_steps=1, sep_checkpoints=2),
+        baseline=BaselineSettings(
+            surrogate_steps=4,
+            batch_size=2,
+            patch_size=32,
+            em_rounds=1,
+            em_train_steps=2,
+            em_pgd_steps=1,
+            pgd_steps=1,
+            sep_checkpoints=2,
+        ),
         fit=FitSettings(steps=4, min_steps=1, batch_size=2, patch_size=32),
         threads=2,
     ),
     "small": dict(  # estimated 1.5-2 h on a 2-core CPU (not measured end to end)
-        datasets=["001", "002"], victims=["unet", "plainconvunet", "segresnet"],
-        defenses=["blur", "bitdepth", "jpeg", "downup", "strong-aug", "mix-clean"], defense_victims=["unet"],
+        datasets=["001", "002"],
+        victims=["unet", "plainconvunet", "segresnet"],
+        defenses=["blur", "bitdepth", "jpeg", "downup", "strong-aug", "mix-clean"],
+        defense_victims=["unet"],
         defense_methods=["umed-fitted"],
         train=TrainSettings(epochs=8, iterations_per_epoch=20, batch_size=8, patch_size=64),
         baseline=BaselineSettings(surrogate_steps=100, em_rounds=4, em_pgd_steps=2, pgd_steps=6, sep_checkpoints=3),
@@ -82,16 +103,26 @@ SETTINGS = {
         threads=2,
     ),
     "gpu": dict(  # sized for benchmarks/gpu_study.sh: one process per dataset and victim on one GPU, < 10 min
-        datasets=["001", "002", "003"], victims=["unet", "plainconvunet", "segresnet"],
+        datasets=["001", "002", "003"],
+        victims=["unet", "plainconvunet", "segresnet"],
         defenses=["blur", "bitdepth", "jpeg", "downup", "strong-aug", "mix-clean"],
-        defense_victims=["unet"], defense_methods=["umed-fitted"],
+        defense_victims=["unet"],
+        defense_methods=["umed-fitted"],
         train=TrainSettings(epochs=12, iterations_per_epoch=25, batch_size=16, patch_size=128),
-        baseline=BaselineSettings(surrogate_steps=200, batch_size=16, patch_size=128, em_rounds=4,
-                                  em_train_steps=10, em_pgd_steps=5, pgd_steps=20, sep_checkpoints=4),
+        baseline=BaselineSettings(
+            surrogate_steps=200,
+            batch_size=16,
+            patch_size=128,
+            em_rounds=4,
+            em_train_steps=10,
+            em_pgd_steps=5,
+            pgd_steps=20,
+            sep_checkpoints=4,
+        ),
         fit=FitSettings(steps=500, min_steps=500, batch_size=32, patch_size=128),
         threads=2,
     ),
-}  # fmt: skip
+}
 
 
 def dataset_dir(data_dir: Path, dataset_id: str) -> Path:
@@ -125,9 +156,17 @@ def protect_with(method: str, source: Path, out: Path, config: dict, device: str
         setup = setup_method("umed", settings, protector=protector)
     else:
         setup = setup_method(method, settings, read_dataset(source), method_settings=config["baseline"])
-    manifest = protect_dataset(source, out, setup.case_protector, method, setup.parameters,
-                               protector_info=setup.protector_info, device=setup.device, overwrite=True,
-                               progress=False)  # fmt: skip
+    manifest = protect_dataset(
+        source,
+        out,
+        setup.case_protector,
+        method,
+        setup.parameters,
+        protector_info=setup.protector_info,
+        device=setup.device,
+        overwrite=True,
+        progress=False,
+    )
     info["protection_seconds"] = round(time.perf_counter() - started, 1)
     info["psnr_db_min"] = min(image.psnr_db for case in manifest.cases.values() for image in case.images or [])
     (out / "study_protection.json").write_text(json.dumps(info, indent=2))
@@ -145,9 +184,15 @@ def run_study(
     train_settings = replace(config["train"], seed=seed, device=device)
     results_path = out_dir / "results.json"
     results = json.loads(results_path.read_text(encoding="utf-8")) if resume and results_path.is_file() else {}
-    results.update(setting=setting, device=device, seed=seed, epsilon=EPSILON, train=train_settings.summary(),
-                   baseline={k: v for k, v in asdict(config["baseline"]).items() if k != "augment"},
-                   fit={k: v for k, v in asdict(config["fit"]).items() if k != "augment"})  # fmt: skip
+    results.update(
+        setting=setting,
+        device=device,
+        seed=seed,
+        epsilon=EPSILON,
+        train=train_settings.summary(),
+        baseline={k: v for k, v in asdict(config["baseline"]).items() if k != "augment"},
+        fit={k: v for k, v in asdict(config["fit"]).items() if k != "augment"},
+    )
     results.setdefault("datasets", {})
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -156,7 +201,9 @@ def run_study(
 
     for dataset_id in config["datasets"]:
         source = dataset_dir(data_dir, dataset_id)
-        entry = results["datasets"].setdefault(source.name, {"split": json.loads((source / "dataset.json").read_text(encoding="utf-8")).get("split")})
+        entry = results["datasets"].setdefault(
+            source.name, {"split": json.loads((source / "dataset.json").read_text(encoding="utf-8")).get("split")}
+        )
         protections = entry.setdefault("protection", {})
         runs = entry.setdefault("runs", {})
         work = WORK_DIR / setting / source.name
@@ -180,11 +227,22 @@ def run_study(
                 key = f"{victim}|{method}|{defense}"
                 if key in runs:
                     continue
-                print(f"[{source.name}] training {victim} on {method}" + ("" if defense == "none" else f" + {defense}"), flush=True)
+                print(
+                    f"[{source.name}] training {victim} on {method}" + ("" if defense == "none" else f" + {defense}"),
+                    flush=True,
+                )
                 reference = data[METHODS[0]]
-                run = train_victim(train, reference.test, victim, reference.n_classes, settings,
-                                   progress=_print_epoch, run_name=key, normalisation=reference.normalisation,
-                                   clean_train=reference.clean)  # fmt: skip
+                run = train_victim(
+                    train,
+                    reference.test,
+                    victim,
+                    reference.n_classes,
+                    settings,
+                    progress=_print_epoch,
+                    run_name=key,
+                    normalisation=reference.normalisation,
+                    clean_train=reference.clean,
+                )
                 runs[key] = run.to_dict()
                 save()
         entry["test_source"] = _relative(data[METHODS[0]].test_source)
@@ -235,20 +293,31 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def tables(results: dict, config: dict) -> str:
     """The results table (one per dataset), the defense table and the settings, as markdown."""
     victims = config["victims"]
-    lines = [f"# Study results: setting `{results['setting']}`", "",
-             f"Device {results['device']}, seed {results['seed']}, budget epsilon = {EPSILON:g}/255 of each case's "
-             "intensity window. DSC = best-epoch test DSC on the clean test cases (mean over test cases of the "
-             "mean Dice over the foreground labels present); ratio = DSC(protected) / DSC(clean), same victim. "
-             "PSNR/SSIM: protected vs clean training images (mean over cases). Protection time includes the "
-             "surrogate training of EM/TAP/SEP; fitting time of UMed fitted in brackets. Fit check "
-             f"({victims[0]}, last epoch, on the training cases): DSC on the training images as trained on / "
-             "on their clean versions; a victim that relies on the perturbation has the first high and the "
-             "second low.", ""]  # fmt: skip
+    lines = [
+        f"# Study results: setting `{results['setting']}`",
+        "",
+        f"Device {results['device']}, seed {results['seed']}, budget epsilon = {EPSILON:g}/255 of each case's "
+        "intensity window. DSC = best-epoch test DSC on the clean test cases (mean over test cases of the "
+        "mean Dice over the foreground labels present); ratio = DSC(protected) / DSC(clean), same victim. "
+        "PSNR/SSIM: protected vs clean training images (mean over cases). Protection time includes the "
+        "surrogate training of EM/TAP/SEP; fitting time of UMed fitted in brackets. Fit check "
+        f"({victims[0]}, last epoch, on the training cases): DSC on the training images as trained on / "
+        "on their clean versions; a victim that relies on the perturbation has the first high and the "
+        "second low.",
+        "",
+    ]
     for name, entry in results["datasets"].items():
         runs = entry.get("runs", {})
         lines += [f"## {name}", "", f"Split: {entry.get('split')}. Test cases: {entry.get('test_source')}.", ""]
-        header = ["method", *[f"DSC {v}" for v in victims], *[f"ratio {v}" for v in victims], f"fit check {victims[0]}",
-                  "PSNR dB", "SSIM", "time s"]  # fmt: skip
+        header = [
+            "method",
+            *[f"DSC {v}" for v in victims],
+            *[f"ratio {v}" for v in victims],
+            f"fit check {victims[0]}",
+            "PSNR dB",
+            "SSIM",
+            "time s",
+        ]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for method in ("clean", *METHODS):
             dsc = [runs.get(f"{v}|{method}|none", {}).get("best_dsc") for v in victims]
@@ -261,14 +330,24 @@ def tables(results: dict, config: dict) -> str:
                 seconds += f" (+{info['fit_seconds']:.0f} fit)"
             first = runs.get(f"{victims[0]}|{method}|none", {})
             fit = f"{_fmt(first.get('train_dsc_final'))} / {_fmt(first.get('clean_train_dsc_final'))}"
-            row = [METHOD_LABELS[method], *[_fmt(d) for d in dsc], *[_fmt(r) for r in ratios], fit,
-                   _fmt(quality.get("psnr_db_mean"), 2) if method != "clean" else "—",
-                   _fmt(quality.get("ssim_mean"), 4) if method != "clean" else "—", seconds]  # fmt: skip
+            row = [
+                METHOD_LABELS[method],
+                *[_fmt(d) for d in dsc],
+                *[_fmt(r) for r in ratios],
+                fit,
+                _fmt(quality.get("psnr_db_mean"), 2) if method != "clean" else "—",
+                _fmt(quality.get("ssim_mean"), 4) if method != "clean" else "—",
+                seconds,
+            ]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
-    lines += ["## Defenses against UMed", "",
-              "The attacker applies the defense to the protected training set, then trains; ratio = best DSC "
-              "(protected + defense) / best DSC (clean, no defense), same victim.", ""]  # fmt: skip
+    lines += [
+        "## Defenses against UMed",
+        "",
+        "The attacker applies the defense to the protected training set, then trains; ratio = best DSC "
+        "(protected + defense) / best DSC (clean, no defense), same victim.",
+        "",
+    ]
     header = ["dataset", "protector", "victim", "none", *config["defenses"]]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entry in results["datasets"].items():
@@ -279,11 +358,23 @@ def tables(results: dict, config: dict) -> str:
                 cells = []
                 for d in ("none", *config["defenses"]):
                     run = runs.get(f"{victim}|{method}|{d}")
-                    cells.append("n/a" if run is None or clean is None else
-                                 f"{_fmt(ratio(run['best_dsc'], clean))} ({_fmt(run['best_dsc'])})")  # fmt: skip
+                    cells.append(
+                        "n/a"
+                        if run is None or clean is None
+                        else f"{_fmt(ratio(run['best_dsc'], clean))} ({_fmt(run['best_dsc'])})"
+                    )
                 lines.append("| " + " | ".join([name, METHOD_LABELS[method], victim, *cells]) + " |")
-    lines += ["", "Cells: ratio (best-epoch DSC).", "", "## Settings", "", "```json",
-              json.dumps({k: results[k] for k in ("train", "baseline", "fit")}, indent=2), "```", ""]  # fmt: skip
+    lines += [
+        "",
+        "Cells: ratio (best-epoch DSC).",
+        "",
+        "## Settings",
+        "",
+        "```json",
+        json.dumps({k: results[k] for k in ("train", "baseline", "fit")}, indent=2),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -366,12 +457,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="reuse finished protections and runs of results.json")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder of the nnU-Net raw datasets")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/<setting>)")
-    parser.add_argument("--datasets", nargs="+", metavar="ID", help="dataset ids instead of the setting's (e.g. 001 002)")
+    parser.add_argument(
+        "--datasets", nargs="+", metavar="ID", help="dataset ids instead of the setting's (e.g. 001 002)"
+    )
     parser.add_argument("--victims", nargs="+", metavar="NAME", help="victims instead of the setting's")
     parser.add_argument("--defenses", nargs="*", metavar="NAME", help="defenses instead of the setting's (none: skip)")
     parser.add_argument("--protect-only", action="store_true", help="protect with every method, train no victim")
-    parser.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
-                        help="only combine the results of these partial runs into --out (tables included)")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="only combine the results of these partial runs into --out (tables included)",
+    )
     args = parser.parse_args(argv)
     started = time.time()
     out = args.out or RESULTS_DIR / args.setting
@@ -379,10 +477,15 @@ def main(argv: list[str] | None = None) -> int:
         merge_results(args.merge, args.setting, out)
         print(f"merged {len(args.merge)} result folder(s) into {out}")
         return 0
-    overrides = {"datasets": args.datasets, "victims": [] if args.protect_only else args.victims,
-                 "defenses": args.defenses}  # fmt: skip
+    overrides = {
+        "datasets": args.datasets,
+        "victims": [] if args.protect_only else args.victims,
+        "defenses": args.defenses,
+    }
     if args.victims:
-        overrides["defense_victims"] = [v for v in SETTINGS[args.setting]["defense_victims"] if v in args.victims] or args.victims[:1]
+        overrides["defense_victims"] = [
+            v for v in SETTINGS[args.setting]["defense_victims"] if v in args.victims
+        ] or args.victims[:1]
     run_study(args.setting, args.device, args.seed, args.resume, args.data_dir, out, overrides)
     print(f"study '{args.setting}' finished in {time.time() - started:.0f} s; see {out}")
     return 0

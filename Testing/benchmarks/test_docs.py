@@ -81,7 +81,9 @@ def test_no_references_to_issue_numbers():
     found = []
     for path in _repository_text_files():
         with open(path, encoding="utf-8", errors="replace") as handle:
-            found += [f"{os.path.relpath(path, ROOT)}:{n}" for n, line in enumerate(handle, 1) if ISSUE_REFERENCE.search(line)]
+            found += [
+                f"{os.path.relpath(path, ROOT)}:{n}" for n, line in enumerate(handle, 1) if ISSUE_REFERENCE.search(line)
+            ]
     assert not found, f"'issue N' means nothing in the repository: {found}"
 
 
@@ -110,7 +112,8 @@ def test_cli_reference_lists_every_option():
         for name, sub in commands.items()
         for action in sub._actions
         for flag in action.option_strings
-        if flag not in ("-h", "--help") and f"`{flag}`" not in text.split(f"## `umedprotect {name}`")[1].split("\n## ")[0]
+        if flag not in ("-h", "--help")
+        and f"`{flag}`" not in text.split(f"## `umedprotect {name}`")[1].split("\n## ")[0]
     ]
     assert not missing, f"docs/reference/cli.md lacks: {missing}"
 
@@ -137,11 +140,15 @@ def test_every_cited_result_file_has_the_command_that_writes_it():
 
 def test_git_keeps_only_the_cited_result_files():
     """benchmarks/results/ in git: the files the tables cite and one table per experiment (local runs may add more)."""
-    listed = subprocess.run(["git", "ls-files", "benchmarks/results"], cwd=ROOT, capture_output=True, text=True, check=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "benchmarks/results"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     tracked = set(listed.stdout.split())
     tables = {f"benchmarks/results/tables/{e['name']}.json" for e in _experiments()}
     cited = {name for e in _experiments() for name in _cited_files(e)}
-    assert tracked == cited | tables, f"uncited: {sorted(tracked - cited - tables)}; untracked: {sorted(cited - tracked)}"
+    assert tracked == cited | tables, (
+        f"uncited: {sorted(tracked - cited - tables)}; untracked: {sorted(cited - tracked)}"
+    )
 
 
 def test_experiment_commands_use_current_options():

@@ -8,20 +8,22 @@ from dataclasses import replace
 import pytest
 import torch
 from conftest import write_nnunet_dataset
-from umedprotect.slices import ct_statistics
-from umedprotect_eval.evaluation import load_evaluation_data
-from umedprotect_eval.training import TrainSettings, train_victim
 
 from benchmarks import ct_statistics as statistics_script
 from benchmarks import first_epoch_race as race
 from benchmarks import race_summary as summary
+from umedprotect.slices import ct_statistics
+from umedprotect_eval.evaluation import load_evaluation_data
+from umedprotect_eval.training import TrainSettings, train_victim
 
 
 @pytest.mark.slow
 def test_the_first_epoch_race_reports_the_first_epoch_of_the_full_schedule(tmp_path):
     clean = write_nnunet_dataset(tmp_path / "clean", n_train=2, n_test=1, shape=(2, 32, 32), n_lesions=1)
     data = load_evaluation_data(clean, clean)
-    settings = TrainSettings(epochs=3, iterations_per_epoch=2, batch_size=2, patch_size=32, optimizer="adam", device="cpu")
+    settings = TrainSettings(
+        epochs=3, iterations_per_epoch=2, batch_size=2, patch_size=32, optimizer="adam", device="cpu"
+    )
     full = train_victim(data.protected, data.test, "unet-small", data.n_classes, settings, None, "", data.normalisation)
     assert race.first_epoch_dsc(data, settings) == full.curve[0]
     assert race.first_epoch_dsc(data, replace(settings, seed=1)) != full.curve[0]  # a victim per seed
@@ -41,7 +43,9 @@ class LossRecording(race.FirstEpochs):
 def test_testing_more_often_does_not_change_the_training_and_init_seeds_change_only_the_weights(tmp_path):
     clean = write_nnunet_dataset(tmp_path / "clean", n_train=2, n_test=1, shape=(2, 32, 32), n_lesions=1)
     data = load_evaluation_data(clean, clean)
-    settings = TrainSettings(epochs=3, iterations_per_epoch=4, batch_size=2, patch_size=32, optimizer="adam", device="cpu")
+    settings = TrainSettings(
+        epochs=3, iterations_per_epoch=4, batch_size=2, patch_size=32, optimizer="adam", device="cpu"
+    )
 
     def losses(every=None, init=None, epochs=1):
         recording = LossRecording(data, settings, every, epochs, init)
@@ -79,7 +83,9 @@ def test_race_summary_merges_seeds_and_counts_victims_under_the_target_ratio():
     assert (a["protected"], a["seeds"], a["stopped"]) == ("a", 4, 2)
     assert a["resisting"] == {1: 0.5, 3: 0.09}
     assert a["median"] == pytest.approx(0.08) and b["stopped"] == 0
-    evaluation = {"runs": [{"data": "clean", "seed": 0, "best_dsc": 0.6}, {"data": "protected", "seed": 0, "best_dsc": 0.1}]}
+    evaluation = {
+        "runs": [{"data": "clean", "seed": 0, "best_dsc": 0.6}, {"data": "protected", "seed": 0, "best_dsc": 0.1}]
+    }
     assert summary.clean_best_by_seed(evaluation) == {0: 0.6}
 
 
@@ -104,7 +110,11 @@ def test_the_race_can_z_score_its_victims_or_give_the_ct_normalisation_other_sta
     assert race.main(short) == 0
     own = ct_statistics(load_evaluation_data(clean, clean).clean)
     assert seen == [("zscore", None), ("ct", (-200, 100, 30, 40)), ("ct", own)] and own != (-200, 100, 30, 40)
-    for bad in (["--normalisation", "minmax"], ["--ct-statistics", "100", "-200", "30", "40"], ["--ct-statistics", "0", "1", "0", "0"]):
+    for bad in (
+        ["--normalisation", "minmax"],
+        ["--ct-statistics", "100", "-200", "30", "40"],
+        ["--ct-statistics", "0", "1", "0", "0"],
+    ):
         with pytest.raises(SystemExit):
             race.main([str(clean), str(clean), *bad])
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import write_nnunet_dataset
-from umedprotect.intensity import intensity_window
 
 from benchmarks import fixed_patterns
+from umedprotect.intensity import intensity_window
 
 
 def _array(path):
@@ -124,8 +124,13 @@ def test_rings_alternate_with_the_distance_to_the_roi_edge():
 def test_ring_variants_change_period_phase_and_reach_outside_the_roi():
     labels = np.zeros((1, 32, 32), np.uint8)
     labels[0, 8:24, 8:24] = 1
-    unit = lambda name: fixed_patterns.pattern(name, labels, np.zeros(labels.shape))[0]  # noqa: E731
-    row = lambda name: np.sign(unit(name)[16, 2:16])  # noqa: E731 -- six pixels outside, then edge to centre
+
+    def unit(name):
+        return fixed_patterns.pattern(name, labels, np.zeros(labels.shape))[0]
+
+    def row(name):  # six pixels outside, then edge to centre
+        return np.sign(unit(name)[16, 2:16])
+
     np.testing.assert_array_equal(row("rings-dark"), -row("rings"))
     assert list(row("rings8")[6:]) == [1] * 4 + [-1] * 4
     depth = np.arange(1, 9)  # of row 16's pixels from the left edge to the centre
@@ -139,5 +144,9 @@ def test_ring_variants_change_period_phase_and_reach_outside_the_roi():
 
 def test_fine_blobs_are_smaller_than_the_blobs():
     labels = np.ones((1, 128, 128), np.uint8)
-    crossings = lambda name: (np.diff(np.sign(fixed_patterns.pattern(name, labels, np.zeros(labels.shape))[0]), axis=1) != 0).sum()  # noqa: E731
+
+    def crossings(name):
+        pattern = fixed_patterns.pattern(name, labels, np.zeros(labels.shape))[0]
+        return (np.diff(np.sign(pattern), axis=1) != 0).sum()
+
     assert crossings("blobs-fine") > 1.3 * crossings("blobs") > 1.3**2 * crossings("blobs-large")

@@ -8,19 +8,38 @@ from benchmarks import study
 def _results() -> dict:
     runs = {
         "unet|clean|none": {"best_dsc": 0.8, "curve": [0.5, 0.8]},
-        "unet|umed-default|none": {"best_dsc": 0.08, "curve": [0.05, 0.08], "train_dsc_final": 0.9, "clean_train_dsc_final": 0.1},
+        "unet|umed-default|none": {
+            "best_dsc": 0.08,
+            "curve": [0.05, 0.08],
+            "train_dsc_final": 0.9,
+            "clean_train_dsc_final": 0.1,
+        },
         "unet|umed-default|blur": {"best_dsc": 0.4, "curve": [0.4, 0.2]},
     }
-    protection = {"umed-default": {"protection_seconds": 1.5, "quality": {"psnr_db_mean": 50.1, "ssim_mean": 0.999}},
-                  "umed-fitted": {"protection_seconds": 2.0, "fit_seconds": 30.0, "quality": {}}}  # fmt: skip
+    protection = {
+        "umed-default": {"protection_seconds": 1.5, "quality": {"psnr_db_mean": 50.1, "ssim_mean": 0.999}},
+        "umed-fitted": {"protection_seconds": 2.0, "fit_seconds": 30.0, "quality": {}},
+    }
     return {
-        "setting": "test", "device": "cpu", "seed": 0, "train": {}, "baseline": {}, "fit": {},
-        "datasets": {"DatasetX": {"split": "by case", "test_source": "x/imagesTs", "runs": runs, "protection": protection}},
-    }  # fmt: skip
+        "setting": "test",
+        "device": "cpu",
+        "seed": 0,
+        "train": {},
+        "baseline": {},
+        "fit": {},
+        "datasets": {
+            "DatasetX": {"split": "by case", "test_source": "x/imagesTs", "runs": runs, "protection": protection}
+        },
+    }
 
 
 def test_tables_show_every_method_with_measured_ratios_and_missing_runs_as_na():
-    config = {"victims": ["unet"], "defenses": ["blur", "jpeg"], "defense_methods": ["umed-default"], "defense_victims": ["unet"]}
+    config = {
+        "victims": ["unet"],
+        "defenses": ["blur", "jpeg"],
+        "defense_methods": ["umed-default"],
+        "defense_victims": ["unet"],
+    }
     text = study.tables(_results(), config)
     rows = {line.split(" | ")[0].lstrip("| "): line for line in text.splitlines() if line.startswith("| ")}
     for method in ("clean", *study.METHODS):
@@ -42,16 +61,23 @@ def test_merge_combines_partial_runs_of_several_processes(tmp_path):
     import json
 
     first, second = _results(), _results()
-    second["datasets"]["DatasetX"]["runs"] = {"segresnet|clean|none": {"best_dsc": 0.5, "curve": [0.5]},
-                                              "segresnet|umed-default|none": {"best_dsc": 0.25, "curve": [0.25]}}  # fmt: skip
+    second["datasets"]["DatasetX"]["runs"] = {
+        "segresnet|clean|none": {"best_dsc": 0.5, "curve": [0.5]},
+        "segresnet|umed-default|none": {"best_dsc": 0.25, "curve": [0.25]},
+    }
     for name, results in (("a", first), ("b", second)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(results))
     (tmp_path / "a" / "perturbations_DatasetX.png").write_bytes(b"png")
     merged = study.merge_results([tmp_path / "a", tmp_path / "b"], "smoke", tmp_path / "out")
-    assert set(merged["datasets"]["DatasetX"]["runs"]) == {*first["datasets"]["DatasetX"]["runs"], "segresnet|clean|none",
-                                                          "segresnet|umed-default|none"}  # fmt: skip
+    assert set(merged["datasets"]["DatasetX"]["runs"]) == {
+        *first["datasets"]["DatasetX"]["runs"],
+        "segresnet|clean|none",
+        "segresnet|umed-default|none",
+    }
     assert merged["datasets"]["DatasetX"]["protection"]["umed-fitted"]["fit_seconds"] == 30.0
     assert (tmp_path / "out" / "perturbations_DatasetX.png").read_bytes() == b"png"
     assert (tmp_path / "out" / "curves_DatasetX.png").is_file()
-    assert "| UMed (default protector) | 0.080 | 0.100 |" in (tmp_path / "out" / "tables.md").read_text(encoding="utf-8")
+    assert "| UMed (default protector) | 0.080 | 0.100 |" in (tmp_path / "out" / "tables.md").read_text(
+        encoding="utf-8"
+    )

@@ -1,20 +1,26 @@
-"""Baseline protection methods: they run, respect the budget after dtype rounding, keep labels, follow the region rule."""
+"""Baseline protection methods: they run, keep the budget after rounding and the labels, follow the region rule."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import write_nnunet_dataset
+
 from umedprotect import io
-from umedprotect_eval.baselines import METHOD_NAMES, BaselineSettings, _ar_coefficients, _ar_field, build_case_protector
 from umedprotect.errors import InputError
 from umedprotect.nnunet import read_dataset
+from umedprotect_eval.baselines import METHOD_NAMES, BaselineSettings, _ar_coefficients, _ar_field, build_case_protector
 
 TINY = BaselineSettings(
-    surrogate_steps=4, batch_size=2, patch_size=32, em_rounds=1, em_train_steps=2, em_pgd_steps=1,
-    pgd_steps=1, sep_checkpoints=2,
-)  # fmt: skip
+    surrogate_steps=4,
+    batch_size=2,
+    patch_size=32,
+    em_rounds=1,
+    em_train_steps=2,
+    em_pgd_steps=1,
+    pgd_steps=1,
+    sep_checkpoints=2,
+)
 
 
 @pytest.fixture(scope="module")
@@ -133,4 +139,3 @@ def test_setup_method_dispatches_to_the_baseline_with_its_settings(dataset):
     assert (setup.method, setup.protector_info) == ("lsp", None)
     assert setup.parameters == {"epsilon": 2.0, "labels": None, "seed": 3}
     assert setup_method("random", ProtectionSettings(device="cpu"), dataset).parameters["epsilon"] == 4.0
-

@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from conftest import write_nnunet_dataset
+
 from umedprotect.augment import (
     NNUNET_AUGMENTATION,
     NNUNET_LIKE_AUGMENTATION,
@@ -32,13 +33,22 @@ TINY = TrainSettings(epochs=2, iterations_per_epoch=1, batch_size=2, patch_size=
 
 # Scripted scores per epoch: test DSC, validation DSC, and the two labels' test DSC.
 CLEAN = TrainingRun(
-    "unet", [0.5, 0.8, 0.9, 0.88], 0.0, train_curve=[0.9] * 4, validation_curve=[0.4, 0.7, 0.9, 0.85],
+    "unet",
+    [0.5, 0.8, 0.9, 0.88],
+    0.0,
+    train_curve=[0.9] * 4,
+    validation_curve=[0.4, 0.7, 0.9, 0.85],
     label_curve=[[0.5, 0.5], [0.8, 0.8], [0.9, 0.9], [0.9, 0.86]],
-)  # fmt: skip
+)
 PROTECTED = TrainingRun(
-    "unet", [0.6, 0.3, 0.05, 0.02], 0.0, train_curve=[0.95] * 4, clean_train_curve=[0.1] * 4,
-    validation_curve=[0.5, 0.8, 0.95, 0.97], label_curve=[[0.6, 0.6], [0.2, 0.4], [0.1, 0.0], [0.0, 0.04]],
-)  # fmt: skip
+    "unet",
+    [0.6, 0.3, 0.05, 0.02],
+    0.0,
+    train_curve=[0.95] * 4,
+    clean_train_curve=[0.1] * 4,
+    validation_curve=[0.5, 0.8, 0.95, 0.97],
+    label_curve=[[0.6, 0.6], [0.2, 0.4], [0.1, 0.0], [0.0, 0.04]],
+)
 
 
 def test_each_rule_keeps_its_checkpoint():
@@ -62,9 +72,13 @@ class ScriptedTrainer(VictimTrainer):
 
     def run(self, progress=None, run_name=""):
         GIVEN.append(
-            {"train": {s.case_id for s in self.train}, "validation": {s.case_id for s in self.validation},
-             "augment": self.settings.augment, "protected": "protected" in run_name}
-        )  # fmt: skip
+            {
+                "train": {s.case_id for s in self.train},
+                "validation": {s.case_id for s in self.validation},
+                "augment": self.settings.augment,
+                "protected": "protected" in run_name,
+            }
+        )
         return PROTECTED if "protected" in run_name else CLEAN
 
 
@@ -108,8 +122,11 @@ def test_a_single_case_holds_out_a_block_of_its_last_labelled_slices():
 
 def test_case_split_is_deterministic_and_leaves_cases_to_train_on():
     def cases(n):
-        return [s for k in range(n) for s in case_slices(np.zeros((4, 4), np.float32), np.ones((4, 4), np.uint8), None,
-                                                            f"c{k}", roi_only=False)]  # fmt: skip
+        return [
+            s
+            for k in range(n)
+            for s in case_slices(np.zeros((4, 4), np.float32), np.ones((4, 4), np.uint8), None, f"c{k}", roi_only=False)
+        ]
 
     assert len({case for case, _ in validation_split(cases(10))}) == 2
     assert validation_split(cases(10)) == validation_split(cases(10)[::-1])
@@ -133,9 +150,25 @@ def test_augmentation_regimes_reach_the_victims_and_the_report(datasets, tmp_pat
     assert [run["augment"] for run in GIVEN] == [NO_AUGMENTATION] * 2
     assert TrainSettings().augment == NNUNET_AUGMENTATION and TrainSettings().iterations_per_epoch == 250
     report_path = tmp_path / "report.json"
-    argv = ["evaluate", *map(str, datasets), "--epochs", "1", "--iterations", "1", "--batch-size", "2",
-            "--patch-size", "32", "--device", "cpu", "--victim", "unet-small", "-o", str(report_path)]  # fmt: skip
-    for choice, preset in (("none", NO_AUGMENTATION), ("nnunet-like", NNUNET_LIKE_AUGMENTATION)):
+    argv = [
+        "evaluate",
+        *map(str, datasets),
+        "--epochs",
+        "1",
+        "--iterations",
+        "1",
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--victim",
+        "unet-small",
+        "-o",
+        str(report_path),
+    ]
+    for choice, _preset in (("none", NO_AUGMENTATION), ("nnunet-like", NNUNET_LIKE_AUGMENTATION)):
         assert main(argv + ["--augmentation", choice]) == 0
         assert json.loads(report_path.read_text())["augmentation"] == choice
     assert main(argv) == 0

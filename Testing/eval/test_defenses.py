@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 from umedprotect.augment import STRONG_AUGMENTATION
+from umedprotect.errors import InputError
+from umedprotect.intensity import Window
+from umedprotect.slices import case_slices
 from umedprotect_eval.defenses import (
     DEFENSES,
     apply_image_transform,
@@ -16,10 +19,7 @@ from umedprotect_eval.defenses import (
     jpeg,
     mix_clean,
 )
-from umedprotect.errors import InputError
 from umedprotect_eval.training import TrainSettings
-from umedprotect.intensity import Window
-from umedprotect.slices import case_slices
 
 WINDOW = Window(0.0, 1000.0)
 

@@ -10,11 +10,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import write_nnunet_dataset
+
 from umedprotect.augment import NO_AUGMENTATION
 from umedprotect.cli import main
 from umedprotect.errors import InputError
+from umedprotect.losses import dice_by_label
+from umedprotect.slices import case_slices
 from umedprotect_eval.evaluation import evaluate, load_evaluation_data, over_seeds, ratio, to_class_indices
 from umedprotect_eval.training import (
     TrainingRun,
@@ -25,8 +27,6 @@ from umedprotect_eval.training import (
     mean_dsc,
     train_victim,
 )
-from umedprotect.losses import dice_by_label
-from umedprotect.slices import case_slices
 
 TINY = TrainSettings(epochs=2, iterations_per_epoch=2, batch_size=2, patch_size=32, device="cpu")
 
@@ -47,9 +47,14 @@ def disk_cases(n: int, seed: int, size: int = 32) -> list:
 @pytest.mark.slow
 def test_victim_learns_a_trivially_learnable_task():
     settings = TrainSettings(
-        epochs=3, iterations_per_epoch=8, batch_size=4, patch_size=32, learning_rate=0.01,
-        augment=NO_AUGMENTATION, device="cpu",
-    )  # fmt: skip
+        epochs=3,
+        iterations_per_epoch=8,
+        batch_size=4,
+        patch_size=32,
+        learning_rate=0.01,
+        augment=NO_AUGMENTATION,
+        device="cpu",
+    )
     run = train_victim(disk_cases(6, 0), disk_cases(3, 1), "unet", 2, settings)
     assert len(run.curve) == len(run.train_curve) == 3
     assert run.best > 0.5, run.curve
@@ -59,9 +64,15 @@ def test_victim_learns_a_trivially_learnable_task():
 @pytest.mark.slow
 def test_adam_victim_learns_and_unknown_optimizers_are_refused():
     settings = TrainSettings(
-        epochs=3, iterations_per_epoch=8, batch_size=4, patch_size=32, optimizer="adam", learning_rate=3e-3,
-        augment=NO_AUGMENTATION, device="cpu",
-    )  # fmt: skip
+        epochs=3,
+        iterations_per_epoch=8,
+        batch_size=4,
+        patch_size=32,
+        optimizer="adam",
+        learning_rate=3e-3,
+        augment=NO_AUGMENTATION,
+        device="cpu",
+    )
     assert train_victim(disk_cases(6, 0), disk_cases(3, 1), "unet", 2, settings).best > 0.5
     with pytest.raises(InputError, match="unknown optimizer 'rmsprop'"):
         train_victim(disk_cases(2, 0), disk_cases(1, 1), "unet", 2, replace(settings, optimizer="rmsprop"))
@@ -83,9 +94,15 @@ def shortcut_cases(n: int, seed: int, size: int = 32) -> tuple[list, list]:
 def test_fit_check_tells_a_learned_shortcut_from_learned_anatomy():
     """Trained where only a shortcut marks the labels, the victim fits its training cases and fails the test."""
     settings = TrainSettings(
-        epochs=3, iterations_per_epoch=10, batch_size=4, patch_size=32, optimizer="adam", learning_rate=3e-3,
-        augment=NO_AUGMENTATION, device="cpu",
-    )  # fmt: skip
+        epochs=3,
+        iterations_per_epoch=10,
+        batch_size=4,
+        patch_size=32,
+        optimizer="adam",
+        learning_rate=3e-3,
+        augment=NO_AUGMENTATION,
+        device="cpu",
+    )
     train, clean_train = shortcut_cases(6, 0)
     run = train_victim(train, disk_cases(3, 1), "unet", 2, settings, clean_train=clean_train)
     assert run.train_curve[-1] > 0.5, run.train_curve
@@ -112,7 +129,9 @@ def test_run_summary_and_ratio_math():
 
 def test_dice_per_label_and_how_cases_and_labels_are_averaged():
     target = np.array([[1, 1, 2, 0], [1, 1, 2, 0]])
-    pred = np.array([[1, 0, 2, 2], [1, 0, 3, 0]])  # label 1: 2 of 4 found; label 2: 1 of 2 plus 1 wrong; label 3: absent
+    pred = np.array(
+        [[1, 0, 2, 2], [1, 0, 3, 0]]
+    )  # label 1: 2 of 4 found; label 2: 1 of 2 plus 1 wrong; label 3: absent
     scores = dice_by_label(pred, target, 4)
     assert scores[:2] == [pytest.approx(2 * 2 / (2 + 4)), pytest.approx(2 * 1 / (2 + 2))] and math.isnan(scores[2])
     cases = [[1.0, math.nan], [0.5, 0.0], [math.nan, math.nan]]  # the third case has no foreground: left out
@@ -174,7 +193,11 @@ def clean_and_protected(tmp_path):
 def test_evaluate_reports_dsc_ratio_quality_and_curves(clean_and_protected):
     clean, protected = clean_and_protected
     report = evaluate(clean, protected, settings=TINY, defenses=("blur",))
-    assert [(r["data"], r["defense"]) for r in report["runs"]] == [("clean", "none"), ("protected", "none"), ("protected", "blur")]
+    assert [(r["data"], r["defense"]) for r in report["runs"]] == [
+        ("clean", "none"),
+        ("protected", "none"),
+        ("protected", "blur"),
+    ]
     assert all(len(r["curve"]) == len(r["train_curve"]) == TINY.epochs for r in report["runs"])
     row = report["summary"][0]
     assert row["ratio_best"] == pytest.approx(ratio(row["protected_best"], row["clean_best"]), nan_ok=True)
@@ -185,7 +208,9 @@ def test_evaluate_reports_dsc_ratio_quality_and_curves(clean_and_protected):
     assert (report["train_cases"], report["test_cases"], report["classes"]) == (3, 1, 2)
     assert report["normalisation"] == "ct"  # the tiny dataset's channel is named CT
     stats = report["ct_statistics"]
-    assert stats["clean"]["clip_low"] < stats["clean"]["mean"] < stats["clean"]["clip_high"] and stats["clean"]["std"] > 0
+    assert (
+        stats["clean"]["clip_low"] < stats["clean"]["mean"] < stats["clean"]["clip_high"] and stats["clean"]["std"] > 0
+    )
     assert stats["protected"] != stats["clean"]  # computed from each victim's own training data
     q = report["quality"]
     assert np.isfinite(q["psnr_db_mean"]) and q["ssim_mean"] < 1 and q["max_abs_change"] == 3
@@ -209,8 +234,23 @@ def test_evaluate_reports_each_labels_ratio_for_multi_label_datasets(tmp_path, c
         assert row["ratio_best_by_label"][name] == pytest.approx(expected, nan_ok=True)
         expected = ratio(protected_run["label_curve"][-1][k], clean_run["label_curve"][-1][k])
         assert row["ratio_final_by_label"][name] == pytest.approx(expected, nan_ok=True)
-    argv = ["evaluate", str(clean), str(protected), "--epochs", "1", "--iterations", "1", "--batch-size", "2",
-            "--patch-size", "32", "--device", "cpu", "--victim", "unet-small"]  # fmt: skip
+    argv = [
+        "evaluate",
+        str(clean),
+        str(protected),
+        "--epochs",
+        "1",
+        "--iterations",
+        "1",
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--victim",
+        "unet-small",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "ratio by label: final lesion1 " in out and "; oracle (each label's best epoch) lesion1 " in out
@@ -239,8 +279,25 @@ def test_evaluation_data_checks(clean_and_protected, tmp_path):
 def test_cli_evaluate_end_to_end(clean_and_protected, tmp_path, capsys):
     clean, protected = clean_and_protected
     report_path = tmp_path / "report.json"
-    argv = ["evaluate", str(clean), str(protected), "--epochs", "1", "--iterations", "1", "--batch-size", "2",
-            "--patch-size", "32", "--device", "cpu", "--optimizer", "adam", "-o", str(report_path)]  # fmt: skip
+    argv = [
+        "evaluate",
+        str(clean),
+        str(protected),
+        "--epochs",
+        "1",
+        "--iterations",
+        "1",
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--optimizer",
+        "adam",
+        "-o",
+        str(report_path),
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "ratio" in out and "mean PSNR" in out and "prot. fit" in out
@@ -263,12 +320,33 @@ def test_several_seeds_train_every_victim_once_per_seed_and_report_the_spread(cl
 
     report = evaluate(clean, protected, settings=TINY, seeds=(0, 1), trainer=RecordingTrainer)
     assert report["seeds"] == [0, 1] and trained_with == [0, 0, 1, 1]
-    assert [(r["data"], r["seed"]) for r in report["runs"]] == [("clean", 0), ("protected", 0), ("clean", 1), ("protected", 1)]
+    assert [(r["data"], r["seed"]) for r in report["runs"]] == [
+        ("clean", 0),
+        ("protected", 0),
+        ("clean", 1),
+        ("protected", 1),
+    ]
     assert [row["seed"] for row in report["summary"]] == [0, 1]
     assert report["over_seeds"] == over_seeds(report["summary"])
     assert "over_seeds" not in evaluate(clean, protected, settings=TINY)
-    argv = ["evaluate", str(clean), str(protected), "--epochs", "1", "--iterations", "1", "--batch-size", "2",
-            "--patch-size", "32", "--device", "cpu", "--seed", "3", "4"]  # fmt: skip
+    argv = [
+        "evaluate",
+        str(clean),
+        str(protected),
+        "--epochs",
+        "1",
+        "--iterations",
+        "1",
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--seed",
+        "3",
+        "4",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "over seeds 3, 4: ratio mean final " in out and "<= 0.1 with " in out and " of 2 seeds" in out
@@ -278,15 +356,29 @@ def test_several_seeds_train_every_victim_once_per_seed_and_report_the_spread(cl
 
 def _seed_row(seed: int, ratio_best: float, protected_best: float, defense="none", ratio_final=0.5) -> dict:
     """A summary row with the oracle ratio given, the final one ``ratio_final`` and the nnU-Net one 0.05."""
-    return {"victim": "unet", "defense": defense, "seed": seed, "clean_best": 0.8, "protected_best": protected_best,
-            "ratio_best": ratio_best, "clean_final": 0.8, "protected_final": 0.8 * ratio_final,
-            "ratio_final": ratio_final,
-            "clean_nnunet": 0.8, "protected_nnunet": 0.04, "ratio_nnunet": 0.05}  # fmt: skip
+    return {
+        "victim": "unet",
+        "defense": defense,
+        "seed": seed,
+        "clean_best": 0.8,
+        "protected_best": protected_best,
+        "ratio_best": ratio_best,
+        "clean_final": 0.8,
+        "protected_final": 0.8 * ratio_final,
+        "ratio_final": ratio_final,
+        "clean_nnunet": 0.8,
+        "protected_nnunet": 0.04,
+        "ratio_nnunet": 0.05,
+    }
 
 
 def test_over_seeds_gives_mean_and_spread_of_the_defined_ratios_under_each_rule():
-    rows = [_seed_row(0, 0.2, 0.16), _seed_row(1, 0.6, 0.48, ratio_final=0.08), _seed_row(2, math.nan, 0.0),
-            _seed_row(0, math.nan, 0.0, defense="blur")]  # fmt: skip
+    rows = [
+        _seed_row(0, 0.2, 0.16),
+        _seed_row(1, 0.6, 0.48, ratio_final=0.08),
+        _seed_row(2, math.nan, 0.0),
+        _seed_row(0, math.nan, 0.0, defense="blur"),
+    ]
     plain, blurred = over_seeds(rows)
     assert plain["seeds"] == [0, 1, 2] and plain["ratio_best_mean"] == pytest.approx(0.4)
     assert (plain["ratio_best_min"], plain["ratio_best_max"]) == (0.2, 0.6)
@@ -312,8 +404,24 @@ def test_normalisation_can_be_chosen_instead_of_nnunets(clean_and_protected, tmp
     with pytest.raises(ValueError, match="unknown normalisation"):
         evaluate(clean, protected, settings=TINY, normalisation="minmax")
     report_path = tmp_path / "report.json"
-    argv = ["evaluate", str(clean), str(protected), "--epochs", "1", "--iterations", "1", "--batch-size", "2",
-            "--patch-size", "32", "--device", "cpu", "-o", str(report_path), "--normalisation"]  # fmt: skip
+    argv = [
+        "evaluate",
+        str(clean),
+        str(protected),
+        "--epochs",
+        "1",
+        "--iterations",
+        "1",
+        "--batch-size",
+        "2",
+        "--patch-size",
+        "32",
+        "--device",
+        "cpu",
+        "-o",
+        str(report_path),
+        "--normalisation",
+    ]
 
     def normalisation_used(choice: str) -> str:
         assert main(argv + [choice]) == 0

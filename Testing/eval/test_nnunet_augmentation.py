@@ -7,6 +7,7 @@ from dataclasses import fields, replace
 
 import pytest
 import torch
+
 from umedprotect.augment import (
     NNUNET_AUGMENTATION,
     NNUNET_LIKE_AUGMENTATION,
@@ -39,9 +40,16 @@ def _changed(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("name", "effective"),
-    [("p_noise", 0.1), ("p_blur", 0.2 * 0.5), ("p_brightness", 0.15), ("p_contrast", 0.15), ("p_lowres", 0.25 * 0.5),
-     ("p_gamma", 0.3), ("p_gamma_inverted", 0.1)],
-)  # fmt: skip
+    [
+        ("p_noise", 0.1),
+        ("p_blur", 0.2 * 0.5),
+        ("p_brightness", 0.15),
+        ("p_contrast", 0.15),
+        ("p_lowres", 0.25 * 0.5),
+        ("p_gamma", 0.3),
+        ("p_gamma_inverted", 0.1),
+    ],
+)
 def test_each_intensity_transform_fires_with_nnunets_probability(name, effective):
     settings = only(**{name: getattr(NNUNET_AUGMENTATION, name)})
     image = _images()

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import write_nnunet_dataset
+
 from umedprotect.augment import NNUNET_LIKE_AUGMENTATION
 from umedprotect_eval.evaluation import load_evaluation_data
 from umedprotect_eval.training import Checkpoint, TrainSettings, VictimTrainer, train_victim

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from conftest import write_nnunet_dataset
+
 from umedprotect.augment import NO_AUGMENTATION
 from umedprotect.slices import case_slices
 from umedprotect_eval.evaluation import evaluate, to_class_indices
@@ -31,9 +32,15 @@ def ball_cases(n: int, seed: int, shape=(12, 24, 24)) -> list:
 
 def test_a_3d_victim_learns_a_trivially_learnable_task_and_is_tested_per_volume():
     settings = TrainSettings(
-        epochs=2, iterations_per_epoch=10, batch_size=2, patch_size=16, optimizer="adam", learning_rate=3e-3,
-        augment=NO_AUGMENTATION, device="cpu",
-    )  # fmt: skip
+        epochs=2,
+        iterations_per_epoch=10,
+        batch_size=2,
+        patch_size=16,
+        optimizer="adam",
+        learning_rate=3e-3,
+        augment=NO_AUGMENTATION,
+        device="cpu",
+    )
     train, test = ball_cases(3, 0), ball_cases(2, 1)
     run = train_victim(train, test, "unet3d", 2, settings, validation=ball_cases(1, 2))
     assert len(run.curve) == len(run.validation_curve) == 2

@@ -21,8 +21,16 @@ class ScaleData:
     reference: Path  # the single-process output
 
     def argv(self, out: Path, *extra: str) -> list[str]:
-        return ["protect-dataset", str(self.source), "-o", str(out), "--protector", str(self.protector),
-                "--no-progress", *extra]  # fmt: skip
+        return [
+            "protect-dataset",
+            str(self.source),
+            "-o",
+            str(out),
+            "--protector",
+            str(self.protector),
+            "--no-progress",
+            *extra,
+        ]
 
 
 def make_scale_data(root: Path, n_cases: int = N_CASES, shape: tuple[int, ...] = (8, 48, 48)) -> ScaleData:

@@ -39,7 +39,9 @@ def base(tmp_path: Path, image=None, labels=None, ending=".nii.gz") -> tuple[Pat
     default_image, default_labels = phantom_volume((6, 32, 32), n_lesions=1, rng=0)
     (tmp_path / "in").mkdir(exist_ok=True)
     (tmp_path / "out").mkdir(exist_ok=True)
-    image_path = write_image(default_image.astype(np.int16) if image is None else image, tmp_path / "in" / f"ct{ending}")
+    image_path = write_image(
+        default_image.astype(np.int16) if image is None else image, tmp_path / "in" / f"ct{ending}"
+    )
     mask_path = write_image(default_labels if labels is None else labels, tmp_path / "in" / f"mask{ending}")
     return image_path, mask_path, tmp_path / "out" / f"protected{ending}"
 
@@ -157,7 +159,9 @@ def rgb_image(tmp, protector):
 @bad("GiB of memory")
 def too_large_for_memory(tmp, protector):
     image, mask, out = base(tmp)
-    header = "ObjectType = Image\nNDims = 3\nDimSize = 5000 5000 5000\nElementType = MET_FLOAT\nElementDataFile = LOCAL\n"
+    header = (
+        "ObjectType = Image\nNDims = 3\nDimSize = 5000 5000 5000\nElementType = MET_FLOAT\nElementDataFile = LOCAL\n"
+    )
     (tmp / "in" / "huge.mha").write_bytes(header.encode() + bytes(128))
     return protect_argv(tmp / "in" / "huge.mha", mask, out, protector)
 
@@ -257,8 +261,16 @@ def dataset_baseline_with_min_psnr(tmp, protector):
     if "random" not in method_names():
         pytest.skip("baselines not installed")
     dataset(tmp)
-    return ["protect-dataset", str(tmp / "in" / "Dataset001"), "-o", str(tmp / "out" / "p"), "--method", "random",
-            "--min-psnr", "50"]  # fmt: skip
+    return [
+        "protect-dataset",
+        str(tmp / "in" / "Dataset001"),
+        "-o",
+        str(tmp / "out" / "p"),
+        "--method",
+        "random",
+        "--min-psnr",
+        "50",
+    ]
 
 
 @bad("invalid choice: 'tpu'")
@@ -392,7 +404,15 @@ def series_uid_for_a_file(tmp, protector):
 
 
 def dataset_argv(tmp, protector, *extra, out_name="out/protected"):
-    return ["protect-dataset", str(tmp / "in" / "Dataset001"), "-o", str(tmp / out_name), "--protector", str(protector), *extra]
+    return [
+        "protect-dataset",
+        str(tmp / "in" / "Dataset001"),
+        "-o",
+        str(tmp / out_name),
+        "--protector",
+        str(protector),
+        *extra,
+    ]
 
 
 def dataset(tmp) -> Path:
@@ -568,7 +588,9 @@ def heatmap_folder_is_a_file(tmp, protector):
 def report_folder_is_a_file(tmp, protector):
     image, mask, out = base(tmp)
     (tmp / "out" / "blocker").write_text("a file where a folder is expected")
-    return protect_argv(image, mask, out, protector, "--heatmap", tmp / "new" / "h.png", "--report", tmp / "out" / "blocker" / "r.json")
+    return protect_argv(
+        image, mask, out, protector, "--heatmap", tmp / "new" / "h.png", "--report", tmp / "out" / "blocker" / "r.json"
+    )
 
 
 @bad("output folder is not writable")
@@ -755,7 +777,10 @@ def test_bad_input_in_a_real_process(name, tmp_path, protector_file):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "UMedProtect"), "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
         [sys.executable, "-c", "import sys; from umedprotect.cli import main; sys.exit(main())", *argv],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and message in run.stderr and "Traceback" not in run.stderr

@@ -7,7 +7,20 @@ import json
 from umedprotect.cli import main
 from umedprotect.protector import load_protector
 
-TINY = ["--steps", "3", "--min-steps", "1", "--batch-size", "2", "--patch-size", "32", "--base-channels", "4", "--device", "cpu"]
+TINY = [
+    "--steps",
+    "3",
+    "--min-steps",
+    "1",
+    "--batch-size",
+    "2",
+    "--patch-size",
+    "32",
+    "--base-channels",
+    "4",
+    "--device",
+    "cpu",
+]
 
 
 def test_fit_writes_a_loadable_protector_and_its_history(nnunet_dataset, tmp_path, capsys):
@@ -22,7 +35,22 @@ def test_fit_writes_a_loadable_protector_and_its_history(nnunet_dataset, tmp_pat
     assert "after 3 steps" in captured.out and "fitting" in captured.err  # the progress bar
     image = next((nnunet_dataset / "imagesTr").iterdir())
     label = nnunet_dataset / "labelsTr" / image.name.replace("_0000", "")
-    assert main(["protect", str(image), str(label), "-o", str(tmp_path / "p.nii.gz"), "--protector", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "protect",
+                str(image),
+                str(label),
+                "-o",
+                str(tmp_path / "p.nii.gz"),
+                "--protector",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
 
 
 def test_fit_without_progress_bar(nnunet_dataset, tmp_path, capsys):
@@ -61,7 +89,13 @@ def test_fit_takes_the_protector_options_and_refuses_them_out_of_range(nnunet_da
 
 def test_fit_refuses_a_schedule_it_cannot_run(nnunet_dataset, tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
-    for option, value in (("--steps", "-1"), ("--batch-size", "0"), ("--patch-size", "8"), ("--stop-dice", "2"), ("--offset-weight", "-1")):
+    for option, value in (
+        ("--steps", "-1"),
+        ("--batch-size", "0"),
+        ("--patch-size", "8"),
+        ("--stop-dice", "2"),
+        ("--offset-weight", "-1"),
+    ):
         assert main(["fit", str(nnunet_dataset), "-o", str(bad), *TINY, option, value]) == 2, option
         assert not bad.exists()
         err = capsys.readouterr().err.strip().splitlines()
@@ -71,8 +105,8 @@ def test_fit_refuses_a_schedule_it_cannot_run(nnunet_dataset, tmp_path, capsys):
 def test_fit_without_steps_writes_the_codes_alone(nnunet_dataset, tmp_path, capsys):
     import numpy as np
 
-    from umedprotect.phantoms import phantom_slice
     from umedprotect.array_protection import protect_array
+    from umedprotect.phantoms import phantom_slice
     from umedprotect.regions import edge_depth
 
     out = tmp_path / "rings.safetensors"

@@ -8,11 +8,12 @@ import re
 import numpy as np
 import pytest
 from conftest import write_image, write_nnunet_dataset
+
 from umedprotect import io
 from umedprotect.cli import main
 from umedprotect.cli.protect_dataset import case_table, summary_line
-from umedprotect.records import CaseRecord, ImageRecord
 from umedprotect.phantoms import phantom_volume
+from umedprotect.records import CaseRecord, ImageRecord
 
 
 @pytest.fixture
@@ -107,9 +108,17 @@ def test_protect_dataset_prints_a_table_per_case_and_a_summary(tmp_path, protect
 
 def test_the_table_lists_skipped_cases_and_the_summary_counts_them():
     image = ImageRecord(
-        input="i", output="o", input_sha256="", output_sha256="", budget_native=4.0, psnr_db=60.0, ssim=1.0,
-        max_abs_change=3.0, fraction_changed=0.1, geometry=None,
-    )  # fmt: skip
+        input="i",
+        output="o",
+        input_sha256="",
+        output_sha256="",
+        budget_native=4.0,
+        psnr_db=60.0,
+        ssim=1.0,
+        max_abs_change=3.0,
+        fraction_changed=0.1,
+        geometry=None,
+    )
     cases = {"a": CaseRecord("protected", images=[image], seconds=1.5), "b": CaseRecord("skipped_empty")}
     table = case_table(cases).splitlines()
     assert table[2].split() == ["a", "protected", "60.0", "60.0", "3", "1.5"] and table[3].split() == [
@@ -140,16 +149,32 @@ def test_verify_reports_each_missing_file_once(tmp_path, protector_file, capsys)
 @pytest.mark.parametrize(
     "ratios, defense, expected",
     [
-        ([1.001], "none", "stopped 0 of 1 victims (ratio <= 0.10) at the final checkpoint, 0 of 1 at the one nnU-Net "
-         "keeps (0 of 1 at the oracle's best epoch): not protected (ratio 1.001 final, 1.001 nnU-Net)"),
-        ([0.02], "none", "stopped 1 of 1 victims (ratio <= 0.10) at the final checkpoint, 1 of 1 at the one nnU-Net "
-         "keeps (1 of 1 at the oracle's best epoch)"),
-        ([0.05, 0.4, float("nan")], "none", "stopped 1 of 3 victims (ratio <= 0.10) at the final checkpoint, 1 of 3 "
-         "at the one nnU-Net keeps (1 of 3 at the oracle's best epoch)"),
-        ([0.05, 0.4], "blur", "stopped 1 of 2 runs (ratio <= 0.10) at the final checkpoint, 1 of 2 at the one "
-         "nnU-Net keeps (1 of 2 at the oracle's best epoch)"),
+        (
+            [1.001],
+            "none",
+            "stopped 0 of 1 victims (ratio <= 0.10) at the final checkpoint, 0 of 1 at the one nnU-Net "
+            "keeps (0 of 1 at the oracle's best epoch): not protected (ratio 1.001 final, 1.001 nnU-Net)",
+        ),
+        (
+            [0.02],
+            "none",
+            "stopped 1 of 1 victims (ratio <= 0.10) at the final checkpoint, 1 of 1 at the one nnU-Net "
+            "keeps (1 of 1 at the oracle's best epoch)",
+        ),
+        (
+            [0.05, 0.4, float("nan")],
+            "none",
+            "stopped 1 of 3 victims (ratio <= 0.10) at the final checkpoint, 1 of 3 "
+            "at the one nnU-Net keeps (1 of 3 at the oracle's best epoch)",
+        ),
+        (
+            [0.05, 0.4],
+            "blur",
+            "stopped 1 of 2 runs (ratio <= 0.10) at the final checkpoint, 1 of 2 at the one "
+            "nnU-Net keeps (1 of 2 at the oracle's best epoch)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_evaluate_ends_with_a_verdict(ratios, defense, expected):
     from umedprotect_eval.cli import verdict_line  # the evaluation side's console line, pure
 

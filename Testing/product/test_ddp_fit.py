@@ -52,8 +52,21 @@ def test_two_processes_fit_the_protector_of_one(nnunet_dataset, tmp_path):
 
 def test_fit_cli_under_torchrun_writes_once(nnunet_dataset, tmp_path):
     out = tmp_path / "cli.safetensors"
-    tiny = ["--steps", "2", "--min-steps", "1", "--batch-size", "4", "--patch-size", "32", "--base-channels", "4",
-            "--device", "cpu", "--no-progress"]  # fmt: skip
+    tiny = [
+        "--steps",
+        "2",
+        "--min-steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--patch-size",
+        "32",
+        "--base-channels",
+        "4",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     run = torchrun("-m", "umedprotect.cli", "fit", str(nnunet_dataset), "-o", str(out), *tiny)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("wrote") == 1  # process 0 alone

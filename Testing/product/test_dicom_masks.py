@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import write_ct_series
 from scipy.ndimage import binary_dilation
+
 from umedprotect import io
 from umedprotect.cli import main
 from umedprotect.errors import InputError
@@ -34,11 +35,19 @@ def write_seg(series: Path, labels: np.ndarray, names: list[str], path: Path, fr
         for ds in sources:
             ds.FrameOfReferenceUID = frame_uid
     seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=labels.astype(np.uint8), segmentation_type="BINARY",
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=99, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer="test", manufacturer_model_name="test", software_versions="1",
+        source_images=sources,
+        pixel_array=labels.astype(np.uint8),
+        segmentation_type="BINARY",
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=99,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="1",
         device_serial_number="1",
-    )  # fmt: skip
+    )
     seg.save_as(path)
     return path
 
@@ -114,8 +123,12 @@ def test_seg_and_rtstruct_on_an_oblique_series(two_structures, tmp_path):
     _, liver, tumor = two_structures
     c, s = np.cos(0.4), np.sin(0.4)
     series = tmp_path / "oblique"
-    write_ct_series(np.zeros(liver.shape) + np.arange(liver.shape[2]), series, spacing=(0.7, 0.7, 2.5),
-                    orientation=(c, s, 0.0, -s * 0.8, c * 0.8, 0.6))  # fmt: skip
+    write_ct_series(
+        np.zeros(liver.shape) + np.arange(liver.shape[2]),
+        series,
+        spacing=(0.7, 0.7, 2.5),
+        orientation=(c, s, 0.0, -s * 0.8, c * 0.8, 0.6),
+    )
     assert not np.allclose(io.read_image(series).GetDirection(), np.eye(3).ravel())
     expected = liver * 1 + tumor * 2
     seg = write_seg(series, expected, ["Liver", "Tumor"], tmp_path / "seg.dcm")
@@ -159,6 +172,18 @@ def test_segments_apply_to_dicom_masks_only(ct_series, tmp_path, capsys):
     mask = sitk.GetImageFromArray(labels.astype(np.uint8))
     mask.CopyInformation(io.read_image(series))
     sitk.WriteImage(mask, str(tmp_path / "mask.nii.gz"))
-    assert main(["protect", str(series), str(tmp_path / "mask.nii.gz"), "-o", str(tmp_path / "p.nii.gz"),
-                 "--segments", "Liver"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "protect",
+                str(series),
+                str(tmp_path / "mask.nii.gz"),
+                "-o",
+                str(tmp_path / "p.nii.gz"),
+                "--segments",
+                "Liver",
+            ]
+        )
+        == 2
+    )
     assert "--segments applies to DICOM SEG and RTSTRUCT masks only, not to" in capsys.readouterr().err

@@ -12,13 +12,22 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import ROOT, write_ct_series, write_image
+
 from umedprotect import io
 from umedprotect.cli import main
 from umedprotect.errors import InputError
 
-CHANGED = {"PixelData", "SeriesInstanceUID", "SOPInstanceUID", "ImageType", "DerivationDescription",
-           "ContributingEquipmentSequence", "SeriesDescription", "SmallestImagePixelValue",
-           "LargestImagePixelValue"}  # fmt: skip
+CHANGED = {
+    "PixelData",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "ImageType",
+    "DerivationDescription",
+    "ContributingEquipmentSequence",
+    "SeriesDescription",
+    "SmallestImagePixelValue",
+    "LargestImagePixelValue",
+}
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
 
@@ -54,8 +63,17 @@ def test_dicom_output_holds_the_voxels_of_the_nifti_output(ct_series, protector_
 
 def test_protected_series_keeps_every_tag_but_what_must_change(ct_series, protector_file, tmp_path):
     series, _, labels = ct_series
-    assert protect(series, write_mask(labels, series, tmp_path / "mask.nii.gz"), tmp_path / "out", protector_file,
-                   "--output-format", "dicom") == 0  # fmt: skip
+    assert (
+        protect(
+            series,
+            write_mask(labels, series, tmp_path / "mask.nii.gz"),
+            tmp_path / "out",
+            protector_file,
+            "--output-format",
+            "dicom",
+        )
+        == 0
+    )
     sources, outputs = datasets_by_position(series), datasets_by_position(tmp_path / "out")
     assert len(outputs) == len(sources)
     new_series_uid = outputs[0].SeriesInstanceUID
@@ -115,9 +133,7 @@ def test_overwrite_replaces_a_previous_dicom_output(ct_series, protector_file, t
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging folder left
 
 
-@pytest.mark.parametrize(
-    "syntax", [pydicom.uid.RLELossless, pydicom.uid.JPEGLSLossless, pydicom.uid.JPEG2000Lossless]
-)
+@pytest.mark.parametrize("syntax", [pydicom.uid.RLELossless, pydicom.uid.JPEGLSLossless, pydicom.uid.JPEG2000Lossless])
 def test_compressed_series_read_like_uncompressed_and_written_uncompressed(syntax, tmp_path, protector_file):
     from umedprotect.phantoms import phantom_volume
 

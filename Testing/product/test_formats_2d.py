@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import tifffile
+
 from umedprotect import io, raster
 from umedprotect.cli import main
 from umedprotect.phantoms import phantom_slice

@@ -112,9 +112,12 @@ def test_mask_within_tolerance_takes_the_image_geometry(tmp_path):
     labels[1:3, 2:4, 1:3] = 1
     c, s = np.cos(0.3), np.sin(0.3)
     nudged = write_image(
-        labels, tmp_path / "mask.mha", spacing=(0.8 * (1 + 1e-6), 0.7, 2.5),
-        origin=(-12.5 + 1e-6, 30.25, 7.0), direction=(c, -s, 0, s, c, 0, 0, 0, 1),
-    )  # fmt: skip
+        labels,
+        tmp_path / "mask.mha",
+        spacing=(0.8 * (1 + 1e-6), 0.7, 2.5),
+        origin=(-12.5 + 1e-6, 30.25, 7.0),
+        direction=(c, -s, 0, s, c, 0, 0, 0, 1),
+    )
     label = io.read_label(nudged, image)
     assert label.GetSpacing() == image.GetSpacing() and label.GetOrigin() == image.GetOrigin()
     np.testing.assert_array_equal(io.to_array(label)[0], labels)
@@ -181,7 +184,9 @@ def test_rgb_and_complex_images_are_refused(tmp_path):
 
 
 def test_memory_estimate_refuses_before_reading_voxels(tmp_path, monkeypatch):
-    header = "ObjectType = Image\nNDims = 3\nDimSize = 4000 4000 4000\nElementType = MET_SHORT\nElementDataFile = LOCAL\n"
+    header = (
+        "ObjectType = Image\nNDims = 3\nDimSize = 4000 4000 4000\nElementType = MET_SHORT\nElementDataFile = LOCAL\n"
+    )
     (tmp_path / "huge.mha").write_bytes(header.encode() + b"\0" * 64)  # claims 128 GB, holds 64 bytes
     with pytest.raises(InputError, match=r"needs about \d+.* GiB of memory"):
         io.read_image(tmp_path / "huge.mha")

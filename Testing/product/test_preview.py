@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from matplotlib.image import imread
+
 from umedprotect.errors import InputError
 from umedprotect.metrics import image_quality
 from umedprotect.preview import (
@@ -144,12 +145,19 @@ def test_a_2d_heatmap_and_a_missing_folder(tmp_path):
 
 def test_a_dicom_series_gives_its_modality_and_window(tmp_path):
     import SimpleITK as sitk
+
     from umedprotect.cli.protect import dicom_display_tags
 
     for z in range(2):
         image = sitk.GetImageFromArray(np.full((1, 4, 4), z, np.int16))
-        tags = {"0008|0060": "CT", "0020|000e": "1.2.3.4", "0020|0013": str(z + 1), "0020|0032": f"0\\0\\{z}",
-                "0028|1050": "50\\-600", "0028|1051": "350\\1500"}  # fmt: skip
+        tags = {
+            "0008|0060": "CT",
+            "0020|000e": "1.2.3.4",
+            "0020|0013": str(z + 1),
+            "0020|0032": f"0\\0\\{z}",
+            "0028|1050": "50\\-600",
+            "0028|1051": "350\\1500",
+        }
         for key, value in tags.items():
             image.SetMetaData(key, value)
         sitk.WriteImage(image, str(tmp_path / f"{z}.dcm"))

@@ -162,13 +162,19 @@ def test_torch_load_is_never_called_without_weights_only():
         for match in re.finditer(r"torch\.load\s*\(", text):
             call = text[match.end() : match.end() + 400]
             depth, end = 1, 0
-            for end, char in enumerate(call):
+            for end, char in enumerate(call):  # noqa: B007 - ``end`` is read after the loop
                 depth += {"(": 1, ")": -1}.get(char, 0)
                 if depth == 0:
                     break
             if not re.search(r"weights_only\s*=\s*True", call[:end]):
                 offenders.append(f"{path.relative_to(ROOT)}: torch.load without weights_only=True")
-        for pattern in (r"pickle\.loads?\s*\(", r"allow_pickle\s*=\s*True", r"torch\.jit\.load\s*\(", r"(?<![.\w])eval\s*\(", r"(?<![.\w])exec\s*\("):
+        for pattern in (
+            r"pickle\.loads?\s*\(",
+            r"allow_pickle\s*=\s*True",
+            r"torch\.jit\.load\s*\(",
+            r"(?<![.\w])eval\s*\(",
+            r"(?<![.\w])exec\s*\(",
+        ):
             if re.search(pattern, text):
                 offenders.append(f"{path.relative_to(ROOT)}: {pattern}")
     assert offenders == []

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from umedprotect.array_protection import protect_array
 from umedprotect.errors import InputError
 from umedprotect.fitting import FitSettings, fit_protector
 from umedprotect.phantoms import phantom_slice
-from umedprotect.array_protection import protect_array
 from umedprotect.protector import DEFAULT_PROTECTOR_PATH, ProtectorConfig, load_protector, ring_codes, save_protector
 from umedprotect.slices import case_slices
 
@@ -154,8 +154,8 @@ def test_fit_slices_of_a_ct_dataset_carry_the_victims_ct_normalisation(tmp_path)
 
     from conftest import write_nnunet_dataset
 
-    from umedprotect.slices import ct_statistics
     from umedprotect.fitting import dataset_slices, prepare, sample_batch, victim_input
+    from umedprotect.slices import ct_statistics
 
     root = write_nnunet_dataset(tmp_path / "ct", n_train=2, n_test=1, shape=(3, 32, 32), n_lesions=1)
     slices = dataset_slices([str(root)])
@@ -244,7 +244,9 @@ def test_ring_codes_follow_the_depth_below_each_labels_edge():
     field = protector.code_field(labels, torch.tensor([[5, 7]]), depth)[0, 0]
     assert torch.equal(field, field.T) and not field[labels[0] == 0].any()  # follows the shape, not the grid
     assert torch.allclose(field[10, 2:8], codes[1, [1, 2, 3, 4, 5, 0]])  # depths 1..6 from the left edge
-    assert torch.allclose(protector.code_field(labels, torch.tensor([[0, 0]]), depth * 0 + 1.5)[0, 0, 10, 10], codes[1, 1:3].mean())
+    assert torch.allclose(
+        protector.code_field(labels, torch.tensor([[0, 0]]), depth * 0 + 1.5)[0, 0, 10, 10], codes[1, 1:3].mean()
+    )
     path = save_protector(protector, Path(tempfile.mkdtemp()) / "rings.safetensors")
     assert torch.equal(load_protector(path).codes, protector.codes)
 
@@ -285,7 +287,12 @@ def test_generator_gain_keeps_the_codes_sign_whatever_the_generators_say():
     assert signs[0.0] < 0.6 and signs[1.0] == 1.0  # unbounded: overturned; bounded: the rings stay
     with pytest.raises(InputError, match="generator_gain"):
         ProtectorConfig.from_json(ProtectorConfig(generator_gain=-1).to_json(), "bad.safetensors")
-    assert ProtectorConfig.from_json(ProtectorConfig().to_json().replace(', "generator_gain": 0.0', ""), "old").generator_gain == 0
+    assert (
+        ProtectorConfig.from_json(
+            ProtectorConfig().to_json().replace(', "generator_gain": 0.0', ""), "old"
+        ).generator_gain
+        == 0
+    )
 
 
 # Taken from the fitting code before it was split into objective classes: the refactor must keep every

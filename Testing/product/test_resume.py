@@ -28,7 +28,11 @@ def finished(manifest_path) -> list[str]:
 
 
 def outputs(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST_NAME}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
 
 
 @pytest.fixture
@@ -43,8 +47,10 @@ def test_sigkill_then_rerun_finishes_every_case_exactly_once(tmp_path, source, p
     env = {**os.environ, "PYTHONPATH": str(ROOT / "UMedProtect"), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [sys.executable, "-c", "import sys; from umedprotect.cli import main; sys.exit(main())", *argv],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while not finished(out / MANIFEST_NAME) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -70,7 +76,10 @@ def test_sigkill_then_rerun_finishes_every_case_exactly_once(tmp_path, source, p
         assert io.sha256(out / entry["label"]["path"]) == entry["label"]["sha256"]
 
     clean = tmp_path / "uninterrupted"
-    assert main(["protect-dataset", str(source), "-o", str(clean), "--protector", str(protector_file), "--no-progress"]) == 0
+    assert (
+        main(["protect-dataset", str(source), "-o", str(clean), "--protector", str(protector_file), "--no-progress"])
+        == 0
+    )
     assert outputs(out) == outputs(clean)  # interruption changed nothing in the result
     capsys.readouterr()
     assert main(["verify", str(out)]) == 0
@@ -164,7 +173,9 @@ def tamper_geometry_with_forged_manifest(out, source):
 def test_verify_catches_tampering(tmp_path, protector_file, capsys, tamper):
     source = write_nnunet_dataset(tmp_path / "Dataset003_Small", n_train=3, n_test=1, shape=(4, 24, 24))
     out = tmp_path / "protected"
-    assert main(["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]) == 0
+    assert (
+        main(["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]) == 0
+    )
     capsys.readouterr()
     assert main(["verify", str(out)]) == 0
     expected = tamper(out, source)
@@ -178,7 +189,9 @@ def test_verify_catches_tampering(tmp_path, protector_file, capsys, tamper):
 def test_verify_of_an_unfinished_run(tmp_path, protector_file, capsys):
     source = write_nnunet_dataset(tmp_path / "Dataset004_Small", n_train=2, n_test=0, shape=(4, 24, 24))
     out = tmp_path / "protected"
-    assert main(["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]) == 0
+    assert (
+        main(["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]) == 0
+    )
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     manifest["status"] = "running"
     del manifest["cases"]["case001"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+
 from umedprotect import cli
 from umedprotect.cli import build_parser, option_message
 from umedprotect.cli.protect import settings_from
@@ -119,7 +120,7 @@ def test_settings_check_choices_and_labels():
         (InputError("must be at least 1", option="patch_size"), "--patch-size must be at least 1"),
         (InputError("x.nii.gz: file not found"), "x.nii.gz: file not found"),
     ],
-)  # fmt: skip
+)
 def test_the_cli_words_an_option_as_the_remedy_or_the_value_at_fault(error, message):
     assert option_message(error) == message
 
@@ -145,8 +146,10 @@ def string_parts(tree: ast.AST) -> list[str]:
         id(node.body[0].value)
         for node in ast.walk(tree)
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-        and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)
-    }  # fmt: skip
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
     return [
         node.value
         for node in ast.walk(tree)

@@ -47,5 +47,8 @@ def test_metrics_by_slabs_match_the_whole_volume(rng, axis):
 def test_nothing_changed_reads_as_identical_by_slabs(rng):
     original = rng.normal(size=(6, 10, 10))
     assert image_quality(original, original.copy(), 0, 2) == {
-        "psnr_db": float("inf"), "ssim": 1.0, "max_abs_change": 0.0, "fraction_changed": 0.0,
-    }  # fmt: skip
+        "psnr_db": float("inf"),
+        "ssim": 1.0,
+        "max_abs_change": 0.0,
+        "fraction_changed": 0.0,
+    }

@@ -97,7 +97,9 @@ def test_a_nifti_gz_beside_a_nifti_of_the_same_name_reads_its_own_voxels(tmp_pat
     rng = np.random.default_rng(1)
     write_volume(tmp_path / "case.nii", "int16", (3, 7, 9), rng)
     written = write_volume(tmp_path / "case.nii.gz", "int16", (3, 7, 9), rng)
-    assert np.array_equal(sitk.GetArrayFromImage(io.read_image(tmp_path / "case.nii.gz")), sitk.GetArrayFromImage(written))
+    assert np.array_equal(
+        sitk.GetArrayFromImage(io.read_image(tmp_path / "case.nii.gz")), sitk.GetArrayFromImage(written)
+    )
 
 
 @pytest.mark.parametrize("ending", [".nii", ".nii.gz"])

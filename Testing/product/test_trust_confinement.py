@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 from oracles import allowed_region, band_2d, live_protector, promised_budget
+from scipy import ndimage
 
 from umedprotect.array_protection import protect_array
 from umedprotect.phantoms import phantom_slice, phantom_volume

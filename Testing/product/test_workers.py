@@ -48,8 +48,11 @@ def test_sigkill_of_a_two_worker_run_then_resume(tmp_path, data, capsys):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "UMedProtect")}
     process = subprocess.Popen(
         [sys.executable, "-c", "import sys; from umedprotect.cli import main; sys.exit(main())", *argv],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while not finished(out / MANIFEST_NAME) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from UMedProtectLib.BackgroundWork import BackgroundTask, DialogRunner, DirectRunner
 from umedprotect.errors import Cancelled, InputError
+from UMedProtectLib.BackgroundWork import BackgroundTask, DialogRunner, DirectRunner
 
 
 class FakeView:

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from scipy import ndimage
-
 import slicer_shim
+from scipy import ndimage
 
 SCRIPT = Path(__file__).resolve().parents[2] / "UMedProtect" / "Scripts" / "protect_batch.py"
 EPSILON, BAND = 4.0, 2
@@ -38,6 +37,7 @@ def batch():
 @pytest.fixture
 def dataset(tmp_path, random_protector):
     from conftest import write_nnunet_dataset  # Testing/conftest.py
+
     from umedprotect.protector import save_protector
 
     source = write_nnunet_dataset(tmp_path / "Dataset002_Tiny", n_train=2, n_test=1, shape=(5, 28, 28))
@@ -46,8 +46,22 @@ def dataset(tmp_path, random_protector):
 
 
 def arguments(source: Path, out: Path, protector: Path, *extra: str) -> list[str]:
-    return ["--", str(source), "-o", str(out), "--protector", str(protector), "--device", "cpu",
-            "--epsilon", str(EPSILON), "--band-radius", str(BAND), "--no-progress", *extra]  # fmt: skip
+    return [
+        "--",
+        str(source),
+        "-o",
+        str(out),
+        "--protector",
+        str(protector),
+        "--device",
+        "cpu",
+        "--epsilon",
+        str(EPSILON),
+        "--band-radius",
+        str(BAND),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def allowed_region(labels: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:

@@ -16,17 +16,17 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-
 import slicer_shim
 
 slicer_shim.import_module()
 import slicer  # noqa: E402  (slicer-core, after the shim)
 from conftest import write_ct_series  # noqa: E402  (Testing/conftest.py)
-from UMedProtectLib.BackgroundWork import DirectRunner  # noqa: E402
-from UMedProtectLib.Logic import DERIVATION_ATTRIBUTE, UMedProtectLogic  # noqa: E402
+
 from umedprotect.errors import Cancelled, InputError  # noqa: E402
 from umedprotect.phantoms import phantom_volume  # noqa: E402
 from umedprotect.settings import ProtectionSettings  # noqa: E402
+from UMedProtectLib.BackgroundWork import DirectRunner  # noqa: E402
+from UMedProtectLib.Logic import DERIVATION_ATTRIBUTE, UMedProtectLogic  # noqa: E402
 
 STUDY_UID = "1.2.826.0.1.3680043.8.498.1"  # write_ct_series's
 LPS = np.diag([-1.0, -1.0, 1.0])
@@ -288,10 +288,17 @@ def test_slicer_dicom_drives_slicers_scalar_volume_exporter_indexer_and_database
     dicom.importFolder(tmp_path, copyFiles=True)
     assert calls == [
         ("examine", item),
-        ("export", [(str(tmp_path), {"SeriesDescription": "No series description", "Modality": "MR",
-                                      "SeriesInstanceUID": "1.2.4"})]),
+        (
+            "export",
+            [
+                (
+                    str(tmp_path),
+                    {"SeriesDescription": "No series description", "Modality": "MR", "SeriesInstanceUID": "1.2.4"},
+                )
+            ],
+        ),
         ("import", str(tmp_path), database, True),
-    ]  # fmt: skip
+    ]
     with pytest.raises(RuntimeError, match="Empty modality"):
         dicom.exportVolume(volume, {"Modality": ""}, tmp_path)
     database.isOpen = False

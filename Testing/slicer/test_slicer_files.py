@@ -17,7 +17,6 @@ import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "UMedProtect"
 MODULE_FILE = MODULE_DIR / "UMedProtect.py"
@@ -25,9 +24,20 @@ WIDGET_FILE = MODULE_DIR / "UMedProtectLib" / "Widget.py"
 PARAMETERS_FILE = MODULE_DIR / "UMedProtectLib" / "Parameters.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "UMedProtect.ui"
 S4EXT_KEYWORDS = (
-    "scm", "scmurl", "scmrevision", "depends", "build_subdirectory", "homepage", "contributors",
-    "category", "iconurl", "status", "description", "screenshoturls", "enabled",
-)  # fmt: skip
+    "scm",
+    "scmurl",
+    "scmrevision",
+    "depends",
+    "build_subdirectory",
+    "homepage",
+    "contributors",
+    "category",
+    "iconurl",
+    "status",
+    "description",
+    "screenshoturls",
+    "enabled",
+)
 
 
 def ui_names_used_by_code() -> set[str]:
@@ -142,10 +152,14 @@ def test_s4ext_has_the_keywords_slicer_expects_and_matches_cmake():
     assert entries["depends"] == "PyTorch"
     variables = cmake_extension_variables()
     for keyword, variable in {
-        "homepage": "EXTENSION_HOMEPAGE", "category": "EXTENSION_CATEGORY", "contributors": "EXTENSION_CONTRIBUTORS",
-        "description": "EXTENSION_DESCRIPTION", "iconurl": "EXTENSION_ICONURL",
-        "screenshoturls": "EXTENSION_SCREENSHOTURLS", "depends": "EXTENSION_DEPENDS",
-    }.items():  # fmt: skip
+        "homepage": "EXTENSION_HOMEPAGE",
+        "category": "EXTENSION_CATEGORY",
+        "contributors": "EXTENSION_CONTRIBUTORS",
+        "description": "EXTENSION_DESCRIPTION",
+        "iconurl": "EXTENSION_ICONURL",
+        "screenshoturls": "EXTENSION_SCREENSHOTURLS",
+        "depends": "EXTENSION_DEPENDS",
+    }.items():
         assert entries[keyword] == variables[variable], f"{keyword} differs from {variable}"
     text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "add_subdirectory(UMedProtect)" in text and "find_package(Slicer REQUIRED)" in text

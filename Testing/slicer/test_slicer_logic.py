@@ -10,20 +10,20 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 import slicer_shim
 
 UMedProtect = slicer_shim.import_module()
 import slicer  # noqa: E402  (slicer-core, after the shim)
 import vtk  # noqa: E402
-from UMedProtectLib.BackgroundWork import DialogRunner, DirectRunner  # noqa: E402
-from UMedProtectLib.Logic import HEATMAP_COLOR_NODE_ID, UMedProtectLogic  # noqa: E402
+
 from umedprotect.errors import Cancelled, InputError  # noqa: E402
 from umedprotect.metrics import image_quality  # noqa: E402
 from umedprotect.phantoms import phantom_volume  # noqa: E402
 from umedprotect.protector import save_protector  # noqa: E402
 from umedprotect.regions import contour_band  # noqa: E402
 from umedprotect.settings import ProtectionSettings  # noqa: E402
+from UMedProtectLib.BackgroundWork import DialogRunner, DirectRunner  # noqa: E402
+from UMedProtectLib.Logic import HEATMAP_COLOR_NODE_ID, UMedProtectLogic  # noqa: E402
 
 # Rotated axes, anisotropic spacing (k coarsest), non-zero origin.
 IJK_TO_RAS = np.array([[0.0, -0.7, 0.0, 12.5], [0.8, 0.0, 0.0, -30.0], [0.0, 0.0, 2.5, 4.0], [0.0, 0.0, 0.0, 1.0]])
@@ -214,9 +214,13 @@ def test_a_cancelled_run_creates_and_changes_no_node(case, scene, protector_file
     preview_voxels = np.array(slicer.util.arrayFromVolume(preview.protectedVolume))
     with pytest.raises(Cancelled):
         UMedProtectLogic(runner).process(
-            volume, segmentation, None, replace(settings(protector_file), epsilon=8.0),
-            protectedVolume=preview.protectedVolume, heatmapVolume=preview.heatmapVolume,
-        )  # fmt: skip
+            volume,
+            segmentation,
+            None,
+            replace(settings(protector_file), epsilon=8.0),
+            protectedVolume=preview.protectedVolume,
+            heatmapVolume=preview.heatmapVolume,
+        )
     assert volume_ids(scene) == before_ids
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(preview.protectedVolume), preview_voxels)
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), image)

@@ -13,16 +13,16 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-
 import slicer_shim
 
 slicer_shim.import_module()
 import slicer  # noqa: E402  (slicer-core, after the shim)
+
+from umedprotect.errors import InputError  # noqa: E402
+from umedprotect.settings import DEVICE_CHOICES, OPTIONS, ProtectionSettings  # noqa: E402
 from UMedProtectLib.Logic import SOURCE_ATTRIBUTE  # noqa: E402
 from UMedProtectLib.Parameters import LIMITS, UMedProtectParameterNode, protectionSettings  # noqa: E402
 from UMedProtectLib.Widget import SETTING_WIDGETS, controlStates, errorText  # noqa: E402
-from umedprotect.errors import InputError  # noqa: E402
-from umedprotect.settings import DEVICE_CHOICES, OPTIONS, ProtectionSettings  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 UI_FILE = ROOT / "UMedProtect" / "Resources" / "UI" / "UMedProtect.ui"

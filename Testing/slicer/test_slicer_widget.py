@@ -11,17 +11,17 @@ import types
 
 import numpy as np
 import pytest
-
 import slicer_shim
 
 slicer_shim.import_module()
 import slicer  # noqa: E402  (slicer-core, after the shim)
+
+from umedprotect.errors import Cancelled, InputError  # noqa: E402
+from umedprotect.phantoms import phantom_volume  # noqa: E402
 from UMedProtectLib.BackgroundWork import DirectRunner  # noqa: E402
 from UMedProtectLib.Logic import UMedProtectLogic  # noqa: E402
 from UMedProtectLib.Parameters import UMedProtectParameterNode  # noqa: E402
 from UMedProtectLib.Widget import INPUT_SECTIONS, UMedProtectWidget  # noqa: E402
-from umedprotect.errors import Cancelled, InputError  # noqa: E402
-from umedprotect.phantoms import phantom_volume  # noqa: E402
 
 
 class Control:

@@ -70,7 +70,8 @@ def run(args: argparse.Namespace, log=print) -> int:
     )
     for case_id, entry in manifest.cases.items():
         for image in entry.images or []:
-            log(f"{image.output}: {entry.status}, PSNR {image.worst_psnr_db:.1f} dB, max change {image.max_abs_change:.4g}")
+            psnr, change = f"{image.worst_psnr_db:.1f}", f"{image.max_abs_change:.4g}"
+            log(f"{image.output}: {entry.status}, PSNR {psnr} dB, max change {change}")
         if not entry.images:
             log(f"{case_id}: {entry.status}")
     problems = verify(args.output, args.input)

@@ -347,8 +347,11 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 output = self.logic.fit(
                     pathOrNone(p.fitOutputPath),
                     datasetDir=pathOrNone(p.fitDatasetPath) if p.fitFromFolder else None,
-                    epsilon=p.epsilon, bandRadius=p.bandRadius, steps=p.fitSteps, device=p.device,
-                )  # fmt: skip
+                    epsilon=p.epsilon,
+                    bandRadius=p.bandRadius,
+                    steps=p.fitSteps,
+                    device=p.device,
+                )
             except Cancelled:
                 self.ui.fitStatusLabel.text = _("Cancelled: no protector file was written.")
                 return

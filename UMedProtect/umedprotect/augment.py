@@ -66,18 +66,35 @@ class AugmentSettings:
 NO_AUGMENTATION = AugmentSettings(0, 0, 0, 0, (1, 1), 0, 0, 0, (1, 1), 0, (1, 1), 0, (1, 1), 0, (1, 1), 0, (1, 1))
 NNUNET_LIKE_AUGMENTATION = AugmentSettings()
 NNUNET_AUGMENTATION = AugmentSettings(
-    noise_std_max=0.1, scale_shrinks=True, p_blur_per_channel=0.5, blur_sigma_per_axis=True,
-    factors_split_at_one=True, contrast_preserves_range=True, p_lowres_per_channel=0.5, lowres_per_sample=True,
-    p_gamma_inverted=0.1, gamma_retains_stats=True,
-)  # fmt: skip
+    noise_std_max=0.1,
+    scale_shrinks=True,
+    p_blur_per_channel=0.5,
+    blur_sigma_per_axis=True,
+    factors_split_at_one=True,
+    contrast_preserves_range=True,
+    p_lowres_per_channel=0.5,
+    lowres_per_sample=True,
+    p_gamma_inverted=0.1,
+    gamma_retains_stats=True,
+)
 STRONG_AUGMENTATION = AugmentSettings(
     p_rotate=0.5, p_scale=0.5, p_noise=0.3, p_blur=0.4, p_brightness=0.4, p_contrast=0.4, p_lowres=0.5, p_gamma=0.5
 )
 UERASER_AUGMENTATION = replace(
-    NNUNET_AUGMENTATION, p_noise=0.5, noise_std_max=0.3, p_brightness=0.5, brightness_range=(0.5, 1.5),
-    p_contrast=0.5, contrast_range=(0.5, 1.5), p_gamma=0.5, gamma_range=(0.5, 2.0), p_gamma_inverted=0.3,
-    p_plasma=0.8, plasma_brightness=0.5, plasma_contrast=0.5,
-)  # fmt: skip
+    NNUNET_AUGMENTATION,
+    p_noise=0.5,
+    noise_std_max=0.3,
+    p_brightness=0.5,
+    brightness_range=(0.5, 1.5),
+    p_contrast=0.5,
+    contrast_range=(0.5, 1.5),
+    p_gamma=0.5,
+    gamma_range=(0.5, 2.0),
+    p_gamma_inverted=0.3,
+    p_plasma=0.8,
+    plasma_brightness=0.5,
+    plasma_contrast=0.5,
+)
 AUGMENTATIONS = {"nnunet": NNUNET_AUGMENTATION, "nnunet-like": NNUNET_LIKE_AUGMENTATION, "none": NO_AUGMENTATION}
 
 
@@ -131,7 +148,10 @@ def spatial(
     else:
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
-        [torch.stack([cos * flip_x, -sin, torch.zeros_like(cos)], 1), torch.stack([sin, cos * flip_y, torch.zeros_like(cos)], 1)],
+        [
+            torch.stack([cos * flip_x, -sin, torch.zeros_like(cos)], 1),
+            torch.stack([sin, cos * flip_y, torch.zeros_like(cos)], 1),
+        ],
         1,
     ).to(image.dtype)
     return _resample(image, labels, theta)

@@ -86,10 +86,20 @@ def protect_on_dask(
     with _client(scheduler) as (client, threads):
         count = shards or len(client.scheduler_info()["workers"])
         futures = [
-            client.submit(protect_shard, in_dir, out_dir, method, settings, shard=Shard(k, count),
-                          allow_empty=allow_empty, overwrite=overwrite, threads=threads, pure=False)
+            client.submit(
+                protect_shard,
+                in_dir,
+                out_dir,
+                method,
+                settings,
+                shard=Shard(k, count),
+                allow_empty=allow_empty,
+                overwrite=overwrite,
+                threads=threads,
+                pure=False,
+            )
             for k in range(count)
-        ]  # fmt: skip
+        ]
         manifests = client.gather(futures)
     return manifests, verify(out_dir)
 

@@ -157,8 +157,13 @@ def protect_dataset(
                 else:
                     todo.append(case)
             _save(manifest, out, shard)
-            bar = tqdm(total=len(cases), initial=len(cases) - len(todo), desc="protect-dataset", unit="case",
-                       disable=None if progress else True)  # fmt: skip
+            bar = tqdm(
+                total=len(cases),
+                initial=len(cases) - len(todo),
+                desc="protect-dataset",
+                unit="case",
+                disable=None if progress else True,
+            )
             for case_id, record in _protect_cases(dataset, todo, out, case_protector, empty, pool):
                 manifest.cases[case_id] = record
                 _save(manifest, out, shard)

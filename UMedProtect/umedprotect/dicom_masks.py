@@ -103,8 +103,9 @@ def _read_seg(path: Path, reference: sitk.Image, image_frame: str | None, segmen
     available = {n: seg.get_segment_description(n).segment_label for n in seg.segment_numbers}
     numbers = _select(path, "segment", available, segments)
     try:
-        volume = seg.get_volume(segment_numbers=numbers, combine_segments=True, skip_overlap_checks=True,
-                                dtype=_label_dtype(numbers))  # fmt: skip
+        volume = seg.get_volume(
+            segment_numbers=numbers, combine_segments=True, skip_overlap_checks=True, dtype=_label_dtype(numbers)
+        )
     except (ValueError, RuntimeError) as exc:
         raise InputError(f"{path}: the SEG frames do not form a regular volume ({exc})") from None
     return volume.to_simpleitk()

@@ -110,7 +110,9 @@ def check_output_folder(path: str | os.PathLike, overwrite: bool = False) -> Pat
     if path.is_dir():
         entries = list(path.iterdir())
         if entries and not overwrite:
-            raise InputError(f"{path}: output folder is not empty (only its DICOM files are replaced)", option="overwrite")
+            raise InputError(
+                f"{path}: output folder is not empty (only its DICOM files are replaced)", option="overwrite"
+            )
         if any(not (entry.is_file() and entry.suffix.lower() == ".dcm") for entry in entries):
             raise InputError(f"{path}: output folder holds files other than a DICOM series; choose an empty or new one")
         if not os.access(path, os.W_OK | os.X_OK):
@@ -158,8 +160,13 @@ def write_series(
     try:
         for number, (name, header, values) in enumerate(zip(source.files, source.headers, slices), start=1):
             dataset = _derived(header, _stored_values(values, header, name), series_uid, description, identity)
-            pydicom.dcmwrite(staging / OUTPUT_FILE_PATTERN.format(number), dataset, enforce_file_format=True,
-                             little_endian=True, implicit_vr=False)  # fmt: skip
+            pydicom.dcmwrite(
+                staging / OUTPUT_FILE_PATTERN.format(number),
+                dataset,
+                enforce_file_format=True,
+                little_endian=True,
+                implicit_vr=False,
+            )
         written = _read_back(staging)
         problem = geometry_difference(written, reference)
         if problem or not np.array_equal(sitk.GetArrayViewFromImage(written).reshape(protected.shape), protected):
@@ -181,8 +188,10 @@ def _storage_problem(header) -> str | None:
         return f"BitsAllocated {header.get('BitsAllocated')} cannot be written back"
     slope, intercept = _rescale(header)
     if slope != round(slope) or intercept != round(intercept) or slope == 0:
-        return (f"rescale slope {slope:g} and intercept {intercept:g} are not integers, "
-                "so protected values cannot be stored exactly")  # fmt: skip
+        return (
+            f"rescale slope {slope:g} and intercept {intercept:g} are not integers, "
+            "so protected values cannot be stored exactly"
+        )
     return None
 
 

@@ -46,7 +46,9 @@ class FitSettings:
     surrogate_channels: int = 16
     surrogate_reset_every: int = 200  # generator steps between surrogate re-initialisations
     visibility_weight: float = 0.002  # weight of mean (delta/epsilon)^2 in the generator loss
-    offset_weight: float = 0.0  # weight of the squared mean change inside each patch's ROI (in epsilon): against a uniform shift
+    offset_weight: float = (
+        0.0  # weight of the squared mean change inside each patch's ROI (in epsilon): against a uniform shift
+    )
     freeze_codes: bool = False  # fit the generators only; the shortcut codes keep their initial pattern
     foreground_fraction: float = 0.67
     objective: str = "min-min"  # a name in objectives.OBJECTIVES
@@ -102,7 +104,10 @@ def sample_batch(
         zm.append(s.zmean)
         zs.append(s.zstd)
         clips.append(s.clip)
-    as_tensor = lambda a, dtype: torch.as_tensor(np.stack(a), dtype=dtype, device=device)  # noqa: E731
+
+    def as_tensor(a, dtype):
+        return torch.as_tensor(np.stack(a), dtype=dtype, device=device)
+
     return (
         as_tensor(images, torch.float32),
         as_tensor(maps, torch.float32),
@@ -189,9 +194,7 @@ class ProtectorFit:
         labels = batch[2] if labels is None else labels
         return augment_batch(victim_input(batch[0], batch, delta), labels, self.settings.augment, self.augment_rng)
 
-    def paired_views(
-        self, batch: Batch, delta: torch.Tensor
-    ) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    def paired_views(self, batch: Batch, delta: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
         """(clean, protected) victim views through the same augmentation, and their labels."""
         both = torch.cat([victim_input(batch[0], batch), victim_input(batch[0], batch, delta)], dim=1)
         x, labels = augment_batch(both, batch[2], self.settings.augment, self.augment_rng)

@@ -30,9 +30,17 @@ OUTPUT_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha")  # single-file formats kee
 SEGMENTATION_ENDING = ".seg.nrrd"
 RASTER_ENDINGS = (".png", ".tif", ".tiff")  # 2D formats that often carry no pixel size
 SUPPORTED_PIXEL_TYPES = {
-    sitk.sitkUInt8, sitk.sitkInt8, sitk.sitkUInt16, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32,
-    sitk.sitkUInt64, sitk.sitkInt64, sitk.sitkFloat32, sitk.sitkFloat64,
-}  # fmt: skip
+    sitk.sitkUInt8,
+    sitk.sitkInt8,
+    sitk.sitkUInt16,
+    sitk.sitkInt16,
+    sitk.sitkUInt32,
+    sitk.sitkInt32,
+    sitk.sitkUInt64,
+    sitk.sitkInt64,
+    sitk.sitkFloat32,
+    sitk.sitkFloat64,
+}
 SPACING_RTOL = 1e-4  # relative spacing difference still counted as the same grid
 DIRECTION_ATOL = 1e-4
 ORIGIN_TOL = 1e-3  # in units of the smallest voxel spacing
@@ -40,8 +48,17 @@ BYTES_PER_VOXEL_OVERHEAD = 4  # mask (up to 2 bytes), region map, comparisons
 SLAB_WORKING_SET = 12 * 8 * SLAB_VOXELS  # float64 arrays of the metrics over one slab
 MEMORY_ENV = "UMEDPROTECT_MEMORY_LIMIT_MB"  # overrides the available-memory reading (for tests)
 NIFTI_TYPES = {  # NIfTI datatype code -> numpy type
-    2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8",
-}  # fmt: skip
+    2: "u1",
+    4: "i2",
+    8: "i4",
+    16: "f4",
+    64: "f8",
+    256: "i1",
+    512: "u2",
+    768: "u4",
+    1024: "i8",
+    1280: "u8",
+}
 ITK_READER_KEYS = "ITK_original_"  # metadata of ITK's header reader that a read image does not carry
 FRAME_OF_REFERENCE_TAG = "0020|0052"  # DICOM FrameOfReferenceUID, kept on images read from DICOM
 
@@ -157,7 +174,9 @@ def _fmt(values) -> str:
     return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
 
 
-def geometry_difference(image: sitk.Image | sitk.ImageFileReader, reference: sitk.Image | sitk.ImageFileReader) -> str | None:
+def geometry_difference(
+    image: sitk.Image | sitk.ImageFileReader, reference: sitk.Image | sitk.ImageFileReader
+) -> str | None:
     """Describe how ``image``'s grid differs from ``reference`` beyond the tolerance, or None."""
     if image.GetSize() != reference.GetSize():
         return f"size {image.GetSize()} differs from {reference.GetSize()}"
@@ -182,7 +201,9 @@ def to_array(image: sitk.Image, copy: bool = True) -> tuple[np.ndarray, tuple[fl
     return voxels, tuple(reversed(image.GetSpacing()))
 
 
-def check_output_path(path: str | os.PathLike, overwrite: bool = False, endings: tuple[str, ...] = OUTPUT_ENDINGS) -> Path:
+def check_output_path(
+    path: str | os.PathLike, overwrite: bool = False, endings: tuple[str, ...] = OUTPUT_ENDINGS
+) -> Path:
     """Validate an output file name before any work: known format, writable folder, no clobbering."""
     path = Path(path)
     if not path.name.lower().endswith(endings):
@@ -212,9 +233,12 @@ def check_writable_dir(folder: str | os.PathLike) -> Path:
 
 
 def write_like(
-    array: np.ndarray, reference: sitk.Image, path: str | os.PathLike, overwrite: bool = False,
+    array: np.ndarray,
+    reference: sitk.Image,
+    path: str | os.PathLike,
+    overwrite: bool = False,
     endings: tuple[str, ...] = OUTPUT_ENDINGS,
-) -> Path:  # fmt: skip
+) -> Path:
     """Write ``array`` atomically with exactly the size, spacing, origin, direction and pixel type of ``reference``.
 
     The written file is read back (header only) and compared with ``reference`` before it is
@@ -453,7 +477,11 @@ def _read_file(path: Path, header: sitk.ImageFileReader, shown: Path, what: str)
     values = _read_nifti_data(path) if _is_nifti(path) else None
     shape = tuple(reversed(header.GetSize()))
     native = _numpy_dtype(header.GetPixelID())
-    if values is not None and values.dtype.newbyteorder("=") == native and values.size == np.prod(shape, dtype=np.int64):
+    if (
+        values is not None
+        and values.dtype.newbyteorder("=") == native
+        and values.size == np.prod(shape, dtype=np.int64)
+    ):
         image = sitk.GetImageFromArray(values.reshape(shape).astype(native, copy=False))
         image.SetSpacing(header.GetSpacing())
         image.SetOrigin(header.GetOrigin())
@@ -501,7 +529,9 @@ def _read_nifti_data(path: Path) -> np.ndarray | None:
     offset = max(offset, sizeof_hdr)
     expected = offset + n_values * bitpix // 8
     if len(content) < expected:
-        raise InputError(f"{path}: file is truncated ({len(content)} of {expected} bytes); the image data is incomplete")
+        raise InputError(
+            f"{path}: file is truncated ({len(content)} of {expected} bytes); the image data is incomplete"
+        )
     if datatype not in NIFTI_TYPES:
         return None
     values = np.frombuffer(content, dtype=order + NIFTI_TYPES[datatype], count=n_values, offset=offset)
@@ -514,7 +544,11 @@ def _check_structure(path: Path, image: sitk.Image | sitk.ImageFileReader) -> No
     dimension = image.GetDimension()
     if dimension not in (2, 3):
         raise InputError(f"{path}: {dimension}D images are not supported (2D images and 3D volumes only)")
-    components = image.GetNumberOfComponents() if isinstance(image, sitk.ImageFileReader) else image.GetNumberOfComponentsPerPixel()
+    components = (
+        image.GetNumberOfComponents()
+        if isinstance(image, sitk.ImageFileReader)
+        else image.GetNumberOfComponentsPerPixel()
+    )
     if components != 1:
         raise InputError(
             f"{path}: has {components} components per voxel (RGB, vector or complex); "
@@ -570,7 +604,8 @@ def _resample_like(label: sitk.Image, reference: sitk.Image, source: Path) -> si
             label = label[:, :, 0]
         else:
             raise InputError(
-                f"{source}: mask is {label.GetDimension()}D but the image is {reference.GetDimension()}D; they cannot be aligned"
+                f"{source}: mask is {label.GetDimension()}D but the image is {reference.GetDimension()}D; "
+                "they cannot be aligned"
             )
     return sitk.Resample(label, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
 

@@ -32,7 +32,9 @@ def dice_by_label(pred: np.ndarray, target: np.ndarray, n_classes: int) -> list[
     for c in range(1, n_classes):
         t = target == c
         p = pred == c
-        scores.append(2 * np.count_nonzero(p & t) / (np.count_nonzero(p) + np.count_nonzero(t)) if t.any() else math.nan)
+        scores.append(
+            2 * np.count_nonzero(p & t) / (np.count_nonzero(p) + np.count_nonzero(t)) if t.any() else math.nan
+        )
     return scores
 
 

@@ -76,7 +76,8 @@ def read_dataset(root: str | Path) -> NnUNetDataset:
         raise InputError(f"{root}: no training cases found in {TRAIN_IMAGES}/ (file ending {ending!r})")
     if meta["numTraining"] != len(training):
         raise InputError(
-            f"{root / 'dataset.json'}: numTraining is {meta['numTraining']} but {len(training)} training cases were found"
+            f"{root / 'dataset.json'}: numTraining is {meta['numTraining']} "
+            f"but {len(training)} training cases were found"
         )
     test = _cases_from_folder(root, TEST_IMAGES, TEST_LABELS, ending, n_channels, labels_required=False)
     return NnUNetDataset(root, meta, training, test, ending, labels)

@@ -152,9 +152,12 @@ class SliceView:
 
 
 def slice_view(
-    shape: Sequence[int], axis: int | None, index: int | None, spacing: Sequence[float] | None = None,
+    shape: Sequence[int],
+    axis: int | None,
+    index: int | None,
+    spacing: Sequence[float] | None = None,
     direction: Sequence[float] | None = None,
-) -> SliceView:  # fmt: skip
+) -> SliceView:
     """The :class:`SliceView` of slice ``index`` along numpy ``axis`` of an image of ``shape``.
 
     ``spacing`` is per numpy axis; ``direction`` is SimpleITK's (row-major, LPS; column j is the
@@ -178,9 +181,11 @@ def slice_view(
     screen_down = -vector[rows] if flip_rows else vector[rows]
     screen_right = -vector[cols] if flip_cols else vector[cols]
     letters = {
-        "top": _letter(-screen_down), "bottom": _letter(screen_down),
-        "left": _letter(-screen_right), "right": _letter(screen_right),
-    }  # fmt: skip
+        "top": _letter(-screen_down),
+        "bottom": _letter(screen_down),
+        "left": _letter(-screen_right),
+        "right": _letter(screen_right),
+    }
     name = f"{plane} slice {index} of {shape[axis]} ({'KJI'[axis]} index)"
     return SliceView(name, transpose, flip_rows, flip_cols, letters, spacing[rows] / spacing[cols])
 
@@ -249,9 +254,14 @@ def save_heatmap_png(
     axes[0].set_title("original")
     axes[1].imshow(before, **grey)
     heat = axes[1].imshow(
-        np.ma.masked_equal(change, 0), cmap="autumn", vmin=0.0, vmax=max(float(change.max()), 1e-12),
-        alpha=HEAT_ALPHA, interpolation="nearest", aspect=view.aspect,
-    )  # fmt: skip
+        np.ma.masked_equal(change, 0),
+        cmap="autumn",
+        vmin=0.0,
+        vmax=max(float(change.max()), 1e-12),
+        alpha=HEAT_ALPHA,
+        interpolation="nearest",
+        aspect=view.aspect,
+    )
     axes[1].set_title("|perturbation| over the original")
     figure.colorbar(heat, ax=axes[1], shrink=0.9, label=f"|perturbation| ({units})")
     axes[2].imshow(after, **grey)
@@ -289,9 +299,23 @@ def _draw_letters(axis, letters: dict[str, str] | None) -> None:
         return
     from matplotlib import patheffects
 
-    places = {"top": (0.5, 0.99, "center", "top"), "bottom": (0.5, 0.01, "center", "bottom"),
-              "left": (0.01, 0.5, "left", "center"), "right": (0.99, 0.5, "right", "center")}  # fmt: skip
+    places = {
+        "top": (0.5, 0.99, "center", "top"),
+        "bottom": (0.5, 0.01, "center", "bottom"),
+        "left": (0.01, 0.5, "left", "center"),
+        "right": (0.99, 0.5, "right", "center"),
+    }
     outline = [patheffects.withStroke(linewidth=2, foreground="black")]
     for edge, (x, y, ha, va) in places.items():
-        axis.text(x, y, letters[edge], transform=axis.transAxes, ha=ha, va=va, color="white", fontsize=9,
-                  fontweight="bold", path_effects=outline)  # fmt: skip
+        axis.text(
+            x,
+            y,
+            letters[edge],
+            transform=axis.transAxes,
+            ha=ha,
+            va=va,
+            color="white",
+            fontsize=9,
+            fontweight="bold",
+            path_effects=outline,
+        )

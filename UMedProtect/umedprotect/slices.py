@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .intensity import Window, intensity_window
 from .array_protection import slice_axis_for
+from .intensity import Window, intensity_window
 
 
 @dataclass

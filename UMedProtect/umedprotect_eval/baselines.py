@@ -36,14 +36,14 @@ import torch
 import torch.nn.functional as F
 from scipy.signal import lfilter
 
+from umedprotect.array_protection import ProtectionResult, check_inputs, make_result, slice_axis_for
 from umedprotect.augment import AugmentSettings, augment_batch
 from umedprotect.devices import resolve_device
 from umedprotect.errors import InputError
-from umedprotect.settings import OPTIONS
 from umedprotect.intensity import apply_change, intensity_window, normalize
 from umedprotect.losses import dice_ce_loss
 from umedprotect.networks import UNet2d
-from umedprotect.array_protection import ProtectionResult, check_inputs, make_result, slice_axis_for
+from umedprotect.settings import OPTIONS
 from umedprotect.slices import SliceSample, crop_or_pad, patch_origin
 
 METHOD_NAMES = ("em", "tap", "lsp", "ar", "sep", "random")
@@ -100,7 +100,9 @@ def build_case_protector(
     else:
         perturb = _SurrogatePerturbation(name, dataset, eps, resolve_device(device), seed, settings)
 
-    def case_protector(image: np.ndarray, labels: np.ndarray, spacing: Sequence[float] | None = None) -> ProtectionResult:
+    def case_protector(
+        image: np.ndarray, labels: np.ndarray, spacing: Sequence[float] | None = None
+    ) -> ProtectionResult:
         return _protect(image, labels, spacing, epsilon, perturb)
 
     return case_protector
@@ -153,7 +155,9 @@ def _compose(class_noise: Callable[[int, tuple[int, int]], np.ndarray], labels: 
     delta = np.empty(labels.shape, np.float64)
     for k, lab in enumerate(labels):
         roi = lab != 0
-        delta[k] = np.where(roi, _scale_to_budget(class_noise(1, lab.shape), eps), _scale_to_budget(class_noise(0, lab.shape), eps))
+        delta[k] = np.where(
+            roi, _scale_to_budget(class_noise(1, lab.shape), eps), _scale_to_budget(class_noise(0, lab.shape), eps)
+        )
     return delta, np.ones(labels.shape, bool)
 
 
@@ -199,9 +203,13 @@ def _ar_field(coeffs: np.ndarray, shape: tuple[int, int], rng: np.random.Generat
     for i in range(2, h):
         drive = np.zeros(w)
         drive[2:] = (
-            a[0] * x[i - 2, :-2] + a[1] * x[i - 2, 1:-1] + a[2] * x[i - 2, 2:]
-            + a[3] * x[i - 1, :-2] + a[4] * x[i - 1, 1:-1] + a[5] * x[i - 1, 2:]
-        )  # fmt: skip
+            a[0] * x[i - 2, :-2]
+            + a[1] * x[i - 2, 1:-1]
+            + a[2] * x[i - 2, 2:]
+            + a[3] * x[i - 1, :-2]
+            + a[4] * x[i - 1, 1:-1]
+            + a[5] * x[i - 1, 2:]
+        )
         # x[j] = a7 x[j-1] + a6 x[j-2] + drive[j] for j >= 2, with x[0], x[1] kept as initial values
         row = lfilter([1.0], [1.0, -a[7], -a[6]], drive[2:], zi=_ar_initial_state(a, x[i, 0], x[i, 1]))[0]
         x[i, 2:] = row
@@ -236,8 +244,9 @@ class _SurrogatePerturbation:
     """EM, TAP and SEP: surrogate U-Net(s) trained on the dataset's training slices, then sign-PGD."""
 
     def __init__(self, name: str, dataset, eps: float, device: torch.device, seed: int, settings: BaselineSettings):
-        from .evaluation import to_class_indices
         from umedprotect.slices import load_slices
+
+        from .evaluation import to_class_indices
 
         self.name, self.eps, self.device, self.settings = name, eps, device, settings
         self.values = sorted(dataset.label_values)
@@ -301,8 +310,9 @@ class _SurrogatePerturbation:
         for _ in range(s.em_rounds):
             self._train(model, optimiser, s.em_train_steps, deltas)
             for k, item in enumerate(self.data):
-                deltas[k] = self._pgd([model], item.image[None], item.labels[None], item.zmean, item.zstd,
-                                      deltas[k][None], s.em_pgd_steps)[0]  # fmt: skip
+                deltas[k] = self._pgd(
+                    [model], item.image[None], item.labels[None], item.zmean, item.zstd, deltas[k][None], s.em_pgd_steps
+                )[0]
         for item, delta in zip(self.data, deltas):
             self.cache[_slice_key(item.image, item.labels)] = delta
         return model
@@ -366,6 +376,8 @@ def _permuted(labels: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def _frozen_copy(model: UNet2d, n_classes: int, settings: BaselineSettings) -> UNet2d:
-    copy = UNet2d(1, n_classes, settings.surrogate_channels, settings.surrogate_levels).to(next(model.parameters()).device)
+    copy = UNet2d(1, n_classes, settings.surrogate_channels, settings.surrogate_levels).to(
+        next(model.parameters()).device
+    )
     copy.load_state_dict(model.state_dict())
     return copy.eval()

@@ -78,29 +78,69 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("clean_dir", metavar="CLEAN_DIR", help="clean nnU-Net v2 raw dataset")
     p.add_argument("protected_dir", metavar="PROTECTED_DIR", help="protected version of the same dataset")
     p.add_argument("--test-dir", metavar="DIR", help="dataset with the clean test cases, if CLEAN_DIR has none")
-    p.add_argument("--victim", nargs="+", choices=tuple(VICTIMS), default=["unet"], help="victim architecture(s) (default unet)")
-    p.add_argument("--defense", nargs="+", choices=tuple(DEFENSES), default=[], help="also train on the protected data after these defenses")
-    p.add_argument("--augmentation", choices=tuple(AUGMENTATIONS), default="nnunet",
-                   help="victims' training augmentation: nnunet (nnU-Net v2's transforms and probabilities), "
-                   "nnunet-like (the same transforms drawn as UMedProtect's fitting draws them), or none "
-                   "(default %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--victim", nargs="+", choices=tuple(VICTIMS), default=["unet"], help="victim architecture(s) (default unet)"
+    )
+    p.add_argument(
+        "--defense",
+        nargs="+",
+        choices=tuple(DEFENSES),
+        default=[],
+        help="also train on the protected data after these defenses",
+    )
+    p.add_argument(
+        "--augmentation",
+        choices=tuple(AUGMENTATIONS),
+        default="nnunet",
+        help="victims' training augmentation: nnunet (nnU-Net v2's transforms and probabilities), "
+        "nnunet-like (the same transforms drawn as UMedProtect's fitting draws them), or none "
+        "(default %(default)s)",
+    )
     p.add_argument("--epochs", type=int, default=defaults.epochs, help="training epochs (default %(default)s)")
-    p.add_argument("--iterations", type=int, default=defaults.iterations_per_epoch, help="iterations per epoch (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per iteration (default %(default)s)")
-    p.add_argument("--patch-size", type=int, default=defaults.patch_size,
-                   help="patch side in pixels (3D victims: cubes, at most as deep as the volumes) (default %(default)s)")
-    p.add_argument("--optimizer", choices=tuple(DEFAULT_LEARNING_RATES), default=defaults.optimizer, help="victim optimiser (default %(default)s, as nnU-Net)")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=defaults.iterations_per_epoch,
+        help="iterations per epoch (default %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="patches per iteration (default %(default)s)"
+    )
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        default=defaults.patch_size,
+        help="patch side in pixels (3D victims: cubes, at most as deep as the volumes) (default %(default)s)",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=tuple(DEFAULT_LEARNING_RATES),
+        default=defaults.optimizer,
+        help="victim optimiser (default %(default)s, as nnU-Net)",
+    )
     p.add_argument("--learning-rate", type=float, help="initial learning rate (default: sgd 0.01, adam 0.001)")
-    p.add_argument("--seed", type=int, nargs="+", default=[defaults.seed], metavar="N",
-                   help="random seed(s) (default %(default)s); with several, every victim is trained once per seed "
-                   "and the report adds the mean and spread of the ratio: a single best-epoch ratio can vary a lot "
-                   "with the seed")  # fmt: skip
-    p.add_argument("--normalisation", choices=("auto", *NORMALISATIONS), default="auto",
-                   help="victims' intensity normalisation: auto (nnU-Net's choice: ct when dataset.json names the "
-                   "channel CT, else zscore), ct, or zscore (per case; an attacker's choice when subjects differ in "
-                   "contrast phase) (default %(default)s)")  # fmt: skip
+    p.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[defaults.seed],
+        metavar="N",
+        help="random seed(s) (default %(default)s); with several, every victim is trained once per seed "
+        "and the report adds the mean and spread of the ratio: a single best-epoch ratio can vary a lot "
+        "with the seed",
+    )
+    p.add_argument(
+        "--normalisation",
+        choices=("auto", *NORMALISATIONS),
+        default="auto",
+        help="victims' intensity normalisation: auto (nnU-Net's choice: ct when dataset.json names the "
+        "channel CT, else zscore), ct, or zscore (per case; an attacker's choice when subjects differ in "
+        "contrast phase) (default %(default)s)",
+    )
     add_option(p, "device")
-    p.add_argument("-o", "--output", metavar="REPORT.json", help="write the full report (per-epoch DSC curves included)")
+    p.add_argument(
+        "-o", "--output", metavar="REPORT.json", help="write the full report (per-epoch DSC curves included)"
+    )
     p.set_defaults(func=run)
 
 
@@ -139,7 +179,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("values must differ", option="seed")
     normalisation = None if args.normalisation == "auto" else args.normalisation
     report = evaluate(
-        args.clean_dir, args.protected_dir, args.test_dir, args.victim, args.defense, settings, progress, args.seed, normalisation
+        args.clean_dir,
+        args.protected_dir,
+        args.test_dir,
+        args.victim,
+        args.defense,
+        settings,
+        progress,
+        args.seed,
+        normalisation,
     )
     for warning in report["warnings"]:
         print(f"WARNING: {warning}", file=sys.stderr)
@@ -164,19 +212,23 @@ def format_table(report: dict) -> str:
     lead = 28 + 6 * seeded
     groups = "".join(f"{'-- ' + RULE_TITLES[rule] + ' --':^24}" for rule in RULE_KEYS)
     header = (
-        f"{'victim':<16}{'defense':<12}" + (f"{'seed':>6}" if seeded else "")
+        f"{'victim':<16}{'defense':<12}"
+        + (f"{'seed':>6}" if seeded else "")
         + f"{'clean':>8}{'prot.':>8}{'ratio':>8}" * len(RULE_KEYS)
         + f"{'clean fit':>10}{'prot. fit':>10}{'prot. on clean':>15}"
-    )  # fmt: skip
+    )
     lines = [" " * lead + groups, header, "-" * len(header)]
     for row in report["summary"]:
         lines.append(
-            f"{row['victim']:<16}{row['defense']:<12}" + (f"{row['seed']:>6}" if seeded else "")
-            + "".join(f"{_fmt(row[f'clean_{k}']):>8}{_fmt(row[f'protected_{k}']):>8}{_fmt(row[f'ratio_{k}']):>8}"
-                      for k in RULE_KEYS.values())
+            f"{row['victim']:<16}{row['defense']:<12}"
+            + (f"{row['seed']:>6}" if seeded else "")
+            + "".join(
+                f"{_fmt(row[f'clean_{k}']):>8}{_fmt(row[f'protected_{k}']):>8}{_fmt(row[f'ratio_{k}']):>8}"
+                for k in RULE_KEYS.values()
+            )
             + f"{_fmt(row['clean_train_dsc']):>10}{_fmt(row['protected_train_dsc']):>10}"
             + f"{_fmt(row['protected_clean_train_dsc']):>15}"
-        )  # fmt: skip
+        )
     if len(report["labels"]) > 1:
         for row in report["summary"]:
             seed = f" seed {row['seed']}" if seeded else ""

@@ -33,6 +33,7 @@ import numpy as np
 from umedprotect.errors import InputError
 from umedprotect.metrics import image_quality
 from umedprotect.slices import SliceSample, ct_statistics
+
 from .training import (
     CHECKPOINT_RULES,
     NORMALISATIONS,
@@ -107,7 +108,10 @@ def to_class_indices(samples: Sequence[SliceSample], label_values: Sequence[int]
 def _ct_statistics_report(data) -> dict:
     """The CT normalisation each victim derives from its training foreground (clip range, mean, std)."""
     keys = ("clip_low", "clip_high", "mean", "std")
-    return {name: dict(zip(keys, ct_statistics(train))) for name, train in (("clean", data.clean), ("protected", data.protected))}
+    return {
+        name: dict(zip(keys, ct_statistics(train)))
+        for name, train in (("clean", data.clean), ("protected", data.protected))
+    }
 
 
 @dataclass
@@ -124,7 +128,9 @@ class EvaluationData:
     label_names: list[str]  # dataset.json's names of the foreground labels, in class-index order
 
 
-def load_evaluation_data(clean_dir: str | Path, protected_dir: str | Path, test_dir: str | Path | None = None) -> EvaluationData:
+def load_evaluation_data(
+    clean_dir: str | Path, protected_dir: str | Path, test_dir: str | Path | None = None
+) -> EvaluationData:
     """Read both training sets and the test cases; check they describe the same cases and labels.
 
     Test cases: the labelled ``imagesTs``/``labelsTs`` of ``clean_dir`` when present, otherwise
@@ -322,8 +328,14 @@ def _summary_row(
     for rule in CHECKPOINT_RULES:
         key = RULE_KEYS[rule]
         if rule not in rules:  # nothing could be held out for validation
-            row.update({f"clean_{key}": math.nan, f"protected_{key}": math.nan, f"ratio_{key}": math.nan,
-                        f"ratio_{key}_by_label": dict.fromkeys(labels, math.nan)})  # fmt: skip
+            row.update(
+                {
+                    f"clean_{key}": math.nan,
+                    f"protected_{key}": math.nan,
+                    f"ratio_{key}": math.nan,
+                    f"ratio_{key}_by_label": dict.fromkeys(labels, math.nan),
+                }
+            )
             continue
         row[f"clean_{key}"], row[f"protected_{key}"] = clean.dsc(rule), protected.dsc(rule)
         row[f"ratio_{key}"] = ratio(protected.dsc(rule), clean.dsc(rule))

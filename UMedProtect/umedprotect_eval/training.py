@@ -30,6 +30,7 @@ from umedprotect.devices import resolve_device
 from umedprotect.errors import InputError
 from umedprotect.losses import dice_by_label, dice_ce_loss, nan_mean
 from umedprotect.slices import SliceSample, crop_or_pad, ct_statistics, patch_origin
+
 from .victims import build_victim, victim_spec
 
 EpochProgress = Callable[[str, int, int, float], None]  # (run name, epoch, epochs, test DSC)
@@ -369,9 +370,12 @@ def _optimiser(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.O
     if settings.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     return torch.optim.SGD(
-        model.parameters(), lr=settings.learning_rate, momentum=settings.momentum, nesterov=True,
+        model.parameters(),
+        lr=settings.learning_rate,
+        momentum=settings.momentum,
+        nesterov=True,
         weight_decay=settings.weight_decay,
-    )  # fmt: skip
+    )
 
 
 def _fit_check_slices(train: Sequence[SliceSample]) -> list[SliceSample]:

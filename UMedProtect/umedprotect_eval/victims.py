@@ -73,8 +73,11 @@ class UNet3d(nn.Module):
 def _conv_block_3d(in_channels: int, out_channels: int) -> nn.Sequential:
     layers = []
     for channels in (in_channels, out_channels):
-        layers += [nn.Conv3d(channels, out_channels, 3, padding=1), nn.InstanceNorm3d(out_channels, affine=True),
-                   nn.LeakyReLU(0.01, inplace=True)]  # fmt: skip
+        layers += [
+            nn.Conv3d(channels, out_channels, 3, padding=1),
+            nn.InstanceNorm3d(out_channels, affine=True),
+            nn.LeakyReLU(0.01, inplace=True),
+        ]
     return nn.Sequential(*layers)
 
 
@@ -148,14 +151,28 @@ VICTIMS: dict[str, VictimSpec] = {
     for spec in (
         VictimSpec("unet", "UMedProtect's 2D U-Net (4 levels, 32 base channels)", 8, _unet),
         VictimSpec("unet-small", "the same with 16 base channels (about 3x faster: CPU checks)", 8, _small_unet),
-        VictimSpec("plainconvunet", "nnU-Net PlainConvUNet, 2D, 5 stages (dynamic-network-architectures)", 16, _plain_conv_unet),
-        VictimSpec("resencunet", "nnU-Net ResidualEncoderUNet (ResEnc-M-like), 2D, 5 stages", 16, _residual_encoder_unet),
+        VictimSpec(
+            "plainconvunet", "nnU-Net PlainConvUNet, 2D, 5 stages (dynamic-network-architectures)", 16, _plain_conv_unet
+        ),
+        VictimSpec(
+            "resencunet", "nnU-Net ResidualEncoderUNet (ResEnc-M-like), 2D, 5 stages", 16, _residual_encoder_unet
+        ),
         VictimSpec("segresnet", "MONAI SegResNet, 2D, 16 initial filters", 8, _segresnet),
         VictimSpec("basicunet", "MONAI BasicUNet, 2D", 16, _basicunet),
-        VictimSpec("plainconvunet3d", "nnU-Net 3d_fullres-like: PlainConvUNet, 3D, 5 stages, on 3D patches", 16,
-                   _plain_conv_unet_3d, spatial_dims=3),
-        VictimSpec("unet3d", "a small built-in 3D U-Net (3 levels, 16 base channels), on 3D patches", 4, _unet3d,
-                   spatial_dims=3),
+        VictimSpec(
+            "plainconvunet3d",
+            "nnU-Net 3d_fullres-like: PlainConvUNet, 3D, 5 stages, on 3D patches",
+            16,
+            _plain_conv_unet_3d,
+            spatial_dims=3,
+        ),
+        VictimSpec(
+            "unet3d",
+            "a small built-in 3D U-Net (3 levels, 16 base channels), on 3D patches",
+            4,
+            _unet3d,
+            spatial_dims=3,
+        ),
     )
 }
 

@@ -93,7 +93,9 @@ def chosen_command(argv: Sequence[str]) -> str | None:
 
 def _add_unavailable(subparsers: argparse._SubParsersAction, command: str, missing: str) -> None:
     """A placeholder for a command whose optional dependencies are not installed."""
-    message = f"'{command}' needs the Python package '{missing}', which is not installed (see the README's install section)"
+    message = (
+        f"'{command}' needs the Python package '{missing}', which is not installed (see the README's install section)"
+    )
     parser = subparsers.add_parser(command, help=f"(unavailable: needs {missing})", description=message, add_help=False)
     parser.add_argument("rest", nargs=argparse.REMAINDER)
 

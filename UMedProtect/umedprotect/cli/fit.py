@@ -41,33 +41,99 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("datasets", nargs="+", metavar="IN_DIR", help="nnU-Net v2 raw dataset folder(s)")
     p.add_argument("-o", "--output", required=True, help="protector file to write (.safetensors)")
-    add_option(p, "epsilon", default=config.epsilon, metavar="E",
-               help="budget in 1/255 of the intensity window (default %(default)s)")  # fmt: skip
-    add_option(p, "band_radius", default=config.band_radius, metavar="B",
-               help="contour band half-width in pixels (default %(default)s)")  # fmt: skip
-    p.add_argument("--texture-floor", type=float, default=config.texture_floor, help="lowest texture bound, fraction of the budget (default %(default)s)")
-    p.add_argument("--codes", dest="code_init", choices=CODE_INITS, default=config.code_init, help="initial per-label codes: white noise or isotropic blobs (both tiled on the image grid), or "
-                   "rings following each label's edge (default %(default)s)")
-    p.add_argument("--code-period", type=int, default=config.code_period, help="period of the per-label codes, pixels (rings: of depth below the edge) (default %(default)s)")
-    p.add_argument("--base-channels", type=int, default=config.base_channels, help="generator width (default %(default)s)")
-    p.add_argument("--steps", type=int, default=defaults.steps, help="generator steps at most; 0: no fitting, the protector draws its codes alone (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per step (default %(default)s)")
-    p.add_argument("--patch-size", type=int, default=defaults.patch_size, help="patch size in pixels (default %(default)s)")
-    objectives = "; ".join(f"{name}: {objective.help}" for name, objective in OBJECTIVES.items())
-    p.add_argument("--objective", choices=tuple(OBJECTIVES), default=defaults.objective,
-                   help=f"{objectives} (default %(default)s)")  # fmt: skip
-    p.add_argument("--pretrain-steps", type=int, default=defaults.pretrain_steps, help="targeted, alignment: surrogate steps on clean data first (default %(default)s)")
+    add_option(
+        p,
+        "epsilon",
+        default=config.epsilon,
+        metavar="E",
+        help="budget in 1/255 of the intensity window (default %(default)s)",
+    )
+    add_option(
+        p,
+        "band_radius",
+        default=config.band_radius,
+        metavar="B",
+        help="contour band half-width in pixels (default %(default)s)",
+    )
     p.add_argument(
-        "--surrogate-reset-every", type=int, default=defaults.surrogate_reset_every,
+        "--texture-floor",
+        type=float,
+        default=config.texture_floor,
+        help="lowest texture bound, fraction of the budget (default %(default)s)",
+    )
+    p.add_argument(
+        "--codes",
+        dest="code_init",
+        choices=CODE_INITS,
+        default=config.code_init,
+        help="initial per-label codes: white noise or isotropic blobs (both tiled on the image grid), or "
+        "rings following each label's edge (default %(default)s)",
+    )
+    p.add_argument(
+        "--code-period",
+        type=int,
+        default=config.code_period,
+        help="period of the per-label codes, pixels (rings: of depth below the edge) (default %(default)s)",
+    )
+    p.add_argument(
+        "--base-channels", type=int, default=config.base_channels, help="generator width (default %(default)s)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=defaults.steps,
+        help="generator steps at most; 0: no fitting, the protector draws its codes alone (default %(default)s)",
+    )
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="patches per step (default %(default)s)")
+    p.add_argument(
+        "--patch-size", type=int, default=defaults.patch_size, help="patch size in pixels (default %(default)s)"
+    )
+    objectives = "; ".join(f"{name}: {objective.help}" for name, objective in OBJECTIVES.items())
+    p.add_argument(
+        "--objective", choices=tuple(OBJECTIVES), default=defaults.objective, help=f"{objectives} (default %(default)s)"
+    )
+    p.add_argument(
+        "--pretrain-steps",
+        type=int,
+        default=defaults.pretrain_steps,
+        help="targeted, alignment: surrogate steps on clean data first (default %(default)s)",
+    )
+    p.add_argument(
+        "--surrogate-reset-every",
+        type=int,
+        default=defaults.surrogate_reset_every,
         help="min-min, race: generator steps between surrogate re-initialisations (default %(default)s)",
     )
-    p.add_argument("--generator-gain", type=float, default=config.generator_gain,
-                   help="bound on each generator's pre-activation (0: none); below the codes' amplitude (3 for "
-                   "blobs and rings) the generators adapt the codes but cannot overturn them (default %(default)s)")  # fmt: skip
-    p.add_argument("--offset-weight", type=float, default=defaults.offset_weight, help="penalty on a uniform shift of the ROI (default %(default)s)")
-    p.add_argument("--freeze-codes", action="store_true", help="fit the generators only: the shortcut codes keep their initial pattern")
-    p.add_argument("--stop-dice", type=float, default=defaults.stop_dice, help="stopping rule: surrogate training Dice (default %(default)s)")
-    p.add_argument("--min-steps", type=int, default=defaults.min_steps, help="steps before the stopping rule applies (default %(default)s)")
+    p.add_argument(
+        "--generator-gain",
+        type=float,
+        default=config.generator_gain,
+        help="bound on each generator's pre-activation (0: none); below the codes' amplitude (3 for "
+        "blobs and rings) the generators adapt the codes but cannot overturn them (default %(default)s)",
+    )
+    p.add_argument(
+        "--offset-weight",
+        type=float,
+        default=defaults.offset_weight,
+        help="penalty on a uniform shift of the ROI (default %(default)s)",
+    )
+    p.add_argument(
+        "--freeze-codes",
+        action="store_true",
+        help="fit the generators only: the shortcut codes keep their initial pattern",
+    )
+    p.add_argument(
+        "--stop-dice",
+        type=float,
+        default=defaults.stop_dice,
+        help="stopping rule: surrogate training Dice (default %(default)s)",
+    )
+    p.add_argument(
+        "--min-steps",
+        type=int,
+        default=defaults.min_steps,
+        help="steps before the stopping rule applies (default %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
     add_option(p, "device")
     p.add_argument("--history", metavar="JSON", help="also write the per-step fitting history here")
@@ -97,7 +163,14 @@ def _fit(args: argparse.Namespace) -> int:
 
     output = check_output_path(args.output, args.overwrite, endings=(".safetensors",))
     history_path = check_output_path(args.history, args.overwrite, endings=(".json",)) if args.history else None
-    for name, low in (("steps", 0), ("batch_size", 1), ("patch_size", 16), ("surrogate_reset_every", 1), ("min_steps", 0), ("pretrain_steps", 0)):
+    for name, low in (
+        ("steps", 0),
+        ("batch_size", 1),
+        ("patch_size", 16),
+        ("surrogate_reset_every", 1),
+        ("min_steps", 0),
+        ("pretrain_steps", 0),
+    ):
         if getattr(args, name) < low:
             raise InputError(f"must be at least {low}", option=name)
     if not 0 < args.stop_dice <= 1:
@@ -106,7 +179,18 @@ def _fit(args: argparse.Namespace) -> int:
         raise InputError(f"{args.offset_weight:g} must be at least 0", option="offset_weight")
     names = {f.name for f in fields(FitSettings)}
     settings = FitSettings(**{k: v for k, v in vars(args).items() if k in names})
-    values = {name: getattr(args, name) for name in ("epsilon", "band_radius", "base_channels", "texture_floor", "code_init", "code_period", "generator_gain")}
+    values = {
+        name: getattr(args, name)
+        for name in (
+            "epsilon",
+            "band_radius",
+            "base_channels",
+            "texture_floor",
+            "code_init",
+            "code_period",
+            "generator_gain",
+        )
+    }
     check_config_values(values)
     config = ProtectorConfig(**values)
     samples = dataset_slices(args.datasets)  # validates the datasets before the progress bar starts

@@ -48,46 +48,75 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("mask", metavar="MASK", help="label map, Slicer .seg.nrrd, DICOM SEG or RTSTRUCT file")
     parser.add_argument("-o", "--output", metavar="OUTPUT", required=True, help="protected image file or DICOM folder")
     parser.add_argument(
-        "--output-format", choices=OUTPUT_FORMATS, default="auto",
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        default="auto",
         help="dicom: a DICOM series in the OUTPUT folder; auto (default): a DICOM series when OUTPUT is a folder, "
         "else the format of OUTPUT's extension",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--segments", type=parse_segments, metavar="NAMES",
+        "--segments",
+        type=parse_segments,
+        metavar="NAMES",
         help="DICOM SEG segments or RTSTRUCT ROIs to read from MASK, by name or number, e.g. Liver,Tumor "
         "(default: all)",
-    )  # fmt: skip
+    )
     add_protection_options(parser)
     parser.add_argument(
         "--heatmap", metavar="PNG", help="also write a preview of one slice: original | |change| over it | protected"
     )
     window_choices = "{" + ",".join(WINDOW_CHOICES) + "} or L,W"
-    parser.add_argument("--window", type=_window_option, default="auto", metavar=window_choices,
-                        help="grey-level window of the --heatmap (default auto: the DICOM window, else CT soft tissue "
-                        "L 40 W 400 for a CT, else the 0.5-99.5 intensity percentiles; L,W: level and width)")
+    parser.add_argument(
+        "--window",
+        type=_window_option,
+        default="auto",
+        metavar=window_choices,
+        help="grey-level window of the --heatmap (default auto: the DICOM window, else CT soft tissue "
+        "L 40 W 400 for a CT, else the 0.5-99.5 intensity percentiles; L,W: level and width)",
+    )
     parser.add_argument(
         "--slice", type=int, metavar="N", help="slice of the --heatmap (index as in Slicer; default: the most changed)"
     )
-    parser.add_argument("--report", metavar="JSON", help="also write a JSON report (inputs, hashes, parameters, metrics)")
-    parser.add_argument("--resample-mask", action="store_true", help="resample a mask on another grid onto the image (nearest neighbour) instead of refusing it")
+    parser.add_argument(
+        "--report", metavar="JSON", help="also write a JSON report (inputs, hashes, parameters, metrics)"
+    )
+    parser.add_argument(
+        "--resample-mask",
+        action="store_true",
+        help="resample a mask on another grid onto the image (nearest neighbour) instead of refusing it",
+    )
     parser.add_argument("--series-uid", metavar="UID", help="DICOM series to read when the IMAGE folder holds several")
-    parser.add_argument("--many-labels", action="store_true",
-                        help=f"accept a mask with more than {MAX_LABELS} labels, or with as many distinct values "
-                        "as the image (refused by default: image and mask are likely swapped)")  # fmt: skip
+    parser.add_argument(
+        "--many-labels",
+        action="store_true",
+        help=f"accept a mask with more than {MAX_LABELS} labels, or with as many distinct values "
+        "as the image (refused by default: image and mask are likely swapped)",
+    )
     parser.set_defaults(func=run)
 
 
 def add_protection_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``protect`` and ``protect-dataset``, built from the settings table."""
-    parser.add_argument("--protector", metavar="PATH", help="protector file (.safetensors); default: the bundled protector")
+    parser.add_argument(
+        "--protector", metavar="PATH", help="protector file (.safetensors); default: the bundled protector"
+    )
     add_option(parser, "epsilon", metavar="E")
     add_option(parser, "band_radius", metavar="B")
-    parser.add_argument("--labels", type=parse_labels, metavar="1,2", help="protect only these label values (default: every non-zero label)")
+    parser.add_argument(
+        "--labels",
+        type=parse_labels,
+        metavar="1,2",
+        help="protect only these label values (default: every non-zero label)",
+    )
     add_option(parser, "min_psnr", metavar="DB")
     add_option(parser, "device")
     add_option(parser, "seed", metavar="N")
     add_option(parser, "batch_size", metavar="N")
-    parser.add_argument("--allow-empty", action="store_true", help="write images whose mask is empty unchanged (default: refuse/skip them with a warning)")
+    parser.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="write images whose mask is empty unchanged (default: refuse/skip them with a warning)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
 
 
@@ -158,7 +187,12 @@ def run(args: argparse.Namespace) -> int:
         check_slice_index(args.slice, array.shape, slice_axis_for(spacing, array.ndim))
     settings = settings_from(args)
     setup = setup_method(DEFAULT_METHOD, settings)
-    case_protector, parameters, protector_info, device = setup.case_protector, setup.parameters, setup.protector_info, setup.device
+    case_protector, parameters, protector_info, device = (
+        setup.case_protector,
+        setup.parameters,
+        setup.protector_info,
+        setup.device,
+    )
     print(device_line(settings.device))
     read_s = time.perf_counter() - started
 
@@ -191,7 +225,9 @@ def run(args: argparse.Namespace) -> int:
             sha = protector_info["sha256"] if protector_info else None
             description = dicom_series.derivation_description(setup.method, parameters, sha)
             written.append(
-                dicom_series.write_series(result.protected, image, source, outputs["output"], description, args.overwrite)
+                dicom_series.write_series(
+                    result.protected, image, source, outputs["output"], description, args.overwrite
+                )
             )
         else:
             written.append(_write_image(result.protected, image, image_path, outputs["output"], args.overwrite))
@@ -201,7 +237,9 @@ def run(args: argparse.Namespace) -> int:
             report = ProtectionReport(
                 inputs=ReportInputs(
                     image=InputImageRecord(str(image_path), io.input_sha256(image_path), **io.image_info(image)),
-                    mask=InputMaskRecord(str(mask_path), io.input_sha256(mask_path), sorted(present), args.resample_mask),
+                    mask=InputMaskRecord(
+                        str(mask_path), io.input_sha256(mask_path), sorted(present), args.resample_mask
+                    ),
                 ),
                 output=FileRecord(str(outputs["output"]), io.input_sha256(outputs["output"])),
                 heatmap=str(outputs["heatmap"]) if args.heatmap else None,
@@ -210,8 +248,11 @@ def run(args: argparse.Namespace) -> int:
                 metrics=result.metrics,
                 versions=io.software_versions(),
                 device=device,
-                timing_s={"read": round(read_s, 3), "protect": round(protect_s, 3),
-                          "total": round(time.perf_counter() - started, 3)},  # fmt: skip
+                timing_s={
+                    "read": round(read_s, 3),
+                    "protect": round(protect_s, 3),
+                    "total": round(time.perf_counter() - started, 3),
+                },
             )
             outputs["report"].parent.mkdir(parents=True, exist_ok=True)
             written.append(report.write(outputs["report"], overwrite=args.overwrite))
@@ -239,8 +280,10 @@ def check_roles(image: np.ndarray, mask_labels: set[int], image_path: Path, mask
     if len(mask_labels) > MAX_LABELS:
         raise InputError(f"{mask_path}: mask has {len(mask_labels)} labels, more than a label map has ({swapped})")
     if mask_labels and _distinct_values(image, more_than=len(mask_labels) + 1) <= len(mask_labels) + 1:
-        raise InputError(f"{image_path}: image has no more distinct values than the mask has labels; it looks like a "
-                         f"label map ({swapped})")  # fmt: skip
+        raise InputError(
+            f"{image_path}: image has no more distinct values than the mask has labels; it looks like a "
+            f"label map ({swapped})"
+        )
 
 
 def _distinct_values(array: np.ndarray, more_than: int) -> int:
@@ -274,10 +317,19 @@ def _save_heatmap(args: argparse.Namespace, image, tags: dict, array: np.ndarray
 
     window = choose_window(array, args.window, tags.get("window"), tags.get("modality"))
     return save_heatmap_png(
-        array, result.protected, result.region, path, result.metrics, result.slice_axis, spacing=spacing,
-        direction=image.GetDirection(), window=window, units=intensity_units(array, tags.get("modality")),
-        slice_index=args.slice, overwrite=args.overwrite,
-    )  # fmt: skip
+        array,
+        result.protected,
+        result.region,
+        path,
+        result.metrics,
+        result.slice_axis,
+        spacing=spacing,
+        direction=image.GetDirection(),
+        window=window,
+        units=intensity_units(array, tags.get("modality")),
+        slice_index=args.slice,
+        overwrite=args.overwrite,
+    )
 
 
 def dicom_display_tags(image_path: Path, series_uid: str | None = None) -> dict:
@@ -292,7 +344,10 @@ def dicom_display_tags(image_path: Path, series_uid: str | None = None) -> dict:
     reader = sitk.ImageFileReader()
     reader.SetFileName(files[0])
     reader.ReadImageInformation()
-    tag = lambda key: reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else None
+
+    def tag(key):
+        return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else None
+
     tags = {"modality": tag("0008|0060")}
     try:
         centre, width = (float(tag(key).split("\\")[0]) for key in ("0028|1050", "0028|1051"))

@@ -47,29 +47,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_protection_options(parser)
     parser.add_argument(
-        "--output-format", choices=OUTPUT_FORMATS, default="auto",
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        default="auto",
         help="auto (default): the dataset's own file format. dicom is refused: nnU-Net datasets hold image files, "
         "so protect DICOM series one at a time with 'umedprotect protect'",
-    )  # fmt: skip
+    )
     scale = parser.add_argument_group("spreading the work (outputs are byte-identical whichever is used)")
     scale.add_argument(
-        "--workers", type=int, default=1, metavar="N",
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
         help="protect N cases at a time in N processes of this machine, each with its share of the CPU threads "
         "and, with several GPUs, the next GPU in turn (default 1)",
-    )  # fmt: skip
+    )
     scale.add_argument(
-        "--shard", type=_shard, metavar="K/N",
+        "--shard",
+        type=_shard,
+        metavar="K/N",
         help="protect shard K of N (0 <= K < N: the training cases at positions K, K+N, ... in case-id order), "
         "e.g. one task of a SLURM job array (scripts/slurm_protect_dataset.sh). Each shard writes its own manifest "
         "part umedprotect_manifest.shard-K-of-N.json into OUT_DIR; shard 0 also copies dataset.json and the test "
         "cases. Run 'umedprotect verify OUT_DIR' once every shard is done: it merges the parts",
-    )  # fmt: skip
+    )
     scale.add_argument(
-        "--dask", metavar="SCHEDULER",
+        "--dask",
+        metavar="SCHEDULER",
         help=f"run the shards as tasks on a Dask cluster: a scheduler address (tcp://host:8786) or {LOCAL_PREFIX}N "
         "(N worker processes here), then verify; OUT_DIR must be reachable from every worker under the same path "
         "(needs the dask extra)",
-    )  # fmt: skip
+    )
     scale.add_argument(
         "--shards", type=int, metavar="N", help="with --dask: number of shards (default: one per Dask worker)"
     )
@@ -102,9 +110,15 @@ def run(args: argparse.Namespace) -> int:
         cases = dict(sorted(((cid, e) for m in manifests for cid, e in m.cases.items()), key=lambda item: item[0]))
     else:
         manifest = protect_shard(
-            args.in_dir, args.output, args.method, settings, shard=args.shard or WHOLE_DATASET, workers=args.workers,
-            progress=not args.no_progress, **options,
-        )  # fmt: skip
+            args.in_dir,
+            args.output,
+            args.method,
+            settings,
+            shard=args.shard or WHOLE_DATASET,
+            workers=args.workers,
+            progress=not args.no_progress,
+            **options,
+        )
         cases, problems = manifest.cases, []
     print(case_table(cases))
     print(summary_line(cases, args.output, args.method))
@@ -150,7 +164,9 @@ def case_table(cases: dict[str, CaseRecord]) -> str:
         psnr = min(i.psnr_db if i.psnr_db_slice_mean is None else i.psnr_db_slice_mean for i in entry.images)
         change = max(i.max_abs_change for i in entry.images)
         seconds = entry.seconds or 0
-        lines.append(f"{case_id:<16}{'protected':<14}{psnr:>10.1f}{_worst_psnr(entry):>12.1f}{change:>12.4g}{seconds:>9.1f}")
+        lines.append(
+            f"{case_id:<16}{'protected':<14}{psnr:>10.1f}{_worst_psnr(entry):>12.1f}{change:>12.4g}{seconds:>9.1f}"
+        )
     return "\n".join(lines)
 
 
