@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -214,15 +213,12 @@ def test_dciodvfy_finds_no_new_error_in_a_protected_file(ct_series, protector_fi
 
 @pytest.fixture(scope="session")
 def totalsegmentator_files() -> Path:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from prepare_data import fetch
+    from benchmarks.prepare_data import fetch
 
+    try:
         return fetch("totalsegmentator", ROOT / "benchmarks" / "data")
     except (subprocess.CalledProcessError, OSError) as exc:
         pytest.skip(f"TotalSegmentator's source package cannot be fetched here ({type(exc).__name__})")
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
 
 
 @pytest.mark.slow

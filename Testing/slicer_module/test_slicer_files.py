@@ -179,9 +179,8 @@ def test_icon_and_screenshot_are_pngs_the_metadata_points_to():
 
 def test_module_imports_without_torch_and_installs_it_through_the_pytorch_extension():
     code = textwrap.dedent(
-        f"""
+        """
         import sys, types
-        sys.path[:0] = [{str(ROOT / "Testing" / "slicer")!r}, {str(MODULE_DIR)!r}]
         sys.modules["torch"] = None  # any 'import torch' fails
         import slicer_shim
         UMedProtect = slicer_shim.import_module()
@@ -203,7 +202,9 @@ def test_module_imports_without_torch_and_installs_it_through_the_pytorch_extens
         print("ok")
         """
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    paths = os.pathsep.join([str(ROOT / "Testing" / "slicer_module"), str(MODULE_DIR)])  # as Slicer's module path
+    env = {**os.environ, "PYTHONPATH": paths}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "refused: PyTorch is required" in done.stdout
     assert done.stdout.strip().endswith("ok")

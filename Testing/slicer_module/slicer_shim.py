@@ -7,10 +7,6 @@ has: the ``ScriptedLoadableModule`` base classes, ``i18n``, an empty ``qt``, and
 values of the wrong type or outside their ``WithinRange``/``Choice`` (it stores them in the
 wrapper instead of a MRML node). :func:`bootstrap_scene` makes the scene and module logics that
 ``slicer.util`` expects.
-
-Import this module before anything imports ``slicer``: that package adopts every ``slicer`` folder
-on ``sys.path`` and imports its modules, and ``Testing/`` (on ``sys.path`` for pytest's conftest)
-holds this folder, so the tests here would be imported as ``slicer`` modules too.
 """
 
 from __future__ import annotations
@@ -25,21 +21,6 @@ import unittest
 from unittest import mock
 
 import slicer_core  # noqa: F401  (fails here, not later, when slicer-core is missing)
-
-HERE = pathlib.Path(__file__).resolve().parent
-
-
-def _import_slicer_core_only() -> None:
-    """Import ``slicer`` with this folder's parent off ``sys.path`` (see the module docstring)."""
-    saved = sys.path[:]
-    sys.path[:] = [entry for entry in sys.path if (pathlib.Path(entry or ".") / "slicer").resolve() != HERE]
-    try:
-        import slicer  # noqa: F401
-    finally:
-        sys.path[:] = saved
-
-
-_import_slicer_core_only()
 
 
 class ScriptedLoadableModule:

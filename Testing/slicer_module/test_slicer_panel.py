@@ -149,7 +149,6 @@ def test_the_ui_loads_in_qt_and_takes_the_settings_tables_limits():
     code = textwrap.dedent(
         f"""
         import json, sys
-        sys.path[:0] = [{str(ROOT / "Testing" / "slicer")!r}, {str(ROOT / "UMedProtect")!r}]
         from PySide6.QtCore import QFile
         from PySide6.QtUiTools import QUiLoader
         from PySide6.QtWidgets import QApplication, QWidget
@@ -170,7 +169,8 @@ def test_the_ui_loads_in_qt_and_takes_the_settings_tables_limits():
         print(json.dumps(found))
         """
     )
-    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    paths = os.pathsep.join([str(ROOT / "Testing" / "slicer_module"), str(ROOT / "UMedProtect")])
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": paths}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
