@@ -162,21 +162,23 @@ class Protector(nn.Module):
     def divisor(self) -> int:
         return self.contour.divisor
 
-    def code_field(self, labels: torch.Tensor, origin: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    def code_field(
+        self, labels: torch.Tensor, origin: torch.Tensor, depth: torch.Tensor, band_owner: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Per-pixel code (B,1,H,W) for ``labels`` (B,H,W) whose top-left pixel is at ``origin`` (B,2).
 
-        ``maps`` (B,5,H,W) from :func:`regions.region_maps`: ``rings`` codes are linearly interpolated on
-        their periodic profile at the depth below the label's edge; ``fill`` codes take the label that owns
-        the contour band outside a label, with the opposite sign.
+        ``depth`` (B,H,W): each pixel's depth below its label's edge (:func:`regions.edge_depth`),
+        used by ``rings`` codes, linearly interpolated on their periodic profile. ``band_owner`` (B,H,W):
+        the label owning each contour-band pixel (:func:`regions.region_maps`); ``fill`` codes continue
+        there, outside the labels, with the opposite sign.
         """
         n, period = self.codes.shape[0], self.codes.shape[1]
         sign = 1.0
-        if self.config.code_init == "fill":
-            outside = (maps[:, 0] == 0) & (maps[:, 1] > 0)
-            labels = torch.where(outside, maps[:, 4].round().long(), labels)
+        if self.config.code_init == "fill" and band_owner is not None:
+            outside = (labels == 0) & (band_owner > 0)
+            labels = torch.where(outside, band_owner.round().long(), labels)
             sign = torch.where(outside, -1.0, 1.0)[:, None]
         index = torch.where(labels > 0, 1 + (labels - 1) % (n - 1), torch.zeros_like(labels))
-        depth = maps[:, 3]
         if self.codes.ndim == 2:  # rings
             position = torch.remainder(depth, period)
             below = position.floor().long() % period
@@ -196,7 +198,7 @@ class Protector(nn.Module):
         origin: torch.Tensor | None = None,
         epsilon: float | None = None,
     ) -> torch.Tensor:
-        """Perturbation in window units for normalised ``image`` (B,1,H,W), ``maps`` (B,4,H,W), ``labels`` (B,H,W).
+        """Perturbation in window units for normalised ``image`` (B,1,H,W), ``maps`` (B,5,H,W), ``labels`` (B,H,W).
 
         ``maps`` holds (roi, contour band, texture bound, edge depth, band owner) from :func:`regions.region_maps`;
         ``origin`` (B,2) is each crop's top-left pixel in the slice (default 0, 0).
@@ -207,7 +209,8 @@ class Protector(nn.Module):
             origin = torch.zeros(image.shape[0], 2, dtype=torch.long, device=image.device)
         roi, band, texture = maps[:, 0:1], maps[:, 1:2], maps[:, 2:3]
         inputs = torch.cat([image.clamp(-1.0, 2.0), roi], dim=1)
-        code = self.code_field(labels, origin, maps)
+        band_owner = maps[:, 4] if maps.shape[1] > 4 else None  # (roi, band, texture, depth) maps: no owner
+        code = self.code_field(labels, origin, maps[:, 3], band_owner)
         contour, texture_out = self.contour(inputs), self.texture(inputs)
         gain = self.config.generator_gain
         if gain > 0:
@@ -287,8 +290,9 @@ def load_protector(path: str | Path | None = None, device: str | torch.device = 
     if not path.is_file():
         raise InputError(f"{source}: protector file not found")
     with open(path, "rb") as handle:
-        head = handle.read(8)
-    if head[:1] == b"\x80" or head[:2] == b"PK":
+        head = handle.read(9)
+    # safetensors: an 8-byte header length, then the JSON header (whose length may well start with 0x80)
+    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise InputError(f"{source}: pickle/zip-based PyTorch files are refused; protectors must be safetensors")
     try:
         with safe_open(source, framework="pt") as handle:
