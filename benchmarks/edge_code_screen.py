@@ -38,18 +38,11 @@ from umedprotect.intensity import apply_change, intensity_window
 from umedprotect.metrics import image_quality
 from umedprotect.nnunet import read_dataset
 from umedprotect.protector import Protector, ProtectorConfig
+from umedprotect.regions import signed_edge_distance
 from umedprotect_eval.evaluation import load_evaluation_data
 from umedprotect_eval.training import TrainSettings, VictimTrainer
 
 CANDIDATES = ("clean", "default", "checker", "fill", "fill-band", "band-checker", "band-wave", "band-flat", "product")
-
-
-def signed_distance(labels: np.ndarray) -> np.ndarray:
-    """Per pixel: distance to the edge of the nearest label, positive inside (0.5 next to the edge), negative outside."""
-    roi = labels > 0
-    inside = ndimage.distance_transform_edt(np.pad(roi, 1))[1:-1, 1:-1]
-    outside = ndimage.distance_transform_edt(~roi) if roi.any() else np.full(roi.shape, 1e6)
-    return np.where(roi, inside - 0.5, 0.5 - outside)
 
 
 def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude: float, args) -> np.ndarray:
@@ -58,7 +51,7 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
     checker = np.where((rows + cols) % 2 == 0, 1.0, -1.0)
     if name == "checker":
         return amplitude * checker * (labels > 0)
-    d = signed_distance(labels)
+    d = signed_edge_distance(labels)[0]
     if name in ("fill", "fill-band"):  # per label one of checker, row stripes, column stripes; the band outside negated
         tiles = np.stack([checker, np.where(rows % 2 == 0, 1.0, -1.0), np.where(cols % 2 == 0, 1.0, -1.0)])
         _, (near_rows, near_cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)

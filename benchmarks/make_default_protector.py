@@ -1,4 +1,6 @@
-"""Write the bundled default protector: per-label fill codes, negated on the band outside; not fitted (G_c, G_t output zero).
+"""Write the bundled default protector: per-label fill codes, negated on the band outside; not fitted.
+
+Its generators G_c and G_t output zero: the codes alone make the change.
 
 The choice and its measurements: docs/results.md ("The default protector"), benchmarks/experiments/edge-*.json.
 

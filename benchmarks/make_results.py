@@ -118,7 +118,10 @@ SCREEN_MEASURES = {
 
 def _screen_ratios(source: dict) -> tuple[dict[int, float], float, float]:
     lines = [json.loads(text) for text in (ROOT / source["file"]).read_text().splitlines() if text.strip()]
-    select = lambda match: {l["seed"]: l for l in lines if all(l.get(k) == v for k, v in match.items())}  # noqa: E731
+
+    def select(match: dict) -> dict[int, dict]:
+        return {line["seed"]: line for line in lines if all(line.get(k) == v for k, v in match.items())}
+
     protected, clean = select(source["match"]), select(source["clean_match"])
     if not protected or set(protected) - set(clean):
         raise ValueError(f"{source['file']}: no protected line, or a seed without a clean line, for {source['match']}")
