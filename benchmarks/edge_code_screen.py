@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     finite = [p for p in psnrs if np.isfinite(p)]
     line = {
         "dataset": args.dataset.name, "candidate": args.candidate, "tag": tag, "augmentation": args.augmentation,
-        "normalisation": normalisation, "seed": args.seed,
+        "normalisation": normalisation, "seed": args.seed, "iterations": args.epochs * args.iterations,
         "psnr_mean": round(float(np.mean(finite)), 2) if finite else None,
         "psnr_worst": round(float(min(finite)), 2) if finite else None,
         "curve": [round(v, 3) for v in run.curve], "fit": [round(v, 3) for v in run.train_curve],
