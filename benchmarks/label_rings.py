@@ -1,6 +1,7 @@
-"""Protectors whose rings tell the labels apart: the shipped default's rings, signed and paced per label.
+"""Protectors whose rings tell the labels apart: the former default's rings, signed and paced per label.
 
-The shipped default draws the same rings in every label: on a multi-organ label set they mark "inside
+The former default (shipped until the fill codes; kept as benchmarks/protectors/rings_default.safetensors)
+draws the same rings in every label: on a multi-organ label set they mark "inside
 an organ" but not which one, so a victim needs the anatomy to tell the organs apart. These variants
 test whether rings that also tell the labels apart stop such victims (BENCHMARKS.md, "Four organs and
 MR"). Label 1 keeps the default's rings exactly; the generators stay unfitted (zero), as in the
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import torch
 from umedprotect.protector import Protector, load_protector, ring_codes, save_protector
+
+RINGS_DEFAULT = Path(__file__).with_name("protectors") / "rings_default.safetensors"
 
 VARIANTS = {  # (ring period in pixels, sign) of labels 1, 2, ..., repeated over the labels
     "sign": ((6, 1), (6, -1)),
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out_dir.exists() and not args.out_dir.is_dir():
         parser.error(f"{args.out_dir} is not a folder")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    base = load_protector()
+    base = load_protector(RINGS_DEFAULT)
     for name, scheme in VARIANTS.items():
         path = save_protector(label_rings(base, scheme), args.out_dir / f"rings_{name}.safetensors")
         print(f"wrote {path}", flush=True)

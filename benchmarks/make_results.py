@@ -14,6 +14,11 @@ file are read:
   -- after the first epoch, or the best over the line's ``curves`` with ``"measure": "best"`` -- is at
   most ``TARGET_RATIO`` times the seed's clean best (from the ``clean`` evaluate reports, or the best
   of the clean line ``clean_line`` in the same file; seeds without one take the mean clean best).
+- ``screen``: JSON lines of ``python -m benchmarks.edge_code_screen``; the lines whose keys equal ``match``
+  (protected) and ``clean_match`` (clean), paired by seed; a seed is stopped when the protected victim's
+  test DSC at ``measure`` -- ``final`` (last checkpoint), ``selected`` (the checkpoint best on its own
+  training cases, as an attacker without clean labels picks it) or ``oracle`` (best on the clean test
+  cases) -- is at most ``TARGET_RATIO`` times the clean victim's at the same measure.
 
 ``python -m benchmarks.run_experiments NAME`` runs an experiment's commands and stores its table
 (``benchmarks/results/tables/NAME.json``); this script only reads those tables.
@@ -104,6 +109,28 @@ def _race_ratios(source: dict) -> tuple[dict[int, float], float]:
     return {seed: value / clean.get(seed, fallback) for seed, value in dsc.items()}, lines[-1]["psnr"]
 
 
+SCREEN_MEASURES = {
+    "final": lambda line: line["curve"][-1],
+    "selected": lambda line: line["curve"][max(range(len(line["fit"])), key=line["fit"].__getitem__)],
+    "oracle": lambda line: max(line["curve"]),
+}
+
+
+def _screen_ratios(source: dict) -> tuple[dict[int, float], float, float]:
+    lines = [json.loads(text) for text in (ROOT / source["file"]).read_text().splitlines() if text.strip()]
+
+    def select(match: dict) -> dict[int, dict]:
+        return {line["seed"]: line for line in lines if all(line.get(k) == v for k, v in match.items())}
+
+    protected, clean = select(source["match"]), select(source["clean_match"])
+    if not protected or set(protected) - set(clean):
+        raise ValueError(f"{source['file']}: no protected line, or a seed without a clean line, for {source['match']}")
+    measure = SCREEN_MEASURES[source["measure"]]
+    ratios = {seed: measure(line) / measure(clean[seed]) for seed, line in protected.items()}
+    quality = next(iter(protected.values()))
+    return ratios, quality["psnr_mean"], quality["psnr_worst"]
+
+
 def _files(source: dict) -> list[str]:
     return [source["file"], *source.get("clean", []), *([source["quality"]] if "quality" in source else [])]
 
@@ -125,6 +152,9 @@ def tabulate(experiment: dict) -> list[Row]:
                 report = json.loads((ROOT / source["file"]).read_text())
                 ratios.update(_evaluate_ratios(report))
                 psnr_mean, psnr_worst = _evaluate_quality(report)
+            elif source["kind"] == "screen":
+                screen_ratios, psnr_mean, psnr_worst = _screen_ratios(source)
+                ratios.update(screen_ratios)
             else:
                 race_ratios, psnr_mean = _race_ratios(source)
                 ratios.update(race_ratios)

@@ -1,4 +1,4 @@
-"""benchmarks/label_rings.py: rings that tell the labels apart, label 1 kept as in the shipped default."""
+"""benchmarks/label_rings.py: rings that tell the labels apart, label 1 kept as in the former default."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def _codes_at_depths(protector, label: int, depths: torch.Tensor) -> torch.Tenso
 
 def test_label_one_keeps_the_default_rings_and_the_others_differ_by_sign_and_period(tmp_path):
     assert label_rings.main([str(tmp_path)]) == 0
-    default = load_protector()
+    default = load_protector(label_rings.RINGS_DEFAULT)
     variant = load_protector(tmp_path / "rings_sign_period.safetensors")
     depths = torch.arange(0, 30, 0.5)
     first = _codes_at_depths(variant, 1, depths)

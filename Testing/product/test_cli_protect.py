@@ -63,7 +63,7 @@ def test_protect_3d_end_to_end(tmp_path, protector_file, ending, capsys):
     assert data["inputs"]["mask"]["labels"] == [1, 2]
     assert data["output"]["sha256"] == io.sha256(out)
     assert data["protector"]["sha256"] == io.sha256(protector_file)
-    assert data["parameters"] == {"epsilon": 4.0, "band_radius": 3, "labels": None, "min_psnr": None, "seed": 0}
+    assert data["parameters"] == {"epsilon": 4.0, "band_radius": 3, "labels": None, "min_psnr": 50.0, "seed": 0}  # the floor
     assert set(data["versions"]) >= {"umedprotect", "torch", "SimpleITK", "numpy"}
     assert data["device"].startswith("cpu") and data["timing_s"]["total"] > 0
     assert data["metrics"]["psnr_db"] > data["metrics"]["psnr_db_slice_mean"] >= data["metrics"]["psnr_db_slice_min"] > 30

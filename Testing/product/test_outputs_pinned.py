@@ -1,7 +1,8 @@
 """The CLI's outputs, pinned by hash: a refactoring must leave every protected voxel and byte as it was.
 
-The hashes were taken from the release before the product/evaluation split (commit a784dcc) with
-the pinned CPU build of torch; a change of method or defaults must update them on purpose.
+The hashes were taken with the pinned CPU build of torch when the bundled default became the fill
+codes with the 50 dB floor (benchmarks/make_default_protector.py); a change of method or defaults
+must update them on purpose.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from conftest import ROOT, write_nnunet_dataset
 from umedprotect.cli import main
 
 SAMPLE = ROOT / "Resources" / "Sample"
-SAMPLE_PROTECTED = "53c454af837abb87f53325097902c2ad75f1d9cf5b021fc77f7bf97f76bafff3"
+SAMPLE_PROTECTED = "7c40b93b9885e8e0ae1ab6b915fb2ee7949bdb16b10f724c2327bfd140899e17"
 DATASET_PROTECTED = {
-    "imagesTr/case000_0000.nii.gz": "b594e5a9ad62178d16d1a2733da6ca62f81f9630b9806ea72cacf2c8a682c297",
-    "imagesTr/case001_0000.nii.gz": "9e26aaeeadcda6f5d82d9f31738e1bdaab041bbc8331206568565f5075196d30",
-    "imagesTr/case002_0000.nii.gz": "5aa4693b81b92ce2eab42508c3c12c774659c2a81a18bb2ad1612abf138396d8",
+    "imagesTr/case000_0000.nii.gz": "4877909cc3d0db096d48e552587cf0c4a66e9f3b9e4bb94b0d3bd28939a196fc",
+    "imagesTr/case001_0000.nii.gz": "56cd930f6c16539b24ddc9bc34a0ab2166c278a20e6f8ca5d1f00301fe60a91f",
+    "imagesTr/case002_0000.nii.gz": "1f2356c265179063275b66672d86dab3b0d7f9a5169fbafb7e8b6deb138910f7",
     "labelsTr/case000.nii.gz": "23669445765e2a3bb39b386cf2b808449d4e4c3b1e5a8e3ead778835a3dcf1fb",
     "imagesTs/case003_0000.nii.gz": "d6e5ce94558fe5ea83ffe5b9a692ebbd33bdb9710e7ebf34f689654e9e192764",
 }

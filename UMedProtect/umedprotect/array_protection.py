@@ -87,7 +87,8 @@ def protect_array(
     ``spacing`` is per numpy axis (3D volumes are processed slice-wise along the coarsest one);
     ``epsilon`` (in 1/255 of the window) and ``band_radius`` override the protector's config;
     ``label_values`` restricts the ROI to these labels (default: every non-zero label);
-    ``min_psnr`` (dB) scales the whole perturbation down where it would be more visible than that.
+    ``min_psnr`` (dB, default: the protector's floor) scales the perturbation down where it would be more
+    visible than that.
     Voxels outside ROI ∪ band are bit-identical to the input.
 
     Beyond the protected copy and the region mask, memory does not grow with the volume: slices are
@@ -101,6 +102,7 @@ def protect_array(
     config = protector.config
     epsilon = config.epsilon if epsilon is None else float(epsilon)
     band_radius = config.band_radius if band_radius is None else int(band_radius)
+    min_psnr = config.min_psnr if min_psnr is None else float(min_psnr)
     for name, value in (("epsilon", epsilon), ("band_radius", band_radius), ("min_psnr", min_psnr)):
         OPTIONS[name].check(value)
 

@@ -87,16 +87,17 @@ def _setup_umed(settings: ProtectionSettings, device, device_text: str, protecto
     epsilon = config.epsilon if settings.epsilon is None else settings.epsilon
     band_radius = config.band_radius if settings.band_radius is None else settings.band_radius
     labels = None if settings.labels is None else list(settings.labels)
+    min_psnr = config.min_psnr if settings.min_psnr is None else settings.min_psnr
     case_protector = functools.partial(
         protect_array,
         protector=protector,
         epsilon=epsilon,
         band_radius=band_radius,
         label_values=labels,
-        min_psnr=settings.min_psnr,
+        min_psnr=min_psnr,
         device=str(device),
         batch_size=settings.batch_size,
     )
-    parameters = {"epsilon": epsilon, "band_radius": band_radius, "labels": labels, "min_psnr": settings.min_psnr,
+    parameters = {"epsilon": epsilon, "band_radius": band_radius, "labels": labels, "min_psnr": min_psnr,
                   "seed": settings.seed}  # fmt: skip
     return MethodSetup(DEFAULT_METHOD, case_protector, parameters, info, device_text)

@@ -29,7 +29,8 @@ FORMAT_VERSION = 1
 METADATA_KEY = "umedprotect"
 DIGEST_KEY = "umedprotect_weights_sha256"
 DEFAULT_PROTECTOR_PATH = Path(__file__).with_name("data") / "default_protector.safetensors"
-CODE_INITS = ("normal", "blobs", "rings")
+CODE_INITS = ("normal", "blobs", "rings", "fill")
+DEFAULT_MIN_PSNR = 50.0  # dB: the visibility floor of new protectors (METHOD.md: the paper's 50 dB)
 BLOB_SIGMAS = (1.5, 3.0)  # difference-of-Gaussians band of the "blobs" codes, pixels
 BLOB_GAIN = 3.0  # pre-activation scale of the "blobs" codes (tanh(3) = 0.995: nearly the full budget)
 
@@ -46,6 +47,7 @@ _VALID_VALUES = {  # epsilon and band_radius: the ranges of the protection optio
     "code_classes": lambda v: isinstance(v, int) and 2 <= v <= 256,
     "code_init": lambda v: v in CODE_INITS,
     "generator_gain": lambda v: isinstance(v, (int, float)) and 0 <= v <= 10,
+    "min_psnr": lambda v: v is None or (isinstance(v, (int, float)) and OPTIONS["min_psnr"].accepts(v)),
     "percentiles": lambda v: isinstance(v, list) and len(v) == 2 and 0 <= v[0] < v[1] <= 100,
     "package_version": lambda v: isinstance(v, str),
     "training": lambda v: isinstance(v, dict),
@@ -79,11 +81,16 @@ class ProtectorConfig:
     code_period: int = 8  # period (pixels) of the learnable per-label shortcut codes
     code_classes: int = 16  # number of codes: background + labels (label values wrap around)
     # initial codes: "normal" (white noise) or "blobs" (isotropic band-pass texture per label), both
-    # tiled on the image grid; or "rings" (a profile over the depth below the label's edge: contour-following rings)
+    # tiled on the image grid; "rings" (a profile over the depth below the label's edge: contour-following rings);
+    # or "fill" (per label a fixed pixel-level tile, checkerboard or stripes; the contour band outside the label
+    # carries its negative)
     code_init: str = "normal"
     # 0: the generators' pre-activations are unbounded; > 0: each is soft-clipped to +-generator_gain, so a
     # code larger than that keeps its sign: the generators adapt the shortcut to the image but cannot overturn it
     generator_gain: float = 0.0
+    # visibility floor (dB): every 2D image, and every changed slice of a volume, keeps at least this PSNR;
+    # None: no floor (protector files written before the floor existed)
+    min_psnr: float | None = DEFAULT_MIN_PSNR
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
@@ -116,6 +123,7 @@ class ProtectorConfig:
         bad = invalid_config_values(raw)
         if bad:
             raise InputError(f"{source}: invalid protector config value {bad[0]}={raw[bad[0]]!r}")
+        raw.setdefault("min_psnr", None)  # files from before the floor keep their outputs
         if "percentiles" in raw:
             raw["percentiles"] = tuple(raw["percentiles"])
         return cls(**raw)
@@ -126,8 +134,10 @@ class Protector(nn.Module):
 
     Both add a learnable per-label code to their pre-activation: a class-wise shortcut that fitting
     shapes to survive the victim's augmentation, while the generators adapt it to each image. The
-    code is a tile on the image grid with period ``code_period``, or, for ``rings`` codes, a
+    code is a tile on the image grid with period ``code_period``; for ``rings`` codes, a
     periodic profile over each pixel's depth below its label's edge (it follows the organ's shape).
+    ``fill`` codes are tiles too, and continue negated into the contour band outside the label, so the
+    label's edge is where the tile flips.
     """
 
     def __init__(self, config: ProtectorConfig | None = None) -> None:
@@ -141,6 +151,8 @@ class Protector(nn.Module):
             nn.init.zeros_(generator.head.bias)
         if c.code_init == "rings":
             self.codes = nn.Parameter(ring_codes(c.code_classes, c.code_period))
+        elif c.code_init == "fill":
+            self.codes = nn.Parameter(fill_codes(c.code_classes, c.code_period))
         else:
             generator = torch.Generator().manual_seed(0)
             codes = torch.randn(c.code_classes, c.code_period, c.code_period, generator=generator)
@@ -150,13 +162,22 @@ class Protector(nn.Module):
     def divisor(self) -> int:
         return self.contour.divisor
 
-    def code_field(self, labels: torch.Tensor, origin: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    def code_field(
+        self, labels: torch.Tensor, origin: torch.Tensor, depth: torch.Tensor, band_owner: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Per-pixel code (B,1,H,W) for ``labels`` (B,H,W) whose top-left pixel is at ``origin`` (B,2).
 
         ``depth`` (B,H,W): each pixel's depth below its label's edge (:func:`regions.edge_depth`),
-        used by ``rings`` codes, linearly interpolated on their periodic profile.
+        used by ``rings`` codes, linearly interpolated on their periodic profile. ``band_owner`` (B,H,W):
+        the label owning each contour-band pixel (:func:`regions.region_maps`); ``fill`` codes continue
+        there, outside the labels, with the opposite sign.
         """
         n, period = self.codes.shape[0], self.codes.shape[1]
+        sign = 1.0
+        if self.config.code_init == "fill" and band_owner is not None:
+            outside = (labels == 0) & (band_owner > 0)
+            labels = torch.where(outside, band_owner.round().long(), labels)
+            sign = torch.where(outside, -1.0, 1.0)[:, None]
         index = torch.where(labels > 0, 1 + (labels - 1) % (n - 1), torch.zeros_like(labels))
         if self.codes.ndim == 2:  # rings
             position = torch.remainder(depth, period)
@@ -167,7 +188,7 @@ class Protector(nn.Module):
         h, w = labels.shape[-2:]
         rows = (origin[:, 0:1] + torch.arange(h, device=labels.device)) % period
         cols = (origin[:, 1:2] + torch.arange(w, device=labels.device)) % period
-        return self.codes[index, rows[:, :, None], cols[:, None, :]][:, None]
+        return sign * self.codes[index, rows[:, :, None], cols[:, None, :]][:, None]
 
     def forward(
         self,
@@ -177,9 +198,9 @@ class Protector(nn.Module):
         origin: torch.Tensor | None = None,
         epsilon: float | None = None,
     ) -> torch.Tensor:
-        """Perturbation in window units for normalised ``image`` (B,1,H,W), ``maps`` (B,4,H,W), ``labels`` (B,H,W).
+        """Perturbation in window units for normalised ``image`` (B,1,H,W), ``maps`` (B,5,H,W), ``labels`` (B,H,W).
 
-        ``maps`` holds (roi, contour band, texture bound, edge depth) from :func:`regions.region_maps`;
+        ``maps`` holds (roi, contour band, texture bound, edge depth, band owner) from :func:`regions.region_maps`;
         ``origin`` (B,2) is each crop's top-left pixel in the slice (default 0, 0).
         The result is zero outside ROI ∪ band and bounded by ``epsilon``/255 everywhere.
         """
@@ -188,7 +209,8 @@ class Protector(nn.Module):
             origin = torch.zeros(image.shape[0], 2, dtype=torch.long, device=image.device)
         roi, band, texture = maps[:, 0:1], maps[:, 1:2], maps[:, 2:3]
         inputs = torch.cat([image.clamp(-1.0, 2.0), roi], dim=1)
-        code = self.code_field(labels, origin, maps[:, 3])
+        band_owner = maps[:, 4] if maps.shape[1] > 4 else None  # (roi, band, texture, depth) maps: no owner
+        code = self.code_field(labels, origin, maps[:, 3], band_owner)
         contour, texture_out = self.contour(inputs), self.texture(inputs)
         gain = self.config.generator_gain
         if gain > 0:
@@ -227,6 +249,20 @@ def ring_codes(classes: int, period: int) -> torch.Tensor:
     return codes
 
 
+def fill_codes(classes: int, period: int) -> torch.Tensor:
+    """Per label a +-``BLOB_GAIN`` tile in turn: checkerboard, row stripes, column stripes; zero for the background.
+
+    Blocks of ``period``/2 pixels (1 for the default period 2): the finest pattern there is, which a
+    victim trained without augmentation takes for the label long before the anatomy. The three tiles
+    differ in orientation, which scaling and flips keep, so labels are told apart (beyond three they repeat).
+    """
+    half = max(period // 2, 1)
+    rows, cols = (torch.arange(period)[:, None] // half) % 2, (torch.arange(period)[None, :] // half) % 2
+    tiles = [(rows + cols) % 2, rows.expand(period, period), cols.expand(period, period)]
+    codes = [BLOB_GAIN * (1 - 2 * tiles[k % len(tiles)].float()) for k in range(classes - 1)]
+    return torch.stack([torch.zeros(period, period), *codes])
+
+
 def save_protector(protector: Protector, path: str | Path) -> Path:
     """Write the protector atomically as safetensors weights + JSON config."""
     path = Path(path)
@@ -254,7 +290,8 @@ def load_protector(path: str | Path | None = None, device: str | torch.device = 
     if not path.is_file():
         raise InputError(f"{source}: protector file not found")
     with open(path, "rb") as handle:
-        head = handle.read(9)  # safetensors: an 8-byte header length, then the JSON header
+        head = handle.read(9)
+    # safetensors: an 8-byte header length (which may well start with 0x80), then the JSON header
     if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
         raise InputError(f"{source}: pickle/zip-based PyTorch files are refused; protectors must be safetensors")
     try:

@@ -83,6 +83,25 @@ def edge_depth(labels2d: np.ndarray) -> np.ndarray:
     return depth
 
 
+def signed_edge_distance(labels2d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Signed distance (pixels) to the nearest label edge and the label that edge belongs to (2D).
+
+    Positive inside a label (0.5 next to its edge), negative outside every label (-0.5 next to one);
+    the label is the pixel's own inside a label, the nearest labelled pixel's outside (0 without labels).
+    """
+    distance = np.zeros(labels2d.shape, dtype=np.float32)
+    owner = np.zeros(labels2d.shape, dtype=np.int64)
+    roi = labels2d != 0
+    if not roi.any():
+        return distance, owner
+    outside, (rows, cols) = ndimage.distance_transform_edt(~roi, return_indices=True)
+    distance[:] = 0.5 - outside
+    owner[:] = labels2d[rows, cols]
+    inside = edge_depth(labels2d)
+    distance[roi] = inside[roi] - 0.5
+    return distance, owner
+
+
 def region_maps(
     image2d: np.ndarray,
     labels2d: np.ndarray,
@@ -90,9 +109,13 @@ def region_maps(
     texture_floor: float = DEFAULT_TEXTURE_FLOOR,
     texture_window: int = DEFAULT_TEXTURE_WINDOW,
 ) -> np.ndarray:
-    """Stack (roi, band, interior bound, edge depth) as float32 of shape (4, H, W) for one normalised slice."""
+    """Stack (roi, band, interior bound, edge depth, band owner) as float32 (5, H, W) for one normalised slice.
+
+    Band owner: the label whose edge is nearest, on the contour band (zero off it).
+    """
     roi = labels2d != 0
     band = contour_band(labels2d, band_radius)
     interior = roi & ~band
     texture = texture_bound(image2d, interior, texture_floor, texture_window)
-    return np.stack([roi.astype(np.float32), band.astype(np.float32), texture, edge_depth(labels2d)])
+    owner = np.where(band, signed_edge_distance(labels2d)[1], 0)
+    return np.stack([m.astype(np.float32) for m in (roi, band, texture, edge_depth(labels2d), owner)])

@@ -63,7 +63,7 @@ OPTIONS: dict[str, Option] = {
                help="contour band half-width in pixels (default: the protector's)"),
         Option("min_psnr", "--min-psnr", "Minimum PSNR", float, 20.0, 120.0, unit="dB",
                help="scale the perturbation down where a case's PSNR would fall below this -- a 2D image's, or every slice's "
-                    "of a volume (e.g. 50; default: no floor)"),
+                    "of a volume (default: the protector's floor, 50 for the bundled one)"),
         Option("batch_size", "--batch-size", "Batch size", int, 1, 4096, default=16, help="slices per forward pass (default 16)"),
         Option("seed", "--seed", "Seed", int, default=0,
                help="random seed; same inputs + protector + seed give byte-identical outputs (default 0)"),

@@ -1,0 +1,151 @@
+"""Screen candidate perturbations for the default protector: one victim trained on a protected copy, one JSON line.
+
+Candidates (each a change per 2D case of an nnU-Net raw dataset, bounded by the amplitude A below, then
+held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
+
+  clean        no change (the reference victim)
+  default      the product's path: ``protect_array`` with the bundled protector (its own epsilon)
+  checker      +-A pixel checkerboard inside the ROI (the naive baseline)
+  fill         per label one of checkerboard, row stripes, column stripes (period 2) inside it
+  fill-band    fill, and its negative in the band of half-width R outside every label
+  band-checker +-A checkerboard in the band of half-width R straddling every label's edge
+  band-wave    A * tanh(3 sin(2 pi d / P)) in that band, d the signed distance to the edge (moves with the label)
+  band-flat    band-wave at half amplitude plus the edge blurred away (as far as A allows) inside the band
+  product      ``protect_array`` with a fresh protector of ``--code-init`` (the candidate as shipped)
+
+A = EPSILON/255 of the case's 0.5-99.5 percentile window, or with ``--sigma S``, S times the case's std
+(the victim's z-score unit).
+
+    python -m benchmarks.edge_code_screen DATASET OUT_ROOT CANDIDATE [--epsilon 4] [--sigma S] [--radius 2]
+        [--period 4] [--min-psnr 50] [--augmentation none|nnunet] [--seed 0] [--epochs 4 --iterations 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from umedprotect.array_protection import limit_visibility, protect_array
+from umedprotect.augment import NO_AUGMENTATION, AugmentSettings
+from umedprotect.intensity import apply_change, intensity_window
+from umedprotect.metrics import image_quality
+from umedprotect.nnunet import read_dataset
+from umedprotect.protector import Protector, ProtectorConfig
+from umedprotect.regions import signed_edge_distance
+from umedprotect_eval.evaluation import load_evaluation_data
+from umedprotect_eval.training import TrainSettings, VictimTrainer
+
+CANDIDATES = ("clean", "default", "checker", "fill", "fill-band", "band-checker", "band-wave", "band-flat", "product")
+
+
+def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude: float, args) -> np.ndarray:
+    """The change (native units, float) of candidate ``name`` for one 2D case."""
+    rows, cols = np.indices(image.shape)
+    checker = np.where((rows + cols) % 2 == 0, 1.0, -1.0)
+    if name == "checker":
+        return amplitude * checker * (labels > 0)
+    d = signed_edge_distance(labels)[0]
+    if name in ("fill", "fill-band"):  # per label one of checker, row stripes, column stripes; the band outside negated
+        tiles = np.stack([checker, np.where(rows % 2 == 0, 1.0, -1.0), np.where(cols % 2 == 0, 1.0, -1.0)])
+        _, (near_rows, near_cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+        owner = labels[near_rows, near_cols].astype(int)
+        fill = np.take_along_axis(tiles, ((owner - 1) % 3)[None], axis=0)[0]
+        outside = (d < 0) & (d >= -args.radius) & (name == "fill-band")
+        return amplitude * fill * ((labels > 0) * 1.0 - outside)
+    band = np.abs(d) <= args.radius
+    if name == "band-checker":
+        return amplitude * checker * band
+    wave = np.tanh(3 * np.sin(2 * np.pi * d / args.period))
+    if name == "band-wave":
+        return amplitude * wave * band
+    blurred = ndimage.gaussian_filter(image.astype(np.float64), args.radius)
+    return np.clip(0.5 * amplitude * wave + (blurred - image), -amplitude, amplitude) * band
+
+
+def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.ndarray:
+    window = intensity_window(image)
+    if name in ("default", "product"):
+        protector = Protector(ProtectorConfig(code_init=args.code_init)) if name == "product" else None
+        epsilon = None if name == "default" else args.epsilon
+        return protect_array(image, labels, protector, epsilon=epsilon, min_psnr=args.min_psnr, device="cpu").protected
+    amplitude = args.sigma * float(image.std()) if args.sigma else window.budget(args.epsilon)
+    if name == "clean":
+        return image.copy()
+    value_range = (float(image.min()), float(image.max()))
+    protected = apply_change(image, candidate_change(name, image, labels, amplitude, args), amplitude, value_range)
+    change = protected.astype(np.float32) - image.astype(np.float32)
+    if args.min_psnr:
+        limit_visibility(image, protected, change, amplitude, args.min_psnr)
+    return protected
+
+
+def write_copy(source: Path, out: Path, name: str, args) -> list[float]:
+    """Protected copy of ``source`` at ``out``; the PSNR of every training case."""
+    dataset = read_dataset(source)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(source, out)
+    psnrs = []
+    for case in dataset.training:
+        labels = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))
+        for path in case.images:
+            itk = sitk.ReadImage(str(path))
+            image = sitk.GetArrayFromImage(itk)
+            protected = protect_case(name, image, labels, args)
+            psnrs.append(image_quality(image, protected)["psnr_db"])
+            written = sitk.GetImageFromArray(protected)
+            written.CopyInformation(itk)
+            sitk.WriteImage(written, str(out / path.relative_to(dataset.root)))
+    return psnrs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("dataset", type=Path)
+    parser.add_argument("out_root", type=Path)
+    parser.add_argument("candidate", choices=CANDIDATES)
+    parser.add_argument("--epsilon", type=float, default=4.0)
+    parser.add_argument("--sigma", type=float, default=0.0)
+    parser.add_argument("--radius", type=float, default=2.0)
+    parser.add_argument("--period", type=float, default=4.0)
+    parser.add_argument("--min-psnr", type=float, default=50.0)
+    parser.add_argument("--code-init", default="edge")
+    parser.add_argument("--augmentation", choices=("none", "nnunet"), default="none")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--normalisation", choices=("auto", "zscore", "ct"), default="auto")
+    args = parser.parse_args(argv)
+    tag = f"{args.dataset.name[:10]}_{args.candidate}_{args.augmentation}_seed{args.seed}_e{args.epsilon:g}"
+    tag += f"_s{args.sigma:g}_r{args.radius:g}_p{args.period:g}_m{args.min_psnr:g}"
+    out = args.out_root / tag
+    psnrs = write_copy(args.dataset, out, args.candidate, args)
+    data = load_evaluation_data(args.dataset, out)
+    augment = NO_AUGMENTATION if args.augmentation == "none" else AugmentSettings()
+    settings = TrainSettings(epochs=args.epochs, iterations_per_epoch=args.iterations, batch_size=8, patch_size=64,
+                             optimizer="adam", learning_rate=0.003, device="cpu", seed=args.seed, augment=augment)
+    normalisation = data.normalisation if args.normalisation == "auto" else args.normalisation
+    start = time.time()
+    run = VictimTrainer(data.protected, data.test, "unet-small", data.n_classes, settings, normalisation,
+                        data.clean).run()
+    finite = [p for p in psnrs if np.isfinite(p)]
+    line = {
+        "dataset": args.dataset.name, "candidate": args.candidate, "tag": tag, "augmentation": args.augmentation,
+        "normalisation": normalisation, "seed": args.seed, "iterations": args.epochs * args.iterations,
+        "psnr_mean": round(float(np.mean(finite)), 2) if finite else None,
+        "psnr_worst": round(float(min(finite)), 2) if finite else None,
+        "curve": [round(v, 3) for v in run.curve], "fit": [round(v, 3) for v in run.train_curve],
+        "seconds": round(time.time() - start),
+    }
+    print(json.dumps(line), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

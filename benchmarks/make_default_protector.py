@@ -1,0 +1,38 @@
+"""Write the bundled default protector: per-label fill codes, negated on the band outside; not fitted.
+
+Its generators G_c and G_t output zero: the codes alone make the change.
+
+The choice and its measurements: docs/results.md ("The default protector"), benchmarks/experiments/edge-*.json.
+
+    python -m benchmarks.make_default_protector [--output UMedProtect/umedprotect/data/default_protector.safetensors]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from umedprotect.protector import DEFAULT_PROTECTOR_PATH, Protector, ProtectorConfig, save_protector
+
+DEFAULT_CONFIG = ProtectorConfig(
+    epsilon=8.0,  # the per-pixel cap, 1/255 of the case's window; the 50 dB floor sets what is spent
+    band_radius=2,  # the band straddles the edge: 2 pixels outside the label carry the negated tile
+    texture_floor=1.0,  # the full budget everywhere in the label (flat tissue too)
+    code_init="fill",
+    code_period=2,  # one-pixel checkerboard / stripes
+    code_classes=4,  # background + the three tiles (labels beyond three repeat them)
+    training={"fitted": False, "source": "benchmarks/make_default_protector.py"},
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, default=DEFAULT_PROTECTOR_PATH)
+    args = parser.parse_args(argv)
+    print(save_protector(Protector(DEFAULT_CONFIG), args.output))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
