@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+
 from umedprotect.array_protection import limit_visibility, protect_array
 from umedprotect.augment import NO_AUGMENTATION, AugmentSettings
 from umedprotect.intensity import apply_change, intensity_window
@@ -128,19 +129,35 @@ def main(argv: list[str] | None = None) -> int:
     psnrs = write_copy(args.dataset, out, args.candidate, args)
     data = load_evaluation_data(args.dataset, out)
     augment = NO_AUGMENTATION if args.augmentation == "none" else AugmentSettings()
-    settings = TrainSettings(epochs=args.epochs, iterations_per_epoch=args.iterations, batch_size=8, patch_size=64,
-                             optimizer="adam", learning_rate=0.003, device="cpu", seed=args.seed, augment=augment)
+    settings = TrainSettings(
+        epochs=args.epochs,
+        iterations_per_epoch=args.iterations,
+        batch_size=8,
+        patch_size=64,
+        optimizer="adam",
+        learning_rate=0.003,
+        device="cpu",
+        seed=args.seed,
+        augment=augment,
+    )
     normalisation = data.normalisation if args.normalisation == "auto" else args.normalisation
     start = time.time()
-    run = VictimTrainer(data.protected, data.test, "unet-small", data.n_classes, settings, normalisation,
-                        data.clean).run()
+    run = VictimTrainer(
+        data.protected, data.test, "unet-small", data.n_classes, settings, normalisation, data.clean
+    ).run()
     finite = [p for p in psnrs if np.isfinite(p)]
     line = {
-        "dataset": args.dataset.name, "candidate": args.candidate, "tag": tag, "augmentation": args.augmentation,
-        "normalisation": normalisation, "seed": args.seed, "iterations": args.epochs * args.iterations,
+        "dataset": args.dataset.name,
+        "candidate": args.candidate,
+        "tag": tag,
+        "augmentation": args.augmentation,
+        "normalisation": normalisation,
+        "seed": args.seed,
+        "iterations": args.epochs * args.iterations,
         "psnr_mean": round(float(np.mean(finite)), 2) if finite else None,
         "psnr_worst": round(float(min(finite)), 2) if finite else None,
-        "curve": [round(v, 3) for v in run.curve], "fit": [round(v, 3) for v in run.train_curve],
+        "curve": [round(v, 3) for v in run.curve],
+        "fit": [round(v, 3) for v in run.train_curve],
         "seconds": round(time.time() - start),
     }
     print(json.dumps(line), flush=True)

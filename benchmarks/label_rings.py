@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+
 from umedprotect.protector import Protector, load_protector, ring_codes, save_protector
 
 RINGS_DEFAULT = Path(__file__).with_name("protectors") / "rings_default.safetensors"

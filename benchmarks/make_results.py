@@ -77,7 +77,9 @@ def _evaluate_quality(report: dict) -> tuple[float, float]:
 
 def _race_lines(path: Path, protected: str, match: dict) -> list[dict]:
     lines = [json.loads(text) for text in path.read_text().splitlines() if text.strip()]
-    return [line for line in lines if line["protected"] == protected and all(line.get(k) == v for k, v in match.items())]
+    return [
+        line for line in lines if line["protected"] == protected and all(line.get(k) == v for k, v in match.items())
+    ]
 
 
 def _race_dsc(line: dict, measure: str) -> dict[int, float]:
@@ -161,7 +163,9 @@ def tabulate(experiment: dict) -> list[Row]:
                 if "quality" in source:  # the evaluate report of the same protected dataset records per-slice PSNR
                     report = json.loads((ROOT / source["quality"]).read_text())
                     if report["protected_dir"] != source["protected"]:
-                        raise ValueError(f"{source['quality']} evaluated {report['protected_dir']}, not {source['protected']}")
+                        raise ValueError(
+                            f"{source['quality']} evaluated {report['protected_dir']}, not {source['protected']}"
+                        )
                     psnr_mean, psnr_worst = _evaluate_quality(report)
         files = sorted({path for source in spec["sources"] for path in _files(source)})
         stopped = sum(ratio <= TARGET_RATIO for ratio in ratios.values())
@@ -187,6 +191,7 @@ def read_table(name: str) -> list[Row]:
 
 def _table_matches(experiment: dict) -> bool:
     """Whether the stored table has the figures its result files give (the commit is not compared)."""
+
     def figures(rows: list[Row]) -> list[dict]:
         return [{**asdict(row), "commit": None} for row in rows]
 
@@ -257,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = [e["name"] for e in experiments if not _table_matches(e)]
         if stale:
-            print(f"result tables differ from their result files: {stale}; run "
-                  "python -m benchmarks.run_experiments NAME --table-only", file=sys.stderr)
+            print(
+                f"result tables differ from their result files: {stale}; run "
+                "python -m benchmarks.run_experiments NAME --table-only",
+                file=sys.stderr,
+            )
         if RESULTS_MD.read_text() != text:
             print("docs/results.md is out of date: run python -m benchmarks.make_results", file=sys.stderr)
             return 1

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from umedprotect.protector import load_protector
 
 from benchmarks import label_rings
+from umedprotect.protector import load_protector
 
 
 def _codes_at_depths(protector, label: int, depths: torch.Tensor) -> torch.Tensor:

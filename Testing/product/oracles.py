@@ -13,11 +13,14 @@ PERCENTILES = (0.5, 99.5)
 
 
 def live_protector(seed: int = 1, **config) -> Protector:
-    """A protector whose generator heads carry seeded random non-zero weights, so the generators shape the change."""
+    """A protector whose generator heads carry seeded random non-zero weights, so the generators shape the change.
+
+    It has no PSNR floor unless ``min_psnr`` is given: the tests check the budget itself.
+    """
     from umedprotect.protector import ProtectorConfig
 
     torch.manual_seed(seed)
-    protector = Protector(ProtectorConfig(**config) if config else None).eval()
+    protector = Protector(ProtectorConfig(**{"min_psnr": None, **config})).eval()
     with torch.no_grad():
         for generator in (protector.contour, protector.texture):
             generator.head.weight.normal_(0.0, 0.5)

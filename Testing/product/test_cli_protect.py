@@ -63,10 +63,18 @@ def test_protect_3d_end_to_end(tmp_path, protector_file, ending, capsys):
     assert data["inputs"]["mask"]["labels"] == [1, 2]
     assert data["output"]["sha256"] == io.sha256(out)
     assert data["protector"]["sha256"] == io.sha256(protector_file)
-    assert data["parameters"] == {"epsilon": 4.0, "band_radius": 3, "labels": None, "min_psnr": 50.0, "seed": 0}  # the floor
+    assert data["parameters"] == {
+        "epsilon": 4.0,
+        "band_radius": 3,
+        "labels": None,
+        "min_psnr": 50.0,
+        "seed": 0,
+    }  # the floor
     assert set(data["versions"]) >= {"umedprotect", "torch", "SimpleITK", "numpy"}
     assert data["device"].startswith("cpu") and data["timing_s"]["total"] > 0
-    assert data["metrics"]["psnr_db"] > data["metrics"]["psnr_db_slice_mean"] >= data["metrics"]["psnr_db_slice_min"] > 30
+    assert (
+        data["metrics"]["psnr_db"] > data["metrics"]["psnr_db_slice_mean"] >= data["metrics"]["psnr_db_slice_min"] > 30
+    )
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "float32", "float64"])
@@ -112,7 +120,9 @@ def test_multi_label_selection(tmp_path, protector_file):
     changed_all, changed_two = read(out_all)[1] != before, read(out_two)[1] != before
     assert changed_all[labels == 1].any() and changed_all[labels == 2].any()
     assert changed_two[labels == 2].any()
-    assert not changed_two[dilate_in_plane(np.where(labels == 2, 0, labels), 3) & ~dilate_in_plane(labels == 2, 3)].any()
+    assert not changed_two[
+        dilate_in_plane(np.where(labels == 2, 0, labels), 3) & ~dilate_in_plane(labels == 2, 3)
+    ].any()
 
 
 def test_same_seed_gives_byte_identical_outputs(tmp_path, protector_file):
@@ -122,7 +132,17 @@ def test_same_seed_gives_byte_identical_outputs(tmp_path, protector_file):
     outputs = []
     for k in range(2):
         out = tmp_path / f"out{k}.nii.gz"
-        argv = ["protect", str(image_path), str(mask_path), "-o", str(out), "--protector", str(protector_file), "--seed", "7"]
+        argv = [
+            "protect",
+            str(image_path),
+            str(mask_path),
+            "-o",
+            str(out),
+            "--protector",
+            str(protector_file),
+            "--seed",
+            "7",
+        ]
         assert main(argv) == 0
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]
@@ -141,7 +161,15 @@ def test_seg_nrrd_mask_and_dicom_input(tmp_path, protector_file):
     slicerio.add_segment(segmentation, labels.transpose(2, 1, 0) > 0, {"id": "lesion"})
     slicerio.write_segmentation(str(tmp_path / "lesion.seg.nrrd"), segmentation)
     out = tmp_path / "out.nrrd"
-    argv = ["protect", str(tmp_path / "dicom"), str(tmp_path / "lesion.seg.nrrd"), "-o", str(out), "--protector", str(protector_file)]
+    argv = [
+        "protect",
+        str(tmp_path / "dicom"),
+        str(tmp_path / "lesion.seg.nrrd"),
+        "-o",
+        str(out),
+        "--protector",
+        str(protector_file),
+    ]
     assert main(argv) == 0
     protected = sitk.ReadImage(str(out))
     assert protected.GetSize() == image.GetSize() and protected.GetPixelID() == image.GetPixelID()
@@ -172,13 +200,18 @@ def test_protect_dataset_and_verify(tmp_path, protector_file, capsys):
     assert "PSNR min" in capsys.readouterr().out
     assert main(argv) == 0  # rerun: everything already finished
     assert "resuming: 3 of 3" in capsys.readouterr().err
-    for name in ["dataset.json", *(f"labelsTr/case00{k}.nii.gz" for k in range(3)), "imagesTs/case003_0000.nii.gz", "labelsTs/case003.nii.gz"]:
+    for name in [
+        "dataset.json",
+        *(f"labelsTr/case00{k}.nii.gz" for k in range(3)),
+        "imagesTs/case003_0000.nii.gz",
+        "labelsTs/case003.nii.gz",
+    ]:
         assert (out / name).read_bytes() == (source / name).read_bytes(), name
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["status"] == "complete" and manifest["method"] == "umed"
     assert manifest["protector"]["sha256"] == io.sha256(protector_file)
     assert set(manifest["versions"]) >= {"umedprotect", "torch", "SimpleITK", "numpy"} and manifest["device"]
-    for case_id, entry in manifest["cases"].items():
+    for entry in manifest["cases"].values():
         record = entry["images"][0]
         assert record["input_sha256"] == io.sha256(source / record["input"])
         assert record["output_sha256"] == io.sha256(out / record["output"])
@@ -200,11 +233,33 @@ def test_help_documents_every_command_and_option(capsys):
     for word in ["protect", "protect-dataset", "verify", "exit codes", "2    bad input"]:
         assert word in text
     expected = {
-        "protect": ["--output", "--protector", "--epsilon", "--band-radius", "--labels", "--device", "--heatmap", "--report",
-                    "--seed", "--overwrite", "--resample-mask", "--allow-empty", "--series-uid"],
-        "protect-dataset": ["--output", "--method", "--protector", "--epsilon", "--device", "--seed", "--overwrite", "--allow-empty"],
+        "protect": [
+            "--output",
+            "--protector",
+            "--epsilon",
+            "--band-radius",
+            "--labels",
+            "--device",
+            "--heatmap",
+            "--report",
+            "--seed",
+            "--overwrite",
+            "--resample-mask",
+            "--allow-empty",
+            "--series-uid",
+        ],
+        "protect-dataset": [
+            "--output",
+            "--method",
+            "--protector",
+            "--epsilon",
+            "--device",
+            "--seed",
+            "--overwrite",
+            "--allow-empty",
+        ],
         "verify": ["--source"],
-    }  # fmt: skip
+    }
     for command, options in expected.items():
         assert main([command, "--help"]) == 0
         text = capsys.readouterr().out

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage
+
 from umedprotect.array_protection import protect_array
 from umedprotect.metrics import slice_psnrs
 from umedprotect.protector import (

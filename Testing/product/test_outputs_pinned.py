@@ -31,7 +31,15 @@ def sha256(path: Path) -> str:
 
 def test_protect_on_the_bundled_sample_writes_the_pinned_bytes(tmp_path):
     out = tmp_path / "protected.nrrd"
-    argv = ["protect", str(SAMPLE / "brain1_image.nrrd"), str(SAMPLE / "brain1_label.nrrd"), "-o", str(out), "--device", "cpu"]
+    argv = [
+        "protect",
+        str(SAMPLE / "brain1_image.nrrd"),
+        str(SAMPLE / "brain1_label.nrrd"),
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     assert sha256(out) == SAMPLE_PROTECTED
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from umedprotect.errors import Cancelled, InputError
 from umedprotect.array_protection import protect_array, slice_axis_for
+from umedprotect.errors import Cancelled, InputError
 from umedprotect.regions import contour_band
 
 
@@ -147,7 +147,9 @@ def test_label_codes_are_tiled_on_the_image_grid(random_protector):
     assert torch.equal(full[:, :, :period], full[:, :, period:])  # periodic along rows
     codes = random_protector.codes
     assert torch.equal(full[0, 0, 0, 0], codes[0, 0, 0])  # background code
-    assert torch.equal(full[0, 0, 0, 1], codes[1, 0, 1]) and torch.equal(full[0, 0, 0, 3], codes[2, 0, 3])  # 17 wraps to code 2
+    assert torch.equal(full[0, 0, 0, 1], codes[1, 0, 1]) and torch.equal(
+        full[0, 0, 0, 3], codes[2, 0, 3]
+    )  # 17 wraps to code 2
 
 
 @pytest.mark.parametrize("dtype", [np.int16, np.float32])
@@ -169,9 +171,12 @@ def test_min_psnr_scales_the_perturbation_down_to_the_floor_and_keeps_its_shape(
 
 @pytest.mark.parametrize(
     "option, value, message",
-    [("min_psnr", 5, r"5 is out of range \[20, 120\] dB"), ("epsilon", 0, r"0 is out of range \(0, 64\]"),
-     ("band_radius", 33, r"33 is out of range \[0, 32\] pixels")],
-)  # fmt: skip
+    [
+        ("min_psnr", 5, r"5 is out of range \[20, 120\] dB"),
+        ("epsilon", 0, r"0 is out of range \(0, 64\]"),
+        ("band_radius", 33, r"33 is out of range \[0, 32\] pixels"),
+    ],
+)
 def test_options_out_of_range_are_input_errors_naming_the_option(phantom2d, random_protector, option, value, message):
     with pytest.raises(InputError, match=message) as error:
         protect_array(*phantom2d, random_protector, **{option: value})
@@ -190,9 +195,13 @@ def test_volumes_report_the_psnr_of_their_changed_slices(phantom3d, random_prote
         if (p != o).any()
     ]
     assert len(expected) == m["slices_protected"] > 1
-    assert m["psnr_db_slice_min"] == pytest.approx(min(expected)) and m["psnr_db_slice_mean"] == pytest.approx(np.mean(expected))
+    assert m["psnr_db_slice_min"] == pytest.approx(min(expected)) and m["psnr_db_slice_mean"] == pytest.approx(
+        np.mean(expected)
+    )
     assert m["psnr_db_slice_min"] < m["psnr_db"]  # the volume's PSNR also counts its unchanged slices
-    assert "psnr_db_slice_min" not in protect_array(image[4], labels[4], random_protector).metrics  # 2D: the image is the slice
+    assert (
+        "psnr_db_slice_min" not in protect_array(image[4], labels[4], random_protector).metrics
+    )  # 2D: the image is the slice
 
 
 def test_min_psnr_holds_every_slice_of_a_volume(phantom3d, random_protector):

@@ -158,11 +158,11 @@ def test_the_texture_bound_is_the_local_deviation_relative_to_the_interiors_90th
     np.testing.assert_array_equal(flat, np.where(interior, 1.0, 0.0))  # no texture anywhere: the full budget
 
 
-def test_the_maps_the_generators_see_are_roi_band_texture_and_depth():
+def test_the_maps_the_generators_see_are_roi_band_texture_depth_and_band_owner():
     from umedprotect.regions import region_maps
 
     image, labels = textured_slice()
-    roi, band, texture, depth = region_maps(image, labels, band_radius=2, texture_floor=0.4, texture_window=3)
+    roi, band, texture, depth, owner = region_maps(image, labels, band_radius=2, texture_floor=0.4, texture_window=3)
     np.testing.assert_array_equal(roi, labels != 0)
     np.testing.assert_array_equal(band, band_2d(labels, 2))
     interior = (labels != 0) & ~band_2d(labels, 2)
@@ -172,3 +172,16 @@ def test_the_maps_the_generators_see_are_roi_band_texture_and_depth():
         region = labels == value
         expected_depth[region] = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1][region]
     np.testing.assert_allclose(depth, expected_depth, atol=1e-5)
+    values = [v for v in np.unique(labels) if v != 0]
+    to_edge = np.stack(  # each pixel's distance to each label's edge, from inside or outside
+        [
+            np.where(
+                labels == v, ndimage.distance_transform_edt(labels == v), ndimage.distance_transform_edt(labels != v)
+            )
+            for v in values
+        ]
+    )
+    on_band = band > 0
+    assert not owner[~on_band].any() and set(np.unique(owner[on_band])) <= set(values)
+    owned = np.take_along_axis(to_edge, np.searchsorted(values, owner)[None].clip(0, len(values) - 1), 0)[0]
+    assert (owned[on_band] <= to_edge.min(axis=0)[on_band] + 1).all()  # the owner's edge is (one of) the nearest

@@ -134,7 +134,9 @@ def protect_array(
             labels_crop = stack_labels[batch][(slice(None), *crop)]
             labels_crop = np.where(roi_mask(labels_crop, label_values), labels_crop, 0).astype(np.int32)
             origin = (crop[0].start, crop[1].start)
-            delta = _perturb(protector, normalize(original, window), labels_crop, origin, band_radius, epsilon, torch_device)
+            delta = _perturb(
+                protector, normalize(original, window), labels_crop, origin, band_radius, epsilon, torch_device
+            )
             new = apply_change(original, delta * window.width, budget, value_range)
             for k, i in enumerate(batch):
                 stack_protected[i][crop] = new[k]
@@ -231,7 +233,10 @@ def _perturb(
     """Generator forward pass on a batch of crops (B,H,W) at ``origin``; returns the change in window units."""
     cfg = protector.config
     maps = np.stack(
-        [region_maps(img, lab, band_radius, cfg.texture_floor, cfg.texture_window) for img, lab in zip(image_norm, labels)]
+        [
+            region_maps(img, lab, band_radius, cfg.texture_floor, cfg.texture_window)
+            for img, lab in zip(image_norm, labels)
+        ]
     )
     x = torch.from_numpy(image_norm[:, None]).to(device)
     m = torch.from_numpy(maps).to(device)

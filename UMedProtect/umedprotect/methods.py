@@ -79,8 +79,11 @@ def _setup_umed(settings: ProtectionSettings, device, device_text: str, protecto
     path = Path(settings.protector) if settings.protector else DEFAULT_PROTECTOR_PATH
     if protector is None:
         protector = load_protector(path, device=device)
-        info = {"path": "bundled default" if settings.protector is None else str(path), "sha256": io.sha256(path),
-                "summary": protector_summary(protector)}  # fmt: skip
+        info = {
+            "path": "bundled default" if settings.protector is None else str(path),
+            "sha256": io.sha256(path),
+            "summary": protector_summary(protector),
+        }
     else:
         info = {"path": "given", "sha256": None, "summary": protector_summary(protector)}
     config = protector.config
@@ -98,6 +101,11 @@ def _setup_umed(settings: ProtectionSettings, device, device_text: str, protecto
         device=str(device),
         batch_size=settings.batch_size,
     )
-    parameters = {"epsilon": epsilon, "band_radius": band_radius, "labels": labels, "min_psnr": min_psnr,
-                  "seed": settings.seed}  # fmt: skip
+    parameters = {
+        "epsilon": epsilon,
+        "band_radius": band_radius,
+        "labels": labels,
+        "min_psnr": min_psnr,
+        "seed": settings.seed,
+    }
     return MethodSetup(DEFAULT_METHOD, case_protector, parameters, info, device_text)

@@ -326,5 +326,3 @@ def protector_summary(protector: Protector) -> dict:
     """Config plus parameter count, for reports and manifests."""
     n = sum(p.numel() for p in protector.parameters())
     return {**json.loads(protector.config.to_json()), "parameters": n, "size_mb": round(n * 4 / 2**20, 3)}
-
-

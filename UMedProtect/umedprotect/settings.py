@@ -57,20 +57,67 @@ class Option:
 OPTIONS: dict[str, Option] = {
     o.name: o
     for o in (
-        Option("epsilon", "--epsilon", "Budget ε", float, 0.0, 64.0, low_open=True, unit="(units of 1/255 of the intensity window)",
-               help="budget in 1/255 of the case's intensity window (default: the protector's)"),
-        Option("band_radius", "--band-radius", "Contour band", int, 0, 32, unit="pixels",
-               help="contour band half-width in pixels (default: the protector's)"),
-        Option("min_psnr", "--min-psnr", "Minimum PSNR", float, 20.0, 120.0, unit="dB",
-               help="scale the perturbation down where a case's PSNR would fall below this -- a 2D image's, or every slice's "
-                    "of a volume (default: the protector's floor, 50 for the bundled one)"),
-        Option("batch_size", "--batch-size", "Batch size", int, 1, 4096, default=16, help="slices per forward pass (default 16)"),
-        Option("seed", "--seed", "Seed", int, default=0,
-               help="random seed; same inputs + protector + seed give byte-identical outputs (default 0)"),
-        Option("device", "--device", "Device", str, default="auto", choices=DEVICE_CHOICES,
-               help="compute device (default: auto = CUDA if available, else CPU)"),
+        Option(
+            "epsilon",
+            "--epsilon",
+            "Budget ε",
+            float,
+            0.0,
+            64.0,
+            low_open=True,
+            unit="(units of 1/255 of the intensity window)",
+            help="budget in 1/255 of the case's intensity window (default: the protector's)",
+        ),
+        Option(
+            "band_radius",
+            "--band-radius",
+            "Contour band",
+            int,
+            0,
+            32,
+            unit="pixels",
+            help="contour band half-width in pixels (default: the protector's)",
+        ),
+        Option(
+            "min_psnr",
+            "--min-psnr",
+            "Minimum PSNR",
+            float,
+            20.0,
+            120.0,
+            unit="dB",
+            help="scale the perturbation down where a case's PSNR would fall below this -- a 2D image's, or every "
+            "slice's of a volume (default: the protector's floor, 50 for the bundled one)",
+        ),
+        Option(
+            "batch_size",
+            "--batch-size",
+            "Batch size",
+            int,
+            1,
+            4096,
+            default=16,
+            help="slices per forward pass (default 16)",
+        ),
+        Option(
+            "seed",
+            "--seed",
+            "Seed",
+            int,
+            default=0,
+            help="random seed; same inputs + protector + seed give byte-identical outputs (default 0)",
+        ),
+        Option(
+            "device",
+            "--device",
+            "Device",
+            str,
+            default="auto",
+            choices=DEVICE_CHOICES,
+            help="compute device (default: auto = CUDA if available, else CPU)",
+        ),
     )
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)

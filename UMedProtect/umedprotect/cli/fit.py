@@ -66,8 +66,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         dest="code_init",
         choices=CODE_INITS,
         default=config.code_init,
-        help="initial per-label codes: white noise or isotropic blobs (both tiled on the image grid), or "
-        "rings following each label's edge (default %(default)s)",
+        help="initial per-label codes: white noise or isotropic blobs (both tiled on the image grid), rings "
+        "following each label's edge, or a fill: a one-pixel tile per label, negated on the band outside "
+        "(default %(default)s)",
     )
     p.add_argument(
         "--code-period",
