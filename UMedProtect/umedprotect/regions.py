@@ -59,6 +59,8 @@ def texture_bound(
     """Per-pixel bound T in [floor, 1]: normalised local standard deviation inside ``interior``.
 
     Textured tissue gets up to the full budget, flat tissue ``floor`` of it; zero outside ``interior``.
+    The scale is the interior's own 90th percentile, so an interior with no variation at all (nothing
+    to compare with) gets the full budget.
     """
     bound = np.zeros(image2d.shape, dtype=np.float32)
     if not interior.any():
