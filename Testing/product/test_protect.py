@@ -232,3 +232,22 @@ def test_a_crop_is_clipped_to_the_whole_images_range_not_its_own(random_protecto
     roi = labels > 0
     assert (result.change[roi] > 0).any()  # brighter than the crop's maximum, within the image's range
     assert result.protected.max() <= 2000 and np.abs(result.change).max() <= result.budget
+
+
+def test_generators_with_zero_heads_are_not_run_at_inference_and_change_nothing(random_protector):
+    """The bundled protector's generators output zero: inference skips them, training still runs them."""
+    from umedprotect.protector import _generate
+
+    calls = []
+    random_protector.contour.register_forward_hook(lambda *_: calls.append("run"))
+    inputs = torch.randn(2, 2, 32, 32)
+    with torch.no_grad():
+        skipped = _generate(random_protector.contour, inputs)
+    assert calls == [] and torch.equal(skipped, random_protector.contour(inputs)) and calls == ["run"]
+    calls.clear()
+    _generate(random_protector.contour, inputs)  # gradients on: the heads must learn
+    assert calls == ["run"]
+    with torch.no_grad():
+        random_protector.contour.head.bias.fill_(0.1)
+        _generate(random_protector.contour, inputs)
+    assert calls == ["run", "run"]
