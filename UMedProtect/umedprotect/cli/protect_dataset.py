@@ -88,6 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..dask_runner import protect_on_dask, protect_shard
     from ..dataset_protection import WHOLE_DATASET
+    from ..nnunet import read_dataset
 
     if args.output_format == "dicom":
         raise InputError(
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.shards is not None:
         raise InputError("applies to --dask only", option="shards")
     settings = settings_from(args)
+    read_dataset(args.in_dir)  # a missing or malformed dataset is refused before anything is printed
     print(device_line(settings.device))
     options = dict(allow_empty=args.allow_empty, overwrite=args.overwrite)
     if args.dask is not None:
