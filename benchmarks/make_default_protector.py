@@ -13,7 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from umedprotect.protector import DEFAULT_PROTECTOR_PATH, Protector, ProtectorConfig, save_protector
+from umedprotect.protector import Protector, save_protector
+from umedprotect.protector_file import DEFAULT_PROTECTOR_PATH, ProtectorConfig
 
 DEFAULT_CONFIG = ProtectorConfig(
     epsilon=8.0,  # the per-pixel cap, 1/255 of the case's window; the 50 dB floor sets what is spent

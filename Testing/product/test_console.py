@@ -8,11 +8,14 @@ import re
 import numpy as np
 import pytest
 from conftest import write_image, write_nnunet_dataset
+from oracles import live_protector
 
 from umedprotect import io
 from umedprotect.cli import main
 from umedprotect.cli.protect_dataset import case_table, summary_line
+from umedprotect.methods import CODES_ONLY
 from umedprotect.phantoms import phantom_volume
+from umedprotect.protector import save_protector
 from umedprotect.records import CaseRecord, ImageRecord
 
 
@@ -40,8 +43,11 @@ def protect_argv(case, out, protector_file, *extra):
 def test_protect_names_the_device_and_the_units(tmp_path, case, protector_file, capsys):
     assert main(protect_argv(case, tmp_path / "out.nrrd", protector_file)) == 0
     out = capsys.readouterr().out.splitlines()
-    assert re.fullmatch(r"device: cpu \(\d+ threads\)", out[0])
+    assert out[0] == f"device: {CODES_ONLY}"  # silent generators: no network runs
     assert re.search(r"max change \d+ (HU|native units)$", out[-1])
+    live = save_protector(live_protector(), tmp_path / "live.safetensors")
+    assert main(protect_argv(case, tmp_path / "live.nrrd", live)) == 0
+    assert re.fullmatch(r"device: cpu \(\d+ threads\)", capsys.readouterr().out.splitlines()[0])
 
 
 def test_outputs_go_into_new_folders_and_a_failing_report_removes_the_earlier_outputs(

@@ -9,13 +9,8 @@ from scipy import ndimage
 
 from umedprotect.array_protection import protect_array
 from umedprotect.metrics import slice_psnrs
-from umedprotect.protector import (
-    DEFAULT_MIN_PSNR,
-    Protector,
-    ProtectorConfig,
-    load_protector,
-    save_protector,
-)
+from umedprotect.protector import Protector, load_protector, save_protector
+from umedprotect.protector_file import DEFAULT_MIN_PSNR, ProtectorConfig
 from umedprotect.regions import signed_edge_distance
 
 

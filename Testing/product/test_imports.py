@@ -74,3 +74,22 @@ def test_the_slicer_module_ships_no_evaluation_code():
     listed = [line for line in lines if not line.lstrip().startswith("#")]
     assert any("umedprotect/cli/__init__.py" in line for line in listed)
     assert not [line for line in listed if "umedprotect_eval" in line]
+
+
+def test_protecting_with_silent_generators_never_imports_torch(tmp_path):
+    """The bundled protector's generators are silent: its codes are applied in numpy; live ones need torch."""
+    from oracles import live_protector
+
+    from umedprotect.protector import save_protector
+
+    sample = ROOT / "Resources" / "Sample"
+    argv = [str(sample / "brain1_image.nrrd"), str(sample / "brain1_label.nrrd"), "--device", "cpu"]
+    result, stderr = imported_after(CLI_RUN, "protect", *argv, "-o", str(tmp_path / "codes.nii.gz"))
+    assert result["code"] == 0, stderr
+    assert "torch" not in result["modules"]
+    live = save_protector(live_protector(), tmp_path / "live.safetensors")
+    result, stderr = imported_after(
+        CLI_RUN, "protect", *argv, "-o", str(tmp_path / "live.nii.gz"), "--protector", str(live)
+    )
+    assert result["code"] == 0, stderr
+    assert "torch" in result["modules"]

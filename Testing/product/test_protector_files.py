@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT
+from safetensors.numpy import load_file as load_numpy
 
 from umedprotect.errors import InputError
-from umedprotect.protector import METADATA_KEY, load_protector
+from umedprotect.protector import load_protector
+from umedprotect.protector_file import DIGEST_KEY, METADATA_KEY, weights_digest
 
 
 class CreatesMarker:
@@ -111,9 +113,15 @@ def test_config_that_is_not_json_is_refused(tmp_path, protector_file):
 def test_wrong_tensor_names_shapes_dtypes_and_values_are_refused(tmp_path, protector_file):
     header, body = split(protector_file)
     names = sorted(k for k in header if k != "__metadata__")
+    assert names[0] == "codes"  # read without torch: the codes and the generator heads are checked first
     renamed = dict(header)
-    renamed["evil." + names[0]] = renamed.pop(names[0])
-    with pytest.raises(InputError, match="unexpected"):
+    renamed["evil.codes"] = renamed.pop("codes")
+    with pytest.raises(InputError, match=r"missing \['codes'\]"):
+        load_protector(join(renamed, body, tmp_path / "renamed.safetensors"))
+    weights = {("evil." if k == names[1] else "") + k: v for k, v in load_numpy(str(protector_file)).items()}
+    renamed = {("evil." if k == names[1] else "") + k: v for k, v in header.items()}
+    renamed["__metadata__"] = {**header["__metadata__"], DIGEST_KEY: weights_digest(weights)}  # a forged checksum
+    with pytest.raises(InputError, match="unexpected"):  # the networks' weights: checked when they are built
         load_protector(join(renamed, body, tmp_path / "renamed.safetensors"))
 
     reshaped = json.loads(json.dumps(header))

@@ -14,7 +14,8 @@ from umedprotect.array_protection import protect_array
 from umedprotect.errors import InputError
 from umedprotect.fitting import FitSettings, fit_protector
 from umedprotect.phantoms import phantom_slice
-from umedprotect.protector import DEFAULT_PROTECTOR_PATH, ProtectorConfig, load_protector, ring_codes, save_protector
+from umedprotect.protector import load_protector, ring_codes, save_protector
+from umedprotect.protector_file import DEFAULT_PROTECTOR_PATH, ProtectorConfig
 from umedprotect.slices import case_slices
 
 TINY = FitSettings(steps=4, batch_size=2, patch_size=32, min_steps=2, surrogate_channels=4, device="cpu")

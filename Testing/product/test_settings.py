@@ -16,7 +16,7 @@ from umedprotect import cli
 from umedprotect.cli import build_parser, option_message
 from umedprotect.cli.protect import settings_from
 from umedprotect.errors import InputError
-from umedprotect.protector import check_config_values
+from umedprotect.protector_file import check_config_values
 from umedprotect.settings import OPTIONS, ProtectionSettings
 
 PROTECTION_COMMANDS = ("protect", "protect-dataset")

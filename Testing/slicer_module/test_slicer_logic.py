@@ -289,7 +289,7 @@ def test_saved_file_keeps_voxels_geometry_and_pixel_type(case, protector_file, t
 
 
 def test_in_slicer_self_test_passes_with_the_bundled_protector(scene):
-    from umedprotect.protector import DEFAULT_PROTECTOR_PATH
+    from umedprotect.protector_file import DEFAULT_PROTECTOR_PATH
 
     assert DEFAULT_PROTECTOR_PATH.is_file()
     result = UMedProtect.UMedProtectTest("runTest").run()

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .devices import resolve_device
+from .codes import CodePerturbation
 from .errors import Cancelled, InputError
 from .intensity import Window, apply_change, intensity_window, normalize
 from .metrics import data_range, image_quality, slab_slices_for, slice_psnrs
-from .protector import Protector, load_protector
+from .protector_file import ProtectorFile, read_protector_file
 from .regions import bounding_box, contour_band, region_maps, roi_mask
 from .settings import OPTIONS
+
+if TYPE_CHECKING:
+    from .protector import Protector
 
 CONTEXT_MARGIN = 16  # pixels of image context the generators see around the ROI
 
 ProgressCallback = Callable[[int, int], None]
+ChangeMaker = Callable[[np.ndarray, np.ndarray, np.ndarray, tuple[int, int], float], np.ndarray]
 
 
 @dataclass
@@ -69,7 +72,7 @@ def check_inputs(image: np.ndarray, labels: np.ndarray) -> None:
 def protect_array(
     image: np.ndarray,
     labels: np.ndarray,
-    protector: Protector | None = None,
+    protector: Protector | ProtectorFile | None = None,
     *,
     spacing: Sequence[float] | None = None,
     epsilon: float | None = None,
@@ -84,6 +87,8 @@ def protect_array(
 ) -> ProtectionResult:
     """Protect ``image`` inside the ROI of ``labels`` and its contour band.
 
+    ``protector``: a module or a read file (default: the bundled protector); when its generators are
+    silent, its codes are applied in numpy and torch is not imported (``device`` is then unused);
     ``spacing`` is per numpy axis (3D volumes are processed slice-wise along the coarsest one);
     ``epsilon`` (in 1/255 of the window) and ``band_radius`` override the protector's config;
     ``label_values`` restricts the ROI to these labels (default: every non-zero label);
@@ -97,8 +102,7 @@ def protect_array(
     is the whole volume's.
     """
     check_inputs(image, labels)
-    torch_device = resolve_device(device)
-    protector = (protector or load_protector()).to(torch_device).eval()
+    protector = read_protector_file() if protector is None else protector
     config = protector.config
     epsilon = config.epsilon if epsilon is None else float(epsilon)
     band_radius = config.band_radius if band_radius is None else int(band_radius)
@@ -119,6 +123,7 @@ def protect_array(
 
     indices, roi_union = _roi_slices(stack_labels, label_values)
     if indices:
+        make_change = change_maker(protector, device)
         crop = bounding_box(roi_union, band_radius + CONTEXT_MARGIN)
         batches = [
             part[start : start + batch_size]
@@ -134,9 +139,14 @@ def protect_array(
             labels_crop = stack_labels[batch][(slice(None), *crop)]
             labels_crop = np.where(roi_mask(labels_crop, label_values), labels_crop, 0).astype(np.int32)
             origin = (crop[0].start, crop[1].start)
-            delta = _perturb(
-                protector, normalize(original, window), labels_crop, origin, band_radius, epsilon, torch_device
+            image_norm = normalize(original, window)
+            maps = np.stack(
+                [
+                    region_maps(img, lab, band_radius, config.texture_floor, config.texture_window)
+                    for img, lab in zip(image_norm, labels_crop)
+                ]
             )
+            delta = make_change(image_norm, maps, labels_crop, origin, epsilon)
             new = apply_change(original, delta * window.width, budget, value_range)
             for k, i in enumerate(batch):
                 stack_protected[i][crop] = new[k]
@@ -220,34 +230,17 @@ def make_result(
     return ProtectionResult(protected, image, region, window, budget, axis, metrics)
 
 
-@torch.inference_mode()
-def _perturb(
-    protector: Protector,
-    image_norm: np.ndarray,
-    labels: np.ndarray,
-    origin: tuple[int, int],
-    band_radius: int,
-    epsilon: float,
-    device: torch.device,
-) -> np.ndarray:
-    """Generator forward pass on a batch of crops (B,H,W) at ``origin``; returns the change in window units."""
-    cfg = protector.config
-    maps = np.stack(
-        [
-            region_maps(img, lab, band_radius, cfg.texture_floor, cfg.texture_window)
-            for img, lab in zip(image_norm, labels)
-        ]
-    )
-    x = torch.from_numpy(image_norm[:, None]).to(device)
-    m = torch.from_numpy(maps).to(device)
-    y = torch.from_numpy(labels.astype(np.int64)).to(device)
-    h, w = x.shape[-2:]
-    d = protector.divisor
-    pad = (0, (-w) % d, 0, (-h) % d)
-    if any(pad):
-        x = F.pad(x, pad, mode="replicate")
-        m = F.pad(m, pad)
-        y = F.pad(y, pad)
-    start = torch.tensor([origin], dtype=torch.long, device=device).expand(len(labels), 2)
-    delta = protector(x, m, y, start, epsilon)[:, 0, :h, :w]
-    return delta.float().cpu().numpy()
+def change_maker(protector: Protector | ProtectorFile, device: str = "auto") -> ChangeMaker:
+    """``(image_norm, maps, labels, origin, epsilon) -> change`` for batches of crops: the codes alone in numpy
+    when the generators are silent (their output is exactly zero), else the networks on ``device``."""
+    if protector.generators_silent:
+        if not isinstance(protector, ProtectorFile):
+            from .protector import as_protector_file
+
+            protector = as_protector_file(protector)
+        return CodePerturbation(protector.config, protector.weights["codes"])
+    from .devices import resolve_device
+    from .protector import build_protector
+
+    module = build_protector(protector) if isinstance(protector, ProtectorFile) else protector
+    return module.to(resolve_device(device)).eval().perturb_crops

@@ -373,15 +373,15 @@ def json_roundtrip(data: dict) -> dict:
 
 
 def software_versions() -> dict[str, str]:
-    """Versions of the package and of the libraries that determine the output bytes."""
-    import torch
+    """Versions of the package and of the libraries that determine the output bytes (torch's without importing it)."""
+    from importlib.metadata import version
 
     from . import __version__
 
     return {
         "umedprotect": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": version("torch"),
         "SimpleITK": sitk.Version.VersionString(),
         "numpy": np.__version__,
     }

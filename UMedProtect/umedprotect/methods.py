@@ -19,6 +19,7 @@ METHOD_GROUP = "umedprotect.methods"
 DEFAULT_METHOD = "umed"
 BASELINE_EPSILON = 4.0  # a baseline's budget when none is given
 UMED_ONLY = ("protector", "band_radius", "labels", "min_psnr")  # settings a baseline does not take
+CODES_ONLY = "none needed: the protector's generators are silent, its codes are applied on the CPU"
 
 CaseProtector = Callable[..., object]  # (image, labels, spacing=None, ...) -> ProtectionResult
 
@@ -48,15 +49,15 @@ def setup_method(
     ``protector`` overrides ``settings.protector`` with an already loaded UMed protector;
     ``method_settings`` go to a baseline's builder as its ``settings`` (default: the builder's own).
     """
+    if method == DEFAULT_METHOD:
+        return _setup_umed(settings, protector)
     import torch
 
-    from .devices import describe_devices, resolve_device
+    from .devices import resolve_device
 
     torch.manual_seed(settings.seed)
     device = resolve_device(settings.device)
-    device_text = f"{device} ({describe_devices()})"
-    if method == DEFAULT_METHOD:
-        return _setup_umed(settings, device, device_text, protector)
+    device_text = device_description(method, settings)
     found = [ep for ep in entry_points(group=METHOD_GROUP) if ep.name == method]
     if not found:
         raise InputError(f"unknown method {method!r} (choose from {', '.join(method_names())})", option="method")
@@ -71,21 +72,42 @@ def setup_method(
     return MethodSetup(method, case_protector, parameters, None, device_text)
 
 
-def _setup_umed(settings: ProtectionSettings, device, device_text: str, protector) -> MethodSetup:
+def device_description(method: str, settings: ProtectionSettings, protector=None) -> str:
+    """What a run computes on, for its console line and records: ``cuda:0 (NVIDIA H200)``, ``cpu (2 threads)``,
+    or :data:`CODES_ONLY` (nothing to run: ``umed`` with a protector whose generators are silent, on ``auto`` or
+    ``cpu``; torch is then not even imported)."""
+    if method == DEFAULT_METHOD and settings.device in ("auto", "cpu"):
+        from .protector_file import read_protector_file
+
+        if (protector or read_protector_file(settings.protector)).generators_silent:
+            return CODES_ONLY
+    from .devices import describe_device, resolve_device
+
+    return describe_device(resolve_device(settings.device))
+
+
+def _setup_umed(settings: ProtectionSettings, protector) -> MethodSetup:
     from . import io
     from .array_protection import protect_array
-    from .protector import DEFAULT_PROTECTOR_PATH, load_protector, protector_summary
+    from .protector_file import DEFAULT_PROTECTOR_PATH, ProtectorFile, read_protector_file
 
     path = Path(settings.protector) if settings.protector else DEFAULT_PROTECTOR_PATH
     if protector is None:
-        protector = load_protector(path, device=device)
+        protector = read_protector_file(path)
         info = {
             "path": "bundled default" if settings.protector is None else str(path),
             "sha256": io.sha256(path),
-            "summary": protector_summary(protector),
+            "summary": protector.summary(),
         }
     else:
-        info = {"path": "given", "sha256": None, "summary": protector_summary(protector)}
+        from .protector import as_protector_file
+
+        info = {"path": "given", "sha256": None, "summary": as_protector_file(protector).summary()}
+    device_text = device_description(DEFAULT_METHOD, settings, protector)
+    if device_text != CODES_ONLY and isinstance(protector, ProtectorFile):
+        from .protector import build_protector
+
+        protector = build_protector(protector)  # once, not for every case
     config = protector.config
     epsilon = config.epsilon if settings.epsilon is None else settings.epsilon
     band_radius = config.band_radius if settings.band_radius is None else settings.band_radius
@@ -98,7 +120,7 @@ def _setup_umed(settings: ProtectionSettings, device, device_text: str, protecto
         band_radius=band_radius,
         label_values=labels,
         min_psnr=min_psnr,
-        device=str(device),
+        device=settings.device,
         batch_size=settings.batch_size,
     )
     parameters = {

@@ -1,132 +1,33 @@
-"""The protector: contour perturbator G_c and texture perturbator G_t, and its safe file format.
+"""The protector as a torch module: contour perturbator G_c, texture perturbator G_t and the per-label codes.
 
-A protector file is a safetensors file: the generators' weights plus the JSON config in the
-header metadata. Loading parses data only and never executes code from the file.
+Its file format (config, checks) is :mod:`umedprotect.protector_file`, read without torch.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from . import __version__
 from .atomic import atomic_path
 from .errors import InputError
-from .intensity import DEFAULT_PERCENTILES
 from .networks import UNet2d
-from .regions import DEFAULT_BAND_RADIUS, DEFAULT_TEXTURE_FLOOR, DEFAULT_TEXTURE_WINDOW
-from .settings import OPTIONS
+from .protector_file import (
+    DIGEST_KEY,
+    GENERATOR_HEADS,
+    METADATA_KEY,
+    ProtectorConfig,
+    ProtectorFile,
+    read_protector_file,
+    weights_digest,
+)
 
-FORMAT_NAME = "umedprotect-protector"
-FORMAT_VERSION = 1
-METADATA_KEY = "umedprotect"
-DIGEST_KEY = "umedprotect_weights_sha256"
-DEFAULT_PROTECTOR_PATH = Path(__file__).with_name("data") / "default_protector.safetensors"
-CODE_INITS = ("normal", "blobs", "rings", "fill")
-DEFAULT_MIN_PSNR = 50.0  # dB: the visibility floor of new protectors (METHOD.md: the paper's 50 dB)
 BLOB_SIGMAS = (1.5, 3.0)  # difference-of-Gaussians band of the "blobs" codes, pixels
 BLOB_GAIN = 3.0  # pre-activation scale of the "blobs" codes (tanh(3) = 0.995: nearly the full budget)
-
-
-_VALID_VALUES = {  # epsilon and band_radius: the ranges of the protection options
-    "epsilon": lambda v: isinstance(v, (int, float)) and OPTIONS["epsilon"].accepts(v),
-    "band_radius": lambda v: isinstance(v, int) and OPTIONS["band_radius"].accepts(v),
-    "texture_floor": lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
-    "texture_window": lambda v: isinstance(v, int) and 1 <= v <= 31,
-    "cdc_theta": lambda v: isinstance(v, (int, float)) and 0 <= v <= 1,
-    "base_channels": lambda v: isinstance(v, int) and 1 <= v <= 128,
-    "levels": lambda v: isinstance(v, int) and 1 <= v <= 6,
-    "code_period": lambda v: isinstance(v, int) and 1 <= v <= 64,
-    "code_classes": lambda v: isinstance(v, int) and 2 <= v <= 256,
-    "code_init": lambda v: v in CODE_INITS,
-    "generator_gain": lambda v: isinstance(v, (int, float)) and 0 <= v <= 10,
-    "min_psnr": lambda v: v is None or (isinstance(v, (int, float)) and OPTIONS["min_psnr"].accepts(v)),
-    "percentiles": lambda v: isinstance(v, list) and len(v) == 2 and 0 <= v[0] < v[1] <= 100,
-    "package_version": lambda v: isinstance(v, str),
-    "training": lambda v: isinstance(v, dict),
-}
-
-
-def invalid_config_values(values: dict) -> list[str]:
-    """Names of the entries of ``values`` that are out of range for a :class:`ProtectorConfig`."""
-    return [key for key, ok in _VALID_VALUES.items() if key in values and not ok(values[key])]
-
-
-def check_config_values(values: dict) -> None:
-    """Raise :class:`InputError` naming the first entry of ``values`` out of range for a :class:`ProtectorConfig`."""
-    for name in invalid_config_values(values):
-        if name in OPTIONS:
-            OPTIONS[name].check(values[name])  # worded with the option's range
-        raise InputError(f"{values[name]!r} is out of range", option=name)
-
-
-@dataclass
-class ProtectorConfig:
-    """Everything needed to rebuild and apply a protector (stored in the file's JSON header)."""
-
-    epsilon: float = 4.0  # budget, in 1/255 of the case's intensity window
-    band_radius: int = DEFAULT_BAND_RADIUS  # contour band half-width, pixels
-    texture_floor: float = DEFAULT_TEXTURE_FLOOR  # lowest texture bound T(p), fraction of epsilon
-    texture_window: int = DEFAULT_TEXTURE_WINDOW  # local-std window of the texture bound, pixels
-    cdc_theta: float = 0.7  # central difference weight in G_c's encoder
-    base_channels: int = 8
-    levels: int = 3
-    code_period: int = 8  # period (pixels) of the learnable per-label shortcut codes
-    code_classes: int = 16  # number of codes: background + labels (label values wrap around)
-    # initial codes: "normal" (white noise) or "blobs" (isotropic band-pass texture per label), both
-    # tiled on the image grid; "rings" (a profile over the depth below the label's edge: contour-following rings);
-    # or "fill" (per label a fixed pixel-level tile, checkerboard or stripes; the contour band outside the label
-    # carries its negative)
-    code_init: str = "normal"
-    # 0: the generators' pre-activations are unbounded; > 0: each is soft-clipped to +-generator_gain, so a
-    # code larger than that keeps its sign: the generators adapt the shortcut to the image but cannot overturn it
-    generator_gain: float = 0.0
-    # visibility floor (dB): every 2D image, and every changed slice of a volume, keeps at least this PSNR;
-    # None: no floor (protector files written before the floor existed)
-    min_psnr: float | None = DEFAULT_MIN_PSNR
-    percentiles: tuple[float, float] = DEFAULT_PERCENTILES
-    format: str = FORMAT_NAME
-    format_version: int = FORMAT_VERSION
-    package_version: str = __version__
-    training: dict = field(default_factory=dict)  # data summary and fitting settings
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str, source: str) -> ProtectorConfig:
-        """Parse and validate a config; raise InputError naming ``source`` on any problem."""
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{source}: protector config is not valid JSON ({exc.msg})") from None
-        if not isinstance(raw, dict):
-            raise InputError(f"{source}: protector config must be a JSON object")
-        if raw.get("format") != FORMAT_NAME:
-            raise InputError(f"{source}: not a UMedProtect protector (format {raw.get('format')!r})")
-        if raw.get("format_version") != FORMAT_VERSION:
-            raise InputError(
-                f"{source}: protector format version {raw.get('format_version')!r} is not supported "
-                f"(this UMedProtect reads version {FORMAT_VERSION})"
-            )
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(raw) - set(known))
-        if unknown:
-            raise InputError(f"{source}: unknown protector config keys {unknown}")
-        bad = invalid_config_values(raw)
-        if bad:
-            raise InputError(f"{source}: invalid protector config value {bad[0]}={raw[bad[0]]!r}")
-        raw.setdefault("min_psnr", None)  # files from before the floor keep their outputs
-        if "percentiles" in raw:
-            raw["percentiles"] = tuple(raw["percentiles"])
-        return cls(**raw)
 
 
 class Protector(nn.Module):
@@ -161,6 +62,30 @@ class Protector(nn.Module):
     @property
     def divisor(self) -> int:
         return self.contour.divisor
+
+    @property
+    def generators_silent(self) -> bool:
+        """True when both generators' 1x1 heads are all zero: their output is zero, the codes alone protect."""
+        state = self.state_dict()
+        return not any(state[key].any() for key in GENERATOR_HEADS)
+
+    @torch.inference_mode()
+    def perturb_crops(
+        self, image_norm: np.ndarray, maps: np.ndarray, labels: np.ndarray, origin: tuple[int, int], epsilon: float
+    ) -> np.ndarray:
+        """Change in window units (B,H,W) for a batch of crops (B,H,W) at ``origin``, on the module's device."""
+        device = self.codes.device
+        x = torch.from_numpy(image_norm[:, None]).to(device)
+        m = torch.from_numpy(maps).to(device)
+        y = torch.from_numpy(labels.astype(np.int64)).to(device)
+        h, w = x.shape[-2:]
+        pad = (0, (-w) % self.divisor, 0, (-h) % self.divisor)
+        if any(pad):
+            x = F.pad(x, pad, mode="replicate")
+            m = F.pad(m, pad)
+            y = F.pad(y, pad)
+        start = torch.tensor([origin], dtype=torch.long, device=device).expand(len(labels), 2)
+        return self(x, m, y, start, epsilon)[:, 0, :h, :w].float().cpu().numpy()
 
     def code_field(
         self, labels: torch.Tensor, origin: torch.Tensor, depth: torch.Tensor, band_owner: torch.Tensor | None = None
@@ -274,63 +199,36 @@ def fill_codes(classes: int, period: int) -> torch.Tensor:
 def save_protector(protector: Protector, path: str | Path) -> Path:
     """Write the protector atomically as safetensors weights + JSON config."""
     path = Path(path)
-    tensors = {k: v.detach().cpu().contiguous().float() for k, v in protector.state_dict().items()}
-    metadata = {METADATA_KEY: protector.config.to_json(), DIGEST_KEY: weights_digest(tensors)}
+    weights = as_protector_file(protector).weights
+    metadata = {METADATA_KEY: protector.config.to_json(), DIGEST_KEY: weights_digest(weights)}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file({k: torch.from_numpy(v) for k, v in weights.items()}, str(tmp), metadata=metadata)
     return path
 
 
-def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over tensor names, shapes and float32 bytes, in name order (detects edited weights)."""
-    digest = hashlib.sha256()
-    for key in sorted(tensors):
-        tensor = tensors[key].detach().cpu().contiguous().float()
-        digest.update(f"{key}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def load_protector(path: str | Path | None = None, device: str | torch.device = "cpu") -> Protector:
-    """Load and validate a protector file (default: the bundled one). Never executes file content."""
-    path = Path(path) if path is not None else DEFAULT_PROTECTOR_PATH
-    source = str(path)
-    if not path.is_file():
-        raise InputError(f"{source}: protector file not found")
-    with open(path, "rb") as handle:
-        head = handle.read(9)
-    # safetensors: an 8-byte header length (which may well start with 0x80), then the JSON header
-    if head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK"):
-        raise InputError(f"{source}: pickle/zip-based PyTorch files are refused; protectors must be safetensors")
-    try:
-        with safe_open(source, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise InputError(f"{source}: not a valid safetensors protector file ({exc})") from None
-    if METADATA_KEY not in metadata:
-        raise InputError(f"{source}: safetensors file has no UMedProtect config")
-    protector = Protector(ProtectorConfig.from_json(metadata[METADATA_KEY], source))
+def build_protector(protector_file: ProtectorFile) -> Protector:
+    """The module of a read protector file, after checking its weights against the networks its config builds."""
+    protector = Protector(protector_file.config)
     expected = {k: tuple(v.shape) for k, v in protector.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    found = {k: tuple(v.shape) for k, v in protector_file.weights.items()}
     if expected != found:
         missing = sorted(set(expected) - set(found))
         extra = sorted(set(found) - set(expected))
         wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
         raise InputError(
-            f"{source}: protector weights do not match its config "
+            f"{protector_file.source}: protector weights do not match its config "
             f"(missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {wrong[:3]})"
         )
-    for key, tensor in tensors.items():
-        if tensor.dtype != torch.float32 or not bool(torch.isfinite(tensor).all()):
-            raise InputError(f"{source}: tensor {key} is not finite float32")
-    if metadata.get(DIGEST_KEY) != weights_digest(tensors):
-        raise InputError(f"{source}: protector weights were modified after saving (checksum mismatch)")
-    protector.load_state_dict(tensors)
-    return protector.to(device).eval()
+    protector.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in protector_file.weights.items()})
+    return protector.eval()
 
 
-def protector_summary(protector: Protector) -> dict:
-    """Config plus parameter count, for reports and manifests."""
-    n = sum(p.numel() for p in protector.parameters())
-    return {**json.loads(protector.config.to_json()), "parameters": n, "size_mb": round(n * 4 / 2**20, 3)}
+def load_protector(path: str | Path | None = None, device: str | torch.device = "cpu") -> Protector:
+    """Load and check a protector file (default: the bundled one) as a module. Never executes file content."""
+    return build_protector(read_protector_file(path)).to(device)
+
+
+def as_protector_file(protector: Protector, source: str = "given") -> ProtectorFile:
+    """The protector's config and weights as :func:`save_protector` writes them (float32, on the CPU)."""
+    weights = {k: v.detach().cpu().contiguous().float().numpy() for k, v in protector.state_dict().items()}
+    return ProtectorFile(protector.config, weights, source)

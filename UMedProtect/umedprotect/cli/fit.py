@@ -9,7 +9,6 @@ from dataclasses import fields
 from ..atomic import atomic_path
 from ..errors import InputError
 from . import add_option
-from .protect import device_line
 
 SUMMARY = "fit a protector (contour + texture perturbators) on segmentation datasets"
 
@@ -17,7 +16,7 @@ SUMMARY = "fit a protector (contour + texture perturbators) on segmentation data
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from ..fitting import FitSettings
     from ..objectives import OBJECTIVES
-    from ..protector import CODE_INITS, ProtectorConfig
+    from ..protector_file import CODE_INITS, ProtectorConfig
 
     defaults = FitSettings()
     config = ProtectorConfig()
@@ -160,7 +159,8 @@ def _fit(args: argparse.Namespace) -> int:
     from .. import ddp
     from ..fitting import FitSettings, dataset_slices, fit_on_datasets
     from ..io import check_output_path
-    from ..protector import ProtectorConfig, check_config_values, save_protector
+    from ..protector import save_protector
+    from ..protector_file import ProtectorConfig, check_config_values
 
     output = check_output_path(args.output, args.overwrite, endings=(".safetensors",))
     history_path = check_output_path(args.history, args.overwrite, endings=(".json",)) if args.history else None
@@ -197,7 +197,9 @@ def _fit(args: argparse.Namespace) -> int:
     samples = dataset_slices(args.datasets)  # validates the datasets before the progress bar starts
     main_process = ddp.is_main()  # the one that prints and writes
     if main_process:
-        print(device_line(args.device))
+        from ..devices import describe_device, resolve_device
+
+        print(f"device: {describe_device(resolve_device(args.device))}")
     with tqdm(total=settings.steps, desc="fitting", unit="step", disable=args.no_progress or not main_process) as bar:
 
         def progress(step: int, total: int, record: dict) -> None:

@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         setup.protector_info,
         setup.device,
     )
-    print(device_line(settings.device))
+    print(f"device: {device}")
     read_s = time.perf_counter() - started
 
     if not present:
@@ -293,13 +293,6 @@ def _distinct_values(array: np.ndarray, more_than: int) -> int:
     flat = array.reshape(-1)
     sample = distinct_values(flat[:: max(flat.size // 100_000, 1)])
     return sample.size if sample.size > more_than else distinct_values(flat).size
-
-
-def device_line(device: str) -> str:
-    """The console line naming the device a run uses."""
-    from ..devices import describe_device, resolve_device
-
-    return f"device: {describe_device(resolve_device(device))}"
 
 
 def _write_image(protected: np.ndarray, image, image_path: Path, output: Path, overwrite: bool) -> Path:

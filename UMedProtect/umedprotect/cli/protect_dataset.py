@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import InputError
 from ..exit_codes import EXIT_DISCREPANCIES, EXIT_OK
-from ..methods import DEFAULT_METHOD, method_names
-from .protect import LOW_PSNR_DB, OUTPUT_FORMATS, add_protection_options, device_line, settings_from
+from ..methods import DEFAULT_METHOD, device_description, method_names
+from .protect import LOW_PSNR_DB, OUTPUT_FORMATS, add_protection_options, settings_from
 
 if TYPE_CHECKING:
     from ..dataset_protection import Shard
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("applies to --dask only", option="shards")
     settings = settings_from(args)
     read_dataset(args.in_dir)  # a missing or malformed dataset is refused before anything is printed
-    print(device_line(settings.device))
+    print(f"device: {device_description(args.method, settings)}")
     options = dict(allow_empty=args.allow_empty, overwrite=args.overwrite)
     if args.dask is not None:
         manifests, problems = protect_on_dask(
