@@ -152,7 +152,7 @@ def main() -> None:
     import torch
 
     from umedprotect.array_protection import protect_array
-    from umedprotect.protector import load_protector
+    from umedprotect.protector_file import read_protector_file
 
     result = {
         "machine": {
@@ -170,7 +170,7 @@ def main() -> None:
         image_path, label_path = make_case(folder)
         image = sitk.GetArrayFromImage(sitk.ReadImage(str(image_path)))
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(label_path)))
-        protector = load_protector()
+        protector = read_protector_file()
         array_times = []
         for _ in range(args.repeats):
             start = time.perf_counter()

@@ -36,6 +36,7 @@ PIP_REQUIREMENTS = {  # import name -> requirement, for the product's packages t
     "safetensors": "safetensors>=0.4",
     "tqdm": "tqdm>=4.60",
     "slicerio": "slicerio>=1.0",
+    "isal": "isal>=1.6",  # .nii.gz reading and writing
 }
 HEATMAP_COLOR_NODE_ID = "vtkMRMLPETProceduralColorNodePET-Heat"
 SOURCE_ATTRIBUTE = "UMedProtect.InputVolumeID"  # set on output nodes: the volume they were computed from
