@@ -19,12 +19,11 @@ from .atomic import atomic_path
 from .errors import InputError
 from .intensity import DEFAULT_PERCENTILES, intensity_window
 from .metrics import psnr_text
+from .settings import CT_PRESETS, WINDOW_CHOICES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-CT_PRESETS = {"ct-soft-tissue": (40.0, 400.0), "ct-lung": (-600.0, 1500.0), "ct-bone": (400.0, 1800.0)}  # L, W in HU
-WINDOW_CHOICES = ("auto", *CT_PRESETS, "percentile")
 CT_AIR_BELOW = -500.0  # a CT's air (about -1000 HU) reads below this; MR and other images do not go negative
 LPS_LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))  # (negative, positive) end of the x, y, z axes in LPS
 PLANES = ("sagittal", "coronal", "axial")  # the plane whose normal is the x, y, z axis

@@ -14,6 +14,9 @@ from .errors import InputError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
+CT_PRESETS = {"ct-soft-tissue": (40.0, 400.0), "ct-lung": (-600.0, 1500.0), "ct-bone": (400.0, 1800.0)}  # L, W in HU
+WINDOW_CHOICES = ("auto", *CT_PRESETS, "percentile")  # the heatmap's display windows, or LEVEL,WIDTH
+
 
 @dataclass(frozen=True)
 class Option:

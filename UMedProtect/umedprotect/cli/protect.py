@@ -27,7 +27,7 @@ LOW_PSNR_DB = 50.0  # below this a change may be visible: warned about
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from ..preview import WINDOW_CHOICES
+    from ..settings import WINDOW_CHOICES
 
     parser = subparsers.add_parser(
         "protect",
@@ -152,6 +152,9 @@ def settings_from(args: argparse.Namespace) -> ProtectionSettings:
 
 
 def run(args: argparse.Namespace) -> int:
+    for name in (args.image, args.mask):
+        if not Path(name).exists():  # before the readers are imported: a mistyped name answers at once
+            raise InputError(f"{name}: file not found")
     from tqdm import tqdm
 
     from .. import dicom_series, io, raster
