@@ -26,6 +26,8 @@ def test_a_written_nii_gz_is_plain_gzip_of_what_simpleitk_writes_and_reads_back_
     assert content == again.read_bytes()
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), array)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.nii.gz", "out.nii.gz", "plain.nii", "ref.nrrd"]
+    io.write_gzip(tmp_path / "plain.nii", tmp_path / "pieces.nii.gz", chunk=1000)  # streamed a piece at a time
+    assert gzip.decompress((tmp_path / "pieces.nii.gz").read_bytes()) == (tmp_path / "plain.nii").read_bytes()
 
 
 def test_remembered_digests_are_those_of_the_bytes_and_follow_changes(tmp_path):
