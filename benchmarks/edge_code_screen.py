@@ -81,9 +81,8 @@ def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.n
         return image.copy()
     value_range = (float(image.min()), float(image.max()))
     protected = apply_change(image, candidate_change(name, image, labels, amplitude, args), amplitude, value_range)
-    change = protected.astype(np.float32) - image.astype(np.float32)
     if args.min_psnr:
-        limit_visibility(image, protected, change, amplitude, args.min_psnr)
+        limit_visibility(image, protected, amplitude, args.min_psnr)
     return protected
 
 
