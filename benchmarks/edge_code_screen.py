@@ -4,7 +4,7 @@ Candidates (each a change per 2D case of an nnU-Net raw dataset, bounded by the 
 held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
 
   clean        no change (the reference victim)
-  default      the product's path: ``protect_array`` with the bundled protector (its own epsilon)
+  default      the product's path: ``protect_array`` with the bundled protector or ``--protector`` (its epsilon)
   checker      +-A pixel checkerboard inside the ROI (the naive baseline)
   fill         per label one of checkerboard, row stripes, column stripes (period 2) inside it
   fill-band    fill, and its negative in the band of half-width R outside every label
@@ -39,6 +39,7 @@ from umedprotect.intensity import apply_change, intensity_window
 from umedprotect.metrics import image_quality
 from umedprotect.nnunet import read_dataset
 from umedprotect.protector import Protector, ProtectorConfig
+from umedprotect.protector_file import read_protector_file
 from umedprotect.regions import signed_edge_distance
 from umedprotect_eval.evaluation import load_evaluation_data
 from umedprotect_eval.training import TrainSettings, VictimTrainer
@@ -73,7 +74,7 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
 def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.ndarray:
     window = intensity_window(image)
     if name in ("default", "product"):
-        protector = Protector(ProtectorConfig(code_init=args.code_init)) if name == "product" else None
+        protector = Protector(ProtectorConfig(code_init=args.code_init)) if name == "product" else args.protector
         epsilon = None if name == "default" else args.epsilon
         return protect_array(image, labels, protector, epsilon=epsilon, min_psnr=args.min_psnr, device="cpu").protected
     amplitude = args.sigma * float(image.std()) if args.sigma else window.budget(args.epsilon)
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--period", type=float, default=4.0)
     parser.add_argument("--min-psnr", type=float, default=50.0)
     parser.add_argument("--code-init", default="edge")
+    parser.add_argument(
+        "--protector", type=read_protector_file, help="for default: this protector file, not the bundled one"
+    )
     parser.add_argument("--augmentation", choices=("none", "nnunet"), default="none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=4)
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tag = f"{args.dataset.name[:10]}_{args.candidate}_{args.augmentation}_seed{args.seed}_e{args.epsilon:g}"
     tag += f"_s{args.sigma:g}_r{args.radius:g}_p{args.period:g}_m{args.min_psnr:g}"
+    tag += f"_{Path(args.protector.source).stem}" if args.protector else ""
     out = args.out_root / tag
     psnrs = write_copy(args.dataset, out, args.candidate, args)
     data = load_evaluation_data(args.dataset, out)

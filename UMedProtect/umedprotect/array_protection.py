@@ -11,7 +11,7 @@ import numpy as np
 from .codes import CodePerturbation
 from .errors import Cancelled, InputError
 from .intensity import Window, apply_change, intensity_window, normalize
-from .metrics import data_range, image_quality, slab_slices_for, slice_psnrs
+from .metrics import data_range, image_quality, slab_slices_for, slice_psnrs, zscore_change
 from .protector_file import ProtectorFile, read_protector_file
 from .regions import bounding_box, contour_band, region_maps, roi_mask
 from .settings import OPTIONS
@@ -226,7 +226,13 @@ def make_result(
             psnr_db_slice_min=min(per_slice, default=float("inf")),
             psnr_db_slice_mean=float(np.mean(per_slice)) if per_slice else float("inf"),
         )
-    metrics.update(budget_native=budget, window=[window.lo, window.hi], region_voxels=int(region.sum()), **details)
+    metrics.update(
+        budget_native=budget,
+        window=[window.lo, window.hi],
+        region_voxels=int(region.sum()),
+        change_zscore=zscore_change(image, metrics),
+        **details,
+    )
     return ProtectionResult(protected, image, region, window, budget, axis, metrics)
 
 
