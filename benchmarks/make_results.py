@@ -15,10 +15,11 @@ file are read:
   most ``TARGET_RATIO`` times the seed's clean best (from the ``clean`` evaluate reports, or the best
   of the clean line ``clean_line`` in the same file; seeds without one take the mean clean best).
 - ``screen``: JSON lines of ``python -m benchmarks.edge_code_screen``; the lines whose keys equal ``match``
-  (protected) and ``clean_match`` (clean), paired by seed; a seed is stopped when the protected victim's
-  test DSC at ``measure`` -- ``final`` (last checkpoint), ``selected`` (the checkpoint best on its own
-  training cases, as an attacker without clean labels picks it) or ``oracle`` (best on the clean test
-  cases) -- is at most ``TARGET_RATIO`` times the clean victim's at the same measure.
+  (protected) and ``clean_match`` (clean; from ``clean_file`` when given), paired by seed; a seed is
+  stopped when the protected victim's test DSC at ``measure`` -- ``final`` (last checkpoint),
+  ``selected`` (the checkpoint best on its own training cases, as an attacker without clean labels
+  picks it) or ``oracle`` (best on the clean test cases) -- is at most ``TARGET_RATIO`` times the
+  clean victim's at the same measure.
 
 ``python -m benchmarks.run_experiments NAME`` runs an experiment's commands and stores its table
 (``benchmarks/results/tables/NAME.json``); this script only reads those tables.
@@ -119,12 +120,12 @@ SCREEN_MEASURES = {
 
 
 def _screen_ratios(source: dict) -> tuple[dict[int, float], float, float]:
-    lines = [json.loads(text) for text in (ROOT / source["file"]).read_text().splitlines() if text.strip()]
-
-    def select(match: dict) -> dict[int, dict]:
+    def select(file: str, match: dict) -> dict[int, dict]:
+        lines = [json.loads(text) for text in (ROOT / file).read_text().splitlines() if text.strip()]
         return {line["seed"]: line for line in lines if all(line.get(k) == v for k, v in match.items())}
 
-    protected, clean = select(source["match"]), select(source["clean_match"])
+    protected = select(source["file"], source["match"])
+    clean = select(source.get("clean_file", source["file"]), source["clean_match"])
     if not protected or set(protected) - set(clean):
         raise ValueError(f"{source['file']}: no protected line, or a seed without a clean line, for {source['match']}")
     measure = SCREEN_MEASURES[source["measure"]]
@@ -134,7 +135,12 @@ def _screen_ratios(source: dict) -> tuple[dict[int, float], float, float]:
 
 
 def _files(source: dict) -> list[str]:
-    return [source["file"], *source.get("clean", []), *([source["quality"]] if "quality" in source else [])]
+    return [
+        source["file"],
+        *source.get("clean", []),
+        *([source["clean_file"]] if "clean_file" in source else []),
+        *([source["quality"]] if "quality" in source else []),
+    ]
 
 
 def last_commit(paths: list[str]) -> str:
