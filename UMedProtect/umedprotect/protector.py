@@ -183,20 +183,15 @@ def ring_codes(classes: int, period: int) -> torch.Tensor:
 
 
 def fill_codes(classes: int, period: int) -> torch.Tensor:
-    """Per label a +-``BLOB_GAIN`` tile in turn: checkerboard, row stripes, column stripes of one-pixel blocks, then
-    the same of 2-pixel blocks, 4-pixel blocks, ... as far as ``period`` holds them (then they repeat); zero for the
-    background.
+    """Per label a +-``BLOB_GAIN`` tile in turn: checkerboard, row stripes, column stripes; zero for the background.
 
-    One-pixel blocks are the finest pattern there is, which a victim trained without augmentation takes for the
-    label long before the anatomy. The three tiles of one block size differ in orientation, which scaling and flips
-    keep; block sizes 2x apart differ in frequency. A period of 2 holds the three one-pixel tiles only.
+    Blocks of ``period``/2 pixels (1 for the default period 2): the finest pattern there is, which a
+    victim trained without augmentation takes for the label long before the anatomy. The three tiles
+    differ in orientation, which scaling and flips keep, so labels are told apart (beyond three they repeat).
     """
-    blocks = [size for size in (1, 2, 4, 8, 16, 32) if 2 * size <= period and period % (2 * size) == 0]
-    index = torch.arange(period)
-    tiles = []
-    for size in blocks or [max(period // 2, 1)]:
-        rows, cols = (index[:, None] // size) % 2, (index[None, :] // size) % 2
-        tiles += [(rows + cols) % 2, rows.expand(period, period), cols.expand(period, period)]
+    half = max(period // 2, 1)
+    rows, cols = (torch.arange(period)[:, None] // half) % 2, (torch.arange(period)[None, :] // half) % 2
+    tiles = [(rows + cols) % 2, rows.expand(period, period), cols.expand(period, period)]
     codes = [BLOB_GAIN * (1 - 2 * tiles[k % len(tiles)].float()) for k in range(classes - 1)]
     return torch.stack([torch.zeros(period, period), *codes])
 
