@@ -1,0 +1,99 @@
+"""Trust in the protection itself: the numpy codes equal the torch module for any codes (fitted ones too), and
+``protect_array`` picks, scales and reports what it says.
+
+Small synthetic cases only; each test states the behaviour it holds, so a broken line of
+``codes.py``, ``array_protection.py`` or ``protector.py`` fails one of them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from umedprotect.codes import CodePerturbation, code_field
+from umedprotect.protector import Protector, as_protector_file
+from umedprotect.protector_file import CODE_INITS, ProtectorConfig
+
+
+def _labels(shape=(2, 14, 18), seed=0) -> np.ndarray:
+    """Labels 0..9 in blocks: more labels than codes, so label values wrap around."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.int64)
+    for b in range(shape[0]):
+        for value in range(1, 10):
+            r, c = rng.integers(0, shape[1] - 4), rng.integers(0, shape[2] - 4)
+            labels[b, r : r + 4, c : c + 4] = value
+    return labels
+
+
+@pytest.mark.parametrize("code_init", CODE_INITS)
+def test_numpy_code_field_equals_the_modules_for_any_codes_labels_origins_and_depths(code_init):
+    """Fitted codes are arbitrary (the background's too); labels wrap around the code count; depths are fractional."""
+    config = ProtectorConfig(code_init=code_init, code_classes=5, code_period=6, base_channels=4, levels=2)
+    module = Protector(config)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        module.codes.copy_(torch.randn(module.codes.shape))
+    codes = module.codes.detach().numpy()
+    assert codes.shape == config.code_shape() and codes[0].any()
+    labels = _labels()
+    rng = np.random.default_rng(2)
+    depth = (rng.random(labels.shape) * 20).astype(np.float32)
+    owner = np.where(rng.random(labels.shape) < 0.5, rng.integers(0, 10, labels.shape), 0).astype(np.float32)
+    origin = np.array([[3, 11], [7, 2]])
+    with torch.no_grad():
+        expected = module.code_field(*(torch.from_numpy(a) for a in (labels, origin, depth, owner))).numpy()
+        without_owner = module.code_field(*(torch.from_numpy(a) for a in (labels, origin, depth))).numpy()
+    found = code_field(codes, code_init, labels, origin, depth, owner)
+    assert found.shape == (2, 1, 14, 18)
+    np.testing.assert_allclose(found, expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(code_field(codes, code_init, labels, origin, depth), without_owner, rtol=0, atol=1e-6)
+
+
+def test_label_values_wrap_around_the_codes_and_the_background_keeps_its_own():
+    codes = np.arange(4 * 2 * 2, dtype=np.float32).reshape(4, 2, 2)  # background + 3 label codes
+    labels = np.array([[[0, 1, 2, 3, 4, 5, 6, 7]]])
+    field = code_field(codes, "normal", labels, np.zeros((1, 2), np.int64), np.zeros(labels.shape, np.float32))
+    np.testing.assert_array_equal(field[0, 0, 0], codes[[0, 1, 2, 3, 1, 2, 3, 1], 0, [0, 1, 0, 1, 0, 1, 0, 1]])
+
+
+def test_fill_codes_are_negated_only_on_the_band_outside_the_labels():
+    codes = np.ones((3, 2, 2), np.float32) * np.array([5, 1, 2], np.float32)[:, None, None]
+    labels = np.array([[[0, 0, 1, 2, 0, 0]]])
+    owner = np.array([[[0, 1, 1, 2, 2, 0]]], np.float32)  # the band: owned pixels, inside and outside
+    field = code_field(codes, "fill", labels, np.zeros((1, 2), np.int64), np.zeros(labels.shape, np.float32), owner)
+    np.testing.assert_array_equal(field[0, 0, 0], [5, -1, 1, 2, -2, 5])
+
+
+def test_rings_interpolate_their_profile_linearly_and_periodically_over_the_depth():
+    codes = np.array([[0, 0, 0, 0], [1, 2, 4, 8]], np.float32)
+    labels = np.ones((1, 1, 6), np.int64)
+    depth = np.array([[[0.0, 0.25, 1.5, 3.0, 3.5, 7.75]]], np.float32)
+    field = code_field(codes, "rings", labels, np.zeros((1, 2), np.int64), depth)
+    np.testing.assert_allclose(field[0, 0, 0], [1, 1.25, 3, 8, 4.5, 8 * 0.25 + 0.75 * 1], rtol=1e-6)
+
+
+def test_code_perturbation_puts_the_codes_tanh_on_the_band_and_under_the_texture_bound():
+    config = ProtectorConfig(code_init="normal", code_classes=3, code_period=2)
+    codes = np.array([[[0.0, 0.0], [0.0, 0.0]], [[0.5, -1.0], [2.0, 0.25]], [[-0.5, 1.0], [1.5, -2.0]]], np.float32)
+    labels = np.array([[[1, 1, 2, 2]], [[2, 0, 1, 1]]])
+    maps = np.zeros((2, 5, 1, 4), np.float32)
+    maps[:, 1] = [[[1, 0, 0.5, 0]], [[0, 1, 1, 0]]]  # band
+    maps[:, 2] = [[[0, 1, 0.5, 0.25]], [[1, 0, 0, 0]]]  # texture bound
+    change = CodePerturbation(config, codes)(np.zeros(labels.shape, np.float32), maps, labels, (1, 1), 51.0)
+    code = code_field(codes, "normal", labels, np.array([[1, 1], [1, 1]]), maps[:, 3], maps[:, 4])[:, 0]
+    np.testing.assert_allclose(change, 0.2 * np.tanh(code) * (maps[:, 1] + maps[:, 2]), rtol=1e-6)
+    assert change.shape == (2, 1, 4) and change.dtype == np.float32
+    assert change[0, 0, 3] == pytest.approx(0.2 * 0.25 * np.tanh(1.5), rel=1e-6)  # origin (1, 1): row 1, column 0
+
+
+def test_as_protector_file_gives_the_modules_float32_weights_on_the_cpu():
+    module = Protector(ProtectorConfig(base_channels=4, levels=2))
+    protector_file = as_protector_file(module, "mine")
+    assert protector_file.source == "mine" and protector_file.config is module.config
+    state = module.state_dict()
+    assert sorted(protector_file.weights) == sorted(state)
+    for key, value in protector_file.weights.items():
+        assert value.dtype == np.float32 and np.array_equal(value, state[key].numpy())
+    assert as_protector_file(module).source == "given"
