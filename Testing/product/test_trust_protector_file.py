@@ -80,7 +80,8 @@ def test_each_config_value_is_accepted_within_its_range_and_refused_beyond(name,
     for value in accepted:
         assert invalid_config_values({name: value}) == [], value
         text = json.dumps({**json.loads(ProtectorConfig().to_json()), name: value})
-        assert getattr(ProtectorConfig.from_json(text, "ok"), name) == (tuple(value) if name == "percentiles" else value)
+        expected = tuple(value) if name == "percentiles" else value
+        assert getattr(ProtectorConfig.from_json(text, "ok"), name) == expected
     for value in refused:
         assert invalid_config_values({name: value}) == [name], value
         text = json.dumps({**json.loads(ProtectorConfig().to_json()), name: value})
