@@ -7,13 +7,15 @@ Small synthetic cases only; each test states the behaviour it holds, so a broken
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from umedprotect.codes import CodePerturbation, code_field
 from umedprotect.protector import Protector, as_protector_file
-from umedprotect.protector_file import CODE_INITS, ProtectorConfig
+from umedprotect.protector_file import CODE_INITS, GENERATOR_HEADS, ProtectorConfig
 
 
 def _labels(shape=(2, 14, 18), seed=0) -> np.ndarray:
@@ -97,3 +99,114 @@ def test_as_protector_file_gives_the_modules_float32_weights_on_the_cpu():
     for key, value in protector_file.weights.items():
         assert value.dtype == np.float32 and np.array_equal(value, state[key].numpy())
     assert as_protector_file(module).source == "given"
+
+
+def test_blob_codes_are_the_difference_of_gaussians_band_of_the_noise_scaled_per_label():
+    from umedprotect.protector import BLOB_GAIN, BLOB_SIGMAS, blob_codes
+
+    noise = np.random.default_rng(3).normal(size=(3, 8, 8)).astype(np.float32)
+    noise[2] *= 5  # each label scaled on its own
+    freq = np.fft.fftfreq(8)
+    radius2 = freq[:, None] ** 2 + freq[None, :] ** 2
+    gaussian = [np.exp(-2 * (np.pi * sigma) ** 2 * radius2) for sigma in BLOB_SIGMAS]  # Fourier transforms
+    band = np.fft.ifft2(np.fft.fft2(noise) * (gaussian[0] - gaussian[1])).real
+    expected = BLOB_GAIN * band / band.std(axis=(1, 2), ddof=1, keepdims=True)
+    expected[0] = 0
+    np.testing.assert_allclose(blob_codes(torch.from_numpy(noise)).numpy(), expected, rtol=0, atol=1e-5)
+
+
+def test_ring_codes_are_a_sine_from_half_a_pixel_outside_the_edge():
+    from umedprotect.protector import ring_codes
+
+    profile = 3 * np.array([-0.5, 0.5, 1, 0.5, -0.5, -1])  # 3 sin(2 pi (k - 1/2) / 6)
+    np.testing.assert_allclose(ring_codes(3, 6).numpy(), [np.zeros(6), profile, profile], atol=1e-6)
+
+
+def test_fill_codes_are_checkerboard_row_and_column_stripes_of_half_period_blocks():
+    from umedprotect.protector import fill_codes
+
+    block = np.array([1, 1, -1, -1])  # period 4: blocks of 2 pixels
+    checker, rows, cols = np.outer(block, block), np.repeat(block[:, None], 4, 1), np.repeat(block[None], 4, 0)
+    np.testing.assert_array_equal(fill_codes(5, 4).numpy(), 3 * np.stack([0 * checker, checker, rows, cols, checker]))
+    np.testing.assert_array_equal(fill_codes(2, 2).numpy(), 3 * np.array([[[0, 0], [0, 0]], [[1, -1], [-1, 1]]]))
+    np.testing.assert_array_equal(fill_codes(3, 5).numpy()[2, :, 0], 3 * np.array([1, 1, -1, -1, 1]))  # odd period
+    np.testing.assert_array_equal(fill_codes(2, 1).numpy(), [[[0]], [[3]]])
+
+
+def test_a_module_keeps_its_config_and_starts_from_its_codes_alone():
+    config = ProtectorConfig(code_init="blobs", code_classes=3, code_period=4, base_channels=4, levels=2, cdc_theta=0.3)
+    module = Protector(config)
+    assert module.config is config and module.generators_silent and module.codes.shape == (3, 4, 4)
+    assert Protector().config == ProtectorConfig()
+
+
+def _crops(batch=3, size=24, seed=0):
+    from umedprotect.regions import region_maps
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((batch, size, size), np.int64)
+    labels[:, 6:18, 5:17] = 1
+    labels[1, 8:12, 8:12] = 2
+    image = rng.random((batch, size, size)).astype(np.float32)
+    maps = np.stack([region_maps(i, lab, 2, 0.5) for i, lab in zip(image, labels)])
+    return image, maps, labels
+
+
+@pytest.mark.parametrize("live", ["weight", "bias"])
+def test_a_generator_head_with_only_its_weight_or_only_its_bias_set_changes_the_output(live):
+    image, maps, labels = _crops()
+    module = Protector(ProtectorConfig(base_channels=4, levels=2)).eval()
+    silent = module.perturb_crops(image, maps, labels, (0, 0), 8.0)
+    with torch.no_grad():
+        getattr(module.contour.head, live).fill_(0.7)
+    assert not module.generators_silent
+    assert np.abs(module.perturb_crops(image, maps, labels, (0, 0), 8.0) - silent).max() > 1e-3
+
+
+def test_silent_generators_give_one_change_per_crop_without_gradients():
+    image, maps, labels = _crops()
+    module = Protector(ProtectorConfig(base_channels=4, levels=2)).eval()
+    x, m, y = torch.from_numpy(image[:, None]), torch.from_numpy(maps), torch.from_numpy(labels)
+    with torch.no_grad():
+        out = module(x, m, y, epsilon=8.0)
+    assert out.shape == (3, 1, 24, 24)
+    np.testing.assert_allclose(out[:, 0].numpy(), module.perturb_crops(image, maps, labels, (0, 0), 8.0), atol=1e-7)
+
+
+def test_weights_that_do_not_fit_the_networks_are_named_missing_unexpected_or_wrong_shape():
+    from umedprotect.errors import InputError
+    from umedprotect.protector import build_protector
+    from umedprotect.protector_file import ProtectorFile
+
+    weights = dict(as_protector_file(Protector(ProtectorConfig(base_channels=4, levels=2))).weights)
+    names = sorted(k for k in weights if k not in ("codes", *GENERATOR_HEADS))
+    weights["stray.weight"] = weights.pop(names[0])
+    weights[names[1]] = weights[names[1]][:1]
+    forged = ProtectorFile(ProtectorConfig(base_channels=4, levels=2), weights, "forged.safetensors")
+    message = f"missing {[names[0]]}, unexpected ['stray.weight'], wrong shape {[names[1]]})"
+    with pytest.raises(
+        InputError, match=f"^forged.safetensors: protector weights do not match .*{re.escape(message)}$"
+    ):
+        build_protector(forged)
+
+
+def test_a_protector_is_loaded_onto_the_device_asked_for(tmp_path):
+    from umedprotect.protector import load_protector, save_protector
+
+    path = save_protector(Protector(ProtectorConfig(base_channels=4, levels=2)), tmp_path / "p.safetensors")
+    assert load_protector(path, device="meta").codes.device.type == "meta"
+    assert load_protector(path).codes.device.type == "cpu"
+
+
+def test_a_read_file_with_live_generators_protects_as_its_module_does():
+    from oracles import live_protector
+
+    from umedprotect.array_protection import change_maker, protect_array
+    from umedprotect.phantoms import phantom_slice
+
+    module = live_protector(base_channels=4, levels=2)
+    image, labels = phantom_slice((48, 48), n_lesions=2, rng=0)
+    via_module = protect_array(image, labels, module, device="cpu").protected
+    via_file = protect_array(image, labels, as_protector_file(module), device="cpu").protected
+    assert np.array_equal(via_file, via_module) and not np.array_equal(via_module, image)
+    assert change_maker(module) == module.perturb_crops  # the default device: "auto", the CPU here
