@@ -210,3 +210,62 @@ def test_a_read_file_with_live_generators_protects_as_its_module_does():
     via_file = protect_array(image, labels, as_protector_file(module), device="cpu").protected
     assert np.array_equal(via_file, via_module) and not np.array_equal(via_module, image)
     assert change_maker(module) == module.perturb_crops  # the default device: "auto", the CPU here
+
+
+def test_live_generators_run_on_the_default_device():
+    from oracles import live_protector
+
+    from umedprotect.array_protection import protect_array
+    from umedprotect.phantoms import phantom_slice
+
+    module = live_protector(base_channels=4, levels=2)
+    image, labels = phantom_slice((40, 40), n_lesions=1, rng=2)
+    by_default = protect_array(image, labels, module).protected  # device "auto": the CPU here
+    assert np.array_equal(by_default, protect_array(image, labels, module, device="cpu").protected)
+
+
+@pytest.mark.parametrize("option, value", [("epsilon", 0), ("band_radius", 99), ("min_psnr", 5)])
+def test_protect_array_refuses_options_out_of_range(option, value):
+    from umedprotect.array_protection import protect_array
+    from umedprotect.errors import InputError
+    from umedprotect.phantoms import phantom_slice
+
+    image, labels = phantom_slice((32, 32), n_lesions=1, rng=0)
+    with pytest.raises(InputError, match="out of range") as error:
+        protect_array(image, labels, **{option: value})
+    assert error.value.option == option
+
+
+def test_the_result_reports_the_options_used_and_a_boolean_region():
+    from umedprotect.array_protection import protect_array
+    from umedprotect.phantoms import phantom_volume
+
+    image, labels = phantom_volume((5, 40, 40), n_lesions=1, rng=1)
+    result = protect_array(image, labels, epsilon=3, band_radius=2, min_psnr=40, spacing=(2.0, 1.0, 1.0))
+    slices = int(np.count_nonzero(labels.any(axis=(1, 2))))
+    assert (result.metrics["epsilon"], result.metrics["band_radius"], result.metrics["min_psnr"]) == (3.0, 2, 40.0)
+    assert result.metrics["slices_protected"] == slices > 0
+    assert result.region.dtype == bool and result.region.shape == image.shape
+
+
+@pytest.mark.parametrize("setting", [{"texture_window": 15}, {"texture_floor": 1.0}])
+def test_the_protectors_texture_settings_shape_the_change(setting):
+    from umedprotect.array_protection import protect_array
+    from umedprotect.phantoms import phantom_slice
+
+    image, labels = phantom_slice((48, 48), n_lesions=2, rng=4)
+    base = dict(code_init="fill", code_period=2, min_psnr=None, base_channels=4, levels=2)
+    default = protect_array(image, labels, as_protector_file(Protector(ProtectorConfig(**base)))).change
+    changed = protect_array(image, labels, as_protector_file(Protector(ProtectorConfig(**base, **setting)))).change
+    assert not np.array_equal(changed, default)
+
+
+def test_progress_is_reported_after_every_batch_of_sixteen_slices():
+    from umedprotect.array_protection import protect_array
+
+    image = np.random.default_rng(0).normal(100, 10, (20, 24, 24)).astype(np.float32)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[1:19, 8:16, 8:16] = 1
+    seen = []
+    protect_array(image, labels, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(16, 18), (18, 18)]
