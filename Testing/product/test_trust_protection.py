@@ -269,3 +269,45 @@ def test_progress_is_reported_after_every_batch_of_sixteen_slices():
     seen = []
     protect_array(image, labels, progress=lambda done, total: seen.append((done, total)))
     assert seen == [(16, 18), (18, 18)]
+
+
+def test_the_generator_gain_soft_clips_each_generators_output_before_the_code_is_added():
+    image, maps, labels = _crops(batch=2)
+    gain, biases = 2.5, {"contour": -3.0, "texture": 1.2}
+    module = Protector(ProtectorConfig(generator_gain=gain, code_classes=3, code_period=4, base_channels=4, levels=2))
+    with torch.no_grad():
+        for name, bias in biases.items():
+            getattr(module, name).head.bias.fill_(bias)  # zero weights: the generator's output is its bias
+        out = module(*(torch.from_numpy(a) for a in (image[:, None], maps, labels)), epsilon=8.0)[:, 0].numpy()
+    code = code_field(module.codes.detach().numpy(), "normal", labels, np.zeros((2, 2), np.int64), maps[:, 3])[:, 0]
+    clipped = {name: gain * np.tanh(bias / gain) for name, bias in biases.items()}
+    expected = (
+        8 / 255 * (np.tanh(clipped["contour"] + code) * maps[:, 1] + maps[:, 2] * np.tanh(clipped["texture"] + code))
+    )
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-6)
+
+
+def test_the_generators_see_the_image_clamped_to_minus_one_to_two_window_units():
+    from oracles import live_protector
+
+    image, maps, labels = _crops(batch=2)
+    module = live_protector(base_channels=4, levels=2)
+    even = np.arange(24) % 2 == 0
+
+    def change(low, high):
+        crop = image.copy()
+        crop[(labels > 0) & even] = low  # outliers beyond the window, both ways
+        crop[(labels > 0) & ~even] = high
+        return module.perturb_crops(crop, maps, labels, (0, 0), 8.0)
+
+    assert np.array_equal(change(-1.0, 2.0), change(-6.0, 9.0))
+    assert not np.array_equal(change(-1.0, 2.0), change(-0.5, 1.5))
+
+
+def test_maps_without_band_owners_leave_the_fill_codes_unnegated_outside_the_labels():
+    image, maps, labels = _crops(batch=2)
+    module = Protector(ProtectorConfig(code_init="fill", code_classes=3, code_period=4, base_channels=4, levels=2))
+    with torch.no_grad():
+        out = module(*(torch.from_numpy(a) for a in (image[:, None], maps[:, :4], labels)), epsilon=8.0)[:, 0]
+    code = code_field(module.codes.detach().numpy(), "fill", labels, np.zeros((2, 2), np.int64), maps[:, 3])[:, 0]
+    np.testing.assert_allclose(out.numpy(), 8 / 255 * np.tanh(code) * (maps[:, 1] + maps[:, 2]), rtol=0, atol=1e-7)
