@@ -129,7 +129,11 @@ def test_fill_codes_are_checkerboard_row_and_column_stripes_of_half_period_block
     checker, rows, cols = np.outer(block, block), np.repeat(block[:, None], 4, 1), np.repeat(block[None], 4, 0)
     np.testing.assert_array_equal(fill_codes(5, 4).numpy(), 3 * np.stack([0 * checker, checker, rows, cols, checker]))
     np.testing.assert_array_equal(fill_codes(2, 2).numpy(), 3 * np.array([[[0, 0], [0, 0]], [[1, -1], [-1, 1]]]))
-    np.testing.assert_array_equal(fill_codes(3, 5).numpy()[2, :, 0], 3 * np.array([1, 1, -1, -1, 1]))  # odd period
+    odd = fill_codes(4, 5).numpy()  # an odd period: blocks of 2, 2 and 1 pixels
+    block = 3 * np.array([1, 1, -1, -1, 1])
+    np.testing.assert_array_equal(odd[1], np.outer(block, block) / 3)
+    np.testing.assert_array_equal(odd[2], np.repeat(block[:, None], 5, 1))
+    np.testing.assert_array_equal(odd[3], np.repeat(block[None], 5, 0))
     np.testing.assert_array_equal(fill_codes(2, 1).numpy(), [[[0]], [[3]]])
 
 
@@ -193,8 +197,10 @@ def test_weights_that_do_not_fit_the_networks_are_named_missing_unexpected_or_wr
 def test_a_protector_is_loaded_onto_the_device_asked_for(tmp_path):
     from umedprotect.protector import load_protector, save_protector
 
-    path = save_protector(Protector(ProtectorConfig(base_channels=4, levels=2)), tmp_path / "p.safetensors")
-    assert load_protector(path, device="meta").codes.device.type == "meta"
+    config = ProtectorConfig(base_channels=4, levels=2, epsilon=5.0)
+    path = save_protector(Protector(config), tmp_path / "p.safetensors")
+    on_meta = load_protector(path, device="meta")
+    assert on_meta.codes.device.type == "meta" and on_meta.config == config
     assert load_protector(path).codes.device.type == "cpu"
 
 
