@@ -317,3 +317,26 @@ def test_maps_without_band_owners_leave_the_fill_codes_unnegated_outside_the_lab
         out = module(*(torch.from_numpy(a) for a in (image[:, None], maps[:, :4], labels)), epsilon=8.0)[:, 0]
     code = code_field(module.codes.detach().numpy(), "fill", labels, np.zeros((2, 2), np.int64), maps[:, 3])[:, 0]
     np.testing.assert_allclose(out.numpy(), 8 / 255 * np.tanh(code) * (maps[:, 1] + maps[:, 2]), rtol=0, atol=1e-7)
+
+
+def test_normal_and_blob_codes_start_from_white_noise_seeded_by_the_module_not_the_caller():
+    from umedprotect.protector import blob_codes
+
+    noise = torch.randn(5, 6, 6, generator=torch.Generator().manual_seed(0))
+    for code_init, expected in (("normal", noise), ("blobs", blob_codes(noise))):
+        config = ProtectorConfig(code_init=code_init, code_classes=5, code_period=6, base_channels=4, levels=2)
+        torch.manual_seed(123)  # the caller's random state does not matter
+        codes = Protector(config).codes.detach()
+        torch.manual_seed(7)
+        assert torch.equal(codes, Protector(config).codes.detach()) and torch.allclose(codes, expected, atol=1e-6)
+
+
+def test_the_contour_generator_uses_central_differences_weighted_by_the_configs_theta():
+    from oracles import live_protector
+
+    image, maps, labels = _crops(batch=2)
+    first = live_protector(base_channels=4, levels=2, cdc_theta=0.1)
+    second = Protector(ProtectorConfig(min_psnr=None, base_channels=4, levels=2, cdc_theta=0.9)).eval()
+    second.load_state_dict(first.state_dict())
+    changes = [m.perturb_crops(image, maps, labels, (0, 0), 8.0) for m in (first, second)]
+    assert np.abs(changes[0] - changes[1]).max() > 1e-4
