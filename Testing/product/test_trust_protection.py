@@ -340,3 +340,47 @@ def test_the_contour_generator_uses_central_differences_weighted_by_the_configs_
     second.load_state_dict(first.state_dict())
     changes = [m.perturb_crops(image, maps, labels, (0, 0), 8.0) for m in (first, second)]
     assert np.abs(changes[0] - changes[1]).max() > 1e-4
+
+
+@pytest.mark.parametrize(
+    "image, message",
+    [
+        (np.arange(64, dtype=np.complex64).reshape(8, 8), "pixel type complex64 is not supported"),
+        (np.arange(64).reshape(8, 8).astype(object), "pixel type object is not supported"),
+        (np.where(np.eye(8), np.nan, np.arange(64).reshape(8, 8)).astype(np.float32), "NaN or infinite"),
+        (np.where(np.eye(8), np.inf, np.arange(64).reshape(8, 8)).astype(np.float16), "NaN or infinite"),
+    ],
+)
+def test_images_of_unsupported_types_or_with_nan_are_refused(image, message):
+    from umedprotect.array_protection import protect_array
+    from umedprotect.errors import InputError
+
+    labels = np.zeros((8, 8), np.uint8)
+    labels[2:6, 2:6] = 1
+    with pytest.raises(InputError, match=message):
+        protect_array(image, labels)
+
+
+def test_the_intensity_window_follows_the_protectors_percentiles():
+    from umedprotect.array_protection import protect_array
+    from umedprotect.intensity import intensity_window
+    from umedprotect.phantoms import phantom_slice
+
+    image, labels = phantom_slice((48, 48), n_lesions=2, rng=1)
+    config = ProtectorConfig(percentiles=(10.0, 90.0), code_init="fill", code_period=2, base_channels=4, levels=2)
+    result = protect_array(image, labels, as_protector_file(Protector(config)))
+    window = intensity_window(image, (10.0, 90.0))
+    assert result.metrics["window"] == [window.lo, window.hi] != list(np.percentile(image, [0.5, 99.5]))
+
+
+def test_a_volume_with_more_slices_than_rows_is_protected_slab_by_slab_once_per_slice():
+    from umedprotect.array_protection import protect_array
+
+    image = np.random.default_rng(1).normal(100, 10, (30, 10, 24)).astype(np.float32)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[:, 3:7, 6:18] = 1
+    seen = []
+    slabbed = protect_array(image, labels, slab_slices=4, progress=lambda done, total: seen.append((done, total)))
+    assert [done for done, _ in seen] == list(range(4, 30, 4)) + [30] and {total for _, total in seen} == {30}
+    assert (slabbed.protected != image).any(axis=(1, 2)).all()  # every slice, the last ones too
+    assert np.array_equal(slabbed.protected, protect_array(image, labels, slab_slices=1000).protected)
