@@ -199,7 +199,8 @@ def test_verify_of_an_unfinished_run(tmp_path, protector_file, capsys):
     capsys.readouterr()
     assert main(["verify", str(out)]) == 3
     report = capsys.readouterr().out
-    assert "did not finish" in report and "case001: in the source but not in the manifest" in report
+    assert "manifest: the run did not finish (rerun protect-dataset to resume it)" in report.splitlines()
+    assert "case001: in the source but not in the manifest" in report
     assert "imagesTr/case001_0000.nii.gz: file not listed in the manifest" in report
 
 
@@ -213,8 +214,27 @@ def test_a_second_concurrent_run_is_refused_and_a_stale_lock_is_taken_over(tmp_p
         argv = ["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]
         assert main(argv) == 2
         assert f"another protect-dataset run (pid {sleeper.pid})" in capsys.readouterr().err
+        with pytest.raises(subprocess.TimeoutExpired):  # the running owner is probed, never signalled
+            sleeper.wait(timeout=0.5)
     finally:
         sleeper.kill()
         sleeper.wait()
     assert main(argv) == 0  # the lock of a dead process is stale
     assert not (out / LOCK_NAME).exists()
+
+
+def test_a_lock_of_a_process_this_user_may_not_signal_is_respected(tmp_path, protector_file, capsys, monkeypatch):
+    """A lock owner of another user answers the probe with EPERM: it is alive, its lock is not taken over."""
+    source = write_nnunet_dataset(tmp_path / "Dataset006_Small", n_train=1, n_test=0, shape=(4, 24, 24))
+    out = tmp_path / "protected"
+    out.mkdir()
+    (out / LOCK_NAME).write_text("1")
+
+    def not_permitted(pid, signal_number):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", not_permitted)
+    argv = ["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]
+    assert main(argv) == 2
+    assert "another protect-dataset run (pid 1)" in capsys.readouterr().err
+    assert (out / LOCK_NAME).read_text() == "1"
