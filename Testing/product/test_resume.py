@@ -208,7 +208,10 @@ def test_a_second_concurrent_run_is_refused_and_a_stale_lock_is_taken_over(tmp_p
     source = write_nnunet_dataset(tmp_path / "Dataset005_Small", n_train=2, n_test=0, shape=(4, 24, 24))
     out = tmp_path / "protected"
     out.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    sleeper_code = (
+        "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); time.sleep(60)"  # even under nohup
+    )
+    sleeper = subprocess.Popen([sys.executable, "-c", sleeper_code])
     try:
         (out / LOCK_NAME).write_text(str(sleeper.pid))
         argv = ["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]

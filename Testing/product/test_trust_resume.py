@@ -219,8 +219,10 @@ def test_verify_checks_against_the_source_it_is_given_and_hashes_only_without_on
     assert "dataset.json: differs from the source" in report
 
 
-def test_verify_reports_a_case_skipped_for_its_empty_mask(tmp_path, source, protectors, capsys):
-    path = source / "labelsTr" / "case002.nii.gz"
+@pytest.mark.parametrize("skipped", ["case000", "case002"])
+def test_verify_reports_a_case_skipped_for_its_empty_mask(tmp_path, source, protectors, capsys, skipped):
+    """The skipped case is the one discrepancy, whether the cases after it are checked or none follow."""
+    path = source / "labelsTr" / f"{skipped}.nii.gz"
     labels = sitk.ReadImage(str(path))
     io.write_like(np.zeros_like(sitk.GetArrayFromImage(labels)), labels, path, overwrite=True)
     out = tmp_path / "out"
@@ -228,5 +230,56 @@ def test_verify_reports_a_case_skipped_for_its_empty_mask(tmp_path, source, prot
     capsys.readouterr()
     assert main(["verify", str(out)]) == 3
     report = capsys.readouterr().out
-    assert "case case002: skipped (empty mask), not in the output" in report
+    assert f"case {skipped}: skipped (empty mask), not in the output" in report
     assert report.count("discrepanc") == 1 and "1 discrepancy" in report.splitlines()[-1]
+
+
+def set_training_cases(source, n: int) -> None:
+    meta = json.loads((source / "dataset.json").read_text())
+    meta["numTraining"] = n
+    (source / "dataset.json").write_text(json.dumps(meta))
+
+
+def source_lost_a_case(source) -> list[str]:
+    """case000 removed from the source, case001's label changed: the cases after an extra one are still checked."""
+    (source / "imagesTr" / "case000_0000.nii.gz").unlink()
+    (source / "labelsTr" / "case000.nii.gz").unlink()
+    set_training_cases(source, 2)
+    change_source_label(source)
+    return [
+        "case case000: in the manifest but not in the source",
+        "labelsTr/case001.nii.gz: label differs from the source",
+        "dataset.json: differs from the source",
+    ]
+
+
+def source_gained_a_case(source) -> list[str]:
+    for folder, name in (("imagesTr", "case00{}_0000.nii.gz"), ("labelsTr", "case00{}.nii.gz")):
+        (source / folder / name.format(3)).write_bytes((source / folder / name.format(2)).read_bytes())
+    set_training_cases(source, 4)
+    return ["case case003: in the source but not in the manifest", "dataset.json: differs from the source"]
+
+
+def source_test_label_changed(source) -> list[str]:
+    path = source / "labelsTs" / "case003.nii.gz"
+    path.write_bytes(path.read_bytes()[:-3] + b"abc")
+    return ["labelsTs/case003.nii.gz: differs from the source"]
+
+
+def output_dataset_json_deleted(source) -> list[str]:
+    return ["dataset.json: missing"]
+
+
+@pytest.mark.parametrize(
+    "change", [source_lost_a_case, source_gained_a_case, source_test_label_changed, output_dataset_json_deleted]
+)
+def test_verify_reports_every_difference_from_the_source_once(tmp_path, source, protectors, capsys, change):
+    out = tmp_path / "out"
+    assert protect(source, out, protectors[0]) == 0
+    if change is output_dataset_json_deleted:
+        (out / "dataset.json").unlink()
+    expected = change(source)
+    capsys.readouterr()
+    assert main(["verify", str(out), "--source", str(source)]) == 3
+    problems = capsys.readouterr().out.splitlines()[:-1]
+    assert sorted(problems) == sorted(line if line.startswith("case ") else f"{out / line}" for line in expected)
