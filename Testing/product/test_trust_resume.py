@@ -221,7 +221,7 @@ def test_verify_checks_against_the_source_it_is_given_and_hashes_only_without_on
 
 @pytest.mark.parametrize("skipped", ["case000", "case002"])
 def test_verify_reports_a_case_skipped_for_its_empty_mask(tmp_path, source, protectors, capsys, skipped):
-    """The skipped case is the one discrepancy, whether the cases after it are checked or none follow."""
+    """The skipped case is the one discrepancy, and the cases after it are still checked."""
     path = source / "labelsTr" / f"{skipped}.nii.gz"
     labels = sitk.ReadImage(str(path))
     io.write_like(np.zeros_like(sitk.GetArrayFromImage(labels)), labels, path, overwrite=True)
@@ -232,6 +232,9 @@ def test_verify_reports_a_case_skipped_for_its_empty_mask(tmp_path, source, prot
     report = capsys.readouterr().out
     assert f"case {skipped}: skipped (empty mask), not in the output" in report
     assert report.count("discrepanc") == 1 and "1 discrepancy" in report.splitlines()[-1]
+    change_source_label(source)  # case001, before or after the skipped case
+    assert main(["verify", str(out)]) == 3
+    assert f"{out / 'labelsTr' / 'case001.nii.gz'}: label differs from the source" in capsys.readouterr().out
 
 
 def set_training_cases(source, n: int) -> None:
@@ -240,7 +243,7 @@ def set_training_cases(source, n: int) -> None:
     (source / "dataset.json").write_text(json.dumps(meta))
 
 
-def source_lost_a_case(source) -> list[str]:
+def source_lost_a_case(source, out) -> list[str]:
     """case000 removed from the source, case001's label changed: the cases after an extra one are still checked."""
     (source / "imagesTr" / "case000_0000.nii.gz").unlink()
     (source / "labelsTr" / "case000.nii.gz").unlink()
@@ -253,33 +256,55 @@ def source_lost_a_case(source) -> list[str]:
     ]
 
 
-def source_gained_a_case(source) -> list[str]:
+def source_gained_a_case(source, out) -> list[str]:
     for folder, name in (("imagesTr", "case00{}_0000.nii.gz"), ("labelsTr", "case00{}.nii.gz")):
         (source / folder / name.format(3)).write_bytes((source / folder / name.format(2)).read_bytes())
     set_training_cases(source, 4)
     return ["case case003: in the source but not in the manifest", "dataset.json: differs from the source"]
 
 
-def source_test_label_changed(source) -> list[str]:
+def source_test_label_changed(source, out) -> list[str]:
     path = source / "labelsTs" / "case003.nii.gz"
     path.write_bytes(path.read_bytes()[:-3] + b"abc")
     return ["labelsTs/case003.nii.gz: differs from the source"]
 
 
-def output_dataset_json_deleted(source) -> list[str]:
+def output_dataset_json_deleted(source, out) -> list[str]:
+    (out / "dataset.json").unlink()
     return ["dataset.json: missing"]
 
 
+def output_label_deleted(source, out) -> list[str]:
+    (out / "labelsTr" / "case001.nii.gz").unlink()
+    return ["labelsTr/case001.nii.gz: missing"]
+
+
 @pytest.mark.parametrize(
-    "change", [source_lost_a_case, source_gained_a_case, source_test_label_changed, output_dataset_json_deleted]
+    "change",
+    [
+        source_lost_a_case,
+        source_gained_a_case,
+        source_test_label_changed,
+        output_dataset_json_deleted,
+        output_label_deleted,
+    ],
 )
 def test_verify_reports_every_difference_from_the_source_once(tmp_path, source, protectors, capsys, change):
     out = tmp_path / "out"
     assert protect(source, out, protectors[0]) == 0
-    if change is output_dataset_json_deleted:
-        (out / "dataset.json").unlink()
-    expected = change(source)
+    expected = change(source, out)
     capsys.readouterr()
     assert main(["verify", str(out), "--source", str(source)]) == 3
     problems = capsys.readouterr().out.splitlines()[:-1]
     assert sorted(problems) == sorted(line if line.startswith("case ") else f"{out / line}" for line in expected)
+
+
+def test_verify_checks_test_cases_without_a_label_against_the_source(tmp_path, source, protectors, capsys):
+    (source / "labelsTs" / "case003.nii.gz").unlink()
+    out = tmp_path / "out"
+    assert protect(source, out, protectors[0]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(out), "--source", str(source)]) == 0, capsys.readouterr().out
+    (source / "imagesTs" / "case003_0000.nii.gz").write_bytes(b"changed")
+    assert main(["verify", str(out), "--source", str(source)]) == 3
+    assert f"{out / 'imagesTs' / 'case003_0000.nii.gz'}: differs from the source" in capsys.readouterr().out
