@@ -8,6 +8,7 @@ afterwards the manifest describes exactly what is on disk and ``umedprotect veri
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from umedprotect import io
 from umedprotect.cli import main
 from umedprotect.dataset_protection import MANIFEST_NAME
 from umedprotect.protector import save_protector
+from umedprotect.records import ImageGeometry
 
 CASES = ("case000", "case001", "case002")
 
@@ -251,8 +253,8 @@ def source_lost_a_case(source, out) -> list[str]:
     change_source_label(source)
     return [
         "case case000: in the manifest but not in the source",
-        "labelsTr/case001.nii.gz: label differs from the source",
-        "dataset.json: differs from the source",
+        f"{out / 'labelsTr' / 'case001.nii.gz'}: label differs from the source",
+        f"{out / 'dataset.json'}: differs from the source",
     ]
 
 
@@ -260,23 +262,55 @@ def source_gained_a_case(source, out) -> list[str]:
     for folder, name in (("imagesTr", "case00{}_0000.nii.gz"), ("labelsTr", "case00{}.nii.gz")):
         (source / folder / name.format(3)).write_bytes((source / folder / name.format(2)).read_bytes())
     set_training_cases(source, 4)
-    return ["case case003: in the source but not in the manifest", "dataset.json: differs from the source"]
+    return ["case case003: in the source but not in the manifest", f"{out / 'dataset.json'}: differs from the source"]
 
 
 def source_test_label_changed(source, out) -> list[str]:
     path = source / "labelsTs" / "case003.nii.gz"
     path.write_bytes(path.read_bytes()[:-3] + b"abc")
-    return ["labelsTs/case003.nii.gz: differs from the source"]
+    return [f"{out / 'labelsTs' / 'case003.nii.gz'}: differs from the source"]
 
 
 def output_dataset_json_deleted(source, out) -> list[str]:
     (out / "dataset.json").unlink()
-    return ["dataset.json: missing"]
+    return [f"{out / 'dataset.json'}: missing"]
 
 
 def output_label_deleted(source, out) -> list[str]:
     (out / "labelsTr" / "case001.nii.gz").unlink()
-    return ["labelsTr/case001.nii.gz: missing"]
+    return [f"{out / 'labelsTr' / 'case001.nii.gz'}: missing"]
+
+
+def output_test_label_deleted(source, out) -> list[str]:
+    (out / "labelsTs" / "case003.nii.gz").unlink()
+    return [f"{out / 'labelsTs' / 'case003.nii.gz'}: missing"]
+
+
+def forge_output_image(out, image: sitk.Image) -> None:
+    """Write ``image`` as case001's output and record its hash and geometry in the manifest, as a forger would."""
+    path = out / "imagesTr" / "case001_0000.nii.gz"
+    sitk.WriteImage(image, str(path))
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    record = manifest["cases"]["case001"]["images"][0]
+    record["output_sha256"] = io.sha256(path)
+    record["geometry"] = asdict(ImageGeometry.of(image))
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def output_moved_with_a_forged_manifest(source, out) -> list[str]:
+    """Only the comparison with the source image can see an origin the manifest was forged to match."""
+    image = sitk.ReadImage(str(out / "imagesTr" / "case001_0000.nii.gz"))
+    image.SetOrigin([x + 5.0 for x in image.GetOrigin()])
+    forge_output_image(out, image)
+    difference = io.geometry_difference(image, sitk.ReadImage(str(source / "imagesTr" / "case001_0000.nii.gz")))
+    assert difference.startswith("origin")
+    return [f"imagesTr/case001_0000.nii.gz: geometry or pixel type differs from the source ({difference})"]
+
+
+def output_retyped_with_a_forged_manifest(source, out) -> list[str]:
+    image = sitk.ReadImage(str(out / "imagesTr" / "case001_0000.nii.gz"))
+    forge_output_image(out, sitk.Cast(image, sitk.sitkInt32))
+    return ["imagesTr/case001_0000.nii.gz: geometry or pixel type differs from the source (pixel type)"]
 
 
 @pytest.mark.parametrize(
@@ -287,6 +321,9 @@ def output_label_deleted(source, out) -> list[str]:
         source_test_label_changed,
         output_dataset_json_deleted,
         output_label_deleted,
+        output_test_label_deleted,
+        output_moved_with_a_forged_manifest,
+        output_retyped_with_a_forged_manifest,
     ],
 )
 def test_verify_reports_every_difference_from_the_source_once(tmp_path, source, protectors, capsys, change):
@@ -295,8 +332,7 @@ def test_verify_reports_every_difference_from_the_source_once(tmp_path, source, 
     expected = change(source, out)
     capsys.readouterr()
     assert main(["verify", str(out), "--source", str(source)]) == 3
-    problems = capsys.readouterr().out.splitlines()[:-1]
-    assert sorted(problems) == sorted(line if line.startswith("case ") else f"{out / line}" for line in expected)
+    assert sorted(capsys.readouterr().out.splitlines()[:-1]) == sorted(expected)
 
 
 def test_verify_checks_test_cases_without_a_label_against_the_source(tmp_path, source, protectors, capsys):
