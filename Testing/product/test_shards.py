@@ -51,6 +51,7 @@ def test_verify_reports_a_missing_shard(tmp_path, data, capsys):
     printed = capsys.readouterr().out
     assert "umedprotect_manifest.shard-1-of-3.json: missing (protect shard 1 of 3)" in printed
     assert "case case001: in the source but not in the manifest" in printed
+    assert "manifest: the run did not finish (rerun protect-dataset to resume it)" in printed.splitlines()
 
 
 def test_verify_reports_parts_of_runs_with_different_shard_counts(tmp_path, data, capsys):
