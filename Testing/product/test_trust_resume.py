@@ -239,6 +239,19 @@ def test_verify_reports_a_case_skipped_for_its_empty_mask(tmp_path, source, prot
     assert f"{out / 'labelsTr' / 'case001.nii.gz'}: label differs from the source" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_allowed_empty_masks_are_copied_unchanged_in_every_worker(tmp_path, source, protectors, capsys, workers):
+    path = source / "labelsTr" / "case001.nii.gz"
+    labels = sitk.ReadImage(str(path))
+    io.write_like(np.zeros_like(sitk.GetArrayFromImage(labels)), labels, path, overwrite=True)
+    out = tmp_path / "out"
+    assert protect(source, out, protectors[0], "--allow-empty", "--workers", workers) == 0
+    cases = json.loads((out / MANIFEST_NAME).read_text())["cases"]
+    assert [cases[case_id]["status"] for case_id in CASES] == ["protected", "copied_empty", "protected"]
+    image = "imagesTr/case001_0000.nii.gz"
+    assert (out / image).read_bytes() == (source / image).read_bytes()
+
+
 def set_training_cases(source, n: int) -> None:
     meta = json.loads((source / "dataset.json").read_text())
     meta["numTraining"] = n
