@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,6 +251,22 @@ def test_allowed_empty_masks_are_copied_unchanged_in_every_worker(tmp_path, sour
     assert [cases[case_id]["status"] for case_id in CASES] == ["protected", "copied_empty", "protected"]
     image = "imagesTr/case001_0000.nii.gz"
     assert (out / image).read_bytes() == (source / image).read_bytes()
+
+
+def test_a_rerun_removes_the_partial_files_of_every_output(tmp_path, source, protectors, capsys):
+    """What a killed run leaves behind: hidden temporary files of any output, the manifest included."""
+    out = tmp_path / "out"
+    assert protect(source, out, protectors[0]) == 0
+    outputs = [MANIFEST_NAME, "dataset.json", "imagesTr/case000_0000.nii.gz", "labelsTr/case000.nii.gz"]
+    outputs += ["imagesTs/case003_0000.nii.gz", "labelsTs/case003.nii.gz"]
+    partial = [
+        out / f"{Path(name).parent}/.{Path(name).name}.x1y2.partial{''.join(Path(name).suffixes)}" for name in outputs
+    ]
+    for path in partial:
+        path.write_bytes(b"left by a killed run")
+    assert protect(source, out, protectors[0]) == 0
+    assert [path for path in partial if path.exists()] == []
+    assert_manifest_describes_the_disk(out, source, capsys)
 
 
 def set_training_cases(source, n: int) -> None:
