@@ -18,8 +18,10 @@ from conftest import write_nnunet_dataset
 from oracles import live_protector
 
 from umedprotect import io
+from umedprotect.array_protection import ProtectionResult
 from umedprotect.cli import main
-from umedprotect.dataset_protection import MANIFEST_NAME
+from umedprotect.dataset_protection import MANIFEST_NAME, protect_dataset
+from umedprotect.intensity import Window
 from umedprotect.protector import save_protector
 from umedprotect.records import ImageGeometry
 
@@ -267,6 +269,34 @@ def test_a_rerun_removes_the_partial_files_of_every_output(tmp_path, source, pro
     assert protect(source, out, protectors[0]) == 0
     assert [path for path in partial if path.exists()] == []
     assert_manifest_describes_the_disk(out, source, capsys)
+
+
+def test_cases_that_gained_a_channel_are_redone(tmp_path, source, protectors, capsys):
+    out = tmp_path / "out"
+    assert protect(source, out, protectors[0]) == 0
+    meta = json.loads((source / "dataset.json").read_text())
+    meta["channel_names"]["1"] = "CT2"
+    (source / "dataset.json").write_text(json.dumps(meta))
+    for folder, case_id in [("imagesTr", case_id) for case_id in CASES] + [("imagesTs", "case003")]:
+        image = source / folder / f"{case_id}_0000.nii.gz"
+        (source / folder / f"{case_id}_0001.nii.gz").write_bytes(image.read_bytes())
+    assert protect(source, out, protectors[0]) == 0
+    manifest = assert_manifest_describes_the_disk(out, source, capsys)
+    assert [len(manifest["cases"][case_id]["images"]) for case_id in CASES] == [2, 2, 2]
+
+
+def test_the_manifest_says_running_while_cases_are_protected(tmp_path, source):
+    out = tmp_path / "out"
+    seen = []
+
+    def unchanged(image, labels, spacing=None) -> ProtectionResult:
+        seen.append(json.loads((out / MANIFEST_NAME).read_text())["status"])
+        metrics = dict(psnr_db=float("inf"), ssim=1.0, max_abs_change=0.0, fraction_changed=0.0)
+        return ProtectionResult(image, image, labels != 0, Window(0.0, 1.0), 0.0, 0, metrics)
+
+    assert protect_dataset(source, out, unchanged, "unchanged", {}, progress=False).status == "complete"
+    assert seen == ["running"] * len(CASES)
+    assert json.loads((out / MANIFEST_NAME).read_text())["status"] == "complete"
 
 
 def set_training_cases(source, n: int) -> None:
