@@ -189,7 +189,8 @@ def test_an_untouched_rerun_redoes_nothing_and_changes_nothing(tmp_path, source,
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*Tr/*.nii.gz")}  # test files are always recopied
     before = files(out)
     assert protect(source, out, protectors[0]) == 0
-    assert "resuming: 3 of 3" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "resuming: 3 of 3" in err and "other software versions" not in err
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*Tr/*.nii.gz")} == stamps
     assert files(out) == before
     assert_manifest_describes_the_disk(out, source, capsys)
@@ -232,7 +233,7 @@ def test_verify_reports_a_case_skipped_for_its_empty_mask(tmp_path, source, prot
     io.write_like(np.zeros_like(sitk.GetArrayFromImage(labels)), labels, path, overwrite=True)
     out = tmp_path / "out"
     assert protect(source, out, protectors[0]) == 0
-    capsys.readouterr()
+    assert f"case {skipped} will be skipped, not copied unchanged" in capsys.readouterr().err
     assert main(["verify", str(out)]) == 3
     report = capsys.readouterr().out
     assert f"case {skipped}: skipped (empty mask), not in the output" in report
@@ -249,6 +250,7 @@ def test_allowed_empty_masks_are_copied_unchanged_in_every_worker(tmp_path, sour
     io.write_like(np.zeros_like(sitk.GetArrayFromImage(labels)), labels, path, overwrite=True)
     out = tmp_path / "out"
     assert protect(source, out, protectors[0], "--allow-empty", "--workers", workers) == 0
+    assert "case case001 will be copied unchanged (empty masks allowed)" in capsys.readouterr().err
     cases = json.loads((out / MANIFEST_NAME).read_text())["cases"]
     assert [cases[case_id]["status"] for case_id in CASES] == ["protected", "copied_empty", "protected"]
     image = "imagesTr/case001_0000.nii.gz"
@@ -297,6 +299,21 @@ def test_the_manifest_says_running_while_cases_are_protected(tmp_path, source):
     assert protect_dataset(source, out, unchanged, "unchanged", {}, progress=False).status == "complete"
     assert seen == ["running"] * len(CASES)
     assert json.loads((out / MANIFEST_NAME).read_text())["status"] == "complete"
+
+
+def test_a_case_whose_channels_lie_on_different_grids_is_refused_before_writing(tmp_path, source, protectors, capsys):
+    meta = json.loads((source / "dataset.json").read_text())
+    meta["channel_names"]["1"] = "CT2"
+    (source / "dataset.json").write_text(json.dumps(meta))
+    for folder, case_id in [("imagesTr", case_id) for case_id in CASES] + [("imagesTs", "case003")]:
+        image = sitk.ReadImage(str(source / folder / f"{case_id}_0000.nii.gz"))
+        if case_id == "case001":
+            image.SetSpacing([2 * x for x in image.GetSpacing()])
+        sitk.WriteImage(image, str(source / folder / f"{case_id}_0001.nii.gz"))
+    out = tmp_path / "out"
+    assert protect(source, out, protectors[0]) == 2
+    assert "case001_0001.nii.gz: channel grid differs from case001_0000.nii.gz (spacing" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def set_training_cases(source, n: int) -> None:
