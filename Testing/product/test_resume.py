@@ -138,6 +138,49 @@ def tamper_beyond_budget_with_forged_manifest(out, source):
     return "imagesTr/case000_0000.nii.gz: max change"
 
 
+def forge_hash(out, case_id):
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    record = manifest["cases"][case_id]["images"][0]
+    record["output_sha256"] = io.sha256(out / record["output"])
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return record
+
+
+def tamper_one_level_beyond_budget_with_forged_manifest(out, source):
+    """The smallest change an integer image can have beyond ε: floor(budget) + 1 levels."""
+    path = out / "imagesTr" / "case000_0000.nii.gz"
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image)
+    original = sitk.GetArrayFromImage(sitk.ReadImage(str(source / "imagesTr" / "case000_0000.nii.gz")))
+    budget = json.loads((out / MANIFEST_NAME).read_text())["cases"]["case000"]["images"][0]["budget_native"]
+    array[0, 0, 0] = original[0, 0, 0] + int(budget) + 1
+    io.write_like(array, image, path, overwrite=True)
+    forge_hash(out, "case000")
+    return "imagesTr/case000_0000.nii.gz: max change"
+
+
+def tamper_unreadable_with_forged_manifest(out, source):
+    (out / "imagesTr" / "case001_0000.nii.gz").write_bytes(b"not an image")
+    forge_hash(out, "case001")
+    return "imagesTr/case001_0000.nii.gz: not a readable image"
+
+
+def tamper_pixel_type_with_forged_manifest(out, source):
+    path = out / "imagesTr" / "case001_0000.nii.gz"
+    sitk.WriteImage(sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkInt32), str(path))
+    forge_hash(out, "case001")
+    return "size or pixel type differs from the source recorded in the manifest"
+
+
+def tamper_origin_slightly_with_forged_manifest(out, source):
+    path = out / "imagesTr" / "case001_0000.nii.gz"
+    image = sitk.ReadImage(str(path))
+    image.SetOrigin([x + 0.01 for x in image.GetOrigin()])
+    sitk.WriteImage(image, str(path))
+    forge_hash(out, "case001")
+    return "origin differs from the source recorded in the manifest"
+
+
 def tamper_source_label(out, source):
     path = source / "labelsTr" / "case001.nii.gz"
     labels = sitk.ReadImage(str(path))
@@ -166,6 +209,10 @@ def tamper_geometry_with_forged_manifest(out, source):
         tamper_missing_case,
         tamper_extra_case,
         tamper_beyond_budget_with_forged_manifest,
+        tamper_one_level_beyond_budget_with_forged_manifest,
+        tamper_unreadable_with_forged_manifest,
+        tamper_pixel_type_with_forged_manifest,
+        tamper_origin_slightly_with_forged_manifest,
         tamper_source_label,
         tamper_geometry_with_forged_manifest,
     ],
@@ -199,7 +246,8 @@ def test_verify_of_an_unfinished_run(tmp_path, protector_file, capsys):
     capsys.readouterr()
     assert main(["verify", str(out)]) == 3
     report = capsys.readouterr().out
-    assert "did not finish" in report and "case001: in the source but not in the manifest" in report
+    assert "manifest: the run did not finish (rerun protect-dataset to resume it)" in report.splitlines()
+    assert "case001: in the source but not in the manifest" in report
     assert "imagesTr/case001_0000.nii.gz: file not listed in the manifest" in report
 
 
@@ -207,14 +255,55 @@ def test_a_second_concurrent_run_is_refused_and_a_stale_lock_is_taken_over(tmp_p
     source = write_nnunet_dataset(tmp_path / "Dataset005_Small", n_train=2, n_test=0, shape=(4, 24, 24))
     out = tmp_path / "protected"
     out.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    sleeper_code = (
+        "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); time.sleep(60)"  # even under nohup
+    )
+    sleeper = subprocess.Popen([sys.executable, "-c", sleeper_code])
     try:
         (out / LOCK_NAME).write_text(str(sleeper.pid))
         argv = ["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]
         assert main(argv) == 2
         assert f"another protect-dataset run (pid {sleeper.pid})" in capsys.readouterr().err
+        with pytest.raises(subprocess.TimeoutExpired):  # the running owner is probed, never signalled
+            sleeper.wait(timeout=0.5)
     finally:
         sleeper.kill()
         sleeper.wait()
     assert main(argv) == 0  # the lock of a dead process is stale
     assert not (out / LOCK_NAME).exists()
+
+
+def test_a_lock_of_a_process_this_user_may_not_signal_is_respected(tmp_path, protector_file, capsys, monkeypatch):
+    """A lock owner of another user answers the probe with EPERM: it is alive, its lock is not taken over."""
+    source = write_nnunet_dataset(tmp_path / "Dataset006_Small", n_train=1, n_test=0, shape=(4, 24, 24))
+    out = tmp_path / "protected"
+    out.mkdir()
+    (out / LOCK_NAME).write_text("1")
+
+    def not_permitted(pid, signal_number):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "kill", not_permitted)
+    argv = ["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]
+    assert main(argv) == 2
+    assert "another protect-dataset run (pid 1)" in capsys.readouterr().err
+    assert (out / LOCK_NAME).read_text() == "1"
+
+
+def test_verify_accepts_a_float_change_of_exactly_the_budget(tmp_path, protector_file, capsys):
+    """The ε re-check allows only float rounding: a voxel changed by the whole budget is within it."""
+    source = write_nnunet_dataset(
+        tmp_path / "Dataset008_Float", n_train=1, n_test=0, shape=(4, 24, 24), dtype="float64"
+    )
+    out = tmp_path / "protected"
+    argv = ["protect-dataset", str(source), "-o", str(out), "--protector", str(protector_file), "--no-progress"]
+    assert main(argv) == 0
+    path = out / "imagesTr" / "case000_0000.nii.gz"
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(source / "imagesTr" / "case000_0000.nii.gz")))
+    budget = json.loads((out / MANIFEST_NAME).read_text())["cases"]["case000"]["images"][0]["budget_native"]
+    array[0, 0, 0] += budget
+    io.write_like(array, image, path, overwrite=True)
+    forge_hash(out, "case000")
+    capsys.readouterr()
+    assert main(["verify", str(out), "--source", str(source)]) == 0, capsys.readouterr().out

@@ -51,6 +51,18 @@ def test_verify_reports_a_missing_shard(tmp_path, data, capsys):
     printed = capsys.readouterr().out
     assert "umedprotect_manifest.shard-1-of-3.json: missing (protect shard 1 of 3)" in printed
     assert "case case001: in the source but not in the manifest" in printed
+    assert "manifest: the run did not finish (rerun protect-dataset to resume it)" in printed.splitlines()
+
+
+def test_verify_reports_parts_of_runs_with_different_shard_counts(tmp_path, data, capsys):
+    out = tmp_path / "sharded"
+    for k in range(2):
+        assert main(data.argv(out, "--shard", f"{k}/2")) == 0
+    stray = out / Shard(0, 3).manifest_name  # a part of a 3-shard run beside them
+    stray.write_text((out / Shard(0, 2).manifest_name).read_text())
+    capsys.readouterr()
+    assert main(["verify", str(out)]) == 3
+    assert f"{out}: manifest parts of runs with different shard counts (2, 3)" in capsys.readouterr().out
 
 
 def test_a_shard_resumes_and_leaves_the_other_shards_partial_files(tmp_path, data, capsys):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from umedprotect import io
+from umedprotect import intensity, io
 from umedprotect.errors import InputError
-from umedprotect.intensity import distinct_values, exact_percentiles, intensity_window
+from umedprotect.intensity import HISTOGRAM_LEVELS, distinct_values, exact_percentiles, histogram, intensity_window
 
 INTEGER_TYPES = ("uint8", "int8", "int16", "uint16", "int32", "uint32", "int64", "uint64")
 FLOAT_TYPES = ("float32", "float64")
@@ -43,6 +43,54 @@ def test_distinct_values_equal_numpys_unique(dtype):
         values = random_values(rng, dtype, int(rng.integers(1, 3000)))
         found = distinct_values(values)
         assert found.dtype == values.dtype and np.array_equal(found, np.unique(values))
+
+
+@pytest.mark.parametrize(
+    "values, percentiles",
+    [
+        ([0.1, 0.4], (0.5, 99.5)),  # numpy interpolates down from the upper value when past halfway
+        ([0.0] * 99 + [0.1, 0.5], (0.5, 99.5)),  # exactly halfway (99.5 of 101 values): from the upper value too
+        ([7.25], (0.0, 100.0)),  # a single voxel
+        ([3.0, -1.5, 2.0], (0.0, 100.0)),  # the extremes: min and max
+    ],
+)
+def test_exact_percentiles_round_as_numpy_and_reach_the_extremes(values, percentiles):
+    values = np.array(values)
+    assert exact_percentiles(values, percentiles) == tuple(np.percentile(values, percentiles))
+
+
+def test_integer_values_of_at_most_histogram_levels_are_counted_not_sorted(monkeypatch):
+    """Counting replaces sorting up to HISTOGRAM_LEVELS levels, beyond that the values are sorted."""
+    counted = np.array([5, 5 + HISTOGRAM_LEVELS - 1, 9, 9, 100], dtype=np.int32)
+    expected_unique, expected_percentiles = np.unique(counted), np.percentile(counted.astype(np.float64), (10, 90))
+
+    def no_sorting(*args, **kwargs):
+        raise AssertionError("sorted instead of counted")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(np, "unique", no_sorting)
+        assert np.array_equal(distinct_values(counted), expected_unique)
+    with monkeypatch.context() as patch:
+        patch.setattr(np, "partition", no_sorting)
+        assert exact_percentiles(counted, (10, 90)) == tuple(expected_percentiles)
+    assert histogram(counted)[0] == 5 and histogram(counted)[1].size == HISTOGRAM_LEVELS
+    assert histogram(np.array([5, 5 + HISTOGRAM_LEVELS], dtype=np.int32)) is None
+    assert histogram(np.array([1.0, 2.0])) is None
+
+
+def test_counting_a_chunk_at_a_time_counts_every_chunk(monkeypatch):
+    """Volumes larger than one chunk: every chunk adds to the counts, whichever levels it holds."""
+    monkeypatch.setattr(intensity, "HISTOGRAM_CHUNK", 7)
+    values = np.random.default_rng(5).integers(-300, 300, 1000).astype(np.int16)
+    values[0] = 400  # the highest level in the first chunk only
+    assert np.array_equal(histogram(values)[1], np.bincount(values.astype(np.int64) - values.min()))
+    assert np.array_equal(distinct_values(values), np.unique(values))
+    assert exact_percentiles(values, (0.5, 99.5)) == tuple(np.percentile(values.astype(np.float64), (0.5, 99.5)))
+
+
+def test_distinct_values_of_an_empty_integer_array_are_empty():
+    found = distinct_values(np.zeros((0, 4), dtype=np.int16))
+    assert found.dtype == np.int16 and found.size == 0
 
 
 def test_intensity_window_of_a_large_volume_is_exact_not_sampled():

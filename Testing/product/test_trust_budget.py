@@ -190,6 +190,14 @@ def test_apply_change_caps_each_change_at_the_budget_and_keeps_the_range(dtype, 
     np.testing.assert_allclose(result, expected, rtol=0, atol=1e-12)
 
 
+def test_a_float32_change_beyond_the_budget_is_capped_at_the_budget_not_dropped():
+    """The generators' float32 change is capped in float64: float32(0.1) > 0.1 would overshoot and be undone."""
+    from umedprotect.intensity import apply_change
+
+    result = apply_change(np.zeros(3), np.array([1.0, -1.0, 0.05], dtype=np.float32), 0.1, value_range=(-1.0, 1.0))
+    np.testing.assert_array_equal(result, [0.1, -0.1, np.float64(np.float32(0.05))])
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_the_change_follows_an_affine_rescaling_of_the_intensities(protector, dtype):
     """The generators see window units: scaling the intensities by 4 and shifting them scales the change by 4."""

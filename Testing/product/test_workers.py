@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, write_nnunet_dataset
 from scale_data import make_scale_data, outputs
 
+from umedprotect import dataset_protection
 from umedprotect.array_protection import ProtectionResult
 from umedprotect.cli import main
 from umedprotect.dataset_protection import MANIFEST_NAME, protect_dataset
 from umedprotect.errors import InputError
+from umedprotect.intensity import Window
+from umedprotect.nnunet import read_dataset
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +92,48 @@ def test_workers_must_be_positive(tmp_path, data, capsys):
     assert main(data.argv(out, "--workers", "0")) == 2
     assert "--workers 0 must be at least 1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def unchanged(image, labels, spacing=None) -> ProtectionResult:
+    """A case protector that changes nothing (module level: it pickles)."""
+    metrics = dict(psnr_db=float("inf"), ssim=1.0, max_abs_change=0.0, fraction_changed=0.0)
+    return ProtectionResult(image, image, labels != 0, Window(0.0, 1.0), 0.0, 0, metrics)
+
+
+@pytest.mark.parametrize(
+    "available, gpus, expected",
+    [
+        (False, 0, []),  # CPU only
+        (False, 2, []),  # CUDA unusable: no device is chosen, whatever is counted
+        (True, 1, []),  # one GPU: the default device
+        (True, 2, [0, 1, 0, 1]),
+        (True, 3, [0, 1, 2, 0]),
+    ],
+)
+def test_each_worker_takes_its_share_of_threads_and_the_next_gpu_in_turn(monkeypatch, available, gpus, expected):
+    """Worker set-up, run here with torch's device calls recorded: four workers started one after the other."""
+    import torch
+
+    threads, devices = [], []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
+    monkeypatch.setattr(dataset_protection, "_worker_case_protector", None)
+    started = multiprocessing.get_context("spawn").Value("i", 0)
+    for _ in range(4):
+        dataset_protection._start_worker(unchanged, 3, started)
+    assert threads == [3] * 4 and devices == expected and started.value == 4
+    assert dataset_protection._worker_case_protector is unchanged
+
+
+def test_a_worker_protects_or_copies_a_case_as_this_process_does(tmp_path, monkeypatch):
+    source = write_nnunet_dataset(tmp_path / "Dataset007_Worker", n_train=1, n_test=0, shape=(4, 24, 24))
+    dataset = read_dataset(source)
+    case = dataset.training[0]
+    monkeypatch.setattr(dataset_protection, "_worker_case_protector", unchanged)
+    for empty, status in ((False, "protected"), (True, "copied_empty")):
+        in_worker = dataset_protection._protect_in_worker(dataset, case, tmp_path / f"worker{empty}", empty)
+        here = dataset_protection._protect_case(dataset, case, tmp_path / f"here{empty}", unchanged, empty)
+        assert in_worker.status == status and replace(in_worker, seconds=None) == replace(here, seconds=None)
+        assert outputs(tmp_path / f"worker{empty}") == outputs(tmp_path / f"here{empty}")
