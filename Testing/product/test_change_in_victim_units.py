@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
+from umedprotect import io
 from umedprotect.array_protection import protect_array
 from umedprotect.metrics import image_quality, zscore_change
 
@@ -39,3 +41,22 @@ def test_no_change_is_zero_and_a_larger_image_spread_makes_it_smaller():
     assert zscore_change(spread, image_quality(spread, spread + (protected - image))) < zscore_change(
         image, image_quality(image, protected)
     )
+
+
+def test_the_manifest_records_the_zscore_change_of_each_protected_image(tmp_path):
+    from conftest import write_nnunet_dataset
+
+    from umedprotect.cli import main
+    from umedprotect.records import DatasetManifest
+
+    source = write_nnunet_dataset(tmp_path / "Dataset001_Tiny")
+    out = tmp_path / "out"
+    assert main(["protect-dataset", str(source), "-o", str(out), "--device", "cpu", "--no-progress"]) == 0
+    manifest = DatasetManifest.read(out / "umedprotect_manifest.json")
+    for record in manifest.cases.values():
+        for image in record.images:
+            sitk_in, sitk_out = (io.read_image(p) for p in (source / image.input, out / image.output))
+            original = sitk.GetArrayFromImage(sitk_in).astype(np.float64)
+            change = sitk.GetArrayFromImage(sitk_out).astype(np.float64) - original
+            expected = np.sqrt(np.mean(change[change != 0] ** 2)) / original.std()
+            assert image.change_zscore == pytest.approx(expected, rel=1e-6)

@@ -428,6 +428,7 @@ def _protect_case(
                 ssim=metrics["ssim"],
                 max_abs_change=metrics["max_abs_change"],
                 fraction_changed=metrics["fraction_changed"],
+                change_zscore=metrics.get("change_zscore"),  # baselines of add-ons may not report it
             )
         records.append(ImageRecord(**paths, output_sha256=output_sha256, **quality, geometry=ImageGeometry.of(image)))
     label_relative = dataset.relative(case.label)

@@ -64,6 +64,8 @@ class ImageRecord:
     ssim: float
     max_abs_change: float
     fraction_changed: float
+    # RMS change over the changed voxels in stds of the image, as a victim that z-scores each case sees it
+    change_zscore: float | None = field(default=None, metadata=OMIT_NONE)
     geometry: ImageGeometry
 
     @property
