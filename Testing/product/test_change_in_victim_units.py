@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import write_nnunet_dataset
 
 from umedprotect import io
 from umedprotect.array_protection import protect_array
+from umedprotect.cli import main
 from umedprotect.metrics import image_quality, zscore_change
+from umedprotect.records import DatasetManifest
 
 
 def case(shape: tuple[int, ...], dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
@@ -44,11 +47,6 @@ def test_no_change_is_zero_and_a_larger_image_spread_makes_it_smaller():
 
 
 def test_the_manifest_records_the_zscore_change_of_each_protected_image(tmp_path):
-    from conftest import write_nnunet_dataset
-
-    from umedprotect.cli import main
-    from umedprotect.records import DatasetManifest
-
     source = write_nnunet_dataset(tmp_path / "Dataset001_Tiny")
     out = tmp_path / "out"
     assert main(["protect-dataset", str(source), "-o", str(out), "--device", "cpu", "--no-progress"]) == 0
