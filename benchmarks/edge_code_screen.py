@@ -12,12 +12,18 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
   band-wave    A * tanh(3 sin(2 pi d / P)) in that band, d the signed distance to the edge (moves with the label)
   band-flat    band-wave at half amplitude plus the edge blurred away (as far as A allows) inside the band
   product      ``protect_array`` with a fresh protector of ``--code-init`` (the candidate as shipped)
+  default-grid default made on the grid the victim resamples to (``--resample F``), its change resampled back
 
 A = EPSILON/255 of the case's 0.5-99.5 percentile window, or with ``--sigma S``, S times the case's std
 (the victim's z-score unit).
 
+``--resample F``: after protection, every image of the dataset (protected training cases, clean test cases)
+is resampled in-plane by the factor F (cubic B-spline; labels nearest-neighbour), as nnU-Net's preprocessing
+does to a case whose spacing differs from the dataset's target spacing.
+
     python -m benchmarks.edge_code_screen DATASET OUT_ROOT CANDIDATE [--epsilon 4] [--sigma S] [--radius 2]
         [--period 4] [--min-psnr 50] [--augmentation none|nnunet] [--seed 0] [--epochs 4 --iterations 50]
+        [--resample F]
 """
 
 from __future__ import annotations
@@ -44,7 +50,18 @@ from umedprotect.regions import signed_edge_distance
 from umedprotect_eval.evaluation import load_evaluation_data
 from umedprotect_eval.training import TrainSettings, VictimTrainer
 
-CANDIDATES = ("clean", "default", "checker", "fill", "fill-band", "band-checker", "band-wave", "band-flat", "product")
+CANDIDATES = (
+    "clean",
+    "default",
+    "checker",
+    "fill",
+    "fill-band",
+    "band-checker",
+    "band-wave",
+    "band-flat",
+    "product",
+    "default-grid",
+)
 
 
 def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude: float, args) -> np.ndarray:
@@ -74,17 +91,32 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
 def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.ndarray:
     window = intensity_window(image)
     if name in ("default", "product"):
-        protector = Protector(ProtectorConfig(code_init=args.code_init)) if name == "product" else args.protector
+        config = ProtectorConfig(code_init=args.code_init, code_period=args.code_period)
+        protector = Protector(config) if name == "product" else args.protector
         epsilon = None if name == "default" else args.epsilon
         return protect_array(image, labels, protector, epsilon=epsilon, min_psnr=args.min_psnr, device="cpu").protected
     amplitude = args.sigma * float(image.std()) if args.sigma else window.budget(args.epsilon)
     if name == "clean":
         return image.copy()
     value_range = (float(image.min()), float(image.max()))
-    protected = apply_change(image, candidate_change(name, image, labels, amplitude, args), amplitude, value_range)
+    change = grid_change(image, labels, args) if name == "default-grid" else None
+    if change is None:
+        change = candidate_change(name, image, labels, amplitude, args)
+    protected = apply_change(image, change, amplitude, value_range)
     if args.min_psnr:
         limit_visibility(image, protected, amplitude, args.min_psnr)
     return protected
+
+
+def grid_change(image: np.ndarray, labels: np.ndarray, args) -> np.ndarray:
+    """The default's change made on the image resampled by ``args.resample``, resampled back to the image's grid."""
+    factor = args.resample
+    zoomed = ndimage.zoom(image.astype(np.float64), factor, order=3, mode="nearest")
+    zoomed_labels = ndimage.zoom(labels, factor, order=0)
+    made = protect_array(zoomed.astype(np.float32), zoomed_labels, epsilon=args.epsilon, min_psnr=None, device="cpu")
+    change = made.protected.astype(np.float64) - zoomed
+    back = [n / m for n, m in zip(image.shape, change.shape)]
+    return ndimage.zoom(change, back, order=3, mode="nearest")
 
 
 def write_copy(source: Path, out: Path, name: str, args) -> list[float]:
@@ -106,6 +138,24 @@ def write_copy(source: Path, out: Path, name: str, args) -> list[float]:
     return psnrs
 
 
+def resample_dataset(root: Path, factor: float) -> None:
+    """Resample every image and label of the nnU-Net raw dataset at ``root`` in place by ``factor`` in-plane."""
+    for path in sorted(root.glob("*/*.nii.gz")):
+        itk = sitk.ReadImage(str(path))
+        array = sitk.GetArrayFromImage(itk)
+        order = 0 if path.parent.name.startswith("labels") else 3
+        zoom = (1.0,) * (array.ndim - 2) + (factor, factor)
+        resampled = ndimage.zoom(array.astype(np.float64), zoom, order=order, mode="nearest")
+        if np.issubdtype(array.dtype, np.integer):
+            info = np.iinfo(array.dtype)
+            resampled = np.clip(np.round(resampled), info.min, info.max)
+        written = sitk.GetImageFromArray(resampled.astype(array.dtype))
+        written.SetSpacing([spacing / factor for spacing in itk.GetSpacing()[:2]] + list(itk.GetSpacing()[2:]))
+        written.SetOrigin(itk.GetOrigin())
+        written.SetDirection(itk.GetDirection())
+        sitk.WriteImage(written, str(path))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dataset", type=Path)
@@ -116,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--radius", type=float, default=2.0)
     parser.add_argument("--period", type=float, default=4.0)
     parser.add_argument("--min-psnr", type=float, default=50.0)
-    parser.add_argument("--code-init", default="edge")
+    parser.add_argument("--code-init", default="fill")
+    parser.add_argument("--code-period", type=int, default=8, help="for product: the codes' period (pixels)")
     parser.add_argument(
         "--protector", type=read_protector_file, help="for default: this protector file, not the bundled one"
     )
@@ -125,13 +176,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--normalisation", choices=("auto", "zscore", "ct"), default="auto")
+    parser.add_argument("--resample", type=float, default=1.0, help="in-plane resampling factor after protection")
     args = parser.parse_args(argv)
     tag = f"{args.dataset.name[:10]}_{args.candidate}_{args.augmentation}_seed{args.seed}_e{args.epsilon:g}"
     tag += f"_s{args.sigma:g}_r{args.radius:g}_p{args.period:g}_m{args.min_psnr:g}"
     tag += f"_{Path(args.protector.source).stem}" if args.protector else ""
+    tag += f"_{args.code_init}{args.code_period}" if args.candidate == "product" else ""
+    tag += f"_z{args.resample:g}" if args.resample != 1.0 else ""
     out = args.out_root / tag
     psnrs = write_copy(args.dataset, out, args.candidate, args)
-    data = load_evaluation_data(args.dataset, out)
+    clean = args.dataset
+    if args.resample != 1.0:
+        clean = args.out_root / f"{args.dataset.name}_z{args.resample:g}"
+        shutil.rmtree(clean, ignore_errors=True)
+        shutil.copytree(args.dataset, clean)
+        for root in (clean, out):
+            resample_dataset(root, args.resample)
+    data = load_evaluation_data(clean, out)
     augment = NO_AUGMENTATION if args.augmentation == "none" else AugmentSettings()
     settings = TrainSettings(
         epochs=args.epochs,
@@ -158,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         "normalisation": normalisation,
         "seed": args.seed,
         "iterations": args.epochs * args.iterations,
+        "resample": args.resample,
+        "code": f"{args.code_init}{args.code_period}" if args.candidate == "product" else None,
         "psnr_mean": round(float(np.mean(finite)), 2) if finite else None,
         "psnr_worst": round(float(min(finite)), 2) if finite else None,
         "curve": [round(v, 3) for v in run.curve],
