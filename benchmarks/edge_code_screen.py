@@ -11,6 +11,8 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
   band-checker +-A checkerboard in the band of half-width R straddling every label's edge
   band-wave    A * tanh(3 sin(2 pi d / P)) in that band, d the signed distance to the edge (moves with the label)
   band-flat    band-wave at half amplitude plus the edge blurred away (as far as A allows) inside the band
+  step         +A inside every label, -A in the band of half-width R outside (no pixel pattern: survives resampling)
+  step-neg     the same with the signs swapped
   product      ``protect_array`` with a fresh protector of ``--code-init`` (the candidate as shipped)
   default-grid default made on the grid the victim resamples to (``--resample F``), its change resampled back
 
@@ -59,6 +61,8 @@ CANDIDATES = (
     "band-checker",
     "band-wave",
     "band-flat",
+    "step",
+    "step-neg",
     "product",
     "default-grid",
 )
@@ -71,6 +75,9 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
     if name == "checker":
         return amplitude * checker * (labels > 0)
     d = signed_edge_distance(labels)[0]
+    if name in ("step", "step-neg"):
+        sign = 1.0 if name == "step" else -1.0
+        return sign * amplitude * ((labels > 0) * 1.0 - ((d < 0) & (d >= -args.radius)))
     if name in ("fill", "fill-band"):  # per label one of checker, row stripes, column stripes; the band outside negated
         tiles = np.stack([checker, np.where(rows % 2 == 0, 1.0, -1.0), np.where(cols % 2 == 0, 1.0, -1.0)])
         _, (near_rows, near_cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
