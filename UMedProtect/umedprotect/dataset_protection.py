@@ -37,6 +37,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from . import io
+from .caveats import dataset_caveats
 from .errors import InputError
 from .nnunet import Case, NnUNetDataset, read_dataset
 from .records import (
@@ -141,6 +142,12 @@ def protect_dataset(
         manifest = _start_manifest(
             dataset, out, shard, method_name, parameters, protector_info, device, allow_empty, overwrite
         )
+        from .protector_file import BUNDLED_PROTECTOR  # here: its intensity helpers import scipy
+
+        if (protector_info or {}).get("path") == BUNDLED_PROTECTOR:
+            manifest.caveats = dataset_caveats(dataset, parameters.get("labels"))
+            for caveat in manifest.caveats:
+                log.warning(caveat)
         out.mkdir(parents=True, exist_ok=True)
         with _exclusive(out / shard.lock_name):
             _remove_partial_files(out, _output_paths(dataset, cases, shard))

@@ -89,13 +89,13 @@ def device_description(method: str, settings: ProtectionSettings, protector=None
 def _setup_umed(settings: ProtectionSettings, protector) -> MethodSetup:
     from . import io
     from .array_protection import protect_array
-    from .protector_file import DEFAULT_PROTECTOR_PATH, ProtectorFile, read_protector_file
+    from .protector_file import BUNDLED_PROTECTOR, DEFAULT_PROTECTOR_PATH, ProtectorFile, read_protector_file
 
     path = Path(settings.protector) if settings.protector else DEFAULT_PROTECTOR_PATH
     if protector is None:
         protector = read_protector_file(path)
         info = {
-            "path": "bundled default" if settings.protector is None else str(path),
+            "path": BUNDLED_PROTECTOR if settings.protector is None else str(path),
             "sha256": io.sha256(path),
             "summary": protector.summary(),
         }

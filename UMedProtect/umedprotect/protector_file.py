@@ -25,6 +25,7 @@ FORMAT_VERSION = 1
 METADATA_KEY = "umedprotect"
 DIGEST_KEY = "umedprotect_weights_sha256"
 DEFAULT_PROTECTOR_PATH = Path(__file__).with_name("data") / "default_protector.safetensors"
+BUNDLED_PROTECTOR = "bundled default"  # the protector path reports and manifests record for it
 CODE_INITS = ("normal", "blobs", "rings", "fill")
 DEFAULT_MIN_PSNR = 50.0  # dB: the visibility floor of new protectors (METHOD.md: the paper's 50 dB)
 GENERATOR_HEADS = ("contour.head.weight", "contour.head.bias", "texture.head.weight", "texture.head.bias")

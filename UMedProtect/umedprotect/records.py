@@ -160,6 +160,9 @@ class DatasetManifest(_Record):
     dataset_json: DatasetJsonRecord = field(default_factory=DatasetJsonRecord)
     cases: dict[str, CaseRecord] = field(default_factory=dict)
     test: list[TestCaseRecord] = field(default_factory=list)
+    # where the bundled protector was measured not to protect, for this dataset (caveats.py); None: another
+    # protector or method, for which nothing was measured
+    caveats: list[str] | None = field(default=None, metadata=OMIT_NONE)
 
     @property
     def protector_sha256(self) -> str | None:

@@ -33,7 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "protector hash, per-case PSNR/SSIM/max change, input and output SHA-256, versions, device). "
             "The manifest is updated after every case: rerun the same command after an interruption to resume. "
             "Cases with an empty mask are skipped with a warning unless --allow-empty; mask values not declared "
-            "in dataset.json are refused."
+            "in dataset.json are refused. With the bundled protector, a warning (and the manifest's caveats) names "
+            "each way the dataset falls where the default protection was measured not to protect: a channel other "
+            "than CT, several labels, training cases off the median in-plane spacing."
         ),
     )
     parser.add_argument("in_dir", metavar="IN_DIR", help="nnU-Net v2 raw dataset folder")

@@ -1,0 +1,101 @@
+"""Caveats: where the bundled protector was measured not to protect, warned about and recorded by protect-dataset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import SimpleITK as sitk
+from conftest import write_nnunet_dataset
+
+from umedprotect.caveats import dataset_caveats, resampled_cases
+from umedprotect.cli import main
+from umedprotect.nnunet import read_dataset
+from umedprotect.records import DatasetManifest
+
+
+@pytest.fixture
+def one_label(tmp_path):
+    """Three CT cases of one label on one grid: nothing measured speaks against protecting them."""
+    return write_nnunet_dataset(tmp_path / "Dataset021_OneLabel", n_lesions=1)
+
+
+def set_channel(root, name: str) -> None:
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {"0": name}
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+def set_spacing(root, case_id: str, spacing: tuple[float, float, float]) -> None:
+    """Give a training case (image and mask) another spacing, (x, y, z) as SimpleITK orders it."""
+    for path in (root / "imagesTr" / f"{case_id}_0000.nii.gz", root / "labelsTr" / f"{case_id}.nii.gz"):
+        image = sitk.ReadImage(str(path))
+        image.SetSpacing(spacing)
+        sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def protect(source, out, *options) -> tuple[int, DatasetManifest]:
+    code = main(["protect-dataset", str(source), "-o", str(out), "--no-progress", *options])
+    return code, DatasetManifest.read(out / "umedprotect_manifest.json")
+
+
+def test_one_ct_label_on_one_grid_has_no_caveat_and_the_manifest_says_so(one_label, tmp_path, capsys):
+    code, manifest = protect(one_label, tmp_path / "out")
+    assert code == 0 and manifest.caveats == []
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_channel_that_is_not_ct_is_z_scored_by_nnunet(one_label, tmp_path, capsys):
+    set_channel(one_label, "T1")
+    code, manifest = protect(one_label, tmp_path / "out")
+    (caveat,) = manifest.caveats
+    assert caveat.startswith("channel 0 is 'T1', not CT: nnU-Net z-scores each case")
+    assert capsys.readouterr().err == f"umedprotect: warning: {caveat}\n"
+
+
+def test_several_labels_are_a_caveat_unless_one_is_selected(tmp_path, capsys):
+    source = write_nnunet_dataset(tmp_path / "Dataset022_TwoLabels", n_lesions=2)
+    _, manifest = protect(source, tmp_path / "both")
+    assert [c.split(":")[0] for c in manifest.caveats] == ["2 labels to protect"]
+    _, manifest = protect(source, tmp_path / "first", "--labels", "1")
+    assert manifest.caveats == []
+
+
+def test_cases_off_the_median_in_plane_spacing_are_resampled_by_nnunet(one_label, tmp_path):
+    set_spacing(one_label, "case001", (0.72, 0.7, 2.5))  # in plane: 0.72 against the median 0.8, 32 -> 29 pixels
+    dataset = read_dataset(one_label)
+    assert resampled_cases(dataset) == ["case001"]
+    (caveat,) = dataset_caveats(dataset, None)
+    assert caveat.startswith("1 of 3 training cases lie off the dataset's median in-plane spacing")
+    _, manifest = protect(one_label, tmp_path / "out")
+    assert manifest.caveats == [caveat]
+
+
+@pytest.mark.parametrize(
+    "spacing",
+    [
+        (0.8, 0.7, 3.0),  # another slice thickness: 2D victims do not resample across slices
+        (0.8004, 0.7, 2.5),  # within float rounding of the median
+        (0.81, 0.7, 2.5),  # off the median, but 32 pixels at 0.81 mm are still 32 at 0.8 mm
+    ],
+)
+def test_cases_nnunet_2d_does_not_resample_are_no_caveat(one_label, spacing):
+    set_spacing(one_label, "case001", spacing)
+    assert resampled_cases(read_dataset(one_label)) == []
+
+
+def test_2d_cases_are_resampled_along_both_axes(tmp_path):
+    source = write_nnunet_dataset(tmp_path / "Dataset023_Flat", shape=(32, 32), n_lesions=1)
+    path = source / "imagesTr" / "case002_0000.nii.gz"
+    image = sitk.ReadImage(str(path))
+    image.SetSpacing((0.8, 0.6))  # the second axis, not the first, is off the median (0.7)
+    sitk.WriteImage(image, str(path), useCompression=True)
+    assert resampled_cases(read_dataset(source)) == ["case002"]
+
+
+def test_another_protector_has_no_measured_caveats(one_label, tmp_path, protector_file, capsys):
+    set_channel(one_label, "MR")
+    code, manifest = protect(one_label, tmp_path / "out", "--protector", str(protector_file))
+    assert code == 0 and manifest.caveats is None
+    assert "caveats" not in json.loads((tmp_path / "out" / "umedprotect_manifest.json").read_text())
+    assert "not CT" not in capsys.readouterr().err
