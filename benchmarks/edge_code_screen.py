@@ -13,6 +13,8 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
   band-flat    band-wave at half amplitude plus the edge blurred away (as far as A allows) inside the band
   step         +A inside every label, -A in the band of half-width R outside (no pixel pattern: survives resampling)
   step-neg     the same with the signs swapped
+  wave         A cos(2 pi r / P) cos(2 pi c / P) inside every label, negated in the band outside (P = 2: the
+               checkerboard of fill-band; P > 2 stays coherent when the image is resampled)
   product      ``protect_array`` with a fresh protector of ``--code-init`` (the candidate as shipped)
   default-grid default made on the grid the victim resamples to (``--resample F``), its change resampled back
 
@@ -63,6 +65,7 @@ CANDIDATES = (
     "band-flat",
     "step",
     "step-neg",
+    "wave",
     "product",
     "default-grid",
 )
@@ -75,6 +78,9 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
     if name == "checker":
         return amplitude * checker * (labels > 0)
     d = signed_edge_distance(labels)[0]
+    if name == "wave":
+        grid = np.cos(2 * np.pi * rows / args.period) * np.cos(2 * np.pi * cols / args.period)
+        return amplitude * grid * ((labels > 0) * 1.0 - ((d < 0) & (d >= -args.radius)))
     if name in ("step", "step-neg"):
         sign = 1.0 if name == "step" else -1.0
         return sign * amplitude * ((labels > 0) * 1.0 - ((d < 0) & (d >= -args.radius)))
