@@ -13,8 +13,10 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
   band-flat    band-wave at half amplitude plus the edge blurred away (as far as A allows) inside the band
   step         +A inside every label, -A in the band of half-width R outside (no pixel pattern: survives resampling)
   step-neg     the same with the signs swapped
-  wave         A cos(2 pi r / P) cos(2 pi c / P) inside every label, negated in the band outside (P = 2: the
-               checkerboard of fill-band; P > 2 stays coherent when the image is resampled)
+  wave         A cos(2 pi (r + F) / P) cos(2 pi (c + F) / P) inside every label (F: ``--phase``), negated in
+               the band outside (P = 2: the checkerboard of fill-band; P > 2 stays coherent when resampled)
+  noise        +-A at random inside every label (new signs for every case): a texture, not a fixed pattern
+  noise-smooth Gaussian noise smoothed over ``--radius``/2 pixels, std A/2 (clipped at +-A), inside every label
   product      ``protect_array`` with a fresh protector of ``--code-init`` (the candidate as shipped)
   default-grid default made on the grid the victim resamples to (``--resample F``), its change resampled back
 
@@ -27,7 +29,7 @@ does to a case whose spacing differs from the dataset's target spacing.
 
     python -m benchmarks.edge_code_screen DATASET OUT_ROOT CANDIDATE [--epsilon 4] [--sigma S] [--radius 2]
         [--period 4] [--min-psnr 50] [--augmentation none|nnunet] [--seed 0] [--epochs 4 --iterations 50]
-        [--resample F]
+        [--resample F] [--victim unet-small] [--optimizer adam|sgd]
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import json
 import shutil
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +69,8 @@ CANDIDATES = (
     "step",
     "step-neg",
     "wave",
+    "noise",
+    "noise-smooth",
     "product",
     "default-grid",
 )
@@ -78,8 +83,15 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
     if name == "checker":
         return amplitude * checker * (labels > 0)
     d = signed_edge_distance(labels)[0]
+    if name in ("noise", "noise-smooth"):
+        rng = np.random.default_rng(zlib.crc32(image.tobytes()) + args.seed)
+        if name == "noise":
+            return amplitude * rng.choice([-1.0, 1.0], size=image.shape) * (labels > 0)
+        smooth = ndimage.gaussian_filter(rng.standard_normal(image.shape), args.radius / 2)
+        return amplitude * smooth / (2 * smooth.std()) * (labels > 0)  # std A/2, clipped at +-A
     if name == "wave":
-        grid = np.cos(2 * np.pi * rows / args.period) * np.cos(2 * np.pi * cols / args.period)
+        angle = 2 * np.pi / args.period
+        grid = np.cos(angle * (rows + args.phase)) * np.cos(angle * (cols + args.phase))
         return amplitude * grid * ((labels > 0) * 1.0 - ((d < 0) & (d >= -args.radius)))
     if name in ("step", "step-neg"):
         sign = 1.0 if name == "step" else -1.0
@@ -178,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigma", type=float, default=0.0)
     parser.add_argument("--radius", type=float, default=2.0)
     parser.add_argument("--period", type=float, default=4.0)
+    parser.add_argument("--phase", type=float, default=0.0, help="for wave: its offset (pixels) from the image corner")
     parser.add_argument("--min-psnr", type=float, default=50.0)
     parser.add_argument("--code-init", default="fill")
     parser.add_argument("--code-period", type=int, default=8, help="for product: the codes' period (pixels)")
@@ -189,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--normalisation", choices=("auto", "zscore", "ct"), default="auto")
+    parser.add_argument("--victim", default="unet-small", help="victim architecture (umedprotect evaluate's names)")
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="adam (lr 0.003) or sgd (0.01)")
     parser.add_argument("--resample", type=float, default=1.0, help="in-plane resampling factor after protection")
     args = parser.parse_args(argv)
     tag = f"{args.dataset.name[:10]}_{args.candidate}_{args.augmentation}_seed{args.seed}_e{args.epsilon:g}"
@@ -196,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     tag += f"_{Path(args.protector.source).stem}" if args.protector else ""
     tag += f"_{args.code_init}{args.code_period}" if args.candidate == "product" else ""
     tag += f"_z{args.resample:g}" if args.resample != 1.0 else ""
+    tag += f"_ph{args.phase:g}" if args.phase else ""
+    tag += f"_{args.victim}_{args.optimizer}" if (args.victim, args.optimizer) != ("unet-small", "adam") else ""
     out = args.out_root / tag
     psnrs = write_copy(args.dataset, out, args.candidate, args)
     clean = args.dataset
@@ -212,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         iterations_per_epoch=args.iterations,
         batch_size=8,
         patch_size=64,
-        optimizer="adam",
-        learning_rate=0.003,
+        optimizer=args.optimizer,
+        learning_rate=0.003 if args.optimizer == "adam" else 0.01,
         device="cpu",
         seed=args.seed,
         augment=augment,
@@ -221,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     normalisation = data.normalisation if args.normalisation == "auto" else args.normalisation
     start = time.time()
     run = VictimTrainer(
-        data.protected, data.test, "unet-small", data.n_classes, settings, normalisation, data.clean
+        data.protected, data.test, args.victim, data.n_classes, settings, normalisation, data.clean
     ).run()
     finite = [p for p in psnrs if np.isfinite(p)]
     line = {
@@ -231,8 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         "augmentation": args.augmentation,
         "normalisation": normalisation,
         "seed": args.seed,
+        "victim": args.victim,
+        "optimizer": args.optimizer,
         "iterations": args.epochs * args.iterations,
         "resample": args.resample,
+        "phase": args.phase,
         "code": f"{args.code_init}{args.code_period}" if args.candidate == "product" else None,
         "psnr_mean": round(float(np.mean(finite)), 2) if finite else None,
         "psnr_worst": round(float(min(finite)), 2) if finite else None,
