@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
         "optimizer": args.optimizer,
         "iterations": args.epochs * args.iterations,
         "resample": args.resample,
+        "epsilon": args.epsilon,
+        "period": args.period,
         "phase": args.phase,
         "code": f"{args.code_init}{args.code_period}" if args.candidate == "product" else None,
         "psnr_mean": round(float(np.mean(finite)), 2) if finite else None,

@@ -60,11 +60,12 @@ def test_label_values_wrap_around_the_codes_and_the_background_keeps_its_own():
     np.testing.assert_array_equal(field[0, 0, 0], codes[[0, 1, 2, 3, 1, 2, 3, 1], 0, [0, 1, 0, 1, 0, 1, 0, 1]])
 
 
-def test_fill_codes_are_negated_only_on_the_band_outside_the_labels():
+@pytest.mark.parametrize("code_init", ["fill", "dots"])
+def test_fill_and_dot_codes_are_negated_only_on_the_band_outside_the_labels(code_init):
     codes = np.ones((3, 2, 2), np.float32) * np.array([5, 1, 2], np.float32)[:, None, None]
     labels = np.array([[[0, 0, 1, 2, 0, 0]]])
     owner = np.array([[[0, 1, 1, 2, 2, 0]]], np.float32)  # the band: owned pixels, inside and outside
-    field = code_field(codes, "fill", labels, np.zeros((1, 2), np.int64), np.zeros(labels.shape, np.float32), owner)
+    field = code_field(codes, code_init, labels, np.zeros((1, 2), np.int64), np.zeros(labels.shape, np.float32), owner)
     np.testing.assert_array_equal(field[0, 0, 0], [5, -1, 1, 2, -2, 5])
 
 
@@ -135,6 +136,17 @@ def test_fill_codes_are_checkerboard_row_and_column_stripes_of_half_period_block
     np.testing.assert_array_equal(odd[2], np.repeat(block[:, None], 5, 1))
     np.testing.assert_array_equal(odd[3], np.repeat(block[None], 5, 0))
     np.testing.assert_array_equal(fill_codes(2, 1).numpy(), [[[0]], [[3]]])
+
+
+def test_dot_codes_are_cosine_lattices_rows_and_columns_sampled_on_the_pixel_grid():
+    from umedprotect.protector import dot_codes
+
+    wave = np.array([1, 0, -1, 0])  # period 4: every other row or column, alternating in sign, zero between
+    lattice, rows, cols = np.outer(wave, wave), np.repeat(wave[:, None], 4, 1), np.repeat(wave[None], 4, 0)
+    np.testing.assert_array_equal(dot_codes(5, 4).numpy(), 3 * np.stack([0 * lattice, lattice, rows, cols, lattice]))
+    six = 3 * np.cos(2 * np.pi * np.arange(6) / 6)  # another period: the cosine's samples (+-1, +-1/2)
+    np.testing.assert_allclose(dot_codes(3, 6).numpy()[1], np.outer(six, six) / 3, atol=1e-5)
+    np.testing.assert_allclose(dot_codes(3, 6).numpy()[2], np.repeat(six[:, None], 6, 1), atol=1e-5)
 
 
 def test_a_module_keeps_its_config_and_starts_from_its_codes_alone():

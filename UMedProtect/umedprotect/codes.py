@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .protector_file import ProtectorConfig
+from .protector_file import BAND_NEGATED_CODES, ProtectorConfig
 
 
 def code_field(
@@ -24,12 +24,12 @@ def code_field(
     """Per-pixel code (B,1,H,W) for ``labels`` (B,H,W) whose top-left pixel is at ``origin`` (B,2).
 
     ``depth``: each pixel's depth below its label's edge (``rings`` codes interpolate their periodic
-    profile over it); ``band_owner``: the label owning each contour-band pixel, where ``fill`` codes
-    continue outside the labels with the opposite sign.
+    profile over it); ``band_owner``: the label owning each contour-band pixel, where ``fill`` and ``dots``
+    codes continue outside the labels with the opposite sign.
     """
     n, period = codes.shape[0], codes.shape[1]
     sign = np.float32(1.0)
-    if code_init == "fill" and band_owner is not None:
+    if code_init in BAND_NEGATED_CODES and band_owner is not None:
         outside = (labels == 0) & (band_owner > 0)
         labels = np.where(outside, np.round(band_owner).astype(np.int64), labels)
         sign = np.where(outside, np.float32(-1.0), np.float32(1.0))[:, None]

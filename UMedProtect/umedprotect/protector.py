@@ -17,6 +17,7 @@ from .atomic import atomic_path
 from .errors import InputError
 from .networks import UNet2d
 from .protector_file import (
+    BAND_NEGATED_CODES,
     DIGEST_KEY,
     GENERATOR_HEADS,
     METADATA_KEY,
@@ -37,8 +38,8 @@ class Protector(nn.Module):
     shapes to survive the victim's augmentation, while the generators adapt it to each image. The
     code is a tile on the image grid with period ``code_period``; for ``rings`` codes, a
     periodic profile over each pixel's depth below its label's edge (it follows the organ's shape).
-    ``fill`` codes are tiles too, and continue negated into the contour band outside the label, so the
-    label's edge is where the tile flips.
+    ``fill`` and ``dots`` codes are tiles too, and continue negated into the contour band outside the label,
+    so the label's edge is where the tile flips.
     """
 
     def __init__(self, config: ProtectorConfig | None = None) -> None:
@@ -54,6 +55,8 @@ class Protector(nn.Module):
             self.codes = nn.Parameter(ring_codes(c.code_classes, c.code_period))
         elif c.code_init == "fill":
             self.codes = nn.Parameter(fill_codes(c.code_classes, c.code_period))
+        elif c.code_init == "dots":
+            self.codes = nn.Parameter(dot_codes(c.code_classes, c.code_period))
         else:
             generator = torch.Generator().manual_seed(0)
             codes = torch.randn(c.code_classes, c.code_period, c.code_period, generator=generator)
@@ -94,12 +97,12 @@ class Protector(nn.Module):
 
         ``depth`` (B,H,W): each pixel's depth below its label's edge (:func:`regions.edge_depth`),
         used by ``rings`` codes, linearly interpolated on their periodic profile. ``band_owner`` (B,H,W):
-        the label owning each contour-band pixel (:func:`regions.region_maps`); ``fill`` codes continue
-        there, outside the labels, with the opposite sign.
+        the label owning each contour-band pixel (:func:`regions.region_maps`); ``fill`` and ``dots`` codes
+        continue there, outside the labels, with the opposite sign.
         """
         n, period = self.codes.shape[0], self.codes.shape[1]
         sign = 1.0
-        if self.config.code_init == "fill" and band_owner is not None:
+        if self.config.code_init in BAND_NEGATED_CODES and band_owner is not None:
             outside = (labels == 0) & (band_owner > 0)
             labels = torch.where(outside, band_owner.round().long(), labels)
             sign = torch.where(outside, -1.0, 1.0)[:, None]
@@ -193,6 +196,21 @@ def fill_codes(classes: int, period: int) -> torch.Tensor:
     rows, cols = (torch.arange(period)[:, None] // half) % 2, (torch.arange(period)[None, :] // half) % 2
     tiles = [(rows + cols) % 2, rows.expand(period, period), cols.expand(period, period)]
     codes = [BLOB_GAIN * (1 - 2 * tiles[k % len(tiles)].float()) for k in range(classes - 1)]
+    return torch.stack([torch.zeros(period, period), *codes])
+
+
+def dot_codes(classes: int, period: int) -> torch.Tensor:
+    """Per label a ``BLOB_GAIN`` x cosine tile in turn: cos(2 pi r / P) cos(2 pi c / P), cos(2 pi r / P),
+    cos(2 pi c / P) on the pixel grid; zero for the background.
+
+    At the default period 4: +-1 dots on every other row and column (alternating in sign, zero between), or
+    every other row, or every other column. Unlike the period-2 fill tiles, their resampled version stays
+    coherent, so a victim that resamples the images still sees them (docs/results.md).
+    """
+    wave = torch.round(torch.cos(2 * torch.pi * torch.arange(period) / period) * 1e6) / 1e6  # exact zeros
+    rows, cols = wave[:, None].expand(period, period), wave[None, :].expand(period, period)
+    tiles = [rows * cols, rows, cols]
+    codes = [BLOB_GAIN * tiles[k % len(tiles)] for k in range(classes - 1)]
     return torch.stack([torch.zeros(period, period), *codes])
 
 

@@ -26,7 +26,8 @@ METADATA_KEY = "umedprotect"
 DIGEST_KEY = "umedprotect_weights_sha256"
 DEFAULT_PROTECTOR_PATH = Path(__file__).with_name("data") / "default_protector.safetensors"
 BUNDLED_PROTECTOR = "bundled default"  # the protector path reports and manifests record for it
-CODE_INITS = ("normal", "blobs", "rings", "fill")
+CODE_INITS = ("normal", "blobs", "rings", "fill", "dots")
+BAND_NEGATED_CODES = ("fill", "dots")  # code inits that continue, negated, into the contour band outside the label
 DEFAULT_MIN_PSNR = 50.0  # dB: the visibility floor of new protectors (METHOD.md: the paper's 50 dB)
 GENERATOR_HEADS = ("contour.head.weight", "contour.head.bias", "texture.head.weight", "texture.head.bias")
 
@@ -78,8 +79,9 @@ class ProtectorConfig:
     code_classes: int = 16  # number of codes: background + labels (label values wrap around)
     # initial codes: "normal" (white noise) or "blobs" (isotropic band-pass texture per label), both
     # tiled on the image grid; "rings" (a profile over the depth below the label's edge: contour-following rings);
-    # or "fill" (per label a fixed pixel-level tile, checkerboard or stripes; the contour band outside the label
-    # carries its negative)
+    # "fill" (per label a fixed pixel-level tile, checkerboard or stripes; the contour band outside the label
+    # carries its negative); or "dots" (as fill, with sampled cosines: at period 4 a sparse lattice of +-1 dots,
+    # or every other row or column, which stays coherent when an image is resampled)
     code_init: str = "normal"
     # 0: the generators' pre-activations are unbounded; > 0: each is soft-clipped to +-generator_gain, so a
     # code larger than that keeps its sign: the generators adapt the shortcut to the image but cannot overturn it

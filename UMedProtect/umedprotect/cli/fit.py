@@ -66,8 +66,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=CODE_INITS,
         default=config.code_init,
         help="initial per-label codes: white noise or isotropic blobs (both tiled on the image grid), rings "
-        "following each label's edge, or a fill: a one-pixel tile per label, negated on the band outside "
-        "(default %(default)s)",
+        "following each label's edge, a fill (a tile per label of blocks of half the period: one pixel at "
+        "period 2), or dots (a tile per label of sampled cosines: at period 4 a lattice of dots, or every other "
+        "row or column); fill and dots continue negated on the band outside (default %(default)s)",
     )
     p.add_argument(
         "--code-period",
