@@ -5,16 +5,21 @@ Its generators G_c and G_t output zero: the codes alone make the change.
 The choice and its measurements: docs/results.md ("The default protector"), benchmarks/experiments/edge-*.json.
 
     python -m benchmarks.make_default_protector [--output UMedProtect/umedprotect/data/default_protector.safetensors]
+
+A variant with other codes, for experiments (e.g. benchmarks/protectors/dots4.safetensors):
+
+    python -m benchmarks.make_default_protector --codes dots --code-period 4 --output benchmarks/protectors/dots4.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from umedprotect.protector import Protector, save_protector
-from umedprotect.protector_file import DEFAULT_PROTECTOR_PATH, ProtectorConfig
+from umedprotect.protector_file import CODE_INITS, DEFAULT_PROTECTOR_PATH, ProtectorConfig
 
 DEFAULT_CONFIG = ProtectorConfig(
     epsilon=8.0,  # the per-pixel cap, 1/255 of the case's window; the 50 dB floor sets what is spent
@@ -30,8 +35,11 @@ DEFAULT_CONFIG = ProtectorConfig(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, default=DEFAULT_PROTECTOR_PATH)
+    parser.add_argument("--codes", choices=CODE_INITS, default=DEFAULT_CONFIG.code_init, help="code_init")
+    parser.add_argument("--code-period", type=int, default=DEFAULT_CONFIG.code_period)
     args = parser.parse_args(argv)
-    print(save_protector(Protector(DEFAULT_CONFIG), args.output))
+    config = dataclasses.replace(DEFAULT_CONFIG, code_init=args.codes, code_period=args.code_period)
+    print(save_protector(Protector(config), args.output))
     return 0
 
 
