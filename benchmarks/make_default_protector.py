@@ -8,7 +8,8 @@ The choice and its measurements: docs/results.md ("The default protector"), benc
 
 A variant with other codes, for experiments (e.g. benchmarks/protectors/dots4.safetensors):
 
-    python -m benchmarks.make_default_protector --codes dots --code-period 4 --output benchmarks/protectors/dots4.safetensors
+    python -m benchmarks.make_default_protector --codes dots --code-period 4 \
+        --output benchmarks/protectors/dots4.safetensors
 """
 
 from __future__ import annotations
