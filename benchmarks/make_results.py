@@ -7,8 +7,10 @@ Each experiment file (JSON) describes one claim: the data, the commands that pro
 and its rows -- one measured setting each, with the result files it is read from. Two kinds of result
 file are read:
 
-- ``evaluate``: the JSON report of ``umedprotect evaluate``; a victim seed is stopped when its
-  best-epoch ratio (protected / clean best test DSC) is at most ``TARGET_RATIO``.
+- ``evaluate``: the JSON report of ``umedprotect evaluate``; a victim seed is stopped when its ratio at
+  ``measure`` -- ``best`` (the default: the oracle's best epoch), ``final`` or ``nnunet`` (the checkpoint
+  nnU-Net keeps) -- is at most ``TARGET_RATIO``; ``defense``: the victims trained after that defense
+  (default ``none``).
 - ``race``: JSON lines of ``python -m benchmarks.first_epoch_race``; the line(s) of one protected
   dataset (``protected``, plus any keys in ``match``); a seed is stopped when its protected test DSC
   -- after the first epoch, or the best over the line's ``curves`` with ``"measure": "best"`` -- is at
@@ -67,8 +69,13 @@ def load_experiments() -> list[dict]:
     return sorted(experiments, key=lambda experiment: experiment["order"])
 
 
-def _evaluate_ratios(report: dict) -> dict[int, float]:
-    return {entry["seed"]: entry["ratio_best"] for entry in report["summary"]}
+def _evaluate_ratios(report: dict, measure: str = "best", defense: str = "none") -> dict[int, float]:
+    """Ratio per seed at checkpoint ``measure`` (final, nnunet, best) of the victims trained after ``defense``."""
+    return {
+        entry["seed"]: entry[f"ratio_{measure}"]
+        for entry in report["summary"]
+        if entry.get("defense", "none") == defense
+    }
 
 
 def _evaluate_quality(report: dict) -> tuple[float, float]:
@@ -158,7 +165,7 @@ def tabulate(experiment: dict) -> list[Row]:
         for source in spec["sources"]:
             if source["kind"] == "evaluate":
                 report = json.loads((ROOT / source["file"]).read_text())
-                ratios.update(_evaluate_ratios(report))
+                ratios.update(_evaluate_ratios(report, source.get("measure", "best"), source.get("defense", "none")))
                 psnr_mean, psnr_worst = _evaluate_quality(report)
             elif source["kind"] == "screen":
                 screen_ratios, psnr_mean, psnr_worst = _screen_ratios(source)
