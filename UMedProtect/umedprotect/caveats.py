@@ -36,7 +36,7 @@ def dataset_caveats(dataset: NnUNetDataset, labels: list[int] | None) -> list[st
         caveats.append(
             f"{len(resampled)} of {len(dataset.training)} training cases lie off the dataset's median in-plane "
             "spacing, so nnU-Net resamples them, and the default's pixel tile does not survive resampling "
-            f"(ratio 0.83 after resampling by 0.9; {RESULTS})"
+            f"(ratios 0.50-0.83 after resampling by 0.9; {RESULTS})"
         )
     return caveats
 
