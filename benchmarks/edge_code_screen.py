@@ -82,27 +82,26 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
     checker = np.where((rows + cols) % 2 == 0, 1.0, -1.0)
     if name == "checker":
         return amplitude * checker * (labels > 0)
-    d = signed_edge_distance(labels)[0]
     if name in ("noise", "noise-smooth"):
         rng = np.random.default_rng(zlib.crc32(image.tobytes()) + args.seed)
         if name == "noise":
             return amplitude * rng.choice([-1.0, 1.0], size=image.shape) * (labels > 0)
         smooth = ndimage.gaussian_filter(rng.standard_normal(image.shape), args.radius / 2)
         return amplitude * smooth / (2 * smooth.std()) * (labels > 0)  # std A/2, clipped at +-A
+    d = signed_edge_distance(labels)[0]
+    signed_region = (labels > 0) * 1.0 - ((d < 0) & (d >= -args.radius))  # +1 in the labels, -1 in the band outside
     if name == "wave":
         angle = 2 * np.pi / args.period
         grid = np.cos(angle * (rows + args.phase)) * np.cos(angle * (cols + args.phase))
-        return amplitude * grid * ((labels > 0) * 1.0 - ((d < 0) & (d >= -args.radius)))
+        return amplitude * grid * signed_region
     if name in ("step", "step-neg"):
-        sign = 1.0 if name == "step" else -1.0
-        return sign * amplitude * ((labels > 0) * 1.0 - ((d < 0) & (d >= -args.radius)))
+        return (1.0 if name == "step" else -1.0) * amplitude * signed_region
     if name in ("fill", "fill-band"):  # per label one of checker, row stripes, column stripes; the band outside negated
         tiles = np.stack([checker, np.where(rows % 2 == 0, 1.0, -1.0), np.where(cols % 2 == 0, 1.0, -1.0)])
         _, (near_rows, near_cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
         owner = labels[near_rows, near_cols].astype(int)
         fill = np.take_along_axis(tiles, ((owner - 1) % 3)[None], axis=0)[0]
-        outside = (d < 0) & (d >= -args.radius) & (name == "fill-band")
-        return amplitude * fill * ((labels > 0) * 1.0 - outside)
+        return amplitude * fill * (signed_region if name == "fill-band" else (labels > 0) * 1.0)
     band = np.abs(d) <= args.radius
     if name == "band-checker":
         return amplitude * checker * band
@@ -117,15 +116,16 @@ def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.n
     window = intensity_window(image)
     if name in ("default", "product"):
         config = ProtectorConfig(code_init=args.code_init, code_period=args.code_period)
-        protector = Protector(config) if name == "product" else args.protector
+        protector = Protector(config) if name == "product" else args.protector  # default: None is the bundled one
         epsilon = None if name == "default" else args.epsilon
         return protect_array(image, labels, protector, epsilon=epsilon, min_psnr=args.min_psnr, device="cpu").protected
     amplitude = args.sigma * float(image.std()) if args.sigma else window.budget(args.epsilon)
     if name == "clean":
         return image.copy()
     value_range = (float(image.min()), float(image.max()))
-    change = grid_change(image, labels, args) if name == "default-grid" else None
-    if change is None:
+    if name == "default-grid":
+        change = grid_change(image, labels, args)
+    else:
         change = candidate_change(name, image, labels, amplitude, args)
     protected = apply_change(image, change, amplitude, value_range)
     if args.min_psnr:
