@@ -19,6 +19,10 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
   noise-smooth Gaussian noise smoothed over ``--radius``/2 pixels, std A/2 (clipped at +-A), inside every label
   product      ``protect_array`` with a fresh protector of ``--code-init`` (the candidate as shipped)
   default-grid default made on the grid the victim resamples to (``--resample F``), its change resampled back
+  grid-exact   fill-band made on the grid the victim resamples to, mapped back by the minimum-norm inverse of that
+               resampling (after it the victim sees the exact code; cap ``--grid-cap`` A, then the PSNR floor)
+  grid-wave    the same with wave (period P on the victim's grid: exact for cases up to P/2 times coarser)
+  grid-mixed   grid-exact for the cases the victim's grid does not enlarge, grid-wave for the others
 
 A = EPSILON/255 of the case's 0.5-99.5 percentile window, or with ``--sigma S``, S times the case's std
 (the victim's z-score unit).
@@ -27,9 +31,15 @@ A = EPSILON/255 of the case's 0.5-99.5 percentile window, or with ``--sigma S``,
 is resampled in-plane by the factor F (cubic B-spline; labels nearest-neighbour), as nnU-Net's preprocessing
 does to a case whose spacing differs from the dataset's target spacing.
 
+``--grid-factors F1,F2,...``: a dataset whose cases differ in spacing. Case i (train and test, in sorted id
+order) is first resampled by F(i mod n), its spacing divided by it; then protected; then every case is
+resampled to the training cases' median spacing with nnU-Net's own resampling (skimage's cubic resize),
+as nnU-Net's preprocessing does. ``--victim-grid``: ``default`` then passes that spacing to the product
+(``protect_array(victim_spacing=...)``), which makes each change on the victim's grid.
+
     python -m benchmarks.edge_code_screen DATASET OUT_ROOT CANDIDATE [--epsilon 4] [--sigma S] [--radius 2]
         [--period 4] [--min-psnr 50] [--augmentation none|nnunet] [--seed 0] [--epochs 4 --iterations 50]
-        [--resample F] [--victim unet-small] [--optimizer adam|sgd]
+        [--resample F | --grid-factors 0.85,0.9,1,1.1 [--victim-grid]] [--victim unet-small] [--optimizer adam|sgd]
 """
 
 from __future__ import annotations
@@ -73,6 +83,9 @@ CANDIDATES = (
     "noise-smooth",
     "product",
     "default-grid",
+    "grid-exact",
+    "grid-wave",
+    "grid-mixed",
 )
 
 
@@ -118,13 +131,22 @@ def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.n
         config = ProtectorConfig(code_init=args.code_init, code_period=args.code_period)
         protector = Protector(config) if name == "product" else args.protector  # default: None is the bundled one
         epsilon = None if name == "default" else args.epsilon
-        return protect_array(image, labels, protector, epsilon=epsilon, min_psnr=args.min_psnr, device="cpu").protected
+        grid = {}
+        if args.victim_grid:  # the product's victim grid: numpy axis order, the slice axis (if any) unchanged
+            spacing = args.case_spacing[::-1][-image.ndim :]
+            grid = dict(spacing=spacing, victim_spacing=args.target_spacing[::-1][-image.ndim :])
+        return protect_array(
+            image, labels, protector, epsilon=epsilon, min_psnr=args.min_psnr, device="cpu", **grid
+        ).protected
     amplitude = args.sigma * float(image.std()) if args.sigma else window.budget(args.epsilon)
     if name == "clean":
         return image.copy()
     value_range = (float(image.min()), float(image.max()))
     if name == "default-grid":
         change = grid_change(image, labels, args)
+    elif name in ("grid-exact", "grid-wave", "grid-mixed"):
+        change = exact_grid_change(image, labels, amplitude, args)
+        amplitude = args.grid_cap * amplitude
     else:
         change = candidate_change(name, image, labels, amplitude, args)
     protected = apply_change(image, change, amplitude, value_range)
@@ -144,6 +166,34 @@ def grid_change(image: np.ndarray, labels: np.ndarray, args) -> np.ndarray:
     return ndimage.zoom(change, back, order=3, mode="nearest")
 
 
+def zoom_matrix(size: int, new_size: int, grid_mode: bool) -> np.ndarray:
+    """The 1D operator of :func:`resample_file` along an axis of ``size`` pixels, (new size, size)."""
+    return ndimage.zoom(np.eye(size), (new_size / size, 1.0), order=3, mode="nearest", grid_mode=grid_mode)
+
+
+def exact_grid_change(image: np.ndarray, labels: np.ndarray, amplitude: float, args) -> np.ndarray:
+    """fill-band (grid-exact) or wave (grid-wave) on the victim's grid, mapped to the image's grid so that
+    resampling gives it back exactly (as far as the image's grid can hold it)."""
+    shape = image.shape[-2:]
+    target = victim_size(shape, args.case_spacing, args)
+    grid_mode = bool(args.grid_factors)
+    back_rows, back_cols = (np.linalg.pinv(zoom_matrix(n, m, grid_mode)) for n, m in zip(shape, target))
+    zoom = (1.0,) * (labels.ndim - 2) + tuple(m / n for n, m in zip(shape, target))
+    zoomed = ndimage.zoom(labels, zoom, order=0, mode="nearest", grid_mode=grid_mode)
+    name = "fill-band" if args.candidate == "grid-exact" else "wave"
+    if args.candidate == "grid-mixed":  # the checkerboard where the victim's grid can hold it, else the dots
+        name = "fill-band" if all(m <= n for n, m in zip(shape, target)) else "wave"
+    code = candidate_change(name, zoomed.astype(np.float64), zoomed, amplitude, args)
+    return np.einsum("rm,...mn,cn->...rc", back_rows, code, back_cols)
+
+
+def victim_size(shape: tuple[int, ...], spacing: tuple[float, ...], args) -> tuple[int, int]:
+    """In-plane size (rows, columns) a case of this size and spacing (x, y) has on the victim's grid."""
+    if args.grid_factors:
+        return tuple(round(n * s / t) for n, s, t in zip(shape, spacing[1::-1], args.target_spacing[1::-1]))
+    return tuple(round(n * args.resample) for n in shape)
+
+
 def write_copy(source: Path, out: Path, name: str, args) -> list[float]:
     """Protected copy of ``source`` at ``out``; the PSNR of every training case."""
     dataset = read_dataset(source)
@@ -155,6 +205,7 @@ def write_copy(source: Path, out: Path, name: str, args) -> list[float]:
         for path in case.images:
             itk = sitk.ReadImage(str(path))
             image = sitk.GetArrayFromImage(itk)
+            args.case_spacing = itk.GetSpacing()
             protected = protect_case(name, image, labels, args)
             psnrs.append(image_quality(image, protected)["psnr_db"])
             written = sitk.GetImageFromArray(protected)
@@ -163,22 +214,64 @@ def write_copy(source: Path, out: Path, name: str, args) -> list[float]:
     return psnrs
 
 
+def resample_file(path: Path, new_size: tuple[int, int], grid_mode: bool = False) -> None:
+    """Resample an image (cubic B-spline) or label map (nearest) in place to ``new_size`` in-plane
+    (``grid_mode``: pixel edges aligned, as nnU-Net's skimage resize; else the corner pixels' centres)."""
+    itk = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(itk)
+    order = 0 if path.parent.name.startswith("labels") else 3
+    zoom = (1.0,) * (array.ndim - 2) + tuple(m / n for n, m in zip(array.shape[-2:], new_size))
+    resampled = ndimage.zoom(array.astype(np.float64), zoom, order=order, mode="nearest", grid_mode=grid_mode)
+    if np.issubdtype(array.dtype, np.integer):
+        info = np.iinfo(array.dtype)
+        resampled = np.clip(np.round(resampled), info.min, info.max)
+    written = sitk.GetImageFromArray(resampled.astype(array.dtype))
+    spacing = [s * n / m for s, n, m in zip(itk.GetSpacing(), array.shape[:-3:-1], new_size[::-1])]
+    written.SetSpacing(spacing + list(itk.GetSpacing()[2:]))
+    written.SetOrigin(itk.GetOrigin())
+    written.SetDirection(itk.GetDirection())
+    sitk.WriteImage(written, str(path))
+
+
+def dataset_files(root: Path) -> list[tuple[int, Path]]:
+    """(case index, file) for every image and label of the nnU-Net raw dataset at ``root``."""
+
+    def case_id(path: Path) -> str:
+        name = path.name.removesuffix(".nii.gz")
+        return name if path.parent.name.startswith("labels") else name.rsplit("_", 1)[0]
+
+    files = sorted(root.glob("*/*.nii.gz"))
+    index = {case: i for i, case in enumerate(sorted({case_id(p) for p in files}))}
+    return [(index[case_id(p)], p) for p in files]
+
+
 def resample_dataset(root: Path, factor: float) -> None:
     """Resample every image and label of the nnU-Net raw dataset at ``root`` in place by ``factor`` in-plane."""
-    for path in sorted(root.glob("*/*.nii.gz")):
+    for _, path in dataset_files(root):
+        shape = sitk.ReadImage(str(path)).GetSize()[1::-1]
+        resample_file(path, tuple(round(n * factor) for n in shape))
+
+
+def spread_dataset(root: Path, factors: list[float]) -> None:
+    """Give case i (sorted ids) the grid factor ``factors[i % len]``: a dataset whose cases differ in spacing."""
+    for i, path in dataset_files(root):
+        shape = sitk.ReadImage(str(path)).GetSize()[1::-1]
+        resample_file(path, tuple(round(n * factors[i % len(factors)]) for n in shape))
+
+
+def median_spacing(root: Path) -> tuple[float, ...]:
+    """nnU-Net's target spacing: the median over the training images, per axis (x, y, ...)."""
+    return tuple(np.median([sitk.ReadImage(str(p)).GetSpacing() for p in sorted(root.glob("imagesTr/*"))], axis=0))
+
+
+def to_victim_grid(root: Path, target: tuple[float, ...]) -> None:
+    """Resample every case in place to the in-plane ``target`` spacing (nnU-Net's preprocessing)."""
+    for _, path in dataset_files(root):
         itk = sitk.ReadImage(str(path))
-        array = sitk.GetArrayFromImage(itk)
-        order = 0 if path.parent.name.startswith("labels") else 3
-        zoom = (1.0,) * (array.ndim - 2) + (factor, factor)
-        resampled = ndimage.zoom(array.astype(np.float64), zoom, order=order, mode="nearest")
-        if np.issubdtype(array.dtype, np.integer):
-            info = np.iinfo(array.dtype)
-            resampled = np.clip(np.round(resampled), info.min, info.max)
-        written = sitk.GetImageFromArray(resampled.astype(array.dtype))
-        written.SetSpacing([spacing / factor for spacing in itk.GetSpacing()[:2]] + list(itk.GetSpacing()[2:]))
-        written.SetOrigin(itk.GetOrigin())
-        written.SetDirection(itk.GetDirection())
-        sitk.WriteImage(written, str(path))
+        shape, spacing = itk.GetSize()[1::-1], itk.GetSpacing()
+        new = tuple(round(n * s / t) for n, s, t in zip(shape, spacing[1::-1], target[1::-1]))
+        if new != shape:
+            resample_file(path, new, grid_mode=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,18 +298,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--victim", default="unet-small", help="victim architecture (umedprotect evaluate's names)")
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="adam (lr 0.003) or sgd (0.01)")
     parser.add_argument("--resample", type=float, default=1.0, help="in-plane resampling factor after protection")
+    parser.add_argument(
+        "--victim-grid", action="store_true", help="with --grid-factors: default/product made on the victim's grid"
+    )
+    parser.add_argument("--grid-cap", type=float, default=2.0, help="grid-*: the change's cap, in units of A")
+    parser.add_argument(
+        "--grid-factors",
+        type=lambda text: [float(v) for v in text.split(",")],
+        help="e.g. 0.9,1,1.1: case i first resampled by factor i mod n (cases differing in spacing), protected, "
+        "then every case resampled to the median spacing (nnU-Net's preprocessing)",
+    )
     args = parser.parse_args(argv)
     tag = f"{args.dataset.name[:10]}_{args.candidate}_{args.augmentation}_seed{args.seed}_e{args.epsilon:g}"
     tag += f"_s{args.sigma:g}_r{args.radius:g}_p{args.period:g}_m{args.min_psnr:g}"
     tag += f"_{Path(args.protector.source).stem}" if args.protector else ""
     tag += f"_{args.code_init}{args.code_period}" if args.candidate == "product" else ""
     tag += f"_z{args.resample:g}" if args.resample != 1.0 else ""
+    tag += "_g" + "-".join(f"{f:g}" for f in args.grid_factors) if args.grid_factors else ""
+    tag += f"_cap{args.grid_cap:g}" if args.grid_cap != 2.0 else ""
+    tag += "_vg" if args.victim_grid else ""
     tag += f"_ph{args.phase:g}" if args.phase else ""
     tag += f"_{args.victim}_{args.optimizer}" if (args.victim, args.optimizer) != ("unet-small", "adam") else ""
     out = args.out_root / tag
-    psnrs = write_copy(args.dataset, out, args.candidate, args)
+    source = args.dataset
+    if args.grid_factors:
+        source = args.out_root / f"{args.dataset.name}_{tag}_raw"
+        shutil.rmtree(source, ignore_errors=True)
+        shutil.copytree(args.dataset, source)
+        spread_dataset(source, args.grid_factors)
+        args.target_spacing = median_spacing(source)
+    psnrs = write_copy(source, out, args.candidate, args)
     clean = args.dataset
-    if args.resample != 1.0:
+    if args.grid_factors:
+        clean = source
+        for root in (clean, out):
+            to_victim_grid(root, args.target_spacing)
+    elif args.resample != 1.0:
         clean = args.out_root / f"{args.dataset.name}_z{args.resample:g}"
         shutil.rmtree(clean, ignore_errors=True)
         shutil.copytree(args.dataset, clean)
@@ -252,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         "optimizer": args.optimizer,
         "iterations": args.epochs * args.iterations,
         "resample": args.resample,
+        "grid_factors": args.grid_factors,
+        "grid_cap": args.grid_cap,
+        "victim_grid": args.victim_grid,
         "epsilon": args.epsilon,
         "period": args.period,
         "phase": args.phase,

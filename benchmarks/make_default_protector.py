@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=DEFAULT_PROTECTOR_PATH)
     parser.add_argument("--codes", choices=CODE_INITS, default=DEFAULT_CONFIG.code_init, help="code_init")
     parser.add_argument("--code-period", type=int, default=DEFAULT_CONFIG.code_period)
+    parser.add_argument("--epsilon", type=float, default=DEFAULT_CONFIG.epsilon, help="the per-pixel cap")
     args = parser.parse_args(argv)
-    config = dataclasses.replace(DEFAULT_CONFIG, code_init=args.codes, code_period=args.code_period)
+    config = dataclasses.replace(
+        DEFAULT_CONFIG, code_init=args.codes, code_period=args.code_period, epsilon=args.epsilon
+    )
     print(save_protector(Protector(config), args.output))
     return 0
 

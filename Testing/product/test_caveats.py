@@ -8,10 +8,11 @@ import pytest
 import SimpleITK as sitk
 from conftest import write_nnunet_dataset
 
-from umedprotect.caveats import dataset_caveats, resampled_cases
+from umedprotect.caveats import dataset_caveats
 from umedprotect.cli import main
 from umedprotect.nnunet import read_dataset
 from umedprotect.records import DatasetManifest
+from umedprotect.victim_grid import resampled_cases
 
 
 @pytest.fixture
@@ -65,10 +66,16 @@ def test_cases_off_the_median_in_plane_spacing_are_resampled_by_nnunet(one_label
     set_spacing(one_label, "case001", (0.72, 0.7, 2.5))  # in plane: 0.72 against the median 0.8, 32 -> 29 pixels
     dataset = read_dataset(one_label)
     assert resampled_cases(dataset) == ["case001"]
-    (caveat,) = dataset_caveats(dataset, None)
-    assert caveat.startswith("1 of 3 training cases lie off the dataset's median in-plane spacing")
-    _, manifest = protect(one_label, tmp_path / "out")
-    assert manifest.caveats == [caveat]
+    (on_own_grid,) = dataset_caveats(dataset, None)
+    assert on_own_grid.startswith("1 of 3 training cases lie off the dataset's median in-plane spacing, so nnU-Net")
+    (on_victim_grid,) = dataset_caveats(dataset, None, victim_grid=True)
+    assert "made on the grid nnU-Net resamples them to" in on_victim_grid
+    _, manifest = protect(one_label, tmp_path / "out")  # the victim grid by default: made there, with the dots
+    assert manifest.caveats == [on_victim_grid] and manifest.protector["path"] == "bundled victim grid"
+    assert manifest.parameters["victim_spacing"] == pytest.approx([2.5, 0.7, 0.8])  # numpy axis order, the medians
+    _, manifest = protect(one_label, tmp_path / "own", "--victim-grid", "off")
+    assert manifest.caveats == [on_own_grid] and manifest.protector["path"] == "bundled default"
+    assert "victim_spacing" not in manifest.parameters
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,10 @@ from .codes import CodePerturbation
 from .errors import Cancelled, InputError
 from .intensity import Window, apply_change, intensity_window, normalize
 from .metrics import data_range, image_quality, slab_slices_for, slice_psnrs, zscore_change
-from .protector_file import ProtectorFile, read_protector_file
+from .protector_file import ProtectorConfig, ProtectorFile, read_protector_file
 from .regions import bounding_box, contour_band, region_maps, roi_mask
 from .settings import OPTIONS
+from .victim_grid import map_back, resample_image, resample_labels, victim_shape
 
 if TYPE_CHECKING:
     from .protector import Protector
@@ -75,6 +76,7 @@ def protect_array(
     protector: Protector | ProtectorFile | None = None,
     *,
     spacing: Sequence[float] | None = None,
+    victim_spacing: Sequence[float] | None = None,
     epsilon: float | None = None,
     band_radius: int | None = None,
     label_values: Sequence[int] | None = None,
@@ -90,6 +92,10 @@ def protect_array(
     ``protector``: a module or a read file (default: the bundled protector); when its generators are
     silent, its codes are applied in numpy and torch is not imported (``device`` is then unused);
     ``spacing`` is per numpy axis (3D volumes are processed slice-wise along the coarsest one);
+    ``victim_spacing`` (per numpy axis, with ``spacing``): the spacing an nnU-Net victim resamples the case to
+    (its target spacing); where that changes the slices' size, the change is made on the victim's grid and
+    mapped back so that nnU-Net's resampling gives it back (:mod:`victim_grid`), within ROI ∪ a band one
+    pixel wider;
     ``epsilon`` (in 1/255 of the window) and ``band_radius`` override the protector's config;
     ``label_values`` restricts the ROI to these labels (default: every non-zero label);
     ``min_psnr`` (dB, default: the protector's floor) scales the perturbation down where it would be more
@@ -122,9 +128,56 @@ def protect_array(
     slab = slab_slices or slab_slices_for(stack_image.shape)
 
     indices, roi_union = _roi_slices(stack_labels, label_values)
+    details = dict(epsilon=epsilon, band_radius=band_radius, slices_protected=len(indices))
+    in_plane = [i for i in range(image.ndim) if i != axis]
+    grid = None
+    if victim_spacing is not None and spacing is not None:
+        grid = victim_shape(stack_image.shape[1:], *([s[i] for i in in_plane] for s in (spacing, victim_spacing)))
+        details.update(victim_spacing=[float(v) for v in victim_spacing], victim_shape=list(grid))
     if indices:
         make_change = change_maker(protector, device)
-        crop = bounding_box(roi_union, band_radius + CONTEXT_MARGIN)
+        protect = _SliceProtection(make_change, config, window, epsilon, value_range, band_radius, label_values)
+        stacks = (stack_image, stack_labels, stack_protected, stack_region)
+        if grid is None or grid == stack_image.shape[1:]:
+            protect(*stacks, indices, roi_union, batch_size, slab, progress, cancel)
+        else:
+            _protect_on_victim_grid(protect, grid, *stacks, indices, progress, cancel)
+    if min_psnr is not None:
+        details.update(min_psnr=min_psnr, change_scale=limit_visibility(image, protected, budget, min_psnr, axis))
+    return make_result(image, protected, region, window, budget, axis, slab_slices=slab, **details)
+
+
+@dataclass(frozen=True)
+class _SliceProtection:
+    """Protects the ROI slices of a stack (slices on axis 0) in batches that never cross a slab."""
+
+    make_change: ChangeMaker
+    config: ProtectorConfig
+    window: Window
+    epsilon: float
+    value_range: tuple[float, float]  # crops are clipped to the image's range, not their own
+    band_radius: int
+    label_values: Sequence[int] | None
+
+    @property
+    def budget(self) -> float:
+        return self.window.budget(self.epsilon)
+
+    def __call__(
+        self,
+        stack_image: np.ndarray,
+        stack_labels: np.ndarray,
+        stack_protected: np.ndarray,
+        stack_region: np.ndarray,
+        indices: list[int],
+        roi_union: np.ndarray,
+        batch_size: int,
+        slab: int,
+        progress: ProgressCallback | None,
+        cancel: Callable[[], bool] | None,
+    ) -> None:
+        """Write the protected ``indices`` slices into ``stack_protected`` and their region into ``stack_region``."""
+        crop = bounding_box(roi_union, self.band_radius + CONTEXT_MARGIN)
         batches = [
             part[start : start + batch_size]
             for first in range(0, stack_image.shape[0], slab)
@@ -137,27 +190,53 @@ def protect_array(
                 raise Cancelled("protection cancelled")
             original = stack_image[batch][(slice(None), *crop)]
             labels_crop = stack_labels[batch][(slice(None), *crop)]
-            labels_crop = np.where(roi_mask(labels_crop, label_values), labels_crop, 0).astype(np.int32)
+            labels_crop = np.where(roi_mask(labels_crop, self.label_values), labels_crop, 0).astype(np.int32)
             origin = (crop[0].start, crop[1].start)
-            image_norm = normalize(original, window)
+            image_norm = normalize(original, self.window)
             maps = np.stack(
                 [
-                    region_maps(img, lab, band_radius, config.texture_floor, config.texture_window)
+                    region_maps(img, lab, self.band_radius, self.config.texture_floor, self.config.texture_window)
                     for img, lab in zip(image_norm, labels_crop)
                 ]
             )
-            delta = make_change(image_norm, maps, labels_crop, origin, epsilon)
-            new = apply_change(original, delta * window.width, budget, value_range)
+            delta = self.make_change(image_norm, maps, labels_crop, origin, self.epsilon)
+            new = apply_change(original, delta * self.window.width, self.budget, self.value_range)
             for k, i in enumerate(batch):
                 stack_protected[i][crop] = new[k]
-                stack_region[i][crop] = (labels_crop[k] != 0) | contour_band(labels_crop[k], band_radius)
+                stack_region[i][crop] = (labels_crop[k] != 0) | contour_band(labels_crop[k], self.band_radius)
             done += len(batch)
             if progress is not None:
                 progress(done, len(indices))
-    details = dict(epsilon=epsilon, band_radius=band_radius, slices_protected=len(indices))
-    if min_psnr is not None:
-        details.update(min_psnr=min_psnr, change_scale=limit_visibility(image, protected, budget, min_psnr, axis))
-    return make_result(image, protected, region, window, budget, axis, slab_slices=slab, **details)
+
+
+def _protect_on_victim_grid(
+    protect: _SliceProtection,
+    grid: tuple[int, int],
+    stack_image: np.ndarray,
+    stack_labels: np.ndarray,
+    stack_protected: np.ndarray,
+    stack_region: np.ndarray,
+    indices: list[int],
+    progress: ProgressCallback | None,
+    cancel: Callable[[], bool] | None,
+) -> None:
+    """Make each ROI slice's change on the victim's ``grid`` and map it back onto the slice's own grid, scaled down
+    where the mapping raised its peak above the budget."""
+    for n, i in enumerate(indices):
+        image = resample_image(stack_image[i], grid)[None]
+        labels = resample_labels(stack_labels[i], grid)[None]
+        protected = image.copy()
+        roi_union = roi_mask(labels[0], protect.label_values)
+        protect(image, labels, protected, np.zeros(labels.shape, dtype=bool), [0], roi_union, 1, 1, None, cancel)
+        roi = roi_mask(stack_labels[i], protect.label_values)
+        region = roi | contour_band(np.where(roi, stack_labels[i], 0), protect.band_radius + 1)
+        change = map_back(protected[0] - image[0], stack_image.shape[1:]) * region
+        peak = float(np.abs(change).max())
+        scale = min(1.0, protect.budget / peak) if peak > 0 else 1.0  # scaled, not clipped: the victim sees its shape
+        stack_protected[i] = apply_change(stack_image[i], change * scale, protect.budget, protect.value_range)
+        stack_region[i] = region
+        if progress is not None:
+            progress(n + 1, len(indices))
 
 
 def _roi_slices(stack_labels: np.ndarray, label_values: Sequence[int] | None) -> tuple[list[int], np.ndarray]:

@@ -142,10 +142,11 @@ def protect_dataset(
         manifest = _start_manifest(
             dataset, out, shard, method_name, parameters, protector_info, device, allow_empty, overwrite
         )
-        from .protector_file import BUNDLED_PROTECTOR  # here: its intensity helpers import scipy
+        from .protector_file import BUNDLED_GRID_PROTECTOR, BUNDLED_PROTECTOR  # here: it imports scipy
 
-        if (protector_info or {}).get("path") == BUNDLED_PROTECTOR:
-            manifest.caveats = dataset_caveats(dataset, parameters.get("labels"))
+        bundled = (protector_info or {}).get("path")
+        if bundled in (BUNDLED_PROTECTOR, BUNDLED_GRID_PROTECTOR):
+            manifest.caveats = dataset_caveats(dataset, parameters.get("labels"), bundled == BUNDLED_GRID_PROTECTOR)
             for caveat in manifest.caveats:
                 log.warning(caveat)
         out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from .settings import ProtectionSettings
 METHOD_GROUP = "umedprotect.methods"
 DEFAULT_METHOD = "umed"
 BASELINE_EPSILON = 4.0  # a baseline's budget when none is given
-UMED_ONLY = ("protector", "band_radius", "labels", "min_psnr")  # settings a baseline does not take
+UMED_ONLY = ("protector", "band_radius", "labels", "min_psnr", "victim_spacing")  # settings a baseline does not take
 CODES_ONLY = "none needed: the protector's generators are silent, its codes are applied on the CPU"
 
 CaseProtector = Callable[..., object]  # (image, labels, spacing=None, ...) -> ProtectionResult
@@ -79,23 +79,37 @@ def device_description(method: str, settings: ProtectionSettings, protector=None
     if method == DEFAULT_METHOD and settings.device in ("auto", "cpu"):
         from .protector_file import read_protector_file
 
-        if (protector or read_protector_file(settings.protector)).generators_silent:
+        if (protector or read_protector_file(settings.protector or bundled_protector_path(settings))).generators_silent:
             return CODES_ONLY
     from .devices import describe_device, resolve_device
 
     return describe_device(resolve_device(settings.device))
 
 
+def bundled_protector_path(settings: ProtectionSettings) -> Path:
+    """The bundled protector for ``settings``: the dots made on the victim's grid when it is given, else fill."""
+    from .protector_file import DEFAULT_PROTECTOR_PATH, VICTIM_GRID_PROTECTOR_PATH
+
+    return DEFAULT_PROTECTOR_PATH if settings.victim_spacing is None else VICTIM_GRID_PROTECTOR_PATH
+
+
+def bundled_protector_name(settings: ProtectionSettings) -> str:
+    """What reports and manifests record as the path of :func:`bundled_protector_path`."""
+    from .protector_file import BUNDLED_GRID_PROTECTOR, BUNDLED_PROTECTOR
+
+    return BUNDLED_PROTECTOR if settings.victim_spacing is None else BUNDLED_GRID_PROTECTOR
+
+
 def _setup_umed(settings: ProtectionSettings, protector) -> MethodSetup:
     from . import io
     from .array_protection import protect_array
-    from .protector_file import BUNDLED_PROTECTOR, DEFAULT_PROTECTOR_PATH, ProtectorFile, read_protector_file
+    from .protector_file import ProtectorFile, read_protector_file
 
-    path = Path(settings.protector) if settings.protector else DEFAULT_PROTECTOR_PATH
+    path = Path(settings.protector) if settings.protector else bundled_protector_path(settings)
     if protector is None:
         protector = read_protector_file(path)
         info = {
-            "path": BUNDLED_PROTECTOR if settings.protector is None else str(path),
+            "path": bundled_protector_name(settings) if settings.protector is None else str(path),
             "sha256": io.sha256(path),
             "summary": protector.summary(),
         }
@@ -122,6 +136,7 @@ def _setup_umed(settings: ProtectionSettings, protector) -> MethodSetup:
         min_psnr=min_psnr,
         device=settings.device,
         batch_size=settings.batch_size,
+        victim_spacing=settings.victim_spacing,
     )
     parameters = {
         "epsilon": epsilon,
@@ -130,4 +145,6 @@ def _setup_umed(settings: ProtectionSettings, protector) -> MethodSetup:
         "min_psnr": min_psnr,
         "seed": settings.seed,
     }
+    if settings.victim_spacing is not None:
+        parameters["victim_spacing"] = settings.recorded()["victim_spacing"]
     return MethodSetup(DEFAULT_METHOD, case_protector, parameters, info, device_text)

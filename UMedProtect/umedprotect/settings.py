@@ -135,17 +135,23 @@ class ProtectionSettings:
     batch_size: int = 16
     seed: int = 0
     device: str = "auto"
+    # per numpy axis: the spacing an nnU-Net victim resamples each case to, the change then made on that grid
+    # (protect-dataset: the training cases' median, where nnU-Net resamples some); None: each case's own grid
+    victim_spacing: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         for option in OPTIONS.values():
             option.check(getattr(self, option.name))
+        if self.victim_spacing is not None and (not self.victim_spacing or min(self.victim_spacing) <= 0):
+            raise InputError(f"{list(self.victim_spacing)}: give positive spacings", option="victim_spacing")
         if self.labels is not None and (not self.labels or min(self.labels) <= 0):
             raise InputError(f"{list(self.labels)}: give positive label values, e.g. 1,2", option="labels")
 
     def recorded(self) -> dict:
-        """The settings as written to reports and manifests (labels as a list)."""
+        """The settings as written to reports and manifests (labels and spacings as lists)."""
         values = asdict(self)
         values["labels"] = None if self.labels is None else list(self.labels)
+        values["victim_spacing"] = None if self.victim_spacing is None else list(self.victim_spacing)
         return values
 
     @classmethod

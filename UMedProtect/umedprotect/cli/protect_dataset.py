@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
@@ -83,6 +84,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     scale.add_argument(
         "--shards", type=int, metavar="N", help="with --dask: number of shards (default: one per Dask worker)"
     )
+    parser.add_argument(
+        "--victim-grid",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto (default): where nnU-Net would resample training cases (their in-plane spacing off the "
+        "dataset's median), make each case's change on the grid nnU-Net resamples it to, so that the victim sees "
+        "it intact, with the bundled protector's dots unless --protector is given (the manifest records the "
+        "spacing); off: on each case's own grid. umed only",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -91,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from ..dask_runner import protect_on_dask, protect_shard
     from ..dataset_protection import WHOLE_DATASET
     from ..nnunet import read_dataset
+    from ..victim_grid import victim_spacing
 
     if args.output_format == "dicom":
         raise InputError(
@@ -104,7 +115,12 @@ def run(args: argparse.Namespace) -> int:
     elif args.shards is not None:
         raise InputError("applies to --dask only", option="shards")
     settings = settings_from(args)
-    read_dataset(args.in_dir)  # a missing or malformed dataset is refused before anything is printed
+    dataset = read_dataset(args.in_dir)  # a missing or malformed dataset is refused before anything is printed
+    if args.victim_grid == "auto" and args.method == DEFAULT_METHOD:
+        settings = dataclasses.replace(settings, victim_spacing=victim_spacing(dataset))
+        if settings.victim_spacing is not None:
+            spacing = " x ".join(f"{v:g}" for v in settings.victim_spacing)
+            print(f"victim grid: nnU-Net resamples training cases to {spacing} (numpy axis order); changes made there")
     print(f"device: {device_description(args.method, settings)}")
     options = dict(allow_empty=args.allow_empty, overwrite=args.overwrite)
     if args.dask is not None:
