@@ -111,6 +111,14 @@ def test_settings_check_choices_and_labels():
     assert ProtectionSettings(epsilon=64, band_radius=0, min_psnr=20).recorded()["epsilon"] == 64
 
 
+def test_settings_check_the_victim_spacing():
+    for spacing in [(), (3.0, 0.0, 0.8)]:
+        with pytest.raises(InputError, match="give positive spacings") as error:
+            ProtectionSettings(victim_spacing=spacing)
+        assert error.value.option == "victim_spacing"
+    assert ProtectionSettings(victim_spacing=(3.0, 0.8, 0.8)).recorded()["victim_spacing"] == [3.0, 0.8, 0.8]
+
+
 @pytest.mark.parametrize(
     "error, message",
     [
