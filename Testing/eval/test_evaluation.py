@@ -193,6 +193,7 @@ def clean_and_protected(tmp_path):
 def test_evaluate_reports_dsc_ratio_quality_and_curves(clean_and_protected):
     clean, protected = clean_and_protected
     report = evaluate(clean, protected, settings=TINY, defenses=("blur",))
+    assert report["victim_spacing"] is None  # every case on the median grid: nothing resampled
     assert [(r["data"], r["defense"]) for r in report["runs"]] == [
         ("clean", "none"),
         ("protected", "none"),
@@ -431,3 +432,29 @@ def test_normalisation_can_be_chosen_instead_of_nnunets(clean_and_protected, tmp
     assert normalisation_used("auto") == "ct"  # the tiny dataset's channel is named CT
     assert main(argv + ["minmax"]) == 2
     assert "invalid choice: 'minmax'" in capsys.readouterr().err
+
+
+def _set_spacing(root, name: str, spacing: tuple[float, float]) -> None:
+    for path in (root / "imagesTr" / f"{name}_0000.nii.gz", root / "labelsTr" / f"{name}.nii.gz"):
+        image = sitk.ReadImage(str(path))
+        image.SetSpacing(spacing)
+        sitk.WriteImage(image, str(path))
+
+
+def test_victims_train_on_the_grid_nnunet_resamples_to(clean_and_protected):
+    """A case off the median spacing is resampled as nnU-Net does; PSNR stays on the cases' own grids."""
+    clean, protected = clean_and_protected
+    for root in (clean, protected):
+        _set_spacing(root, "case001", (0.6, 0.7))  # x: 0.6 against the median 0.8: 32 -> 24 columns
+    own = load_evaluation_data(clean, protected, resample=False)
+    data = load_evaluation_data(clean, protected)
+    assert own.victim_spacing is None and data.victim_spacing == pytest.approx((0.7, 0.8))
+    shapes = {(s.case_id, s.image.shape) for s in data.clean}
+    assert shapes == {("case000", (32, 32)), ("case001", (32, 24)), ("case002", (32, 32))}
+    assert {s.image.shape for s in data.protected} == {(32, 32), (32, 24)}
+    assert {s.image.shape for s in data.test} == {(32, 32)}  # the test case is on the median grid already
+    case001 = next(s for s in data.clean if s.case_id == "case001")
+    assert set(np.unique(case001.labels)) == {0, 1} and case001.window == next(
+        s.window for s in own.clean if s.case_id == "case001"
+    )
+    assert data.quality == own.quality

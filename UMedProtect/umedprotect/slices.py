@@ -9,6 +9,7 @@ import numpy as np
 
 from .array_protection import slice_axis_for
 from .intensity import Window, intensity_window
+from .victim_grid import resample_image, resample_labels, victim_shape
 
 
 @dataclass
@@ -31,22 +32,39 @@ def case_slices(
     spacing: Sequence[float] | None,
     case_id: str,
     roi_only: bool = True,
+    target_spacing: Sequence[float] | None = None,
 ) -> list[SliceSample]:
-    """Slices of one case along its coarsest axis (the axis protection works on)."""
+    """Slices of one case along its coarsest axis (the axis protection works on); with ``target_spacing``
+    (per numpy axis, and ``spacing``) resampled in-plane to it as nnU-Net does (:mod:`victim_grid`). The
+    intensity statistics are the case's own, as nnU-Net normalises before it resamples."""
     axis = slice_axis_for(spacing, image.ndim)
     stack = image[None] if axis is None else np.moveaxis(image, axis, 0)
     stack_labels = labels[None] if axis is None else np.moveaxis(labels, axis, 0)
     window = intensity_window(image)
     mean, std = float(image.mean()), float(image.std()) or 1.0
+    grid = stack.shape[1:]
+    if target_spacing is not None and spacing is not None:
+        in_plane = [i for i in range(image.ndim) if i != axis]
+        grid = victim_shape(grid, [spacing[i] for i in in_plane], [target_spacing[i] for i in in_plane])
+
+    def pair(i: int) -> tuple[np.ndarray, np.ndarray]:
+        if grid == stack.shape[1:]:
+            return stack[i], stack_labels[i]
+        return resample_image(stack[i], grid), resample_labels(stack_labels[i], grid)
+
     return [
-        SliceSample(stack[i].astype(np.float32), stack_labels[i].astype(np.int64), case_id, i, window, mean, std)
+        SliceSample(slice_image.astype(np.float32), slice_labels.astype(np.int64), case_id, i, window, mean, std)
         for i in range(stack.shape[0])
         if not roi_only or stack_labels[i].any()
+        for slice_image, slice_labels in [pair(i)]
     ]
 
 
-def load_slices(cases: Sequence, roi_only: bool = True) -> list[SliceSample]:
-    """Slices of nnU-Net ``Case`` entries (first channel), read and validated by :mod:`io`."""
+def load_slices(
+    cases: Sequence, roi_only: bool = True, target_spacing: Sequence[float] | None = None
+) -> list[SliceSample]:
+    """Slices of nnU-Net ``Case`` entries (first channel), read and validated by :mod:`io` (``target_spacing``:
+    see :func:`case_slices`)."""
     from . import io
 
     samples: list[SliceSample] = []
@@ -55,7 +73,7 @@ def load_slices(cases: Sequence, roi_only: bool = True) -> list[SliceSample]:
         labels = io.read_label(case.label, image)
         array, spacing = io.to_array(image)
         label_array, _ = io.to_array(labels)
-        samples += case_slices(array, label_array, spacing, case.case_id, roi_only)
+        samples += case_slices(array, label_array, spacing, case.case_id, roi_only, target_spacing)
     return samples
 
 

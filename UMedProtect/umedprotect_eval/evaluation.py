@@ -126,18 +126,23 @@ class EvaluationData:
     test_source: str
     normalisation: str  # "ct" when dataset.json names the channel CT, else "zscore"
     label_names: list[str]  # dataset.json's names of the foreground labels, in class-index order
+    victim_spacing: tuple[float, ...] | None = None  # what every case was resampled to (None: not resampled)
 
 
 def load_evaluation_data(
-    clean_dir: str | Path, protected_dir: str | Path, test_dir: str | Path | None = None
+    clean_dir: str | Path, protected_dir: str | Path, test_dir: str | Path | None = None, resample: bool = True
 ) -> EvaluationData:
     """Read both training sets and the test cases; check they describe the same cases and labels.
 
     Test cases: the labelled ``imagesTs``/``labelsTs`` of ``clean_dir`` when present, otherwise
     ``test_dir`` (an nnU-Net raw dataset: its labelled test cases, else its training cases).
+    ``resample``: where nnU-Net would resample training cases, every case (test cases too) is resampled
+    in-plane to the training cases' median spacing as nnU-Net's preprocessing does; the visibility is
+    measured on the cases' own grids.
     """
     from umedprotect.nnunet import read_dataset
     from umedprotect.slices import load_slices
+    from umedprotect.victim_grid import victim_spacing
 
     clean_set, protected_set = read_dataset(clean_dir), read_dataset(protected_dir)
     clean_ids = [c.case_id for c in clean_set.training]
@@ -162,7 +167,8 @@ def load_evaluation_data(
     values = sorted(clean_set.label_values)
     clean = to_class_indices(load_slices(clean_set.training, roi_only=False), values)
     protected = to_class_indices(load_slices(protected_set.training, roi_only=False), values)
-    test = to_class_indices(load_slices(test_cases, roi_only=False), values)
+    target = victim_spacing(clean_set) if resample else None
+    test = to_class_indices(load_slices(test_cases, roi_only=False, target_spacing=target), values)
     clean_cases, protected_cases = by_case(clean), by_case(protected)
     per_case = {}
     for case_id, clean_slices in clean_cases.items():
@@ -179,10 +185,15 @@ def load_evaluation_data(
         "max_abs_change": max(q["max_abs_change"] for q in per_case.values()),
         "cases": per_case,
     }
+    if target is not None:  # the visibility above is on the cases' own grids; the victims train on nnU-Net's
+        clean, protected = (
+            to_class_indices(load_slices(dataset.training, roi_only=False, target_spacing=target), values)
+            for dataset in (clean_set, protected_set)
+        )
     normalisation = "ct" if clean_set.is_ct else "zscore"
     names = {value: name for name, value in clean_set.labels.items()}
     label_names = [names[value] for value in values[1:]]
-    return EvaluationData(clean, protected, test, len(values), quality, test_source, normalisation, label_names)
+    return EvaluationData(clean, protected, test, len(values), quality, test_source, normalisation, label_names, target)
 
 
 def _mean(values) -> float:
@@ -202,6 +213,7 @@ def evaluate(
     seeds: Sequence[int] = (),
     normalisation: str | None = None,
     trainer: type[VictimTrainer] = VictimTrainer,
+    resample: bool = True,
 ) -> dict:
     """Train every victim on clean and on protected training cases (and under each defense).
 
@@ -215,8 +227,10 @@ def evaluate(
     report adds ``over_seeds``, the mean and spread of each victim's and defense's ratio.
     ``normalisation``: the victims' intensity normalisation (``zscore`` or ``ct``); default: as
     nnU-Net chooses from dataset.json's channel name. ``trainer``: the victim training (a subclass
-    of :class:`VictimTrainer` for an experiment). ``warnings`` in the report: clean victims that had not
-    converged (:func:`convergence_gain` above :data:`CONVERGENCE_TOLERANCE`).
+    of :class:`VictimTrainer` for an experiment). ``resample``: see :func:`load_evaluation_data`; the report's
+    ``victim_spacing`` is what the cases were resampled to (null: not resampled). ``warnings`` in the
+    report: clean victims that had not converged (:func:`convergence_gain` above
+    :data:`CONVERGENCE_TOLERANCE`).
     """
     settings = settings or TrainSettings()
     seeds = list(seeds) or [settings.seed]
@@ -224,7 +238,7 @@ def evaluate(
         victim_spec(name)
     if normalisation is not None and normalisation not in NORMALISATIONS:
         raise ValueError(f"unknown normalisation {normalisation!r}")
-    data = load_evaluation_data(clean_dir, protected_dir, test_dir)
+    data = load_evaluation_data(clean_dir, protected_dir, test_dir, resample)
     if normalisation is not None:
         data = replace(data, normalisation=normalisation)
     held_out = validation_split(data.clean)
@@ -246,6 +260,7 @@ def evaluate(
         "classes": data.n_classes,
         "labels": data.label_names,
         "normalisation": data.normalisation,
+        "victim_spacing": None if data.victim_spacing is None else list(data.victim_spacing),
         **({"ct_statistics": _ct_statistics_report(data)} if data.normalisation == "ct" else {}),
         "settings": settings.summary(),
         "augmentation": augmentation_name(settings.augment),
