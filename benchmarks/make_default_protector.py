@@ -6,6 +6,12 @@ The choice and its measurements: docs/results.md ("The default protector"), benc
 
     python -m benchmarks.make_default_protector [--output UMedProtect/umedprotect/data/default_protector.safetensors]
 
+The bundled protector for changes made on nnU-Net's grid (``protect-dataset --victim-grid auto``, results:
+``victim-grid-liver``):
+
+    python -m benchmarks.make_default_protector --codes dots --code-period 4 --epsilon 16 \
+        --output UMedProtect/umedprotect/data/victim_grid_protector.safetensors
+
 A variant with other codes, for experiments (e.g. benchmarks/protectors/dots4.safetensors):
 
     python -m benchmarks.make_default_protector --codes dots --code-period 4 \
