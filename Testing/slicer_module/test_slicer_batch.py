@@ -159,3 +159,20 @@ def test_a_folder_being_written_by_another_run_is_refused(batch, dataset, tmp_pa
     assert batch.main(arguments(source, out, protector)) == 2
     assert "another protect-dataset run (pid 1)" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+
+
+def test_cases_off_the_median_spacing_are_made_on_nnunets_grid_as_by_the_cli(batch, dataset, tmp_path, capsys):
+    from umedprotect.dataset_protection import MANIFEST_NAME
+
+    source, _ = dataset
+    for path in (source / "imagesTr" / "case001_0000.nii.gz", source / "labelsTr" / "case001.nii.gz"):
+        image = sitk.ReadImage(str(path))
+        image.SetSpacing((0.6, 0.7, 2.5))  # x 0.6 against the others' 0.8: nnU-Net resamples it
+        sitk.WriteImage(image, str(path))
+    argv = ["--", str(source), "-o", str(tmp_path / "grid"), "--device", "cpu", "--no-progress"]
+    assert batch.main(argv) == 0
+    assert "victim grid: nnU-Net resamples the cases to" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "grid" / MANIFEST_NAME).read_text())
+    assert manifest["protector"]["path"] == "bundled victim grid" and len(manifest["parameters"]["victim_spacing"]) == 3
+    assert batch.main([*argv[:3], str(tmp_path / "own"), *argv[4:], "--victim-grid", "off"]) == 0
+    assert "victim_spacing" not in json.loads((tmp_path / "own" / MANIFEST_NAME).read_text())["parameters"]

@@ -32,6 +32,7 @@ from umedprotect.exit_codes import EXIT_BAD_INPUT, EXIT_DISCREPANCIES, EXIT_FAIL
 def build_parser() -> argparse.ArgumentParser:
     """protect-dataset's arguments (the protection options come from the product's settings table)."""
     from umedprotect.cli.protect import add_protection_options
+    from umedprotect.cli.protect_dataset import add_victim_grid_option
 
     parser = argparse.ArgumentParser(
         prog="protect_batch.py",
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("input", type=Path, metavar="IN_DIR", help="nnU-Net v2 raw dataset folder")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT_DIR", help="output dataset folder")
     add_protection_options(parser)
+    add_victim_grid_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -52,10 +54,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def run(args: argparse.Namespace, log=print) -> int:
     """Protect the dataset, resuming an earlier run into the same folder, then verify it; the exit code."""
     from umedprotect.cli.protect import settings_from
+    from umedprotect.cli.protect_dataset import dataset_settings
     from umedprotect.dataset_protection import protect_dataset, verify
     from umedprotect.methods import DEFAULT_METHOD, setup_method
+    from umedprotect.nnunet import read_dataset
 
-    setup = setup_method(DEFAULT_METHOD, settings_from(args))
+    settings = dataset_settings(settings_from(args), read_dataset(args.input), args.victim_grid, log)
+    setup = setup_method(DEFAULT_METHOD, settings)
     manifest = protect_dataset(
         args.input,
         args.output,

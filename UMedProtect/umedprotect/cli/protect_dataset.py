@@ -14,7 +14,9 @@ from .protect import LOW_PSNR_DB, OUTPUT_FORMATS, add_protection_options, settin
 
 if TYPE_CHECKING:
     from ..dataset_protection import Shard
+    from ..nnunet import NnUNetDataset
     from ..records import CaseRecord
+    from ..settings import ProtectionSettings
 
 log = logging.getLogger("umedprotect")
 SUMMARY = "protect an nnU-Net v2 raw dataset (resumable, with a manifest)"
@@ -84,15 +86,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     scale.add_argument(
         "--shards", type=int, metavar="N", help="with --dask: number of shards (default: one per Dask worker)"
     )
-    parser.add_argument(
-        "--victim-grid",
-        choices=("auto", "off"),
-        default="auto",
-        help="auto (default): where nnU-Net would resample training cases (their in-plane spacing off the "
-        "dataset's median), make each case's change on the grid nnU-Net resamples it to, so that the victim sees "
-        "it intact, with the bundled protector's dots unless --protector is given (the manifest records the "
-        "spacing); off: on each case's own grid. umed only",
-    )
+    add_victim_grid_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -101,7 +95,6 @@ def run(args: argparse.Namespace) -> int:
     from ..dask_runner import protect_on_dask, protect_shard
     from ..dataset_protection import WHOLE_DATASET
     from ..nnunet import read_dataset
-    from ..victim_grid import victim_spacing
 
     if args.output_format == "dicom":
         raise InputError(
@@ -114,13 +107,10 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("runs one shard per Dask task: leave out --shard and --workers", option="dask")
     elif args.shards is not None:
         raise InputError("applies to --dask only", option="shards")
-    settings = settings_from(args)
     dataset = read_dataset(args.in_dir)  # a missing or malformed dataset is refused before anything is printed
-    if args.victim_grid == "auto" and args.method == DEFAULT_METHOD:
-        settings = dataclasses.replace(settings, victim_spacing=victim_spacing(dataset))
-        if settings.victim_spacing is not None:
-            spacing = " x ".join(f"{v:g}" for v in settings.victim_spacing)
-            print(f"victim grid: nnU-Net resamples training cases to {spacing} (numpy axis order); changes made there")
+    settings = settings_from(args)
+    if args.method == DEFAULT_METHOD:
+        settings = dataset_settings(settings, dataset, args.victim_grid, print)
     print(f"device: {device_description(args.method, settings)}")
     options = dict(allow_empty=args.allow_empty, overwrite=args.overwrite)
     if args.dask is not None:
@@ -152,6 +142,30 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.output}: {len(problems)} discrepancy(ies) found")
         return EXIT_DISCREPANCIES
     return EXIT_OK
+
+
+def add_victim_grid_option(parser: argparse.ArgumentParser) -> None:
+    """``--victim-grid``: shared with Slicer's batch script."""
+    parser.add_argument(
+        "--victim-grid",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto (default): where nnU-Net would resample training cases (their in-plane spacing off the "
+        "dataset's median), make each case's change on the grid nnU-Net resamples it to, so that the victim sees "
+        "it intact, with the bundled protector's dots unless --protector is given (the manifest records the "
+        "spacing); off: on each case's own grid. umed only",
+    )
+
+
+def dataset_settings(settings: ProtectionSettings, dataset: NnUNetDataset, victim_grid: str, log=print):
+    """``settings`` for protecting ``dataset`` with umed: with ``victim_grid`` auto, the spacing nnU-Net
+    resamples its cases to, where it resamples any (said in one line through ``log``)."""
+    from ..victim_grid import victim_spacing
+
+    if victim_grid == "off" or (spacing := victim_spacing(dataset)) is None:
+        return settings
+    log(f"victim grid: nnU-Net resamples the cases to {' x '.join(f'{v:g}' for v in spacing)} (numpy axis order)")
+    return dataclasses.replace(settings, victim_spacing=spacing)
 
 
 def _shard(text: str) -> Shard:
