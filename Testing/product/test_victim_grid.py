@@ -114,3 +114,12 @@ def test_a_volume_is_made_on_the_victims_grid_slice_by_slice(dots):
         on_grid = victim_grid.resample_image(image[z], grid).astype(np.float32)
         made = protect_array(on_grid, victim_grid.resample_labels(labels[z], grid), dots, min_psnr=None, device="cpu")
         assert correlation(seen[made.region], made.change[made.region]) > 0.95
+
+
+def test_a_roi_too_small_for_the_victims_grid_is_left_unchanged(dots):
+    image, _ = phantom_slice((101, 122), n_lesions=1, rng=7)
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    labels[50, 60] = 1  # one pixel: under half a pixel of the coarser victim grid's mask
+    result = protect_array(image, labels, dots, spacing=(0.7, 0.7), victim_spacing=(1.0, 1.0), device="cpu")
+    assert not victim_grid.resample_labels(labels, tuple(result.metrics["victim_shape"])).any()
+    assert result.protected.tobytes() == image.tobytes()

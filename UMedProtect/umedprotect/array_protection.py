@@ -227,7 +227,8 @@ def _protect_on_victim_grid(
         labels = resample_labels(stack_labels[i], grid)[None]
         protected = image.copy()
         roi_union = roi_mask(labels[0], protect.label_values)
-        protect(image, labels, protected, np.zeros(labels.shape, dtype=bool), [0], roi_union, 1, 1, None, cancel)
+        if roi_union.any():  # else the ROI is too small to survive the resampling: the victim never sees it
+            protect(image, labels, protected, np.zeros(labels.shape, dtype=bool), [0], roi_union, 1, 1, None, cancel)
         roi = roi_mask(stack_labels[i], protect.label_values)
         region = roi | contour_band(np.where(roi, stack_labels[i], 0), protect.band_radius + 1)
         change = map_back(protected[0] - image[0], stack_image.shape[1:]) * region
