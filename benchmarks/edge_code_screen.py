@@ -64,6 +64,7 @@ from umedprotect.nnunet import read_dataset
 from umedprotect.protector import Protector, ProtectorConfig
 from umedprotect.protector_file import read_protector_file
 from umedprotect.regions import signed_edge_distance
+from umedprotect.victim_grid import resample_image, resample_labels
 from umedprotect_eval.evaluation import load_evaluation_data
 from umedprotect_eval.training import TrainSettings, VictimTrainer
 
@@ -179,7 +180,7 @@ def exact_grid_change(image: np.ndarray, labels: np.ndarray, amplitude: float, a
     grid_mode = bool(args.grid_factors)
     back_rows, back_cols = (np.linalg.pinv(zoom_matrix(n, m, grid_mode)) for n, m in zip(shape, target))
     zoom = (1.0,) * (labels.ndim - 2) + tuple(m / n for n, m in zip(shape, target))
-    zoomed = ndimage.zoom(labels, zoom, order=0, mode="nearest", grid_mode=grid_mode)
+    zoomed = ndimage.zoom(labels, zoom, order=0, mode="nearest") if not grid_mode else resample_labels(labels, target)
     name = "fill-band" if args.candidate == "grid-exact" else "wave"
     if args.candidate == "grid-mixed":  # the checkerboard where the victim's grid can hold it, else the dots
         name = "fill-band" if all(m <= n for n, m in zip(shape, target)) else "wave"
@@ -214,14 +215,20 @@ def write_copy(source: Path, out: Path, name: str, args) -> list[float]:
     return psnrs
 
 
-def resample_file(path: Path, new_size: tuple[int, int], grid_mode: bool = False) -> None:
-    """Resample an image (cubic B-spline) or label map (nearest) in place to ``new_size`` in-plane
-    (``grid_mode``: pixel edges aligned, as nnU-Net's skimage resize; else the corner pixels' centres)."""
+def resample_file(path: Path, new_size: tuple[int, int], nnunet: bool = False) -> None:
+    """Resample an image (cubic B-spline) or label map in place to ``new_size`` in-plane: ``nnunet``, as nnU-Net
+    does (:mod:`umedprotect.victim_grid`: pixel edges aligned, labels one-hot linear); else the corner pixels'
+    centres aligned, labels nearest-neighbour."""
     itk = sitk.ReadImage(str(path))
     array = sitk.GetArrayFromImage(itk)
-    order = 0 if path.parent.name.startswith("labels") else 3
-    zoom = (1.0,) * (array.ndim - 2) + tuple(m / n for n, m in zip(array.shape[-2:], new_size))
-    resampled = ndimage.zoom(array.astype(np.float64), zoom, order=order, mode="nearest", grid_mode=grid_mode)
+    is_labels = path.parent.name.startswith("labels")
+    if nnunet:
+        planes = array.reshape(-1, *array.shape[-2:])
+        resample = resample_labels if is_labels else resample_image
+        resampled = np.stack([resample(plane, new_size) for plane in planes]).reshape(*array.shape[:-2], *new_size)
+    else:
+        zoom = (1.0,) * (array.ndim - 2) + tuple(m / n for n, m in zip(array.shape[-2:], new_size))
+        resampled = ndimage.zoom(array.astype(np.float64), zoom, order=0 if is_labels else 3, mode="nearest")
     if np.issubdtype(array.dtype, np.integer):
         info = np.iinfo(array.dtype)
         resampled = np.clip(np.round(resampled), info.min, info.max)
@@ -271,7 +278,7 @@ def to_victim_grid(root: Path, target: tuple[float, ...]) -> None:
         shape, spacing = itk.GetSize()[1::-1], itk.GetSpacing()
         new = tuple(round(n * s / t) for n, s, t in zip(shape, spacing[1::-1], target[1::-1]))
         if new != shape:
-            resample_file(path, new, grid_mode=True)
+            resample_file(path, new, nnunet=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "grid_factors": args.grid_factors,
         "grid_cap": args.grid_cap,
         "victim_grid": args.victim_grid,
+        "victim_resampling": "nnunet" if args.grid_factors else None,  # labels one-hot linear, as nnU-Net
         "epsilon": args.epsilon,
         "period": args.period,
         "phase": args.phase,
