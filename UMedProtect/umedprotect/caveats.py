@@ -37,7 +37,7 @@ def dataset_caveats(dataset: NnUNetDataset, labels: list[int] | None, victim_gri
             caveats.append(
                 off + "spacing: the changes were made on the grid nnU-Net resamples them to, which on CT liver "
                 "cases spread 0.85-1.15x in spacing slowed victims without augmentation but stopped 3 of 10 "
-                f"(ratios 0.02-0.44; the cases coarser than the median leak the anatomy; {RESULTS})"
+                f"(ratios 0.04-0.46; the cases coarser than the median leak the anatomy; {RESULTS})"
             )
         else:
             caveats.append(
