@@ -64,7 +64,7 @@ from umedprotect.nnunet import read_dataset
 from umedprotect.protector import Protector, ProtectorConfig
 from umedprotect.protector_file import read_protector_file
 from umedprotect.regions import signed_edge_distance
-from umedprotect.victim_grid import resample_image, resample_labels
+from umedprotect.victim_grid import resample_image, resample_labels, resampling_matrix
 from umedprotect_eval.evaluation import load_evaluation_data
 from umedprotect_eval.training import TrainSettings, VictimTrainer
 
@@ -169,7 +169,9 @@ def grid_change(image: np.ndarray, labels: np.ndarray, args) -> np.ndarray:
 
 def zoom_matrix(size: int, new_size: int, grid_mode: bool) -> np.ndarray:
     """The 1D operator of :func:`resample_file` along an axis of ``size`` pixels, (new size, size)."""
-    return ndimage.zoom(np.eye(size), (new_size / size, 1.0), order=3, mode="nearest", grid_mode=grid_mode)
+    if grid_mode:
+        return resampling_matrix(size, new_size)
+    return ndimage.zoom(np.eye(size), (new_size / size, 1.0), order=3, mode="nearest")
 
 
 def exact_grid_change(image: np.ndarray, labels: np.ndarray, amplitude: float, args) -> np.ndarray:

@@ -27,28 +27,37 @@ SPACING_TOLERANCE = 1e-3  # relative; spacings read from headers differ in float
 def target_spacing(dataset: NnUNetDataset) -> tuple[float, ...] | None:
     """nnU-Net's target spacing for ``dataset``: the median of its training cases' spacings, per numpy axis
     (None when 2D and 3D cases are mixed: nnU-Net refuses such a dataset anyway)."""
-    spacings = [spacing for _, spacing in _training_grids(dataset).values()]
-    if len({s.size for s in spacings}) != 1:
-        return None
-    return tuple(float(v) for v in np.median(np.stack(spacings), axis=0))
+    return _median_spacing(_training_grids(dataset))
 
 
 def victim_spacing(dataset: NnUNetDataset) -> tuple[float, ...] | None:
     """The spacing to make ``dataset``'s changes at: nnU-Net's target spacing where it resamples some training
     case, else None (every case on its own grid)."""
-    return target_spacing(dataset) if resampled_cases(dataset) else None
+    grids = _training_grids(dataset)
+    return _median_spacing(grids) if _resampled(grids) else None
 
 
 def resampled_cases(dataset: NnUNetDataset) -> list[str]:
     """The training cases nnU-Net's 2D configuration resamples: their in-plane grid, at the target spacing,
     would have another size (the slicing axis, the coarsest, is not resampled in 2D)."""
-    target = target_spacing(dataset)
+    return _resampled(_training_grids(dataset))
+
+
+def _median_spacing(grids: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[float, ...] | None:
+    spacings = [spacing for _, spacing in grids.values()]
+    if len({s.size for s in spacings}) != 1:
+        return None
+    return tuple(float(v) for v in np.median(np.stack(spacings), axis=0))
+
+
+def _resampled(grids: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[str]:
+    target = _median_spacing(grids)
     if target is None:
         return []
     median = np.array(target)
     in_plane = np.arange(median.size) != np.argmax(median) if median.size == 3 else np.ones(median.size, bool)
     resampled = []
-    for case_id, (size, spacing) in _training_grids(dataset).items():
+    for case_id, (size, spacing) in grids.items():
         off = np.abs(spacing / median - 1) > SPACING_TOLERANCE
         resized = np.round(size * spacing / median) != size
         if np.any(in_plane & off & resized):
