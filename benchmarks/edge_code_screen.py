@@ -4,7 +4,9 @@ Candidates (each a change per 2D case of an nnU-Net raw dataset, bounded by the 
 held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
 
   clean        no change (the reference victim)
-  default      the product's path: ``protect_array`` with the bundled protector or ``--protector`` (its epsilon)
+  default      the product's path: ``protect_array`` with the bundled protector or ``--protector`` (its epsilon,
+               raised to the default strength in the victim's units as ``protect-dataset`` does; with
+               ``--product-epsilon``, that budget instead)
   checker      +-A pixel checkerboard inside the ROI (the naive baseline)
   fill         per label one of checkerboard, row stripes, column stripes (period 2) inside it
   fill-band    fill, and its negative in the band of half-width R outside every label
@@ -23,6 +25,9 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
                resampling (after it the victim sees the exact code; cap ``--grid-cap`` A, then the PSNR floor)
   grid-wave    the same with wave (period P on the victim's grid: exact for cases up to P/2 times coarser)
   grid-mixed   grid-exact for the cases the victim's grid does not enlarge, grid-wave for the others
+  lattice      sparse dots: one pixel in P x P (P = ``--period``) inside every label, signed per label (all +,
+               all -, alternating by dot, alternating by dot row), negated in the band outside: the 50 dB floor
+               then allows P times the amplitude of a dense code
 
 A = EPSILON/255 of the case's 0.5-99.5 percentile window, or with ``--sigma S``, S times the case's std
 (the victim's z-score unit).
@@ -65,6 +70,7 @@ from umedprotect.protector import Protector, ProtectorConfig
 from umedprotect.protector_file import read_protector_file
 from umedprotect.regions import signed_edge_distance
 from umedprotect.victim_grid import resample_image, resample_labels, resampling_matrix
+from umedprotect.victim_units import STRENGTH, dataset_normalisation
 from umedprotect_eval.evaluation import load_evaluation_data
 from umedprotect_eval.training import TrainSettings, VictimTrainer
 
@@ -87,6 +93,7 @@ CANDIDATES = (
     "grid-exact",
     "grid-wave",
     "grid-mixed",
+    "lattice",
 )
 
 
@@ -110,6 +117,17 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         return amplitude * grid * signed_region
     if name in ("step", "step-neg"):
         return (1.0 if name == "step" else -1.0) * amplitude * signed_region
+    if name == "lattice":
+        period = int(args.period)
+        dot_rows, dot_cols = rows // period, cols // period
+        on = (rows % period == 0) & (cols % period == 0)
+        signs = np.stack(
+            [np.ones(image.shape), -np.ones(image.shape), (-1.0) ** (dot_rows + dot_cols), (-1.0) ** dot_rows]
+        )
+        _, (near_rows, near_cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+        owner = labels[near_rows, near_cols].astype(int)
+        sign = np.take_along_axis(signs, ((owner - 1) % 4)[None], axis=0)[0]
+        return amplitude * on * sign * signed_region
     if name in ("fill", "fill-band"):  # per label one of checker, row stripes, column stripes; the band outside negated
         tiles = np.stack([checker, np.where(rows % 2 == 0, 1.0, -1.0), np.where(cols % 2 == 0, 1.0, -1.0)])
         _, (near_rows, near_cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
@@ -131,13 +149,22 @@ def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.n
     if name in ("default", "product"):
         config = ProtectorConfig(code_init=args.code_init, code_period=args.code_period)
         protector = Protector(config) if name == "product" else args.protector  # default: None is the bundled one
-        epsilon = None if name == "default" else args.epsilon
+        epsilon = args.product_epsilon if name == "default" else args.epsilon
         grid = {}
         if args.victim_grid:  # the product's victim grid: numpy axis order, the slice axis (if any) unchanged
             spacing = args.case_spacing[::-1][-image.ndim :]
             grid = dict(spacing=spacing, victim_spacing=args.target_spacing[::-1][-image.ndim :])
+        strength = STRENGTH if name == "default" and epsilon is None else None  # as protect-dataset
         return protect_array(
-            image, labels, protector, epsilon=epsilon, min_psnr=args.min_psnr, device="cpu", **grid
+            image,
+            labels,
+            protector,
+            epsilon=epsilon,
+            min_psnr=args.min_psnr,
+            device="cpu",
+            strength=strength,
+            victim_normalisation=args.victim_normalisation,
+            **grid,
         ).protected
     amplitude = args.sigma * float(image.std()) if args.sigma else window.budget(args.epsilon)
     if name == "clean":
@@ -299,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--protector", type=read_protector_file, help="for default: this protector file, not the bundled one"
     )
+    parser.add_argument(
+        "--product-epsilon", type=float, help="for default: this budget (/255 of the window), not the protector's own"
+    )
     parser.add_argument("--augmentation", choices=("none", "nnunet"), default="none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=4)
@@ -321,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = f"{args.dataset.name[:10]}_{args.candidate}_{args.augmentation}_seed{args.seed}_e{args.epsilon:g}"
     tag += f"_s{args.sigma:g}_r{args.radius:g}_p{args.period:g}_m{args.min_psnr:g}"
     tag += f"_{Path(args.protector.source).stem}" if args.protector else ""
+    tag += f"_pe{args.product_epsilon:g}" if args.product_epsilon else ""
     tag += f"_{args.code_init}{args.code_period}" if args.candidate == "product" else ""
     tag += f"_z{args.resample:g}" if args.resample != 1.0 else ""
     tag += "_g" + "-".join(f"{f:g}" for f in args.grid_factors) if args.grid_factors else ""
@@ -336,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copytree(args.dataset, source)
         spread_dataset(source, args.grid_factors)
         args.target_spacing = median_spacing(source)
+    args.victim_normalisation = dataset_normalisation(read_dataset(source))
     psnrs = write_copy(source, out, args.candidate, args)
     clean = args.dataset
     if args.grid_factors:
@@ -383,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         "victim_grid": args.victim_grid,
         "victim_resampling": "nnunet" if args.grid_factors else None,  # labels one-hot linear, as nnU-Net
         "epsilon": args.epsilon,
+        "product_epsilon": args.product_epsilon,
         "period": args.period,
         "phase": args.phase,
         "code": f"{args.code_init}{args.code_period}" if args.candidate == "product" else None,
@@ -390,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         "psnr_worst": round(float(min(finite)), 2) if finite else None,
         "curve": [round(v, 3) for v in run.curve],
         "fit": [round(v, 3) for v in run.train_curve],
+        "label_curve": [[round(v, 3) for v in epoch] for epoch in run.label_curve],
         "seconds": round(time.time() - start),
     }
     print(json.dumps(line), flush=True)

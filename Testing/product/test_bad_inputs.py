@@ -287,10 +287,10 @@ def cuda_without_gpu(tmp, protector):
     return protect_argv(image, mask, out, protector, "--device", "cuda")
 
 
-@bad("unrecognized arguments: --strength")
+@bad("unrecognized arguments: --strenght")
 def unknown_option(tmp, protector):
     image, mask, out = base(tmp)
-    return protect_argv(image, mask, out, protector, "--strength", "3")
+    return protect_argv(image, mask, out, protector, "--strenght", "3")
 
 
 @bad("the following arguments are required: -o/--output")

@@ -51,7 +51,9 @@ def test_a_channel_that_is_not_ct_is_z_scored_by_nnunet(one_label, tmp_path, cap
     code, manifest = protect(one_label, tmp_path / "out")
     (caveat,) = manifest.caveats
     assert caveat.startswith("channel 0 is 'T1', not CT: nnU-Net z-scores each case")
-    assert capsys.readouterr().err == f"umedprotect: warning: {caveat}\n"
+    err = capsys.readouterr().err
+    assert err.startswith(f"umedprotect: warning: {caveat}\n")  # before anything is written
+    assert "the PSNR floor holds the change" in err  # and after, what the floor left of the strength
 
 
 def test_several_labels_are_a_caveat_unless_one_is_selected(tmp_path, capsys):

@@ -17,7 +17,7 @@ from conftest import ROOT, write_nnunet_dataset
 from umedprotect.cli import main
 
 SAMPLE = ROOT / "Resources" / "Sample"
-SAMPLE_PROTECTED = "7c40b93b9885e8e0ae1ab6b915fb2ee7949bdb16b10f724c2327bfd140899e17"
+SAMPLE_PROTECTED = "1deaf5e1413fd7db916b3dddbea4ca07b78d2573cd00dc6da97ab455eb812064"
 DATASET_PROTECTED = {
     "imagesTr/case000_0000.nii.gz": "d1f753968de9869ab65aa5dbe5e98466a602b2095bdc455d07863afd252123ff",
     "imagesTr/case001_0000.nii.gz": "4d0974bbdf6c133143b11621a83eedc0116d39c769af1dcdce00868e468b3b2d",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -11,11 +12,12 @@ import numpy as np
 from .codes import CodePerturbation
 from .errors import Cancelled, InputError
 from .intensity import Window, apply_change, intensity_window, normalize
-from .metrics import data_range, image_quality, slab_slices_for, slice_psnrs, zscore_change
+from .metrics import data_range, image_quality, slab_slices_for, slice_psnrs
 from .protector_file import ProtectorConfig, ProtectorFile, read_protector_file
 from .regions import bounding_box, contour_band, region_maps, roi_mask
 from .settings import OPTIONS
 from .victim_grid import map_back, resample_image, resample_labels, victim_shape
+from .victim_units import change_in_units, floor_for_strength, rms_in_units, victim_unit
 
 if TYPE_CHECKING:
     from .protector import Protector
@@ -82,6 +84,8 @@ def protect_array(
     label_values: Sequence[int] | None = None,
     device: str = "auto",
     min_psnr: float | None = None,
+    strength: float | None = None,
+    victim_normalisation: str = "zscore",
     batch_size: int = 16,
     slab_slices: int | None = None,
     progress: ProgressCallback | None = None,
@@ -98,8 +102,11 @@ def protect_array(
     pixel wider;
     ``epsilon`` (in 1/255 of the window) and ``band_radius`` override the protector's config;
     ``label_values`` restricts the ROI to these labels (default: every non-zero label);
+    ``strength`` (:mod:`victim_units`): the budget is raised (never lowered, at most to the largest epsilon)
+    until the change's RMS reaches this many victim units, as nnU-Net's ``victim_normalisation`` (``ct`` or
+    ``zscore``) sees the case (:func:`victim_units.victim_unit`);
     ``min_psnr`` (dB, default: the protector's floor) scales the perturbation down where it would be more
-    visible than that.
+    visible than that (the metrics then give the floor that would let it reach ``strength``).
     Voxels outside ROI ∪ band are bit-identical to the input.
 
     Beyond the protected copy and the region mask, memory does not grow with the volume: slices are
@@ -117,7 +124,6 @@ def protect_array(
         OPTIONS[name].check(value)
 
     window = intensity_window(image, config.percentiles)
-    budget = window.budget(epsilon)
     value_range = (float(image.min()), float(image.max()))  # crops are clipped to the image's range, not their own
     axis = slice_axis_for(spacing, image.ndim)
     protected = image.copy()
@@ -128,23 +134,45 @@ def protect_array(
     slab = slab_slices or slab_slices_for(stack_image.shape)
 
     indices, roi_union = _roi_slices(stack_labels, label_values)
-    details = dict(epsilon=epsilon, band_radius=band_radius, slices_protected=len(indices))
+    details = dict(band_radius=band_radius, slices_protected=len(indices))
     in_plane = [i for i in range(image.ndim) if i != axis]
     grid = None
     if victim_spacing is not None and spacing is not None:
         grid = victim_shape(stack_image.shape[1:], *([s[i] for i in in_plane] for s in (spacing, victim_spacing)))
         details.update(victim_spacing=[float(v) for v in victim_spacing], victim_shape=list(grid))
+    unit = None
     if indices:
         make_change = change_maker(protector, device)
         protect = _SliceProtection(make_change, config, window, epsilon, value_range, band_radius, label_values)
         stacks = (stack_image, stack_labels, stack_protected, stack_region)
-        if grid is None or grid == stack_image.shape[1:]:
-            protect(*stacks, indices, roi_union, batch_size, slab, progress, cancel)
-        else:
-            _protect_on_victim_grid(protect, grid, *stacks, indices, progress, cancel)
+        on_grid = grid is not None and grid != stack_image.shape[1:]
+
+        def run(protect: _SliceProtection) -> None:
+            if on_grid:
+                _protect_on_victim_grid(protect, grid, *stacks, indices, progress, cancel)
+            else:
+                protect(*stacks, indices, roi_union, batch_size, slab, progress, cancel)
+
+        run(protect)
+        if strength:
+            unit = victim_unit(image, roi_mask(labels), victim_normalisation)
+            reached = rms_in_units(protected[region] - image[region].astype(np.float64), unit)
+            raised = min(epsilon * strength / reached, OPTIONS["epsilon"].high) if reached else epsilon
+            if raised > epsilon:
+                epsilon, protect = raised, dataclasses.replace(protect, epsilon=raised)
+                protected[...] = image
+                run(protect)
+            details.update(strength=strength, victim_normalisation=victim_normalisation, victim_unit=unit)
+    budget = window.budget(epsilon)
     if min_psnr is not None:
         details.update(min_psnr=min_psnr, change_scale=limit_visibility(image, protected, budget, min_psnr, axis))
-    return make_result(image, protected, region, window, budget, axis, slab_slices=slab, **details)
+    result = make_result(image, protected, region, window, budget, axis, slab_slices=slab, epsilon=epsilon, **details)
+    if unit is not None:
+        reached = change_in_units(image, result.metrics, unit)
+        result.metrics["change_victim_units"] = reached
+        if min_psnr is not None and 0 < reached < 0.95 * strength:
+            result.metrics["min_psnr_for_strength"] = floor_for_strength(min_psnr, reached, strength)
+    return result
 
 
 @dataclass(frozen=True)
@@ -310,7 +338,7 @@ def make_result(
         budget_native=budget,
         window=[window.lo, window.hi],
         region_voxels=int(region.sum()),
-        change_zscore=zscore_change(image, metrics),
+        change_zscore=change_in_units(image, metrics),
         **details,
     )
     return ProtectionResult(protected, image, region, window, budget, axis, metrics)

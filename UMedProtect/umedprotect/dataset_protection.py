@@ -437,6 +437,8 @@ def _protect_case(
                 max_abs_change=metrics["max_abs_change"],
                 fraction_changed=metrics["fraction_changed"],
                 change_zscore=metrics.get("change_zscore"),  # baselines of add-ons may not report it
+                change_victim_units=metrics.get("change_victim_units"),
+                min_psnr_for_strength=metrics.get("min_psnr_for_strength"),
             )
         records.append(ImageRecord(**paths, output_sha256=output_sha256, **quality, geometry=ImageGeometry.of(image)))
     label_relative = dataset.relative(case.label)

@@ -18,7 +18,8 @@ from .settings import ProtectionSettings
 METHOD_GROUP = "umedprotect.methods"
 DEFAULT_METHOD = "umed"
 BASELINE_EPSILON = 4.0  # a baseline's budget when none is given
-UMED_ONLY = ("protector", "band_radius", "labels", "min_psnr", "victim_spacing")  # settings a baseline does not take
+# settings a baseline does not take
+UMED_ONLY = ("protector", "band_radius", "labels", "min_psnr", "victim_spacing", "strength", "victim_normalisation")
 CODES_ONLY = "none needed: the protector's generators are silent, its codes are applied on the CPU"
 
 CaseProtector = Callable[..., object]  # (image, labels, spacing=None, ...) -> ProtectionResult
@@ -127,6 +128,12 @@ def _setup_umed(settings: ProtectionSettings, protector) -> MethodSetup:
     band_radius = config.band_radius if settings.band_radius is None else settings.band_radius
     labels = None if settings.labels is None else list(settings.labels)
     min_psnr = config.min_psnr if settings.min_psnr is None else settings.min_psnr
+    strength = settings.strength
+    if strength is None:
+        from .victim_units import STRENGTH
+
+        strength = STRENGTH if settings.epsilon is None else None  # a given budget is kept
+    strength = strength or None
     case_protector = functools.partial(
         protect_array,
         protector=protector,
@@ -137,14 +144,19 @@ def _setup_umed(settings: ProtectionSettings, protector) -> MethodSetup:
         device=settings.device,
         batch_size=settings.batch_size,
         victim_spacing=settings.victim_spacing,
+        strength=strength,
+        victim_normalisation=settings.victim_normalisation or "zscore",
     )
     parameters = {
         "epsilon": epsilon,
         "band_radius": band_radius,
         "labels": labels,
         "min_psnr": min_psnr,
+        "strength": strength,
         "seed": settings.seed,
     }
+    if strength is not None:
+        parameters["victim_normalisation"] = settings.victim_normalisation or "zscore"
     if settings.victim_spacing is not None:
         parameters["victim_spacing"] = settings.recorded()["victim_spacing"]
     return MethodSetup(DEFAULT_METHOD, case_protector, parameters, info, device_text)

@@ -131,20 +131,6 @@ def image_quality(
     }
 
 
-def zscore_change(original: np.ndarray, metrics: dict) -> float:
-    """RMS of the change over the changed voxels, in standard deviations of the whole original: the change as a
-    victim that z-scores each case sees it (nnU-Net's normalisation of MR and most non-CT images); 0 if none.
-
-    From ``metrics`` (:func:`image_quality`) and the std of at most a million evenly spaced voxels.
-    """
-    changed = metrics["fraction_changed"] * original.size
-    if not changed:
-        return 0.0
-    squared = original.size * data_range(original) ** 2 / 10 ** (metrics["psnr_db"] / 10)
-    sample = original.reshape(-1)[:: max(original.size // 1_000_000, 1)]
-    return float(np.sqrt(squared / changed) / max(float(np.std(sample, dtype=np.float64)), 1e-12))
-
-
 def psnr_text(metrics: dict) -> str:
     """'55.6 dB', with the worst changed slice of a volume: '55.6 dB (worst slice 46.8 dB)'."""
     text = f"{metrics['psnr_db']:.1f} dB"

@@ -66,6 +66,10 @@ class ImageRecord:
     fraction_changed: float
     # RMS change over the changed voxels in stds of the image, as a victim that z-scores each case sees it
     change_zscore: float | None = field(default=None, metadata=OMIT_NONE)
+    # the same in the victim's units (umedprotect.victim_units), where protection aimed at a strength, and the
+    # PSNR floor that would have let it reach that strength, where the floor held it below
+    change_victim_units: float | None = field(default=None, metadata=OMIT_NONE)
+    min_psnr_for_strength: float | None = field(default=None, metadata=OMIT_NONE)
     geometry: ImageGeometry
 
     @property

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, fields
 from .errors import InputError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+MAX_STRENGTH = 5.0  # victim units
+NORMALISATIONS = ("ct", "zscore")  # nnU-Net's normalisations a victim applies (umedprotect.victim_units)
 
 CT_PRESETS = {"ct-soft-tissue": (40.0, 400.0), "ct-lung": (-600.0, 1500.0), "ct-bone": (400.0, 1800.0)}  # L, W in HU
 WINDOW_CHOICES = ("auto", *CT_PRESETS, "percentile")  # the heatmap's display windows, or LEVEL,WIDTH
@@ -138,10 +140,22 @@ class ProtectionSettings:
     # per numpy axis: the spacing an nnU-Net victim resamples each case to, the change then made on that grid
     # (protect-dataset: the training cases' median, where nnU-Net resamples some); None: each case's own grid
     victim_spacing: tuple[float, ...] | None = None
+    # the change's RMS to reach before the PSNR floor, in victim units (umedprotect.victim_units); None: the
+    # default (victim_units.STRENGTH) unless epsilon is given; 0: off
+    strength: float | None = None
+    # how the victim normalises each case, which sets its unit: "ct" (nnU-Net's CT normalisation) or "zscore";
+    # None: zscore (protect: ct for a CT image; protect-dataset: as dataset.json's channel says)
+    victim_normalisation: str | None = None
 
     def __post_init__(self) -> None:
         for option in OPTIONS.values():
             option.check(getattr(self, option.name))
+        if self.strength is not None and not 0 <= self.strength <= MAX_STRENGTH:
+            raise InputError(f"{self.strength:g} is out of range [0, {MAX_STRENGTH:g}] victim units", option="strength")
+        if self.victim_normalisation not in (None, *NORMALISATIONS):
+            raise InputError(
+                f"{self.victim_normalisation!r}: one of {', '.join(NORMALISATIONS)}", option="victim_normalisation"
+            )
         if self.victim_spacing is not None and (not self.victim_spacing or min(self.victim_spacing) <= 0):
             raise InputError(f"{list(self.victim_spacing)}: give positive spacings", option="victim_spacing")
         if self.labels is not None and (not self.labels or min(self.labels) <= 0):

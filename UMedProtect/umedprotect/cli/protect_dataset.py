@@ -138,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     for problem in problems:
         print(problem)
     _warn_low_psnr(cases)
+    _warn_strength(cases)
     if problems:
         print(f"{args.output}: {len(problems)} discrepancy(ies) found")
         return EXIT_DISCREPANCIES
@@ -158,10 +159,13 @@ def add_victim_grid_option(parser: argparse.ArgumentParser) -> None:
 
 
 def dataset_settings(settings: ProtectionSettings, dataset: NnUNetDataset, victim_grid: str, log=print):
-    """``settings`` for protecting ``dataset`` with umed: with ``victim_grid`` auto, the spacing nnU-Net
-    resamples its cases to, where it resamples any (said in one line through ``log``)."""
+    """``settings`` for protecting ``dataset`` with umed: the normalisation nnU-Net gives its cases; with
+    ``victim_grid`` auto, the spacing nnU-Net resamples them to, where it resamples any (said in one line
+    through ``log``)."""
     from ..victim_grid import victim_spacing
+    from ..victim_units import dataset_normalisation
 
+    settings = dataclasses.replace(settings, victim_normalisation=dataset_normalisation(dataset))
     if victim_grid == "off" or (spacing := victim_spacing(dataset)) is None:
         return settings
     log(f"victim grid: nnU-Net resamples the cases to {' x '.join(f'{v:g}' for v in spacing)} (numpy axis order)")
@@ -184,6 +188,18 @@ def _warn_low_psnr(cases: dict[str, CaseRecord]) -> None:
         log.warning(
             f"{len(low)} case(s) below {LOW_PSNR_DB:g} dB PSNR (worst slice): {', '.join(low)}; "
             "the change may be visible"
+        )
+
+
+def _warn_strength(cases: dict[str, CaseRecord]) -> None:
+    weak = [i for e in cases.values() if e.status == "protected" for i in e.images or [] if i.min_psnr_for_strength]
+    if weak:
+        reached = max(i.change_victim_units for i in weak)
+        floor = min(i.min_psnr_for_strength for i in weak)
+        log.warning(
+            f"{len(weak)} image(s): the PSNR floor holds the change at or below {reached:.2f} victim units, under "
+            f"the strength that stopped victims (docs/results.md): protection is not expected; about --min-psnr "
+            f"{floor:g} would reach it (a visible change: preview it first)"
         )
 
 

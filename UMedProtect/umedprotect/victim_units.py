@@ -1,0 +1,79 @@
+"""The change as a victim sees it: in the units nnU-Net normalises each image to.
+
+nnU-Net z-scores each case of a non-CT channel (the case's std is the unit) and normalises CT with the
+training foreground's statistics (clipped to its 0.5-99.5 percentiles; their std is the unit). The same
+PSNR is a far larger change in the second: at 50 dB the bundled codes were 1.5 units on CT liver and
+0.03 on MR, where victims without augmentation were stopped from 0.3 (docs/results.md). The **strength**
+is the change's RMS over the voxels it changes, in these units; protection raises its budget to reach
+:data:`STRENGTH` before the PSNR floor, which may still hold it below.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .metrics import data_range
+
+STRENGTH = 0.3  # victim units: what stopped MR victims without augmentation (fill codes, docs/results.md)
+FOREGROUND_SAMPLES = 100_000  # foreground voxels a CT unit is computed from (evenly spaced)
+CT_PERCENTILES = (0.5, 99.5)
+
+
+def ct_unit(foreground: np.ndarray) -> float:
+    """nnU-Net's CT normalisation unit: the std of the foreground intensities clipped to their 0.5-99.5 percentiles."""
+    values = np.asarray(foreground, dtype=np.float64).ravel()
+    if values.size == 0:
+        raise ValueError("no foreground voxels")
+    lo, hi = np.percentile(values, CT_PERCENTILES)
+    return max(float(np.std(np.clip(values, lo, hi))), 1e-12)
+
+
+def case_unit(image: np.ndarray) -> float:
+    """A z-scoring victim's unit: the std of the whole case (of at most a million evenly spaced voxels)."""
+    sample = image.reshape(-1)[:: max(image.size // 1_000_000, 1)]
+    return max(float(np.std(sample, dtype=np.float64)), 1e-12)
+
+
+def foreground_sample(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """At most :data:`FOREGROUND_SAMPLES` evenly spaced labelled voxels of one case (deterministic)."""
+    values = image[labels > 0]
+    return values[:: max(values.size // FOREGROUND_SAMPLES, 1)]
+
+
+def victim_unit(image: np.ndarray, labels: np.ndarray, normalisation: str) -> float:
+    """One victim unit for this case, native intensity: ``ct``, its clipped foreground's std (:func:`ct_unit`, the
+    case standing in for the training set nnU-Net takes it from; its whole std without foreground); ``zscore``,
+    the case's std."""
+    if normalisation == "ct" and labels.any():
+        return ct_unit(foreground_sample(image, labels))
+    return case_unit(image)
+
+
+def dataset_normalisation(dataset) -> str:
+    """How nnU-Net normalises an nnU-Net dataset's channel 0 (taken for every channel): ``ct`` when it is named
+    CT, else ``zscore``."""
+    return "ct" if dataset.is_ct else "zscore"
+
+
+def change_in_units(original: np.ndarray, metrics: dict, unit: float | None = None) -> float:
+    """RMS of the change over the changed voxels in ``unit`` (default: the case's std, :func:`case_unit`); 0 if
+    none. From ``metrics`` (:func:`metrics.image_quality`: the PSNR and the fraction changed)."""
+    changed = metrics["fraction_changed"] * original.size
+    if not changed:
+        return 0.0
+    squared = original.size * data_range(original) ** 2 / 10 ** (metrics["psnr_db"] / 10)
+    return float(np.sqrt(squared / changed) / (case_unit(original) if unit is None else unit))
+
+
+def rms_in_units(change: np.ndarray, unit: float) -> float:
+    """RMS of the non-zero entries of ``change`` in ``unit``; 0 if none."""
+    changed = change[change != 0].astype(np.float64)
+    return float(np.sqrt(np.mean(changed * changed)) / unit) if changed.size else 0.0
+
+
+def floor_for_strength(min_psnr: float, reached: float, strength: float) -> float:
+    """The PSNR floor (dB, rounded down to 0.5) that would let a change held to ``min_psnr`` at ``reached`` units
+    reach ``strength``: scaling a change by k lowers its PSNR by 20 log10 k."""
+    return math.floor(2 * (min_psnr - 20 * math.log10(strength / reached))) / 2
