@@ -154,7 +154,7 @@ def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.n
         if args.victim_grid:  # the product's victim grid: numpy axis order, the slice axis (if any) unchanged
             spacing = args.case_spacing[::-1][-image.ndim :]
             grid = dict(spacing=spacing, victim_spacing=args.target_spacing[::-1][-image.ndim :])
-        strength = STRENGTH if name == "default" and epsilon is None else None  # as protect-dataset
+        strength = args.strength if name == "default" and epsilon is None else None  # as protect-dataset
         return protect_array(
             image,
             labels,
@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--product-epsilon", type=float, help="for default: this budget (/255 of the window), not the protector's own"
     )
+    parser.add_argument("--strength", type=float, default=STRENGTH, help="for default: in victim units (0: off)")
     parser.add_argument("--augmentation", choices=("none", "nnunet"), default="none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=4)
@@ -352,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     tag += f"_s{args.sigma:g}_r{args.radius:g}_p{args.period:g}_m{args.min_psnr:g}"
     tag += f"_{Path(args.protector.source).stem}" if args.protector else ""
     tag += f"_pe{args.product_epsilon:g}" if args.product_epsilon else ""
+    tag += f"_st{args.strength:g}" if args.strength != STRENGTH else ""
     tag += f"_{args.code_init}{args.code_period}" if args.candidate == "product" else ""
     tag += f"_z{args.resample:g}" if args.resample != 1.0 else ""
     tag += "_g" + "-".join(f"{f:g}" for f in args.grid_factors) if args.grid_factors else ""
@@ -416,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         "victim_resampling": "nnunet" if args.grid_factors else None,  # labels one-hot linear, as nnU-Net
         "epsilon": args.epsilon,
         "product_epsilon": args.product_epsilon,
+        "min_psnr": args.min_psnr,
+        "strength": args.strength if args.candidate == "default" and args.product_epsilon is None else None,
         "period": args.period,
         "phase": args.phase,
         "code": f"{args.code_init}{args.code_period}" if args.candidate == "product" else None,

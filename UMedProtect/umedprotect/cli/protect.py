@@ -287,11 +287,17 @@ def run(args: argparse.Namespace) -> int:
 
 def strength_warning(name: str, metrics: dict) -> str:
     """What the PSNR floor left of the strength (:mod:`victim_units`), and the floor that would reach it."""
+    held = f"{metrics['change_victim_units']:.2f} victim units, below the {metrics['strength']:g}"
+    return f"{name}: the {metrics['min_psnr']:g} dB floor holds the change at {held} " + strength_advice(
+        metrics["min_psnr_for_strength"]
+    )
+
+
+def strength_advice(floor: float) -> str:
+    """The end of a strength warning: what was measured, and the floor that would reach the strength."""
     return (
-        f"{name}: the {metrics['min_psnr']:g} dB floor holds the change at {metrics['change_victim_units']:.2f} "
-        f"victim units, below the {metrics['strength']:g} that stopped victims (docs/results.md): protection is "
-        f"not expected; about --min-psnr {metrics['min_psnr_for_strength']:g} would reach it (a visible change: "
-        "preview it first)"
+        "that stopped victims without augmentation (docs/results.md): protection is not expected; about "
+        f"--min-psnr {floor:g} would reach it (a more visible change: preview it first)"
     )
 
 

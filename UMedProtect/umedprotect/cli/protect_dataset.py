@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..errors import InputError
 from ..exit_codes import EXIT_DISCREPANCIES, EXIT_OK
 from ..methods import DEFAULT_METHOD, device_description, method_names
-from .protect import LOW_PSNR_DB, OUTPUT_FORMATS, add_protection_options, settings_from
+from .protect import LOW_PSNR_DB, OUTPUT_FORMATS, add_protection_options, settings_from, strength_advice
 
 if TYPE_CHECKING:
     from ..dataset_protection import Shard
@@ -198,8 +198,7 @@ def _warn_strength(cases: dict[str, CaseRecord]) -> None:
         floor = min(i.min_psnr_for_strength for i in weak)
         log.warning(
             f"{len(weak)} image(s): the PSNR floor holds the change at or below {reached:.2f} victim units, under "
-            f"the strength that stopped victims (docs/results.md): protection is not expected; about --min-psnr "
-            f"{floor:g} would reach it (a visible change: preview it first)"
+            "the strength " + strength_advice(floor)
         )
 
 
