@@ -129,10 +129,15 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         sign = np.take_along_axis(signs, ((owner - 1) % 4)[None], axis=0)[0]
         return amplitude * on * sign * signed_region
     if name in ("fill", "fill-band"):  # per label one of checker, row stripes, column stripes; the band outside negated
-        tiles = np.stack([checker, np.where(rows % 2 == 0, 1.0, -1.0), np.where(cols % 2 == 0, 1.0, -1.0)])
+        named = {
+            "checker": checker,
+            "rows": np.where(rows % 2 == 0, 1.0, -1.0),
+            "cols": np.where(cols % 2 == 0, 1.0, -1.0),
+        }
+        tiles = np.stack([named[tile] for tile in args.tiles])
         _, (near_rows, near_cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
         owner = labels[near_rows, near_cols].astype(int)
-        fill = np.take_along_axis(tiles, ((owner - 1) % 3)[None], axis=0)[0]
+        fill = np.take_along_axis(tiles, ((owner - 1) % len(tiles))[None], axis=0)[0]
         return amplitude * fill * (signed_region if name == "fill-band" else (labels > 0) * 1.0)
     band = np.abs(d) <= args.radius
     if name == "band-checker":
@@ -329,6 +334,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--product-epsilon", type=float, help="for default: this budget (/255 of the window), not the protector's own"
     )
+    parser.add_argument(
+        "--tiles",
+        type=lambda text: text.split(","),
+        default=["checker", "rows", "cols"],
+        help="fill, fill-band: the tiles of labels 1, 2, ... (repeated), from checker, rows, cols",
+    )
     parser.add_argument("--strength", type=float, default=STRENGTH, help="for default: in victim units (0: off)")
     parser.add_argument("--augmentation", choices=("none", "nnunet"), default="none")
     parser.add_argument("--seed", type=int, default=0)
@@ -354,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     tag += f"_{Path(args.protector.source).stem}" if args.protector else ""
     tag += f"_pe{args.product_epsilon:g}" if args.product_epsilon else ""
     tag += f"_st{args.strength:g}" if args.strength != STRENGTH else ""
+    tag += "_t" + "-".join(args.tiles) if args.tiles != ["checker", "rows", "cols"] else ""
     tag += f"_{args.code_init}{args.code_period}" if args.candidate == "product" else ""
     tag += f"_z{args.resample:g}" if args.resample != 1.0 else ""
     tag += "_g" + "-".join(f"{f:g}" for f in args.grid_factors) if args.grid_factors else ""
@@ -417,7 +429,9 @@ def main(argv: list[str] | None = None) -> int:
         "victim_grid": args.victim_grid,
         "victim_resampling": "nnunet" if args.grid_factors else None,  # labels one-hot linear, as nnU-Net
         "epsilon": args.epsilon,
+        "sigma": args.sigma,
         "product_epsilon": args.product_epsilon,
+        "tiles": args.tiles if args.candidate in ("fill", "fill-band") else None,
         "min_psnr": args.min_psnr,
         "strength": args.strength if args.candidate == "default" and args.product_epsilon is None else None,
         "period": args.period,

@@ -20,8 +20,9 @@ def dataset_caveats(dataset: NnUNetDataset, labels: list[int] | None, victim_gri
     if not dataset.is_ct:
         name = dataset.meta["channel_names"]["0"]
         caveats.append(
-            f"channel 0 is {name!r}, not CT: nnU-Net z-scores each case, and no victim that z-scores was stopped "
-            f"by the default protection (MR, three organs: ratio 0.88 after 2000 iterations; {RESULTS})"
+            f"channel 0 is {name!r}, not CT: nnU-Net z-scores each case, and at a 50 dB floor the change is far "
+            f"below the strength that stops such victims (MR, three organs: 0.03 of each case's std, ratio 0.82; "
+            f"with --min-psnr 30, 0.3 std, 10 of 10 victims without augmentation stopped; {RESULTS})"
         )
     foreground = sorted(v for v in dataset.label_values if v > 0) if labels is None else labels
     if len(foreground) > 1:
