@@ -22,6 +22,7 @@ from umedprotect.phantoms import phantom_volume  # noqa: E402
 from umedprotect.protector import save_protector  # noqa: E402
 from umedprotect.regions import contour_band  # noqa: E402
 from umedprotect.settings import ProtectionSettings  # noqa: E402
+from umedprotect.victim_units import ct_unit, strength_text  # noqa: E402
 from UMedProtectLib.BackgroundWork import DialogRunner, DirectRunner  # noqa: E402
 from UMedProtectLib.Logic import HEATMAP_COLOR_NODE_ID, UMedProtectLogic  # noqa: E402
 
@@ -354,3 +355,22 @@ def test_preview_puts_the_heatmap_over_the_input_in_every_slice_view(case, scene
         assert view.GetBackgroundVolumeID() == volume.GetID()
         assert view.GetForegroundVolumeID() == output.heatmapVolume.GetID()
         assert view.GetForegroundOpacity() == pytest.approx(0.35)
+
+
+def test_a_ct_volume_is_measured_in_its_foreground_std_and_the_strength_reported(case, protector_file):
+    volume, segmentation, _, image, lesions = case
+    logic = UMedProtectLogic()
+    output = logic.process(volume, segmentation, None, replace(settings(protector_file), epsilon=None))
+    metrics = output.metrics
+    assert metrics["victim_normalisation"] == "zscore" and metrics["strength"] == 0.3  # no air: not a CT
+    assert metrics["victim_unit"] == pytest.approx(float(image.astype(np.float64).std()), rel=1e-3)
+    assert strength_text(metrics).startswith(f"{metrics['change_victim_units']:.2f} victim units")
+    with_air = image.copy()
+    with_air[:, :3, :] = -1000  # air above the body: a CT in HU
+    assert not lesions[:, :3, :].any()
+    ct = slicer.util.addVolumeFromArray(with_air, ijkToRAS=IJK_TO_RAS, name="ct with air")
+    metrics = logic.process(ct, segmentation, None, replace(settings(protector_file), epsilon=None)).metrics
+    assert metrics["victim_normalisation"] == "ct"
+    assert metrics["victim_unit"] == pytest.approx(ct_unit(with_air[lesions > 0]), rel=1e-6)
+    fixed = logic.process(volume, segmentation, None, settings(protector_file))  # a given budget is kept
+    assert "strength" not in fixed.metrics and strength_text(fixed.metrics) is None

@@ -19,6 +19,7 @@ slicer_shim.import_module()
 import slicer  # noqa: E402  (slicer-core, after the shim)
 
 from umedprotect.errors import InputError  # noqa: E402
+from umedprotect.protector_file import read_protector_file  # noqa: E402
 from umedprotect.settings import DEVICE_CHOICES, OPTIONS, ProtectionSettings  # noqa: E402
 from UMedProtectLib.Logic import SOURCE_ATTRIBUTE  # noqa: E402
 from UMedProtectLib.Parameters import LIMITS, UMedProtectParameterNode, protectionSettings  # noqa: E402
@@ -42,7 +43,7 @@ def scene():
 
 def test_epsilon_takes_the_products_whole_range_in_free_entry():
     p = UMedProtectParameterNode()
-    assert (p.epsilon, p.device, p.limitVisibility) == (4.0, OPTIONS["device"].default, False)
+    assert (p.epsilon, p.device, p.limitVisibility) == (8.0, OPTIONS["device"].default, False)
     option = OPTIONS["epsilon"]
     for value in (LIMITS["epsilon"].minimum, 6.3, option.high):
         p.epsilon = value
@@ -53,6 +54,17 @@ def test_epsilon_takes_the_products_whole_range_in_free_entry():
     assert LIMITS["epsilon"].step <= 0.1 and LIMITS["epsilon"].decimals >= 1
     with pytest.raises(TypeError):
         p.epsilon = "6.3"
+
+
+def test_the_untouched_budget_of_the_bundled_protector_is_the_products_default():
+    p = UMedProtectParameterNode()
+    config = read_protector_file().config
+    assert p.useDefaultProtector and (p.epsilon, p.bandRadius) == (config.epsilon, config.band_radius)
+    settings = protectionSettings(p)  # the protector's budget, raised to the strength where needed
+    assert settings.epsilon is None and settings.band_radius is None
+    p.useDefaultProtector, p.protectorPath = False, "fitted.safetensors"
+    settings = protectionSettings(p)  # another protector: the panel's values, as shown
+    assert (settings.epsilon, settings.band_radius) == (p.epsilon, p.bandRadius)
 
 
 @pytest.mark.parametrize(("parameter", "setting"), [("bandRadius", "band_radius"), ("minPsnr", "min_psnr")])
@@ -76,8 +88,8 @@ def test_device_choices_are_the_products():
 
 def test_protection_settings_follow_the_panel():
     p = UMedProtectParameterNode()
-    p.epsilon, p.bandRadius, p.minPsnr, p.device = 6.3, 2, 45.0, "cpu"
-    assert protectionSettings(p) == ProtectionSettings(epsilon=6.3, band_radius=2, device="cpu")
+    p.epsilon, p.bandRadius, p.minPsnr, p.device = 6.3, 3, 45.0, "cpu"
+    assert protectionSettings(p) == ProtectionSettings(epsilon=6.3, band_radius=3, device="cpu")
     p.limitVisibility = True
     assert protectionSettings(p).min_psnr == 45.0
     p.useDefaultProtector = False

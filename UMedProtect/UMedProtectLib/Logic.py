@@ -200,6 +200,10 @@ class UMedProtectLogic(ScriptedLoadableModuleLogic):
         """
         settings = settings or ProtectionSettings()
         case = self.caseArrays(inputVolume, segmentationNode, segmentIds)
+        if settings.victim_normalisation is None:  # as nnU-Net would normalise this image (umedprotect.victim_units)
+            from umedprotect.victim_units import image_normalisation
+
+            settings = replace(settings, victim_normalisation=image_normalisation(case.image))
         loading, slices = _("Loading the protector..."), _("Protecting slices: {done}/{total}")
 
         def work(progress: ProgressCallback, cancelled: CancelCheck):

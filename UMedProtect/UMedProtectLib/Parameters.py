@@ -15,8 +15,9 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from umedprotect.errors import InputError
 from umedprotect.settings import DEVICE_CHOICES, OPTIONS, ProtectionSettings
 
-DEFAULT_EPSILON = 4.0  # the bundled protector's budget (the settings table's default is "the protector's own")
-DEFAULT_BAND_RADIUS = 3  # the bundled protector's band
+# the bundled protector's budget and band: left there, the product's defaults apply (the budget raised to the strength)
+DEFAULT_EPSILON = 8.0
+DEFAULT_BAND_RADIUS = 2
 DEFAULT_MIN_PSNR = 50.0  # dB, offered when the visibility floor is switched on
 
 
@@ -87,10 +88,11 @@ def protectionSettings(parameters: UMedProtectParameterNode) -> ProtectionSettin
     protector = None if parameters.useDefaultProtector else pathOrNone(parameters.protectorPath)
     if not parameters.useDefaultProtector and protector is None:
         raise InputError("choose a protector file, or use the bundled default protector", option="protector")
+    bundled = parameters.useDefaultProtector
     return ProtectionSettings(
         protector=protector,
-        epsilon=parameters.epsilon,
-        band_radius=parameters.bandRadius,
+        epsilon=None if bundled and parameters.epsilon == DEFAULT_EPSILON else parameters.epsilon,
+        band_radius=None if bundled and parameters.bandRadius == DEFAULT_BAND_RADIUS else parameters.bandRadius,
         min_psnr=parameters.minPsnr if parameters.limitVisibility else None,
         device=parameters.device,
     )

@@ -271,6 +271,7 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showMetrics(self, metrics: dict) -> None:
         from umedprotect.metrics import psnr_text
+        from umedprotect.victim_units import strength_text
 
         self.ui.psnrValueLabel.text = psnr_text(metrics)
         self.ui.ssimValueLabel.text = f"{metrics['ssim']:.4f}"
@@ -278,6 +279,7 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             change=metrics["max_abs_change"], budget=metrics["budget_native"]
         )
         self.ui.fractionChangedValueLabel.text = f"{100 * metrics['fraction_changed']:.2f} %"
+        self.ui.strengthValueLabel.text = strength_text(metrics) or "-"
 
     def onPreviewButton(self) -> None:
         if self._protect(preview=True) is not None:

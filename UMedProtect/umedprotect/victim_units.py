@@ -51,6 +51,24 @@ def victim_unit(image: np.ndarray, labels: np.ndarray, normalisation: str) -> fl
     return case_unit(image)
 
 
+def image_normalisation(image: np.ndarray, modality: str | None = None) -> str:
+    """How nnU-Net would normalise a single image: ``ct`` for a CT (:func:`preview.looks_like_ct`), else ``zscore``."""
+    from .preview import looks_like_ct
+
+    return "ct" if looks_like_ct(image, modality) else "zscore"
+
+
+def strength_text(metrics: dict) -> str | None:
+    """The strength a protection reached, and where the PSNR floor held it below its aim, the floor that would
+    reach it: ``0.03 victim units (aim 0.3: about 30 dB would reach it)``; None without a strength."""
+    if "change_victim_units" not in metrics:
+        return None
+    text = f"{metrics['change_victim_units']:.2f} victim units"
+    if "min_psnr_for_strength" in metrics:
+        text += f" (aim {metrics['strength']:g}: about {metrics['min_psnr_for_strength']:g} dB would reach it)"
+    return text
+
+
 def dataset_normalisation(dataset) -> str:
     """How nnU-Net normalises an nnU-Net dataset's channel 0 (taken for every channel): ``ct`` when it is named
     CT, else ``zscore``."""

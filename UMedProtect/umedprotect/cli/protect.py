@@ -171,8 +171,9 @@ def run(args: argparse.Namespace) -> int:
     from ..intensity import distinct_values
     from ..methods import DEFAULT_METHOD, setup_method
     from ..metrics import psnr_text
-    from ..preview import check_slice_index, intensity_units, looks_like_ct
+    from ..preview import check_slice_index, intensity_units
     from ..records import FileRecord, InputImageRecord, InputMaskRecord, ProtectionReport, ReportInputs
+    from ..victim_units import image_normalisation
 
     started = time.perf_counter()
     image_path, mask_path = Path(args.image), Path(args.mask)
@@ -198,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         from ..array_protection import slice_axis_for
 
         check_slice_index(args.slice, array.shape, slice_axis_for(spacing, array.ndim))
-    settings = settings_from(args, "ct" if looks_like_ct(array, tags.get("modality")) else "zscore")
+    settings = settings_from(args, image_normalisation(array, tags.get("modality")))
     setup = setup_method(DEFAULT_METHOD, settings)
     case_protector, parameters, protector_info, device = (
         setup.case_protector,
