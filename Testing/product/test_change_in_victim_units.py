@@ -175,3 +175,14 @@ def test_a_strength_out_of_range_is_one_line_and_exit_2(tmp_path, capsys):
         + ["--strength", "-1"]
     )
     assert code == 2 and "--strength" in capsys.readouterr().err and not (tmp_path / "o.nii.gz").exists()
+
+
+def test_protect_measures_a_ct_image_in_its_foreground_std(tmp_path):
+    image, labels = ct_like()
+    for array, name in ((image, "ct.nii.gz"), (labels, "mask.nii.gz")):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / name))
+    argv = [str(tmp_path / "ct.nii.gz"), str(tmp_path / "mask.nii.gz"), "-o", str(tmp_path / "out.nii.gz")]
+    assert main(["protect", *argv, "--device", "cpu", "--report", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["parameters"]["victim_normalisation"] == "ct"
+    assert report["metrics"]["victim_unit"] == pytest.approx(ct_unit(image[labels > 0]), rel=1e-6)
