@@ -29,7 +29,8 @@ def dataset_caveats(dataset: NnUNetDataset, labels: list[int] | None, victim_gri
         measured = "the dots did not slow them (ratio ~1.0" if victim_grid else "ratios 0.30-0.36"
         caveats.append(
             f"{len(foreground)} labels to protect: with four CT organs the default protection stopped no victim "
-            f"without augmentation ({measured}; {RESULTS})"
+            f"without augmentation at 50 dB ({measured}); with --strength 0.6 --min-psnr 45 it stopped 10 of 10 "
+            f"({RESULTS})"
         )
     resampled = resampled_cases(dataset)
     if resampled:
