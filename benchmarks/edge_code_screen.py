@@ -70,7 +70,7 @@ from umedprotect.protector import Protector, ProtectorConfig
 from umedprotect.protector_file import read_protector_file
 from umedprotect.regions import signed_edge_distance
 from umedprotect.victim_grid import resample_image, resample_labels, resampling_matrix
-from umedprotect.victim_units import STRENGTH, dataset_normalisation
+from umedprotect.victim_units import STRENGTHS, dataset_normalisation
 from umedprotect_eval.evaluation import load_evaluation_data
 from umedprotect_eval.training import TrainSettings, VictimTrainer
 
@@ -340,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         default=["checker", "rows", "cols"],
         help="fill, fill-band: the tiles of labels 1, 2, ... (repeated), from checker, rows, cols",
     )
-    parser.add_argument("--strength", type=float, default=STRENGTH, help="for default: in victim units (0: off)")
+    parser.add_argument(
+        "--strength", type=float, help="for default: in victim units (0: off; default: the product's for the data)"
+    )
     parser.add_argument("--augmentation", choices=("none", "nnunet"), default="none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=4)
@@ -364,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     tag += f"_s{args.sigma:g}_r{args.radius:g}_p{args.period:g}_m{args.min_psnr:g}"
     tag += f"_{Path(args.protector.source).stem}" if args.protector else ""
     tag += f"_pe{args.product_epsilon:g}" if args.product_epsilon else ""
-    tag += f"_st{args.strength:g}" if args.strength != STRENGTH else ""
+    tag += f"_st{args.strength:g}" if args.strength is not None else ""
     tag += "_t" + "-".join(args.tiles) if args.tiles != ["checker", "rows", "cols"] else ""
     tag += f"_{args.code_init}{args.code_period}" if args.candidate == "product" else ""
     tag += f"_z{args.resample:g}" if args.resample != 1.0 else ""
@@ -382,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         spread_dataset(source, args.grid_factors)
         args.target_spacing = median_spacing(source)
     args.victim_normalisation = dataset_normalisation(read_dataset(source))
+    if args.strength is None:
+        args.strength = STRENGTHS[args.victim_normalisation]
     psnrs = write_copy(source, out, args.candidate, args)
     clean = args.dataset
     if args.grid_factors:

@@ -156,7 +156,7 @@ def test_protect_dataset_measures_a_ct_datasets_cases_as_nnunet_normalises_them(
     out = tmp_path / "out"
     assert main(["protect-dataset", str(source), "-o", str(out), "--device", "cpu", "--no-progress"]) == 0
     manifest = DatasetManifest.read(out / "umedprotect_manifest.json")
-    assert manifest.parameters["victim_normalisation"] == "ct" and manifest.parameters["strength"] == 0.3
+    assert manifest.parameters["victim_normalisation"] == "ct" and manifest.parameters["strength"] == 0.6
     for record in manifest.cases.values():
         for image in record.images:
             original = sitk.GetArrayFromImage(io.read_image(source / image.input)).astype(np.float64)

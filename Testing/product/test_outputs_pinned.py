@@ -20,7 +20,7 @@ SAMPLE = ROOT / "Resources" / "Sample"
 SAMPLE_PROTECTED = "1deaf5e1413fd7db916b3dddbea4ca07b78d2573cd00dc6da97ab455eb812064"
 DATASET_PROTECTED = {
     "imagesTr/case000_0000.nii.gz": "d1f753968de9869ab65aa5dbe5e98466a602b2095bdc455d07863afd252123ff",
-    "imagesTr/case001_0000.nii.gz": "4d0974bbdf6c133143b11621a83eedc0116d39c769af1dcdce00868e468b3b2d",
+    "imagesTr/case001_0000.nii.gz": "19ca2e553e34d5b5232a730a8cf9294b7796b36b5452644ffd6348182003f838",
     "imagesTr/case002_0000.nii.gz": "0872dbb66d37fe9d0168a2c7aee7359ae729319258b0d96d936a4976d670953b",
     "labelsTr/case000.nii.gz": "c75c64ea8608b4d432d4be316ab1a67cf052a3fafa1eff71ec9a3a5fbab9597f",
     "imagesTs/case003_0000.nii.gz": "6eda7ad84510f8ef4ef2053a62d6b6b5f9fdd77de7ce40d91ca22d2312ee3365",

@@ -370,7 +370,7 @@ def test_a_ct_volume_is_measured_in_its_foreground_std_and_the_strength_reported
     assert not lesions[:, :3, :].any()
     ct = slicer.util.addVolumeFromArray(with_air, ijkToRAS=IJK_TO_RAS, name="ct with air")
     metrics = logic.process(ct, segmentation, None, replace(settings(protector_file), epsilon=None)).metrics
-    assert metrics["victim_normalisation"] == "ct"
+    assert metrics["victim_normalisation"] == "ct" and metrics["strength"] == 0.6
     assert metrics["victim_unit"] == pytest.approx(ct_unit(with_air[lesions > 0]), rel=1e-6)
     fixed = logic.process(volume, segmentation, None, settings(protector_file))  # a given budget is kept
     assert "strength" not in fixed.metrics and strength_text(fixed.metrics) is None

@@ -22,14 +22,14 @@ def dataset_caveats(dataset: NnUNetDataset, labels: list[int] | None, victim_gri
         caveats.append(
             f"channel 0 is {name!r}, not CT: nnU-Net z-scores each case, and at a 50 dB floor the change is far "
             f"below the strength that stops such victims (MR, three organs: 0.03 of each case's std, ratio 0.82; "
-            f"with --min-psnr 30, 0.3 std, 10 of 10 victims without augmentation stopped; {RESULTS})"
+            f"at a 30 dB floor, 0.3 std, 10 of 10 victims without augmentation stopped; {RESULTS})"
         )
     foreground = sorted(v for v in dataset.label_values if v > 0) if labels is None else labels
     if len(foreground) > 1:
         measured = "the dots did not slow them (ratio ~1.0" if victim_grid else "ratios 0.30-0.36"
         caveats.append(
             f"{len(foreground)} labels to protect: with four CT organs the default protection stopped no victim "
-            f"without augmentation at 50 dB ({measured}); with --strength 0.6 --min-psnr 45 it stopped 10 of 10 "
+            f"without augmentation at 50 dB ({measured}); at a 45 dB floor (0.6 victim units) it stopped 10 of 10 "
             f"({RESULTS})"
         )
     resampled = resampled_cases(dataset)

@@ -128,11 +128,12 @@ def _setup_umed(settings: ProtectionSettings, protector) -> MethodSetup:
     band_radius = config.band_radius if settings.band_radius is None else settings.band_radius
     labels = None if settings.labels is None else list(settings.labels)
     min_psnr = config.min_psnr if settings.min_psnr is None else settings.min_psnr
+    normalisation = settings.victim_normalisation or "zscore"
     strength = settings.strength
     if strength is None:
-        from .victim_units import STRENGTH
+        from .victim_units import STRENGTHS
 
-        strength = STRENGTH if settings.epsilon is None else None  # a given budget is kept
+        strength = STRENGTHS[normalisation] if settings.epsilon is None else None  # a given budget is kept
     strength = strength or None
     case_protector = functools.partial(
         protect_array,
@@ -145,7 +146,7 @@ def _setup_umed(settings: ProtectionSettings, protector) -> MethodSetup:
         batch_size=settings.batch_size,
         victim_spacing=settings.victim_spacing,
         strength=strength,
-        victim_normalisation=settings.victim_normalisation or "zscore",
+        victim_normalisation=normalisation,
     )
     parameters = {
         "epsilon": epsilon,
@@ -156,7 +157,7 @@ def _setup_umed(settings: ProtectionSettings, protector) -> MethodSetup:
         "seed": settings.seed,
     }
     if strength is not None:
-        parameters["victim_normalisation"] = settings.victim_normalisation or "zscore"
+        parameters["victim_normalisation"] = normalisation
     if settings.victim_spacing is not None:
         parameters["victim_spacing"] = settings.recorded()["victim_spacing"]
     return MethodSetup(DEFAULT_METHOD, case_protector, parameters, info, device_text)

@@ -141,7 +141,7 @@ class ProtectionSettings:
     # (protect-dataset: the training cases' median, where nnU-Net resamples some); None: each case's own grid
     victim_spacing: tuple[float, ...] | None = None
     # the change's RMS to reach before the PSNR floor, in victim units (umedprotect.victim_units); None: the
-    # default (victim_units.STRENGTH) unless epsilon is given; 0: off
+    # default (victim_units.STRENGTHS, by normalisation) unless epsilon is given; 0: off
     strength: float | None = None
     # how the victim normalises each case, which sets its unit: "ct" (nnU-Net's CT normalisation) or "zscore";
     # None: zscore (protect: ct for a CT image; protect-dataset: as dataset.json's channel says)
