@@ -169,6 +169,7 @@ def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.n
             device="cpu",
             strength=strength,
             victim_normalisation=args.victim_normalisation,
+            band_radius=args.band_radius,
             **grid,
         ).protected
     amplitude = args.sigma * float(image.std()) if args.sigma else window.budget(args.epsilon)
@@ -340,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         default=["checker", "rows", "cols"],
         help="fill, fill-band: the tiles of labels 1, 2, ... (repeated), from checker, rows, cols",
     )
+    parser.add_argument("--band-radius", type=int, help="for default: this band, not the protector's")
     parser.add_argument(
         "--strength", type=float, help="for default: in victim units (0: off; default: the product's for the data)"
     )
@@ -367,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     tag += f"_{Path(args.protector.source).stem}" if args.protector else ""
     tag += f"_pe{args.product_epsilon:g}" if args.product_epsilon else ""
     tag += f"_st{args.strength:g}" if args.strength is not None else ""
+    tag += f"_b{args.band_radius}" if args.band_radius is not None else ""
     tag += "_t" + "-".join(args.tiles) if args.tiles != ["checker", "rows", "cols"] else ""
     tag += f"_{args.code_init}{args.code_period}" if args.candidate == "product" else ""
     tag += f"_z{args.resample:g}" if args.resample != 1.0 else ""
@@ -437,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         "product_epsilon": args.product_epsilon,
         "tiles": args.tiles if args.candidate in ("fill", "fill-band") else None,
         "min_psnr": args.min_psnr,
+        "band_radius": args.band_radius,
         "strength": args.strength if args.candidate == "default" and args.product_epsilon is None else None,
         "period": args.period,
         "phase": args.phase,
