@@ -25,6 +25,8 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
                resampling (after it the victim sees the exact code; cap ``--grid-cap`` A, then the PSNR floor)
   grid-wave    the same with wave (period P on the victim's grid: exact for cases up to P/2 times coarser)
   grid-mixed   grid-exact for the cases the victim's grid does not enlarge, grid-wave for the others
+  fill-balanced fill with each label's amplitude in inverse proportion to the root of its pixel count: every
+               label gets the same share of the 50 dB floor's energy (small organs more amplitude, large less)
   lattice      sparse dots: one pixel in P x P (P = ``--period``) inside every label, signed per label (all +,
                all -, alternating by dot, alternating by dot row), negated in the band outside: the 50 dB floor
                then allows P times the amplitude of a dense code
@@ -94,6 +96,7 @@ CANDIDATES = (
     "grid-wave",
     "grid-mixed",
     "lattice",
+    "fill-balanced",
 )
 
 
@@ -128,6 +131,11 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         owner = labels[near_rows, near_cols].astype(int)
         sign = np.take_along_axis(signs, ((owner - 1) % 4)[None], axis=0)[0]
         return amplitude * on * sign * signed_region
+    if name == "fill-balanced":
+        fill = candidate_change("fill", image, labels, 1.0, args)
+        counts = np.bincount(labels.ravel().astype(int))
+        weight = np.where(labels > 0, 1 / np.sqrt(np.maximum(counts[labels.astype(int)], 1)), 0.0)
+        return amplitude * fill * weight / weight.max() if weight.max() > 0 else fill
     if name in ("fill", "fill-band"):  # per label one of checker, row stripes, column stripes; the band outside negated
         named = {
             "checker": checker,
