@@ -197,6 +197,13 @@ def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.n
     return protected
 
 
+def band_in_effect(args) -> int:
+    """The default's band radius: ``--band-radius``, else its protector's (the bundled one's by default)."""
+    if args.band_radius is not None:
+        return args.band_radius
+    return (args.protector or read_protector_file()).config.band_radius
+
+
 def grid_change(image: np.ndarray, labels: np.ndarray, args) -> np.ndarray:
     """The default's change made on the image resampled by ``args.resample``, resampled back to the image's grid."""
     factor = args.resample
@@ -449,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         "tiles": args.tiles if args.candidate in ("fill", "fill-band") else None,
         "min_psnr": args.min_psnr,
         "band_radius": args.band_radius,
+        "band": band_in_effect(args) if args.candidate == "default" else None,
         "strength": args.strength if args.candidate == "default" and args.product_epsilon is None else None,
         "period": args.period,
         "phase": args.phase,

@@ -1,4 +1,4 @@
-"""Write the bundled default protector: per-label fill codes, negated on the band outside; not fitted.
+"""Write the bundled default protector: per-label fill codes inside the labels; not fitted.
 
 Its generators G_c and G_t output zero: the codes alone make the change.
 
@@ -9,12 +9,12 @@ The choice and its measurements: docs/results.md ("The default protector"), benc
 The bundled protector for changes made on nnU-Net's grid (``protect-dataset --victim-grid auto``, results:
 ``victim-grid-liver``):
 
-    python -m benchmarks.make_default_protector --codes dots --code-period 4 --epsilon 16 \
+    python -m benchmarks.make_default_protector --codes dots --code-period 4 --epsilon 16 --band-radius 2 \
         --output UMedProtect/umedprotect/data/victim_grid_protector.safetensors
 
 A variant with other codes, for experiments (e.g. benchmarks/protectors/dots4.safetensors):
 
-    python -m benchmarks.make_default_protector --codes dots --code-period 4 \
+    python -m benchmarks.make_default_protector --codes dots --code-period 4 --band-radius 2 \
         --output benchmarks/protectors/dots4.safetensors
 """
 
@@ -30,7 +30,7 @@ from umedprotect.protector_file import CODE_INITS, DEFAULT_PROTECTOR_PATH, Prote
 
 DEFAULT_CONFIG = ProtectorConfig(
     epsilon=8.0,  # the per-pixel cap, 1/255 of the case's window; the 50 dB floor sets what is spent
-    band_radius=2,  # the band straddles the edge: 2 pixels outside the label carry the negated tile
+    band_radius=0,  # codes inside the labels only: the negated band outside cost protection (band-50db)
     texture_floor=1.0,  # the full budget everywhere in the label (flat tissue too)
     code_init="fill",
     code_period=2,  # one-pixel checkerboard / stripes
@@ -45,9 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--codes", choices=CODE_INITS, default=DEFAULT_CONFIG.code_init, help="code_init")
     parser.add_argument("--code-period", type=int, default=DEFAULT_CONFIG.code_period)
     parser.add_argument("--epsilon", type=float, default=DEFAULT_CONFIG.epsilon, help="the per-pixel cap")
+    parser.add_argument(
+        "--band-radius", type=int, default=DEFAULT_CONFIG.band_radius, help="fill, dots: the band outside, negated"
+    )
     args = parser.parse_args(argv)
     config = dataclasses.replace(
-        DEFAULT_CONFIG, code_init=args.codes, code_period=args.code_period, epsilon=args.epsilon
+        DEFAULT_CONFIG,
+        code_init=args.codes,
+        code_period=args.code_period,
+        epsilon=args.epsilon,
+        band_radius=args.band_radius,
     )
     print(save_protector(Protector(config), args.output))
     return 0

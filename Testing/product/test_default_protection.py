@@ -1,4 +1,5 @@
-"""The bundled default: per-label fill codes negated on the band outside, distinct codes, and the 50 dB floor."""
+"""The bundled default: per-label fill codes inside the labels (negated on a band outside where one is asked
+for), distinct codes, and the 50 dB floor."""
 
 import itertools
 
@@ -71,9 +72,11 @@ def test_per_label_codes_stay_distinct_under_the_victims_scaling():
                 assert abs(np.corrcoef(scaled[a].ravel(), moved.ravel())[0, 1]) < 0.5
 
 
-def test_the_band_outside_a_label_carries_its_code_negated():
+def test_the_default_changes_only_the_labels_and_a_band_carries_the_code_negated():
     image, labels = _phantom()
-    change = protect_array(image, labels, min_psnr=20, device="cpu").change
+    inside = protect_array(image, labels, min_psnr=20, device="cpu")
+    assert np.array_equal(inside.region, labels > 0) and not inside.change[labels == 0].any()
+    change = protect_array(image, labels, min_psnr=20, band_radius=2, device="cpu").change
     row = np.sign(change[20, 7:14])  # label 1 (a checkerboard) starts at column 10: its phase flips there
     assert row[0] == 0 and row[1] == -row[2] and row[2] == row[3] and np.all(row[3:6] == -row[4:7])
 

@@ -17,11 +17,11 @@ from conftest import ROOT, write_nnunet_dataset
 from umedprotect.cli import main
 
 SAMPLE = ROOT / "Resources" / "Sample"
-SAMPLE_PROTECTED = "1deaf5e1413fd7db916b3dddbea4ca07b78d2573cd00dc6da97ab455eb812064"
+SAMPLE_PROTECTED = "7354524c130e3fbf8f727d48acea9931c5a6935fbb10a019a930d1d3931be96c"
 DATASET_PROTECTED = {
-    "imagesTr/case000_0000.nii.gz": "d1f753968de9869ab65aa5dbe5e98466a602b2095bdc455d07863afd252123ff",
-    "imagesTr/case001_0000.nii.gz": "19ca2e553e34d5b5232a730a8cf9294b7796b36b5452644ffd6348182003f838",
-    "imagesTr/case002_0000.nii.gz": "0872dbb66d37fe9d0168a2c7aee7359ae729319258b0d96d936a4976d670953b",
+    "imagesTr/case000_0000.nii.gz": "3c4be0d2fc05123d0a7d8a818af1cb57e698635731894c616c8c537949b840ef",
+    "imagesTr/case001_0000.nii.gz": "de7bb6bd66f535396928ee2133776063e19101dc166c3a89d955d1d0ff2fd400",
+    "imagesTr/case002_0000.nii.gz": "a969568171fd7e8885f9784a6b70c6c84728abfc4c222cbea96b016a83750ab1",
     "labelsTr/case000.nii.gz": "c75c64ea8608b4d432d4be316ab1a67cf052a3fafa1eff71ec9a3a5fbab9597f",
     "imagesTs/case003_0000.nii.gz": "6eda7ad84510f8ef4ef2053a62d6b6b5f9fdd77de7ce40d91ca22d2312ee3365",
 }

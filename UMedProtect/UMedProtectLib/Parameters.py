@@ -17,7 +17,7 @@ from umedprotect.settings import DEVICE_CHOICES, OPTIONS, ProtectionSettings
 
 # the bundled protector's budget and band: left there, the product's defaults apply (the budget raised to the strength)
 DEFAULT_EPSILON = 8.0
-DEFAULT_BAND_RADIUS = 2
+DEFAULT_BAND_RADIUS = 0
 DEFAULT_MIN_PSNR = 50.0  # dB, offered when the visibility floor is switched on
 
 
