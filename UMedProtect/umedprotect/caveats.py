@@ -29,7 +29,7 @@ def dataset_caveats(dataset: NnUNetDataset, labels: list[int] | None, victim_gri
         measured = "the dots did not slow them (ratio ~1.0" if victim_grid else "ratios 0.04-0.31, 1 of 6 stopped"
         caveats.append(
             f"{len(foreground)} labels to protect: with four CT organs the default protection did not stop victims "
-            f"without augmentation at 50 dB ({measured}); at a 45 dB floor (0.6 victim units) it stopped 5 of 5 "
+            f"without augmentation at 50 dB ({measured}); at a 45 dB floor (0.6 victim units) it stopped 10 of 10 "
             f"({RESULTS})"
         )
     resampled = resampled_cases(dataset)
