@@ -26,8 +26,6 @@ CT_PERCENTILES = (0.5, 99.5)
 def ct_unit(foreground: np.ndarray) -> float:
     """nnU-Net's CT normalisation unit: the std of the foreground intensities clipped to their 0.5-99.5 percentiles."""
     values = np.asarray(foreground, dtype=np.float64).ravel()
-    if values.size == 0:
-        raise ValueError("no foreground voxels")
     lo, hi = np.percentile(values, CT_PERCENTILES)
     return max(float(np.std(np.clip(values, lo, hi))), 1e-12)
 
