@@ -27,6 +27,11 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
   grid-mixed   grid-exact for the cases the victim's grid does not enlarge, grid-wave for the others
   fill-balanced fill with each label's amplitude in inverse proportion to the root of its pixel count: every
                label gets the same share of the 50 dB floor's energy (small organs more amplitude, large less)
+  fill-rings   the bundled default's change at ``--epsilon`` plus ``--protector``'s (e.g. rings) at
+               ``--product-epsilon``, both without a floor, their sum then held to ``--min-psnr``: a code for
+               each augmentation regime
+  fill-rings-split the same two changes, each where the other is not: ``--protector``'s within ``--radius`` pixels
+               of each label's edge, the default's deeper inside (``--epsilon 0``: none there)
   lattice      sparse dots: one pixel in P x P (P = ``--period``) inside every label, signed per label (all +,
                all -, alternating by dot, alternating by dot row), negated in the band outside: the 50 dB floor
                then allows P times the amplitude of a dense code
@@ -97,6 +102,8 @@ CANDIDATES = (
     "grid-mixed",
     "lattice",
     "fill-balanced",
+    "fill-rings",
+    "fill-rings-split",
 )
 
 
@@ -181,6 +188,22 @@ def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.n
             **grid,
         ).protected
     amplitude = args.sigma * float(image.std()) if args.sigma else window.budget(args.epsilon)
+    if name in ("fill-rings", "fill-rings-split"):
+        fill, second = (
+            protect_array(image, labels, protector, epsilon=epsilon, min_psnr=None, device="cpu", strength=0).protected
+            if epsilon
+            else image
+            for protector, epsilon in ((None, args.epsilon), (args.protector, args.product_epsilon))
+        )
+        amplitude = window.budget(args.epsilon + args.product_epsilon)
+        fill, second = fill.astype(np.float64) - image, second.astype(np.float64) - image
+        if name == "fill-rings-split":
+            near_edge = signed_edge_distance(labels)[0] <= args.radius
+            fill, second = np.where(near_edge, 0.0, fill), np.where(near_edge, second, 0.0)
+        change = fill + second
+        protected = apply_change(image, change, amplitude, (float(image.min()), float(image.max())))
+        limit_visibility(image, protected, amplitude, args.min_psnr)
+        return protected
     if name == "clean":
         return image.copy()
     value_range = (float(image.min()), float(image.max()))
@@ -453,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         "epsilon": args.epsilon,
         "sigma": args.sigma,
         "product_epsilon": args.product_epsilon,
+        "protector_file": Path(args.protector.source).name if args.protector else None,
         "tiles": args.tiles if args.candidate in ("fill", "fill-band") else None,
         "min_psnr": args.min_psnr,
         "band_radius": args.band_radius,

@@ -12,6 +12,11 @@ The bundled protector for changes made on nnU-Net's grid (``protect-dataset --vi
     python -m benchmarks.make_default_protector --codes dots --code-period 4 --epsilon 16 --band-radius 2 \
         --output UMedProtect/umedprotect/data/victim_grid_protector.safetensors
 
+The bundled protector of contour-following rings (``--codes rings``, results: ``rings-liver``):
+
+    python -m benchmarks.make_default_protector --codes rings --code-period 6 --epsilon 6.3 \
+        --output UMedProtect/umedprotect/data/rings_protector.safetensors
+
 A variant with other codes, for experiments (e.g. benchmarks/protectors/dots4.safetensors):
 
     python -m benchmarks.make_default_protector --codes dots --code-period 4 --band-radius 2 \

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import write_nnunet_dataset
 
-from umedprotect.caveats import dataset_caveats
+from umedprotect.caveats import AUGMENTED, dataset_caveats
 from umedprotect.cli import main
 from umedprotect.nnunet import read_dataset
 from umedprotect.records import DatasetManifest
@@ -40,43 +40,44 @@ def protect(source, out, *options) -> tuple[int, DatasetManifest]:
     return code, DatasetManifest.read(out / "umedprotect_manifest.json")
 
 
-def test_one_ct_label_on_one_grid_has_no_caveat_and_the_manifest_says_so(one_label, tmp_path, capsys):
+def test_one_ct_label_on_one_grid_has_only_the_augmented_victims_caveat(one_label, tmp_path, capsys):
     code, manifest = protect(one_label, tmp_path / "out")
-    assert code == 0 and manifest.caveats == []
-    assert "warning" not in capsys.readouterr().err
+    assert code == 0 and manifest.caveats == [AUGMENTED]
+    assert AUGMENTED.startswith("victims trained with nnU-Net's augmentation (nnU-Net's default) were not stopped")
+    assert capsys.readouterr().err.startswith(f"umedprotect: warning: {AUGMENTED}\n")
 
 
 def test_a_channel_that_is_not_ct_is_z_scored_by_nnunet(one_label, tmp_path, capsys):
     set_channel(one_label, "T1")
     code, manifest = protect(one_label, tmp_path / "out")
-    (caveat,) = manifest.caveats
-    assert caveat.startswith("channel 0 is 'T1', not CT: nnU-Net z-scores each case")
+    augmented, caveat = manifest.caveats
+    assert augmented == AUGMENTED and caveat.startswith("channel 0 is 'T1', not CT: nnU-Net z-scores each case")
     err = capsys.readouterr().err
-    assert err.startswith(f"umedprotect: warning: {caveat}\n")  # before anything is written
+    assert err.startswith(f"umedprotect: warning: {augmented}\numedprotect: warning: {caveat}\n")  # before writing
     assert "the PSNR floor holds the change" in err  # and after, what the floor left of the strength
 
 
 def test_several_labels_are_a_caveat_unless_one_is_selected(tmp_path, capsys):
     source = write_nnunet_dataset(tmp_path / "Dataset022_TwoLabels", n_lesions=2)
     _, manifest = protect(source, tmp_path / "both")
-    assert [c.split(":")[0] for c in manifest.caveats] == ["2 labels to protect"]
+    assert [c.split(":")[0] for c in manifest.caveats[1:]] == ["2 labels to protect"]
     _, manifest = protect(source, tmp_path / "first", "--labels", "1")
-    assert manifest.caveats == []
+    assert manifest.caveats == [AUGMENTED]
 
 
 def test_cases_off_the_median_in_plane_spacing_are_resampled_by_nnunet(one_label, tmp_path):
     set_spacing(one_label, "case001", (0.72, 0.7, 2.5))  # in plane: 0.72 against the median 0.8, 32 -> 29 pixels
     dataset = read_dataset(one_label)
     assert resampled_cases(dataset) == ["case001"]
-    (on_own_grid,) = dataset_caveats(dataset, None)
+    _, on_own_grid = dataset_caveats(dataset, None)
     assert on_own_grid.startswith("1 of 3 training cases lie off the dataset's median in-plane spacing, so nnU-Net")
-    (on_victim_grid,) = dataset_caveats(dataset, None, victim_grid=True)
+    _, on_victim_grid = dataset_caveats(dataset, None, "bundled victim grid")
     assert "made on the grid nnU-Net resamples them to" in on_victim_grid
     _, manifest = protect(one_label, tmp_path / "out")  # the victim grid by default: made there, with the dots
-    assert manifest.caveats == [on_victim_grid] and manifest.protector["path"] == "bundled victim grid"
+    assert manifest.caveats == [AUGMENTED, on_victim_grid] and manifest.protector["path"] == "bundled victim grid"
     assert manifest.parameters["victim_spacing"] == pytest.approx([2.5, 0.7, 0.8])  # numpy axis order, the medians
     _, manifest = protect(one_label, tmp_path / "own", "--victim-grid", "off")
-    assert manifest.caveats == [on_own_grid] and manifest.protector["path"] == "bundled default"
+    assert manifest.caveats == [AUGMENTED, on_own_grid] and manifest.protector["path"] == "bundled default"
     assert "victim_spacing" not in manifest.parameters
 
 
@@ -108,3 +109,17 @@ def test_another_protector_has_no_measured_caveats(one_label, tmp_path, protecto
     assert code == 0 and manifest.caveats is None
     assert "caveats" not in json.loads((tmp_path / "out" / "umedprotect_manifest.json").read_text())
     assert "not CT" not in capsys.readouterr().err
+
+
+def test_the_rings_are_a_caveat_above_the_floor_they_were_measured_at_and_beyond_one_ct_organ(one_label, tmp_path):
+    _, manifest = protect(one_label, tmp_path / "default", "--codes", "rings")
+    (floor,) = manifest.caveats
+    assert manifest.protector["path"] == "bundled rings" and floor.startswith("the rings at a 50 dB floor: on CT")
+    _, manifest = protect(one_label, tmp_path / "at45", "--codes", "rings", "--min-psnr", "45")
+    assert manifest.caveats == []
+    set_channel(one_label, "T2")
+    (caveat,) = dataset_caveats(read_dataset(one_label), None, "bundled rings", 45.0)
+    assert caveat.startswith("the rings were measured on one CT organ only")
+    source = write_nnunet_dataset(tmp_path / "Dataset024_TwoLabels", n_lesions=2)
+    assert dataset_caveats(read_dataset(source), None, "bundled rings", 45.0) == [caveat]
+    assert dataset_caveats(read_dataset(source), [2], "bundled rings", 45.0) == []

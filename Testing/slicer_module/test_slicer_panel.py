@@ -86,6 +86,17 @@ def test_device_choices_are_the_products():
         p.device = "tpu"
 
 
+def test_the_codes_choose_a_bundled_protector_and_only_that():
+    p = UMedProtectParameterNode()
+    assert p.codes == "fill" and protectionSettings(p).codes is None  # the bundled default
+    p.codes = "rings"
+    assert protectionSettings(p).codes == "rings" and controlStates(p).codesEnabled
+    with pytest.raises(ValueError):
+        p.codes = "dots"
+    p.useDefaultProtector, p.protectorPath = False, "fitted.safetensors"
+    assert protectionSettings(p).codes is None and not controlStates(p).codesEnabled
+
+
 def test_protection_settings_follow_the_panel():
     p = UMedProtectParameterNode()
     p.epsilon, p.bandRadius, p.minPsnr, p.device = 6.3, 3, 45.0, "cpu"

@@ -13,7 +13,7 @@ from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
 from umedprotect.errors import InputError
-from umedprotect.settings import DEVICE_CHOICES, OPTIONS, ProtectionSettings
+from umedprotect.settings import CODES, DEVICE_CHOICES, OPTIONS, ProtectionSettings
 
 # the bundled protector's budget and band: left there, the product's defaults apply (the budget raised to the strength)
 DEFAULT_EPSILON = 8.0
@@ -60,6 +60,7 @@ class UMedProtectParameterNode:
     segmentIds: list[str]
     useDefaultProtector: bool = True
     protectorPath: pathlib.Path
+    codes: Annotated[str, Choice(list(CODES))] = CODES[0]  # the bundled protector's
     epsilon: Annotated[float, withinLimits("epsilon")] = DEFAULT_EPSILON
     bandRadius: Annotated[int, withinLimits("bandRadius")] = DEFAULT_BAND_RADIUS
     limitVisibility: bool = False
@@ -91,6 +92,7 @@ def protectionSettings(parameters: UMedProtectParameterNode) -> ProtectionSettin
     bundled = parameters.useDefaultProtector
     return ProtectionSettings(
         protector=protector,
+        codes=parameters.codes if bundled and parameters.codes != CODES[0] else None,
         epsilon=None if bundled and parameters.epsilon == DEFAULT_EPSILON else parameters.epsilon,
         band_radius=None if bundled and parameters.bandRadius == DEFAULT_BAND_RADIUS else parameters.bandRadius,
         min_psnr=parameters.minPsnr if parameters.limitVisibility else None,

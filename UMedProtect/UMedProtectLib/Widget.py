@@ -50,6 +50,7 @@ class ControlStates:
     canShowProtected: bool  # the latest result was computed from the current input (shown, exported to DICOM)
     canFit: bool
     protectorPathEnabled: bool
+    codesEnabled: bool
     minPsnrEnabled: bool
     fitDatasetPathEnabled: bool
 
@@ -58,12 +59,13 @@ def controlStates(parameters: UMedProtectParameterNode | None) -> ControlStates:
     """The control states for ``parameters`` (all off without a parameter node)."""
     p = parameters
     if p is None:
-        return ControlStates(False, False, False, False, False, False)
+        return ControlStates(False, False, False, False, False, False, False)
     return ControlStates(
         canProtect=bool(p.inputVolume and p.segmentation and (p.allSegments or p.segmentIds)),
         canShowProtected=UMedProtectLogic.outputOf(p.protectedVolume, p.inputVolume) is not None,
         canFit=pathOrNone(p.fitOutputPath) is not None,
         protectorPathEnabled=not p.useDefaultProtector,
+        codesEnabled=p.useDefaultProtector,
         minPsnrEnabled=p.limitVisibility,
         fitDatasetPathEnabled=p.fitFromFolder,
     )
@@ -207,6 +209,7 @@ class UMedProtectWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.toggleProtectedButton.enabled = states.canShowProtected
         self.ui.exportDicomButton.enabled = states.canShowProtected
         self.ui.protectorPathLineEdit.enabled = states.protectorPathEnabled
+        self.ui.codesComboBox.enabled = states.codesEnabled
         self.ui.minPsnrSpinBox.enabled = states.minPsnrEnabled
         self.ui.fitDatasetPathLineEdit.enabled = states.fitDatasetPathEnabled
         self.ui.fitButton.enabled = states.canFit

@@ -11,12 +11,26 @@ from .nnunet import NnUNetDataset
 from .victim_grid import resampled_cases
 
 RESULTS = "docs/results.md"
+RINGS_FLOOR = 45.0  # dB: the floor at which the rings were measured to stop victims
+AUGMENTED = (  # the fill codes and the dots
+    "victims trained with nnU-Net's augmentation (nnU-Net's default) were not stopped by these codes (CT liver: "
+    "the fill codes 0.90-0.96 at 50 dB and 0.69 at 45 dB with twice the strength, the dots 0.78 and 0.88); the "
+    f"bundled rings stopped them at a 45 dB floor ({RESULTS})"
+)
 
 
-def dataset_caveats(dataset: NnUNetDataset, labels: list[int] | None, victim_grid: bool = False) -> list[str]:
+def dataset_caveats(
+    dataset: NnUNetDataset, labels: list[int] | None, protector: str | None = None, min_psnr: float | None = None
+) -> list[str]:
     """The caveats that apply to protecting the training cases of ``dataset`` (``labels``: those selected) with the
-    bundled protector: fill codes on each case's grid, or with ``victim_grid`` the dots made on nnU-Net's grid."""
-    caveats = []
+    bundled ``protector`` (its recorded name; default: the fill codes on each case's grid), the dots made on
+    nnU-Net's grid, or the rings, held to ``min_psnr`` (default: the bundled floor)."""
+    from .protector_file import BUNDLED_GRID_PROTECTOR, BUNDLED_RINGS_PROTECTOR, DEFAULT_MIN_PSNR  # scipy
+
+    if protector == BUNDLED_RINGS_PROTECTOR:
+        return rings_caveats(dataset, labels, DEFAULT_MIN_PSNR if min_psnr is None else min_psnr)
+    victim_grid = protector == BUNDLED_GRID_PROTECTOR
+    caveats = [AUGMENTED]
     if not dataset.is_ct:
         name = dataset.meta["channel_names"]["0"]
         caveats.append(
@@ -46,4 +60,18 @@ def dataset_caveats(dataset: NnUNetDataset, labels: list[int] | None, victim_gri
                 off + "spacing, so nnU-Net resamples them, and the default's pixel tile does not survive resampling "
                 f"(ratios 0.50-0.83 after resampling by 0.9; {RESULTS})"
             )
+    return caveats
+
+
+def rings_caveats(dataset: NnUNetDataset, labels: list[int] | None, min_psnr: float) -> list[str]:
+    """The caveats of the bundled rings: measured on one CT organ, stopping victims at a 45 dB floor."""
+    caveats = []
+    if min_psnr > RINGS_FLOOR:
+        caveats.append(
+            f"the rings at a {min_psnr:g} dB floor: on CT liver they stopped victims with and without nnU-Net's "
+            f"augmentation at a 45 dB floor, and at 50 dB only slowed them (ratios 0.09-0.33; {RESULTS})"
+        )
+    foreground = sorted(v for v in dataset.label_values if v > 0) if labels is None else labels
+    if not dataset.is_ct or len(foreground) > 1:
+        caveats.append(f"the rings were measured on one CT organ only; every label gets the same rings ({RESULTS})")
     return caveats

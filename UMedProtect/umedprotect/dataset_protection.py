@@ -142,11 +142,11 @@ def protect_dataset(
         manifest = _start_manifest(
             dataset, out, shard, method_name, parameters, protector_info, device, allow_empty, overwrite
         )
-        from .protector_file import BUNDLED_GRID_PROTECTOR, BUNDLED_PROTECTOR  # here: it imports scipy
+        from .protector_file import BUNDLED_GRID_PROTECTOR, BUNDLED_PROTECTOR, BUNDLED_RINGS_PROTECTOR  # scipy
 
         bundled = (protector_info or {}).get("path")
-        if bundled in (BUNDLED_PROTECTOR, BUNDLED_GRID_PROTECTOR):
-            manifest.caveats = dataset_caveats(dataset, parameters.get("labels"), bundled == BUNDLED_GRID_PROTECTOR)
+        if bundled in (BUNDLED_PROTECTOR, BUNDLED_GRID_PROTECTOR, BUNDLED_RINGS_PROTECTOR):
+            manifest.caveats = dataset_caveats(dataset, parameters.get("labels"), bundled, parameters.get("min_psnr"))
             for caveat in manifest.caveats:
                 log.warning(caveat)
         out.mkdir(parents=True, exist_ok=True)

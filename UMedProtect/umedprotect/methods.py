@@ -19,7 +19,16 @@ METHOD_GROUP = "umedprotect.methods"
 DEFAULT_METHOD = "umed"
 BASELINE_EPSILON = 4.0  # a baseline's budget when none is given
 # settings a baseline does not take
-UMED_ONLY = ("protector", "band_radius", "labels", "min_psnr", "victim_spacing", "strength", "victim_normalisation")
+UMED_ONLY = (
+    "protector",
+    "codes",
+    "band_radius",
+    "labels",
+    "min_psnr",
+    "victim_spacing",
+    "strength",
+    "victim_normalisation",
+)
 CODES_ONLY = "none needed: the protector's generators are silent, its codes are applied on the CPU"
 
 CaseProtector = Callable[..., object]  # (image, labels, spacing=None, ...) -> ProtectionResult
@@ -88,16 +97,21 @@ def device_description(method: str, settings: ProtectionSettings, protector=None
 
 
 def bundled_protector_path(settings: ProtectionSettings) -> Path:
-    """The bundled protector for ``settings``: the dots made on the victim's grid when it is given, else fill."""
-    from .protector_file import DEFAULT_PROTECTOR_PATH, VICTIM_GRID_PROTECTOR_PATH
+    """The bundled protector for ``settings``: the rings when chosen, else fill, or the dots made on the victim's
+    grid when it is given."""
+    from .protector_file import DEFAULT_PROTECTOR_PATH, RINGS_PROTECTOR_PATH, VICTIM_GRID_PROTECTOR_PATH
 
+    if settings.codes == "rings":
+        return RINGS_PROTECTOR_PATH
     return DEFAULT_PROTECTOR_PATH if settings.victim_spacing is None else VICTIM_GRID_PROTECTOR_PATH
 
 
 def bundled_protector_name(settings: ProtectionSettings) -> str:
     """What reports and manifests record as the path of :func:`bundled_protector_path`."""
-    from .protector_file import BUNDLED_GRID_PROTECTOR, BUNDLED_PROTECTOR
+    from .protector_file import BUNDLED_GRID_PROTECTOR, BUNDLED_PROTECTOR, BUNDLED_RINGS_PROTECTOR
 
+    if settings.codes == "rings":
+        return BUNDLED_RINGS_PROTECTOR
     return BUNDLED_PROTECTOR if settings.victim_spacing is None else BUNDLED_GRID_PROTECTOR
 
 
@@ -158,6 +172,8 @@ def _setup_umed(settings: ProtectionSettings, protector) -> MethodSetup:
     }
     if strength is not None:
         parameters["victim_normalisation"] = normalisation
+    if settings.codes is not None:
+        parameters["codes"] = settings.codes
     if settings.victim_spacing is not None:
         parameters["victim_spacing"] = settings.recorded()["victim_spacing"]
     return MethodSetup(DEFAULT_METHOD, case_protector, parameters, info, device_text)

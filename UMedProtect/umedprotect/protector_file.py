@@ -27,8 +27,11 @@ DIGEST_KEY = "umedprotect_weights_sha256"
 DEFAULT_PROTECTOR_PATH = Path(__file__).with_name("data") / "default_protector.safetensors"
 # the bundled protector for cases made on an nnU-Net victim's grid (ProtectionSettings.victim_spacing): dots
 VICTIM_GRID_PROTECTOR_PATH = Path(__file__).with_name("data") / "victim_grid_protector.safetensors"
+# the bundled protector of contour-following rings (ProtectionSettings.codes "rings"), on any grid
+RINGS_PROTECTOR_PATH = Path(__file__).with_name("data") / "rings_protector.safetensors"
 BUNDLED_PROTECTOR = "bundled default"  # the protector path reports and manifests record for it
 BUNDLED_GRID_PROTECTOR = "bundled victim grid"  # ... and for the one at VICTIM_GRID_PROTECTOR_PATH
+BUNDLED_RINGS_PROTECTOR = "bundled rings"  # ... and for the one at RINGS_PROTECTOR_PATH
 CODE_INITS = ("normal", "blobs", "rings", "fill", "dots")
 BAND_NEGATED_CODES = ("fill", "dots")  # code inits that continue, negated, into the contour band outside the label
 DEFAULT_MIN_PSNR = 50.0  # dB: the visibility floor of new protectors (METHOD.md: the paper's 50 dB)

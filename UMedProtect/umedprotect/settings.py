@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from .errors import InputError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
+CODES = ("fill", "rings")  # the bundled protectors' codes (umedprotect.protector_file.BUNDLED_CODES)
 MAX_STRENGTH = 5.0  # victim units
 NORMALISATIONS = ("ct", "zscore")  # nnU-Net's normalisations a victim applies (umedprotect.victim_units)
 
@@ -74,6 +75,16 @@ OPTIONS: dict[str, Option] = {
             help="budget in 1/255 of the case's intensity window (default: the protector's)",
         ),
         Option(
+            "codes",
+            "--codes",
+            "Codes",
+            str,
+            choices=CODES,
+            help="the bundled protector's codes: fill (default; fine tiles inside each label, which victims trained "
+            "without augmentation take for the label) or rings (rings along each label's contour, which nnU-Net's "
+            "augmentation keeps; measured at a 45 dB floor)",
+        ),
+        Option(
             "band_radius",
             "--band-radius",
             "Contour band",
@@ -129,7 +140,8 @@ OPTIONS: dict[str, Option] = {
 class ProtectionSettings:
     """One choice of protection options; ``None`` takes the protector's own value (or no floor)."""
 
-    protector: str | None = None  # protector file; None: the bundled default
+    protector: str | None = None  # protector file; None: the bundled one of ``codes``
+    codes: str | None = None  # the bundled protector's codes (CODES); None: fill
     epsilon: float | None = None
     band_radius: int | None = None
     labels: tuple[int, ...] | None = None  # label values to protect; None: every non-zero label
@@ -150,6 +162,8 @@ class ProtectionSettings:
     def __post_init__(self) -> None:
         for option in OPTIONS.values():
             option.check(getattr(self, option.name))
+        if self.codes is not None and self.protector is not None:
+            raise InputError("chooses a bundled protector: leave it out with a protector file", option="codes")
         if self.strength is not None and not 0 <= self.strength <= MAX_STRENGTH:
             raise InputError(f"{self.strength:g} is out of range [0, {MAX_STRENGTH:g}] victim units", option="strength")
         if self.victim_normalisation not in (None, *NORMALISATIONS):

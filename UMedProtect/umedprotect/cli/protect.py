@@ -100,6 +100,7 @@ def add_protection_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--protector", metavar="PATH", help="protector file (.safetensors); default: the bundled protector"
     )
+    add_option(parser, "codes")
     add_option(parser, "epsilon", metavar="E")
     add_option(parser, "band_radius", metavar="B")
     parser.add_argument(
@@ -149,6 +150,7 @@ def settings_from(args: argparse.Namespace, victim_normalisation: str | None = N
     """The protection settings given on the command line, for a victim that normalises as said."""
     return ProtectionSettings(
         protector=args.protector,
+        codes=args.codes,
         epsilon=args.epsilon,
         band_radius=args.band_radius,
         labels=None if args.labels is None else tuple(args.labels),
