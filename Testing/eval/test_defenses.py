@@ -97,9 +97,9 @@ def test_defend_dispatch():
         defend("sharpen", protected, clean, settings)
 
 
-def _disk_case(ring_amplitude: float = 0.0) -> list:
+def _disk_case(ring_amplitude: float = 0.0, depth: float = 4) -> list:
     """Slices of one case: a blurred ellipse (label 1) on noise; optionally rings tied to its edge (alternating
-    +-amplitude in each 1-pixel distance band within 4 px of the edge)."""
+    +-amplitude in each 1-pixel distance band from 4 px outside the edge to ``depth`` px inside)."""
     from scipy import ndimage
 
     from umedprotect_eval.defenses import signed_edge_distance
@@ -111,7 +111,8 @@ def _disk_case(ring_amplitude: float = 0.0) -> list:
         mask = (yy - 32 - 2 * k) ** 2 / 1.2 + (xx - 30 + k) ** 2 <= (12 + k) ** 2
         image = 300 + 400 * ndimage.gaussian_filter(mask.astype(float), 1.0) + rng.normal(0, 10, mask.shape)
         distance = signed_edge_distance(mask)
-        image += np.where(np.abs(distance) < 4, ring_amplitude * np.cos(np.pi * np.floor(distance)), 0.0)
+        rings = ring_amplitude * np.cos(np.pi * np.floor(distance))
+        image += np.where((distance > -4) & (distance < depth), rings, 0.0)
         images.append(image)
         labels.append(mask.astype(np.uint8))
     return case_slices(np.stack(images).astype(np.float32), np.stack(labels), None, "disk", roi_only=False)
@@ -128,6 +129,16 @@ def test_the_adaptive_attacker_removes_a_pattern_tied_to_the_edge_and_leaves_cle
     assert _energy(cleaned, clean) < 0.05 * _energy(ringed, clean)
     assert max(float(np.abs(s.image - c.image).max()) for s, c in zip(cleaned, clean)) < 3  # edge contrast: 400
     assert [s.labels.tolist() for s in cleaned] == [c.labels.tolist() for c in clean]
+
+
+def test_the_deep_adaptive_attacker_removes_rings_over_the_whole_label_which_the_edge_one_leaves():
+    clean, ringed = _disk_case(), _disk_case(ring_amplitude=6.0, depth=64)
+    left = {
+        name: _energy(DEFENSES[name].apply(ringed, clean, None)[0], clean) for name in ("adaptive", "adaptive-deep")
+    }
+    assert left["adaptive-deep"] < 0.7 * left["adaptive"] and left["adaptive-deep"] < 0.4 * _energy(ringed, clean)
+    cleaned = DEFENSES["adaptive-deep"].apply(clean, clean, None)[0]
+    assert max(float(np.abs(s.image - c.image).max()) for s, c in zip(cleaned, clean)) < 10  # edge contrast: 400
 
 
 def test_ueraser_trains_with_plasma_fields_and_strong_intensity_augmentation():

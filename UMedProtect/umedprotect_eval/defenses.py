@@ -7,7 +7,8 @@ Training defenses change the schedule: ``strong-aug`` (stronger augmentation), `
 (20% of the training cases, at least one, replaced by their clean versions), ``ueraser`` (UEraser-like
 strong intensity augmentation: plasma brightness and contrast fields, strong gamma, contrast and noise).
 ``adaptive`` is an attacker who knows the method: it estimates, per case and label, the pattern tied to
-the distance from the label's edge (:func:`remove_edge_pattern`) and subtracts it before training.
+the distance from the label's edge (:func:`remove_edge_pattern`) and subtracts it before training;
+``adaptive-deep`` does so over the label's whole depth, with less shrinkage (against contour rings).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ DOWNUP_FACTOR = 0.5
 CLEAN_FRACTION = 0.2
 EDGE_DISTANCE = 8  # pixels either side of a label's edge where the adaptive attacker models the pattern
 ADAPTIVE_RIDGE = 10.0  # the adaptive attacker's ridge penalty (relative): less removes more pattern and more anatomy
+DEEP_DISTANCE = 64  # pixels inside a label's edge where adaptive-deep models the pattern (outside: EDGE_DISTANCE)
+DEEP_RIDGE = 1.0  # adaptive-deep's ridge penalty
 
 ImageTransform = Callable[[np.ndarray, Window], np.ndarray]  # (slice in native units, its window) -> defended slice
 
@@ -151,6 +154,14 @@ def adaptive(protected: list[SliceSample], clean: list[SliceSample], settings):
     return remove_edge_pattern(protected), settings
 
 
+@register_defense(
+    "adaptive-deep",
+    f"adaptive over the label's whole depth (within {DEEP_DISTANCE} px inside the edge), with less shrinkage",
+)
+def adaptive_deep(protected: list[SliceSample], clean: list[SliceSample], settings):
+    return remove_edge_pattern(protected, DEEP_DISTANCE, DEEP_RIDGE), settings
+
+
 def signed_edge_distance(mask: np.ndarray) -> np.ndarray:
     """Signed distance in pixels to the edge of a 2D ``mask``: positive inside, negative outside (0.5 either side
     of the edge)."""
@@ -159,27 +170,29 @@ def signed_edge_distance(mask: np.ndarray) -> np.ndarray:
     return np.where(mask, inside - 0.5, 0.5 - outside)
 
 
-def remove_edge_pattern(samples: Sequence[SliceSample]) -> list[SliceSample]:
+def remove_edge_pattern(
+    samples: Sequence[SliceSample], inside: int = EDGE_DISTANCE, ridge: float = ADAPTIVE_RIDGE
+) -> list[SliceSample]:
     """The adaptive attacker: per case and foreground label, a pattern that is a function of the signed distance to
-    the label's edge (one value per 1-pixel distance bin within :data:`EDGE_DISTANCE`) fitted by least squares to
-    the image's high-pass residual (its Laplacian) over all the case's slices, and subtracted. The ridge penalty
-    (:data:`ADAPTIVE_RIDGE`, relative to each bin's own weight) keeps the fit from flattening the anatomy's edge: a
-    pattern tied to the edge (rings) goes, an unprotected image stays nearly unchanged."""
+    the label's edge (one value per 1-pixel distance bin, from :data:`EDGE_DISTANCE` outside to ``inside`` pixels
+    inside) fitted by least squares to the image's high-pass residual (its Laplacian) over all the case's slices,
+    and subtracted. The ridge penalty (relative to each bin's own weight) keeps the fit from flattening the
+    anatomy's edge: a pattern tied to the edge (rings) goes, an unprotected image stays nearly unchanged."""
     out = []
     for slices in by_case(samples).values():
         images = [s.image.astype(np.float64) for s in slices]
         for label in sorted({int(v) for s in slices for v in np.unique(s.labels)} - {0}):
-            bins = [_distance_bins(s.labels == label) for s in slices]
-            pattern = _edge_pattern(images, bins)
+            bins = [_distance_bins(s.labels == label, inside) for s in slices]
+            pattern = _edge_pattern(images, bins, EDGE_DISTANCE + inside, ridge)
             for image, b in zip(images, bins):
                 image -= np.where(b >= 0, pattern[np.maximum(b, 0)], 0.0)
         out += [replace(s, image=image.astype(np.float32)) for s, image in zip(slices, images)]
     return _restat(out)
 
 
-def _edge_pattern(images: Sequence[np.ndarray], bins: Sequence[np.ndarray]) -> np.ndarray:
-    """Per distance bin, the value whose image, through the Laplacian, best explains the images' Laplacian."""
-    n = 2 * EDGE_DISTANCE
+def _edge_pattern(images: Sequence[np.ndarray], bins: Sequence[np.ndarray], n: int, ridge: float) -> np.ndarray:
+    """Per distance bin (``n`` of them), the value whose image, through the Laplacian, best explains the images'
+    Laplacian."""
     normal, target = np.zeros((n, n)), np.zeros(n)
     for image, b in zip(images, bins):
         rows = ndimage.binary_dilation(b >= 0, iterations=1)
@@ -191,16 +204,17 @@ def _edge_pattern(images: Sequence[np.ndarray], bins: Sequence[np.ndarray]) -> n
     scale = np.diag(normal)
     if not scale.any():
         return np.zeros(n)
-    regularised = normal + ADAPTIVE_RIDGE * np.diag(scale) + 1e-9 * np.eye(n)
+    regularised = normal + ridge * np.diag(scale) + 1e-9 * np.eye(n)
     return np.linalg.solve(regularised, target)
 
 
-def _distance_bins(mask: np.ndarray) -> np.ndarray:
-    """Each pixel's bin of signed edge distance, 0..2*EDGE_DISTANCE-1 (-1: farther from the edge, or no edge)."""
+def _distance_bins(mask: np.ndarray, inside: int = EDGE_DISTANCE) -> np.ndarray:
+    """Each pixel's bin of signed edge distance, 0..EDGE_DISTANCE+inside-1 (-1: farther from the edge, or no
+    edge)."""
     if not mask.any() or mask.all():
         return np.full(mask.shape, -1, dtype=np.int64)
     bins = np.floor(signed_edge_distance(mask)).astype(np.int64) + EDGE_DISTANCE
-    return np.where((bins >= 0) & (bins < 2 * EDGE_DISTANCE), bins, -1)
+    return np.where((bins >= 0) & (bins < EDGE_DISTANCE + inside), bins, -1)
 
 
 def _laplace(image: np.ndarray) -> np.ndarray:
