@@ -9,7 +9,7 @@ The choice and its measurements: docs/results.md ("The default protector"), benc
 The bundled protector for changes made on nnU-Net's grid (``protect-dataset --victim-grid auto``, results:
 ``victim-grid-liver``):
 
-    python -m benchmarks.make_default_protector --codes dots --code-period 4 --epsilon 16 --band-radius 2 \
+    python -m benchmarks.make_default_protector --codes dots --code-period 4 --epsilon 16 \
         --output UMedProtect/umedprotect/data/victim_grid_protector.safetensors
 
 The bundled protector of contour-following rings (``--codes rings``, results: ``rings-liver``):
