@@ -14,7 +14,7 @@ The bundled protector for changes made on nnU-Net's grid (``protect-dataset --vi
 
 The bundled protector of contour-following rings (``--codes rings``, results: ``rings-liver``):
 
-    python -m benchmarks.make_default_protector --codes rings --code-period 6 --epsilon 6.3 \
+    python -m benchmarks.make_default_protector --codes rings --code-period 6 --epsilon 16 \
         --output UMedProtect/umedprotect/data/rings_protector.safetensors
 
 A variant with other codes, for experiments (e.g. benchmarks/protectors/dots4.safetensors):
