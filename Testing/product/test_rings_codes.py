@@ -19,6 +19,7 @@ from umedprotect.settings import ProtectionSettings
 
 def _square(size=64, side=40):
     image = np.random.default_rng(0).normal(300.0, 30.0, (size, size)).astype(np.float32)
+    image[0, :2] = 0.0, 1000.0  # a value range the change never reaches, so nothing is clipped
     labels = np.zeros((size, size), np.uint8)
     start = (size - side) // 2
     labels[start : start + side, start : start + side] = 1
