@@ -114,12 +114,15 @@ def test_another_protector_has_no_measured_caveats(one_label, tmp_path, protecto
 def test_the_rings_are_a_caveat_above_the_floor_they_were_measured_at_and_beyond_one_ct_organ(one_label, tmp_path):
     _, manifest = protect(one_label, tmp_path / "default", "--codes", "rings")
     (floor,) = manifest.caveats
-    assert manifest.protector["path"] == "bundled rings" and floor.startswith("the rings at a 50 dB floor: on CT")
+    assert manifest.protector["path"] == "bundled rings"
+    assert floor.startswith("the rings at a 50 dB floor with a cap of 16/255: on CT liver they stopped victims")
     _, manifest = protect(one_label, tmp_path / "at45", "--codes", "rings", "--min-psnr", "45")
+    assert manifest.caveats[0].startswith("the rings at a 45 dB floor with a cap of 16/255")
+    _, manifest = protect(one_label, tmp_path / "low", "--codes", "rings", "--epsilon", "6.3", "--min-psnr", "45")
     assert manifest.caveats == []
     set_channel(one_label, "T2")
-    (caveat,) = dataset_caveats(read_dataset(one_label), None, "bundled rings", 45.0)
+    (caveat,) = dataset_caveats(read_dataset(one_label), None, "bundled rings", 45.0, 6.3)
     assert caveat.startswith("the rings were measured on one CT organ only")
     source = write_nnunet_dataset(tmp_path / "Dataset024_TwoLabels", n_lesions=2)
-    assert dataset_caveats(read_dataset(source), None, "bundled rings", 45.0) == [caveat]
-    assert dataset_caveats(read_dataset(source), [2], "bundled rings", 45.0) == []
+    assert dataset_caveats(read_dataset(source), None, "bundled rings", 45.0, 6.3) == [caveat]
+    assert dataset_caveats(read_dataset(source), [2], "bundled rings", 45.0, 6.3) == []

@@ -11,7 +11,7 @@ from .nnunet import NnUNetDataset
 from .victim_grid import resampled_cases
 
 RESULTS = "docs/results.md"
-RINGS_FLOOR = 45.0  # dB: the floor at which the rings were measured to stop victims
+RINGS_FLOOR, RINGS_CAP = 45.0, 6.3  # dB, /255: where the rings also stopped victims trained without augmentation
 AUGMENTED = (  # the fill codes and the dots
     "victims trained with nnU-Net's augmentation (nnU-Net's default) were not stopped by these codes (CT liver: "
     "the fill codes 0.90-0.96 at 50 dB and 0.69 at 45 dB with twice the strength, the dots 0.78 and 0.88); the "
@@ -20,15 +20,22 @@ AUGMENTED = (  # the fill codes and the dots
 
 
 def dataset_caveats(
-    dataset: NnUNetDataset, labels: list[int] | None, protector: str | None = None, min_psnr: float | None = None
+    dataset: NnUNetDataset,
+    labels: list[int] | None,
+    protector: str | None = None,
+    min_psnr: float | None = None,
+    epsilon: float | None = None,
 ) -> list[str]:
     """The caveats that apply to protecting the training cases of ``dataset`` (``labels``: those selected) with the
     bundled ``protector`` (its recorded name; default: the fill codes on each case's grid), the dots made on
-    nnU-Net's grid, or the rings, held to ``min_psnr`` (default: the bundled floor)."""
+    nnU-Net's grid, or the rings, held to ``min_psnr`` with a cap of ``epsilon`` (defaults: the bundled ones)."""
     from .protector_file import BUNDLED_GRID_PROTECTOR, BUNDLED_RINGS_PROTECTOR, DEFAULT_MIN_PSNR  # scipy
 
     if protector == BUNDLED_RINGS_PROTECTOR:
-        return rings_caveats(dataset, labels, DEFAULT_MIN_PSNR if min_psnr is None else min_psnr)
+        from .protector_file import RINGS_PROTECTOR_PATH, read_protector_file
+
+        cap = read_protector_file(RINGS_PROTECTOR_PATH).config.epsilon if epsilon is None else epsilon
+        return rings_caveats(dataset, labels, DEFAULT_MIN_PSNR if min_psnr is None else min_psnr, cap)
     victim_grid = protector == BUNDLED_GRID_PROTECTOR
     caveats = [AUGMENTED]
     if not dataset.is_ct:
@@ -64,14 +71,16 @@ def dataset_caveats(
     return caveats
 
 
-def rings_caveats(dataset: NnUNetDataset, labels: list[int] | None, min_psnr: float) -> list[str]:
-    """The caveats of the bundled rings: measured on one CT organ, stopping victims at a 45 dB floor."""
+def rings_caveats(dataset: NnUNetDataset, labels: list[int] | None, min_psnr: float, epsilon: float) -> list[str]:
+    """The caveats of the rings (cap ``epsilon``/255): measured on one CT organ, where only a cap of 6.3/255 at a
+    45 dB floor also stopped victims trained without augmentation."""
     caveats = []
-    if min_psnr > RINGS_FLOOR:
+    if min_psnr > RINGS_FLOOR or epsilon > RINGS_CAP:
         caveats.append(
-            f"the rings at a {min_psnr:g} dB floor: on CT liver they stopped 9 of 10 victims trained with nnU-Net's "
-            "augmentation at 50 dB, but none of 4 trained without it (0.31-0.63); at a 45 dB floor "
-            f"with a cap of 6.3/255 they stopped 8 of 10 of those ({RESULTS})"
+            f"the rings at a {min_psnr:g} dB floor with a cap of {epsilon:g}/255: on CT liver they stopped victims "
+            "trained with nnU-Net's augmentation (9 of 10 at 50 dB with a cap of 16/255) but not those trained "
+            "without it (0.31-0.63 at 50 dB, 0.16-0.32 at 45 dB with that cap); a cap of 6.3/255 at a 45 dB "
+            f"floor stopped 8 of 10 of those too ({RESULTS})"
         )
     foreground = sorted(v for v in dataset.label_values if v > 0) if labels is None else labels
     if not dataset.is_ct or len(foreground) > 1:

@@ -146,7 +146,9 @@ def protect_dataset(
 
         bundled = (protector_info or {}).get("path")
         if bundled in (BUNDLED_PROTECTOR, BUNDLED_GRID_PROTECTOR, BUNDLED_RINGS_PROTECTOR):
-            manifest.caveats = dataset_caveats(dataset, parameters.get("labels"), bundled, parameters.get("min_psnr"))
+            manifest.caveats = dataset_caveats(
+                dataset, parameters.get("labels"), bundled, parameters.get("min_psnr"), parameters.get("epsilon")
+            )
             for caveat in manifest.caveats:
                 log.warning(caveat)
         out.mkdir(parents=True, exist_ok=True)
