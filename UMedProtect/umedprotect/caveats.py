@@ -29,11 +29,15 @@ def dataset_caveats(
     """The caveats that apply to protecting the training cases of ``dataset`` (``labels``: those selected) with the
     bundled ``protector`` (its recorded name; default: the fill codes on each case's grid), the dots made on
     nnU-Net's grid, or the rings, held to ``min_psnr`` with a cap of ``epsilon`` (defaults: the bundled ones)."""
-    from .protector_file import BUNDLED_GRID_PROTECTOR, BUNDLED_RINGS_PROTECTOR, DEFAULT_MIN_PSNR  # scipy
+    from .protector_file import (  # scipy
+        BUNDLED_GRID_PROTECTOR,
+        BUNDLED_RINGS_PROTECTOR,
+        DEFAULT_MIN_PSNR,
+        RINGS_PROTECTOR_PATH,
+        read_protector_file,
+    )
 
     if protector == BUNDLED_RINGS_PROTECTOR:
-        from .protector_file import RINGS_PROTECTOR_PATH, read_protector_file
-
         cap = read_protector_file(RINGS_PROTECTOR_PATH).config.epsilon if epsilon is None else epsilon
         return rings_caveats(dataset, labels, DEFAULT_MIN_PSNR if min_psnr is None else min_psnr, cap)
     victim_grid = protector == BUNDLED_GRID_PROTECTOR
@@ -45,7 +49,7 @@ def dataset_caveats(
             f"below the strength that stops such victims (MR, three organs: 0.03 of each case's std, ratio 0.82; "
             f"at a 30 dB floor, 0.3 std, 10 of 10 victims without augmentation stopped; {RESULTS})"
         )
-    foreground = sorted(v for v in dataset.label_values if v > 0) if labels is None else labels
+    foreground = _protected_labels(dataset, labels)
     if len(foreground) > 1:
         measured = "the dots did not slow them (ratio ~1.0" if victim_grid else "ratios 0.04-0.31, 1 of 6 stopped"
         caveats.append(
@@ -82,7 +86,11 @@ def rings_caveats(dataset: NnUNetDataset, labels: list[int] | None, min_psnr: fl
             "without it (0.31-0.63 at 50 dB, 0.16-0.32 at 45 dB with that cap); a cap of 6.3/255 at a 45 dB "
             f"floor stopped 8 of 10 of those too ({RESULTS})"
         )
-    foreground = sorted(v for v in dataset.label_values if v > 0) if labels is None else labels
-    if not dataset.is_ct or len(foreground) > 1:
+    if not dataset.is_ct or len(_protected_labels(dataset, labels)) > 1:
         caveats.append(f"the rings were measured on one CT organ only; every label gets the same rings ({RESULTS})")
     return caveats
+
+
+def _protected_labels(dataset: NnUNetDataset, labels: list[int] | None) -> list[int]:
+    """The label values protected: ``labels`` when selected, else every foreground label of ``dataset``."""
+    return sorted(v for v in dataset.label_values if v > 0) if labels is None else labels

@@ -96,23 +96,26 @@ def device_description(method: str, settings: ProtectionSettings, protector=None
     return describe_device(resolve_device(settings.device))
 
 
-def bundled_protector_path(settings: ProtectionSettings) -> Path:
-    """The bundled protector for ``settings``: the rings when chosen, else fill, or the dots made on the victim's
-    grid when it is given."""
-    from .protector_file import DEFAULT_PROTECTOR_PATH, RINGS_PROTECTOR_PATH, VICTIM_GRID_PROTECTOR_PATH
+def _bundled_protector(settings: ProtectionSettings) -> tuple[Path, str]:
+    """The bundled protector for ``settings`` and the name records give it: the rings when chosen, else fill, or
+    the dots made on the victim's grid when it is given."""
+    from . import protector_file as files
 
     if settings.codes == "rings":
-        return RINGS_PROTECTOR_PATH
-    return DEFAULT_PROTECTOR_PATH if settings.victim_spacing is None else VICTIM_GRID_PROTECTOR_PATH
+        return files.RINGS_PROTECTOR_PATH, files.BUNDLED_RINGS_PROTECTOR
+    if settings.victim_spacing is not None:
+        return files.VICTIM_GRID_PROTECTOR_PATH, files.BUNDLED_GRID_PROTECTOR
+    return files.DEFAULT_PROTECTOR_PATH, files.BUNDLED_PROTECTOR
+
+
+def bundled_protector_path(settings: ProtectionSettings) -> Path:
+    """The file of the bundled protector for ``settings``."""
+    return _bundled_protector(settings)[0]
 
 
 def bundled_protector_name(settings: ProtectionSettings) -> str:
     """What reports and manifests record as the path of :func:`bundled_protector_path`."""
-    from .protector_file import BUNDLED_GRID_PROTECTOR, BUNDLED_PROTECTOR, BUNDLED_RINGS_PROTECTOR
-
-    if settings.codes == "rings":
-        return BUNDLED_RINGS_PROTECTOR
-    return BUNDLED_PROTECTOR if settings.victim_spacing is None else BUNDLED_GRID_PROTECTOR
+    return _bundled_protector(settings)[1]
 
 
 def _setup_umed(settings: ProtectionSettings, protector) -> MethodSetup:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from .errors import InputError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-CODES = ("fill", "rings")  # the bundled protectors' codes (umedprotect.protector_file.BUNDLED_CODES)
+CODES = ("fill", "rings")  # the bundled protectors' codes (umedprotect.methods.bundled_protector_path)
 MAX_STRENGTH = 5.0  # victim units
 NORMALISATIONS = ("ct", "zscore")  # nnU-Net's normalisations a victim applies (umedprotect.victim_units)
 
