@@ -26,6 +26,13 @@ Datasets written to DATA_DIR/nnUNet_raw (the split is declared in each dataset.j
       so the clean victim generalises and the ratio measures the protection, not the domain gap.
   Dataset006_TotalSegCTBlocks  the Dataset005 slices and split with all four organs labelled
       (example_seg_fast_force_split): the same images with a multi-organ label set.
+  Dataset007_TotalSegCTRibsBlocks  many small objects: the ribs (one label, 10-15 separate ribs of about
+      100 pixels per slice) in the 2D axial slices of the DICOM CT series (512x512, 0.98 mm, 20 slices);
+      one subject, split by slice blocks: test slices 8-11, slices 7 and 12 left out, train the rest.
+  Dataset015_TotalSegCTLiverSlabs3D  Dataset005's subject as 3D volumes (liver only, 3 mm isotropic):
+      split by slabs along its liver slices in cranio-caudal order, test positions 15-26 as one volume,
+      one slice left out on each side, train the slices below (with the 10 under the liver) and above, in
+      slabs of 8 slices (5 volumes).
   Dataset003_TotalSegMR  2D abdominal MR slices, same four labels. One subject only: split by slice
       blocks, train slices 0-13, test slices 16-19 (two slices left out between the blocks).
   Dataset011_PyradiomicsLesions3D  the Dataset001 subjects as 3D volumes (same split and crop).
@@ -62,6 +69,10 @@ ORGANS = {"liver": (5,), "spleen": (1,), "kidney": (2, 3), "stomach": (6,)}  # T
 ORGAN_SPACING = 3.0  # mm, isotropic, for the CT test subject (as the training subject)
 MR_TRAIN_SLICES, MR_TEST_SLICES = range(0, 14), range(16, 20)
 LIVER_TEST_BLOCKS = (range(10, 15), range(28, 33))  # Dataset005: positions among the liver slices
+RIBS = (range(92, 116),)  # TotalSegmentator v2 ids of the ribs (left and right 1-12), one label
+RIB_TEST_SLICES = range(8, 12)  # Dataset007: slices of the DICOM CT series
+LIVER_TEST_SLAB = range(15, 27)  # Dataset015: positions among the liver slices
+SLAB_SLICES = 8  # Dataset015: slices per training volume
 
 
 def fetch(package: str, data_dir: Path) -> Path:
@@ -199,12 +210,13 @@ def lesion_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
         )
 
 
-def _organ_labels(seg: sitk.Image, image: sitk.Image) -> sitk.Image:
-    """TotalSegmentator labels on ``image``'s grid, mapped to 1 liver, 2 spleen, 3 kidney, 4 stomach."""
+def _organ_labels(seg: sitk.Image, image: sitk.Image, groups=tuple(ORGANS.values())) -> sitk.Image:
+    """TotalSegmentator labels on ``image``'s grid, the ids of ``groups`` mapped to 1, 2, ... (by default
+    1 liver, 2 spleen, 3 kidney, 4 stomach)."""
     seg = sitk.Resample(seg, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)  # masks may be stored flipped
     raw = sitk.GetArrayViewFromImage(seg)
     out = np.zeros(raw.shape, np.uint8)
-    for value, ids in enumerate(ORGANS.values(), start=1):
+    for value, ids in enumerate(groups, start=1):
         out[np.isin(raw, ids)] = value
     labels = sitk.GetImageFromArray(out)
     labels.CopyInformation(image)
@@ -238,12 +250,12 @@ def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
             if sitk.GetArrayViewFromImage(label)[z].any()
         ]
 
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(source / "example_ct_dicom")))
+    dicom = sitk.DICOMOrient(sitk.Cast(reader.Execute(), sitk.sitkInt16), "LPS")
     if which & {"002", "004", "012"}:
         train_image = _read_lps(source / "example_ct_sm.nii.gz")
         train_label = _organ_labels(sitk.ReadImage(str(source / "example_seg.nii.gz")), train_image)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(source / "example_ct_dicom")))
-        dicom = sitk.DICOMOrient(sitk.Cast(reader.Execute(), sitk.sitkInt16), "LPS")
         test_label = _organ_labels(sitk.ReadImage(str(source / "example_seg_dicom.nii.gz")), dicom)
         test_image = _resample(dicom, ORGAN_SPACING, sitk.sitkLinear, -1024)
         test_label = _resample(test_label, ORGAN_SPACING, sitk.sitkNearestNeighbor, 0)
@@ -282,7 +294,21 @@ def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
                 [("ct_dicom", test_image, test_label)],
                 split,
             )
-    if which & {"005", "006"}:
+    if "007" in which:
+        ribs = _organ_labels(sitk.ReadImage(str(source / "example_seg_dicom.nii.gz")), dicom, RIBS)
+        left_out = {RIB_TEST_SLICES.start - 1, RIB_TEST_SLICES.stop}
+        train = [z for z in range(dicom.GetSize()[2]) if z not in set(RIB_TEST_SLICES) | left_out]
+        write_dataset(
+            out / "Dataset007_TotalSegCTRibsBlocks",
+            "TotalSegCTRibsBlocks",
+            {"background": 0, "rib": 1},
+            "CT",
+            organ_slices(dicom, ribs, "ct_dicom", train),
+            organ_slices(dicom, ribs, "ct_dicom", RIB_TEST_SLICES),
+            "one subject (example_ct_dicom, 0.98 mm in-plane): by slice blocks, test axial slices 8-11, "
+            "slices 7 and 12 left out, train the rest; each slice holds 10-15 separate ribs",
+        )
+    if which & {"005", "006", "015"}:
         image = _read_lps(source / "example_ct.nii.gz")
         organs = _organ_labels(sitk.ReadImage(str(source / "example_seg_fast_force_split.nii.gz")), image)
         liver = sitk.Cast(organs == 1, sitk.sitkUInt8)
@@ -314,6 +340,31 @@ def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
                 organ_slices(image, organs, "ct", train),
                 organ_slices(image, organs, "ct", test),
                 split + "; all four organs labelled",
+            )
+        if "015" in which:
+            test = zs[LIVER_TEST_SLAB.start : LIVER_TEST_SLAB.stop]
+            below = range(zs[0] - 10, zs[LIVER_TEST_SLAB.start - 1])
+            above = range(zs[LIVER_TEST_SLAB.stop + 1], zs[-1] + 1)
+
+            def slab(name, z_range):
+                box = ([0, 0, z_range[0]], [*image.GetSize()[:2], len(z_range)])
+                return name, *(sitk.RegionOfInterest(volume, box[1], box[0]) for volume in (image, liver))
+
+            train = [
+                slab(f"ct_z{zs_slab[0]:03d}", zs_slab)
+                for z_range in (below, above)
+                for zs_slab in (z_range[i : i + SLAB_SLICES] for i in range(0, len(z_range), SLAB_SLICES))
+            ]
+            write_dataset(
+                out / "Dataset015_TotalSegCTLiverSlabs3D",
+                "TotalSegCTLiverSlabs3D",
+                {"background": 0, "liver": 1},
+                "CT",
+                train,
+                [slab(f"ct_z{test[0]:03d}", range(test[0], test[-1] + 1))],
+                "one subject (example_ct, 3 mm): by slabs of its liver slices in cranio-caudal order, test "
+                "positions 15-26 as one volume, one slice left out on each side, train the slices below (with "
+                "the 10 under the liver) and above, in slabs of 8 slices",
             )
     if "003" in which:
         image = _read_lps(source / "example_mr_sm.nii.gz")
@@ -354,7 +405,7 @@ def phantom_dataset(out: Path, n_train: int = 16, n_test: int = 6, size: int = 9
     )
 
 
-DATASETS = ("001", "002", "003", "004", "005", "006", "011", "012", "900")
+DATASETS = ("001", "002", "003", "004", "005", "006", "007", "011", "012", "015", "900")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     which = set(args.only)
     if which & {"001", "011"}:
         lesion_datasets(args.data_dir, out, which)
-    if which & {"002", "003", "004", "005", "006", "012"}:
+    if which & {"002", "003", "004", "005", "006", "007", "012", "015"}:
         organ_datasets(args.data_dir, out, which)
     if "900" in which:
         phantom_dataset(out)

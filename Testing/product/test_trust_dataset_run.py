@@ -10,6 +10,7 @@ from the case protector (the spacing it is given, the metrics it returns, the ti
 from __future__ import annotations
 
 import io as stdio
+import json
 import logging
 import os
 import re
@@ -109,6 +110,23 @@ def test_overwrite_replaces_an_earlier_run_of_other_settings(source, tmp_path):
     manifest = run(source, tmp_path / "out", parameters={"epsilon": 4.0}, overwrite=True, progress=False)
     assert manifest.parameters == {"epsilon": 4.0}
     assert DatasetManifest.read(tmp_path / "out" / MANIFEST_NAME).parameters == {"epsilon": 4.0}
+
+
+def test_overwrite_removes_the_files_of_a_case_withdrawn_since_and_nothing_else(source, tmp_path, caplog):
+    out = tmp_path / "out"
+    run(source, out, progress=False)
+    (out / "notes.txt").write_text("the user's own file")
+    withdrawn = ("imagesTr/case002_0000.nii.gz", "labelsTr/case002.nii.gz")
+    for relative in withdrawn:
+        (source / relative).unlink()
+    meta = json.loads((source / "dataset.json").read_text())
+    (source / "dataset.json").write_text(json.dumps({**meta, "numTraining": meta["numTraining"] - 1}))
+    with caplog.at_level(logging.WARNING, logger="umedprotect"):
+        run(source, out, overwrite=True, progress=False)
+    assert not any((out / relative).exists() for relative in withdrawn)
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert (out / "imagesTr/case000_0000.nii.gz").is_file() and (out / "imagesTs").is_dir()
+    assert f"removed 2 case file(s) of an earlier run the dataset no longer has: {', '.join(withdrawn)}" in caplog.text
 
 
 def test_an_output_folder_inside_the_input_dataset_is_refused_before_writing(source):

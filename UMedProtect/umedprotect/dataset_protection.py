@@ -39,7 +39,7 @@ from tqdm import tqdm
 from . import io
 from .caveats import dataset_caveats
 from .errors import InputError
-from .nnunet import Case, NnUNetDataset, read_dataset
+from .nnunet import TEST_IMAGES, TEST_LABELS, TRAIN_IMAGES, TRAIN_LABELS, Case, NnUNetDataset, read_dataset
 from .records import (
     CaseRecord,
     DatasetJsonRecord,
@@ -154,6 +154,8 @@ def protect_dataset(
         out.mkdir(parents=True, exist_ok=True)
         with _exclusive(out / shard.lock_name):
             _remove_partial_files(out, _output_paths(dataset, cases, shard))
+            if overwrite:
+                _remove_stale_cases(dataset, out)
             manifest.dataset_json = DatasetJsonRecord(io.sha256(dataset.root / "dataset.json"))
             _save(manifest, out, shard)  # first: a shard starting later sees a run of the same settings here
             if shard.writes_shared_files:
@@ -632,6 +634,25 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _remove_stale_cases(dataset: NnUNetDataset, out: Path) -> None:
+    """Delete the case files an earlier run left in ``out`` that ``dataset`` no longer has (a case withdrawn
+    since must not stay in a folder that is about to be shared); other files are left alone."""
+    cases = (*dataset.training, *dataset.test)
+    keep = {dataset.relative(path) for case in cases for path in (*case.images, *([case.label] if case.label else []))}
+    folders = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
+    stale = [
+        path
+        for folder in folders
+        for path in sorted((out / folder).glob("[!.]*"))
+        if path.is_file() and path.relative_to(out) not in keep
+    ]
+    for path in stale:
+        path.unlink()
+    if stale:
+        names = ", ".join(str(path.relative_to(out)) for path in stale)
+        log.warning(f"{out}: removed {len(stale)} case file(s) of an earlier run the dataset no longer has: {names}")
 
 
 def _remove_partial_files(out: Path, outputs: Iterable[Path]) -> None:

@@ -65,8 +65,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from .victims import VICTIMS
 
     defaults = TrainSettings()
-    victims = "\n".join(f"  {name:<14}{spec.description}" for name, spec in VICTIMS.items())
-    defenses = "\n".join(f"  {name:<14}{defense.help}" for name, defense in DEFENSES.items())
+    width = max(map(len, (*VICTIMS, *DEFENSES))) + 2
+    victims = "\n".join(f"  {name:<{width}}{spec.description}" for name, spec in VICTIMS.items())
+    defenses = "\n".join(f"  {name:<{width}}{defense.help}" for name, defense in DEFENSES.items())
     p = subparsers.add_parser(
         "evaluate",
         help=SUMMARY,

@@ -126,7 +126,12 @@ def add_protection_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write images whose mask is empty unchanged (default: refuse/skip them with a warning)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: refuse)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing outputs (default: refuse); protect-dataset also removes case files of an earlier "
+        "run that the dataset no longer has",
+    )
 
 
 def parse_segments(text: str) -> list[str]:
