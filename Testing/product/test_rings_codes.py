@@ -13,7 +13,7 @@ from umedprotect.cli import main
 from umedprotect.errors import InputError
 from umedprotect.methods import bundled_protector_path, setup_method
 from umedprotect.protector_file import RINGS_PROTECTOR_PATH, read_protector_file
-from umedprotect.regions import edge_depth, surface_depth
+from umedprotect.regions import edge_depth
 from umedprotect.settings import ProtectionSettings
 
 
@@ -39,36 +39,6 @@ def test_the_rings_follow_the_contour_where_the_fill_tiles_do_not():
         if follows:  # and it alternates in sign as the depth grows
             by_depth = [change[(labels > 0) & (depth == d)][0] for d in range(1, 13)]
             assert 2 <= np.count_nonzero(np.diff(np.sign(by_depth))) <= 6
-
-
-def test_the_depth_in_a_volume_is_to_the_nearest_surface_in_3d_in_in_plane_pixels():
-    labels = np.zeros((9, 20, 20), np.uint8)
-    labels[2:7, 4:16, 4:16] = 1
-    assert surface_depth(labels, (1, 1, 1))[2:7, 9, 9].tolist() == [1, 2, 3, 2, 1]
-    assert surface_depth(labels, (2, 1, 1))[2:7, 9, 9].tolist() == [2, 4, 6, 4, 2]  # slices twice the pixel size
-    assert not surface_depth(labels, (1, 1, 1))[labels == 0].any()
-
-
-def test_a_label_cut_by_the_first_or_last_slice_goes_on_beyond_it():
-    labels = np.zeros((5, 20, 20), np.uint8)
-    labels[:, 4:16, 4:16], labels[:3, 0:3, 0:3] = 2, 1
-    depth = surface_depth(labels, (1, 1, 1))
-    assert all(np.array_equal(depth[k], edge_depth(labels[k])) for k in (0, 1, 4))
-    assert depth[2, 1, 1] == 1 and edge_depth(labels[2])[1, 1] == 2  # label 1 ends inside the volume
-
-
-def test_the_rings_of_a_volume_are_shells_around_each_surface():
-    """In the organ's first slice every voxel lies one voxel below its surface: one value there, where rings
-    made slice by slice would vary with the depth below the slice's own contour."""
-    image = np.random.default_rng(0).normal(300.0, 30.0, (24, 48, 48)).astype(np.float32)
-    image[0, 0, :2] = 0.0, 1000.0
-    labels = np.zeros(image.shape, np.uint8)
-    labels[2:22, 4:44, 4:44] = 1
-    rings = read_protector_file(RINGS_PROTECTOR_PATH)
-    change = protect_array(image, labels, rings, min_psnr=20, strength=0, device="cpu", spacing=(1, 1, 1)).change
-    top, middle = (change[k][labels[k] > 0] for k in (2, 12))
-    assert np.ptp(top) < 1e-3 * np.abs(top).max() and np.abs(top).max() > 0
-    assert np.ptp(middle) > 0.5 * np.abs(change).max()
 
 
 def test_the_codes_choose_the_bundled_protector_and_are_recorded():

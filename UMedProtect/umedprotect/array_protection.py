@@ -14,7 +14,7 @@ from .errors import Cancelled, InputError
 from .intensity import Window, apply_change, intensity_window, normalize
 from .metrics import data_range, image_quality, slab_slices_for, slice_psnrs
 from .protector_file import ProtectorConfig, ProtectorFile, read_protector_file
-from .regions import bounding_box, contour_band, region_maps, roi_mask, surface_depth
+from .regions import bounding_box, contour_band, region_maps, roi_mask
 from .settings import OPTIONS
 from .victim_grid import map_back, resample_image, resample_labels, victim_shape
 from .victim_units import change_in_units, floor_for_strength, rms_in_units, victim_unit
@@ -44,16 +44,6 @@ class ProtectionResult:
     def change(self) -> np.ndarray:
         """protected - original in native units (float32), computed on request: a whole volume's worth of floats."""
         return (self.protected.astype(np.float64) - self.original.astype(np.float64)).astype(np.float32)
-
-
-def sampling(spacing: Sequence[float] | None, axis: int) -> tuple[float, ...]:
-    """A volume's voxel size with the slice ``axis`` first, in units of its mean in-plane spacing (all 1 without
-    spacing): the depth below a surface then reads in in-plane pixels, as the rings' period does."""
-    if spacing is None:
-        return (1.0, 1.0, 1.0)
-    ordered = [spacing[axis], *(s for i, s in enumerate(spacing) if i != axis)]
-    unit = (ordered[1] + ordered[2]) / 2
-    return tuple(float(s) / unit for s in ordered)
 
 
 def slice_axis_for(spacing: Sequence[float] | None, ndim: int) -> int | None:
@@ -153,13 +143,9 @@ def protect_array(
     unit = None
     if indices:
         make_change = change_maker(protector, device)
+        protect = _SliceProtection(make_change, config, window, epsilon, value_range, band_radius, label_values)
         stacks = (stack_image, stack_labels, stack_protected, stack_region)
         on_grid = grid is not None and grid != stack_image.shape[1:]
-        depth = None
-        if config.code_init == "rings" and axis is not None and not on_grid:  # rings: shells around each surface
-            selected = np.where(roi_mask(stack_labels, label_values), stack_labels, 0)
-            depth = surface_depth(selected, sampling(spacing, axis))
-        protect = _SliceProtection(make_change, config, window, epsilon, value_range, band_radius, label_values, depth)
 
         def run(protect: _SliceProtection) -> None:
             if on_grid:
@@ -200,7 +186,6 @@ class _SliceProtection:
     value_range: tuple[float, float]  # crops are clipped to the image's range, not their own
     band_radius: int
     label_values: Sequence[int] | None
-    depth: np.ndarray | None = None  # a volume's surface_depth (slices on axis 0), for the rings; else per slice
 
     @property
     def budget(self) -> float:
@@ -242,8 +227,6 @@ class _SliceProtection:
                     for img, lab in zip(image_norm, labels_crop)
                 ]
             )
-            if self.depth is not None:
-                maps[:, 3] = self.depth[batch][(slice(None), *crop)]
             delta = self.make_change(image_norm, maps, labels_crop, origin, self.epsilon)
             new = apply_change(original, delta * self.window.width, self.budget, self.value_range)
             for k, i in enumerate(batch):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from scipy import ndimage
 
@@ -84,29 +82,6 @@ def edge_depth(labels2d: np.ndarray) -> np.ndarray:
         if value != 0:
             region = labels2d == value
             depth[region] = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1][region]
-    return depth
-
-
-def surface_depth(labels: np.ndarray, sampling: Sequence[float]) -> np.ndarray:
-    """3D :func:`edge_depth` of a stack of slices (slices on axis 0): every labelled voxel's distance to its
-    own label's surface, in units of ``sampling`` (the voxel size per axis, e.g. in in-plane pixels), 0 outside.
-
-    The label ends at the edge of each slice, not at the first and last slice: the organ may go on
-    beyond the volume, so those do not count as its surface.
-    """
-    depth = np.zeros(labels.shape, dtype=np.float32)
-    for value in np.unique(labels):
-        if value == 0:
-            continue
-        region = labels == value
-        box = bounding_box(region)
-        inside = np.pad(region[box], 1)
-        if box[0].start == 0:
-            inside[0] = inside[1]
-        if box[0].stop == len(labels):
-            inside[-1] = inside[-2]
-        distance = ndimage.distance_transform_edt(inside, sampling=sampling)[1:-1, 1:-1, 1:-1]
-        depth[box][region[box]] = distance[region[box]]
     return depth
 
 

@@ -81,9 +81,9 @@ OPTIONS: dict[str, Option] = {
             str,
             choices=CODES,
             help="the bundled protector's codes: fill (default; fine tiles inside each label, which victims trained "
-            "without augmentation take for the label) or rings (bands along each label's contour, in a volume shells "
-            "around its surface, which nnU-Net's augmentation keeps; measured on one CT organ, also with --epsilon 6.3 "
-            "--min-psnr 45 against victims without it; visible at a soft-tissue window)",
+            "without augmentation take for the label) or rings (bands along each label's contour, which nnU-Net's "
+            "augmentation keeps; measured on one CT organ, also with --epsilon 6.3 --min-psnr 45 against victims "
+            "without it; visible at a soft-tissue window)",
         ),
         Option(
             "band_radius",
