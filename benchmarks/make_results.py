@@ -80,7 +80,8 @@ def _evaluate_ratios(report: dict, measure: str = "best", defense: str = "none")
 
 def _evaluate_quality(report: dict) -> tuple[float, float]:
     quality = report["quality"]
-    return quality["psnr_db_mean"], min(case["psnr_db"] for case in quality["cases"].values())
+    worst = min(float(case["psnr_db"]) for case in quality["cases"].values())  # an unchanged case reads "inf"
+    return quality["psnr_db_mean"], worst
 
 
 def _race_lines(path: Path, protected: str, match: dict) -> list[dict]:

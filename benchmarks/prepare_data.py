@@ -66,6 +66,7 @@ PACKAGES = {
 LESION_TRAIN, LESION_TEST = ("brain1", "breast1", "lung2"), ("brain2", "lung1")
 CROP = 256  # in-plane crop of the 512x512 lung CTs, pixels
 ORGANS = {"liver": (5,), "spleen": (1,), "kidney": (2, 3), "stomach": (6,)}  # TotalSegmentator v2 ids
+ORGAN_GROUPS = tuple(ORGANS.values())
 ORGAN_SPACING = 3.0  # mm, isotropic, for the CT test subject (as the training subject)
 MR_TRAIN_SLICES, MR_TEST_SLICES = range(0, 14), range(16, 20)
 LIVER_TEST_BLOCKS = (range(10, 15), range(28, 33))  # Dataset005: positions among the liver slices
@@ -210,7 +211,7 @@ def lesion_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
         )
 
 
-def _organ_labels(seg: sitk.Image, image: sitk.Image, groups=tuple(ORGANS.values())) -> sitk.Image:
+def _organ_labels(seg: sitk.Image, image: sitk.Image, groups: tuple = ORGAN_GROUPS) -> sitk.Image:
     """TotalSegmentator labels on ``image``'s grid, the ids of ``groups`` mapped to 1, 2, ... (by default
     1 liver, 2 spleen, 3 kidney, 4 stomach)."""
     seg = sitk.Resample(seg, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)  # masks may be stored flipped
