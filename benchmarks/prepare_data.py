@@ -251,9 +251,10 @@ def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
             if sitk.GetArrayViewFromImage(label)[z].any()
         ]
 
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(source / "example_ct_dicom")))
-    dicom = sitk.DICOMOrient(sitk.Cast(reader.Execute(), sitk.sitkInt16), "LPS")
+    if which & {"002", "004", "007", "012"}:  # the second CT subject, a DICOM series
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(source / "example_ct_dicom")))
+        dicom = sitk.DICOMOrient(sitk.Cast(reader.Execute(), sitk.sitkInt16), "LPS")
     if which & {"002", "004", "012"}:
         train_image = _read_lps(source / "example_ct_sm.nii.gz")
         train_label = _organ_labels(sitk.ReadImage(str(source / "example_seg.nii.gz")), train_image)
