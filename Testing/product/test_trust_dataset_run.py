@@ -28,6 +28,7 @@ from umedprotect.array_protection import ProtectionResult
 from umedprotect.dataset_protection import MANIFEST_NAME, protect_dataset
 from umedprotect.errors import InputError
 from umedprotect.intensity import Window
+from umedprotect.nnunet import read_dataset
 from umedprotect.records import DatasetManifest
 
 CASES = ("case000", "case001", "case002")
@@ -103,6 +104,16 @@ def test_a_call_without_options_records_the_cpu_skips_empty_masks_naming_them_an
     with pytest.raises(InputError):
         run(source, tmp_path / "out", parameters={"epsilon": 4.0}, progress=False)
     assert DatasetManifest.read(tmp_path / "out" / MANIFEST_NAME).parameters == {"epsilon": 8.0}
+
+
+def test_the_output_is_a_dataset_nnunet_reads_without_the_cases_skipped_for_an_empty_mask(source, tmp_path):
+    run(source, tmp_path / "out", progress=False)
+    written = read_dataset(tmp_path / "out")
+    assert [case.case_id for case in written.training] == ["case000", "case002"]
+    assert written.meta["numTraining"] == 2 and read_dataset(source).meta["numTraining"] == 3
+    assert dataset_protection.verify(tmp_path / "out") == ["case case001: skipped (empty mask), not in the output"]
+    run(source, tmp_path / "all", allow_empty=True, progress=False)
+    assert (tmp_path / "all" / "dataset.json").read_bytes() == (source / "dataset.json").read_bytes()
 
 
 def test_overwrite_replaces_an_earlier_run_of_other_settings(source, tmp_path):

@@ -158,8 +158,6 @@ def protect_dataset(
                 _remove_stale_cases(dataset, out)
             manifest.dataset_json = DatasetJsonRecord(io.sha256(dataset.root / "dataset.json"))
             _save(manifest, out, shard)  # first: a shard starting later sees a run of the same settings here
-            if shard.writes_shared_files:
-                io.copy_file(dataset.root / "dataset.json", out / "dataset.json", overwrite=True)
             todo = []
             for case in cases:
                 if _is_finished(manifest.cases.get(case.case_id), dataset, case, out):
@@ -168,6 +166,9 @@ def protect_dataset(
                     manifest.cases[case.case_id] = CaseRecord("skipped_empty")
                 else:
                     todo.append(case)
+            if shard.writes_shared_files:
+                skipped = [cid for cid, entry in manifest.cases.items() if entry.status == "skipped_empty"]
+                manifest.dataset_json = DatasetJsonRecord(_write_dataset_json(dataset, out, shard, skipped))
             _save(manifest, out, shard)
             bar = tqdm(
                 total=len(cases),
@@ -481,8 +482,11 @@ def _copy_test_case(dataset: NnUNetDataset, case: Case, out: Path) -> TestCaseRe
 
 def _check_against_source(manifest: DatasetManifest, out: Path, source: NnUNetDataset) -> list[str]:
     """Outputs against the source; a missing output was already reported by the manifest checks."""
-    source_json = io.sha256(source.root / "dataset.json")
-    problems = _check_file(out / "dataset.json", source_json, "differs from the source", report_missing=False)
+    skipped = [case_id for case_id, entry in manifest.cases.items() if entry.status == "skipped_empty"]
+    written, problems = out / "dataset.json", []
+    if written.is_file() and io.sha256(written) != io.sha256(source.root / "dataset.json"):  # copied, or ...
+        if not skipped or io.read_json(written) != _without_cases(source.meta, skipped):  # ... less the skipped
+            problems.append(f"{written}: differs from the source")
     cases = {c.case_id: c for c in source.training}
     missing = sorted(set(cases) - set(manifest.cases))
     problems += [f"case {cid}: in the source but not in the manifest" for cid in missing]
@@ -634,6 +638,22 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _write_dataset_json(dataset: NnUNetDataset, out: Path, shard: Shard, skipped: list[str]) -> str:
+    """Copy dataset.json into ``out``; in a run over the whole dataset, without the cases skipped for an empty
+    mask (numTraining and any "dataset" entry), so that the output is a dataset nnU-Net reads. Its sha256."""
+    if not skipped or shard.count > 1:
+        return io.copy_file(dataset.root / "dataset.json", out / "dataset.json", overwrite=True)
+    return io.sha256(io.write_json(_without_cases(dataset.meta, skipped), out / "dataset.json"))
+
+
+def _without_cases(meta: dict, case_ids: Sequence[str]) -> dict:
+    """dataset.json's content without these training cases (numTraining and any "dataset" entry)."""
+    meta = {**meta, "numTraining": meta["numTraining"] - len(case_ids)}
+    if "dataset" in meta:
+        meta["dataset"] = {case_id: entry for case_id, entry in meta["dataset"].items() if case_id not in case_ids}
+    return meta
 
 
 def _remove_stale_cases(dataset: NnUNetDataset, out: Path) -> None:
