@@ -659,8 +659,7 @@ def _without_cases(meta: dict, case_ids: Sequence[str]) -> dict:
 def _remove_stale_cases(dataset: NnUNetDataset, out: Path) -> None:
     """Delete the case files an earlier run left in ``out`` that ``dataset`` no longer has (a case withdrawn
     since must not stay in a folder that is about to be shared); other files are left alone."""
-    cases = (*dataset.training, *dataset.test)
-    keep = {dataset.relative(path) for case in cases for path in (*case.images, *([case.label] if case.label else []))}
+    keep = set(_output_paths(dataset, dataset.training, WHOLE_DATASET))  # every shard's case files
     folders = (TRAIN_IMAGES, TRAIN_LABELS, TEST_IMAGES, TEST_LABELS)
     stale = [
         path
