@@ -32,6 +32,9 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
                each augmentation regime
   fill-rings-split the same two changes, each where the other is not: ``--protector``'s within ``--radius`` pixels
                of each label's edge, the default's deeper inside (``--epsilon 0``: none there)
+  baseline     the published baseline ``--method`` (umedprotect_eval's) at ``--epsilon``, held to ``--min-psnr``
+               as ``protect-dataset --method NAME --epsilon E --min-psnr M`` does (surrogates trained on the
+               training cases, seed ``--seed``)
   lattice      sparse dots: one pixel in P x P (P = ``--period``) inside every label, signed per label (all +,
                all -, alternating by dot, alternating by dot row), negated in the band outside: the 50 dB floor
                then allows P times the amplitude of a dense code
@@ -71,13 +74,16 @@ from scipy import ndimage
 from umedprotect.array_protection import limit_visibility, protect_array
 from umedprotect.augment import NO_AUGMENTATION, AugmentSettings
 from umedprotect.intensity import apply_change, intensity_window
+from umedprotect.methods import setup_method
 from umedprotect.metrics import image_quality
 from umedprotect.nnunet import read_dataset
 from umedprotect.protector import Protector, ProtectorConfig
 from umedprotect.protector_file import read_protector_file
 from umedprotect.regions import signed_edge_distance
+from umedprotect.settings import ProtectionSettings
 from umedprotect.victim_grid import resample_image, resample_labels, resampling_matrix
 from umedprotect.victim_units import STRENGTHS, dataset_normalisation
+from umedprotect_eval.baselines import METHOD_NAMES
 from umedprotect_eval.evaluation import load_evaluation_data
 from umedprotect_eval.training import TrainSettings, VictimTrainer
 
@@ -104,6 +110,7 @@ CANDIDATES = (
     "fill-balanced",
     "fill-rings",
     "fill-rings-split",
+    "baseline",
 )
 
 
@@ -166,6 +173,8 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
 
 def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.ndarray:
     window = intensity_window(image)
+    if name == "baseline":
+        return args.baseline.case_protector(image, labels).protected
     if name in ("default", "product"):
         config = ProtectorConfig(code_init=args.code_init, code_period=args.code_period)
         protector = Protector(config) if name == "product" else args.protector  # default: None is the bundled one
@@ -365,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--period", type=float, default=4.0)
     parser.add_argument("--phase", type=float, default=0.0, help="for wave: its offset (pixels) from the image corner")
     parser.add_argument("--min-psnr", type=float, default=50.0)
+    parser.add_argument("--method", choices=METHOD_NAMES, default="lsp", help="for baseline: the published method")
     parser.add_argument("--code-init", default="fill")
     parser.add_argument("--code-period", type=int, default=8, help="for product: the codes' period (pixels)")
     parser.add_argument(
@@ -410,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     tag += f"_b{args.band_radius}" if args.band_radius is not None else ""
     tag += "_t" + "-".join(args.tiles) if args.tiles != ["checker", "rows", "cols"] else ""
     tag += f"_{args.code_init}{args.code_period}" if args.candidate == "product" else ""
+    tag += f"_{args.method}" if args.candidate == "baseline" else ""
     tag += f"_z{args.resample:g}" if args.resample != 1.0 else ""
     tag += "_g" + "-".join(f"{f:g}" for f in args.grid_factors) if args.grid_factors else ""
     tag += f"_cap{args.grid_cap:g}" if args.grid_cap != 2.0 else ""
@@ -427,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     args.victim_normalisation = dataset_normalisation(read_dataset(source))
     if args.strength is None:
         args.strength = STRENGTHS[args.victim_normalisation]
+    if args.candidate == "baseline":
+        settings = ProtectionSettings(epsilon=args.epsilon, min_psnr=args.min_psnr, seed=args.seed, device="cpu")
+        args.baseline = setup_method(args.method, settings, read_dataset(source))
     psnrs = write_copy(source, out, args.candidate, args)
     clean = args.dataset
     if args.grid_factors:
@@ -485,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         "period": args.period,
         "phase": args.phase,
         "code": f"{args.code_init}{args.code_period}" if args.candidate == "product" else None,
+        "method": args.method if args.candidate == "baseline" else None,
         "psnr_mean": round(float(np.mean(finite)), 2) if finite else None,
         "psnr_worst": round(float(min(finite)), 2) if finite else None,
         "curve": [round(v, 3) for v in run.curve],

@@ -139,3 +139,21 @@ def test_setup_method_dispatches_to_the_baseline_with_its_settings(dataset):
     assert (setup.method, setup.protector_info) == ("lsp", None)
     assert setup.parameters == {"epsilon": 2.0, "labels": None, "seed": 3}
     assert setup_method("random", ProtectionSettings(device="cpu"), dataset).parameters["epsilon"] == 4.0
+
+
+def test_a_baseline_given_min_psnr_is_held_to_it_in_every_slice_as_umed_is(dataset):
+    from umedprotect.methods import setup_method
+    from umedprotect.metrics import slice_psnrs
+    from umedprotect.settings import ProtectionSettings
+
+    image, labels, spacing = _case(dataset)
+    free = setup_method("random", ProtectionSettings(epsilon=16.0, device="cpu"), dataset)
+    held = setup_method("random", ProtectionSettings(epsilon=16.0, min_psnr=50.0, device="cpu"), dataset)
+    loud, quiet = (s.case_protector(image, labels, spacing=spacing) for s in (free, held))
+    axis = loud.slice_axis
+    assert min(slice_psnrs(image, loud.protected, axis)) < 50.0
+    assert min(slice_psnrs(image, quiet.protected, axis)) >= 50.0
+    assert quiet.metrics["psnr_db_slice_min"] >= 50.0 and 0 < quiet.metrics["change_scale"] < 1
+    same_sign = np.sign(quiet.change) == np.sign(loud.change)
+    assert same_sign[quiet.change != 0].all() and np.abs(quiet.change).max() < np.abs(loud.change).max()
+    assert held.parameters == {"epsilon": 16.0, "labels": None, "seed": 0, "min_psnr": 50.0}

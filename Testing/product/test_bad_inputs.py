@@ -254,25 +254,6 @@ def min_psnr_too_low(tmp, protector):
     return protect_argv(image, mask, out, protector, "--min-psnr", "5")
 
 
-@bad("--min-psnr applies to the umed method only")
-def dataset_baseline_with_min_psnr(tmp, protector):
-    from umedprotect.methods import method_names
-
-    if "random" not in method_names():
-        pytest.skip("baselines not installed")
-    dataset(tmp)
-    return [
-        "protect-dataset",
-        str(tmp / "in" / "Dataset001"),
-        "-o",
-        str(tmp / "out" / "p"),
-        "--method",
-        "random",
-        "--min-psnr",
-        "50",
-    ]
-
-
 @bad("invalid choice: 'tpu'")
 def unknown_device(tmp, protector):
     image, mask, out = base(tmp)

@@ -296,6 +296,16 @@ def limit_visibility(
     return min(scales, default=1.0)
 
 
+def hold_to_floor(result: ProtectionResult, min_psnr: float) -> ProtectionResult:
+    """``result`` with its change scaled down as :func:`limit_visibility` does (in place), metrics recomputed."""
+    scale = limit_visibility(result.original, result.protected, result.budget, min_psnr, result.slice_axis)
+    held = make_result(
+        result.original, result.protected, result.region, result.window, result.budget, result.slice_axis
+    )
+    held.metrics = {**result.metrics, **held.metrics, "min_psnr": min_psnr, "change_scale": scale}
+    return held
+
+
 def _scale_down(
     image: np.ndarray, protected: np.ndarray, budget: float, max_squared: float, value_range: tuple[float, float]
 ) -> float:

@@ -24,7 +24,6 @@ UMED_ONLY = (
     "codes",
     "band_radius",
     "labels",
-    "min_psnr",
     "victim_spacing",
     "strength",
     "victim_normalisation",
@@ -79,7 +78,21 @@ def setup_method(
     extra = {} if method_settings is None else {"settings": method_settings}
     case_protector = build(method, dataset, epsilon, str(device), settings.seed, **extra)
     parameters = {"epsilon": epsilon, "labels": None, "seed": settings.seed}
+    if settings.min_psnr is not None:
+        case_protector = _held_to_floor(case_protector, settings.min_psnr)
+        parameters["min_psnr"] = settings.min_psnr
     return MethodSetup(method, case_protector, parameters, None, device_text)
+
+
+def _held_to_floor(case_protector: CaseProtector, min_psnr: float) -> CaseProtector:
+    """``case_protector`` whose changes are scaled down until every image or slice is at ``min_psnr`` or more,
+    as UMed's are: a baseline compared at the PSNR of a UMed run."""
+    from .array_protection import hold_to_floor
+
+    def protect(image, labels, spacing=None, **options):
+        return hold_to_floor(case_protector(image, labels, spacing=spacing, **options), min_psnr)
+
+    return protect
 
 
 def device_description(method: str, settings: ProtectionSettings, protector=None) -> str:

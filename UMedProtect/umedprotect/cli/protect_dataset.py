@@ -48,7 +48,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_METHOD,
         choices=method_names(),
         help="protection method (default umed; the others are baselines for comparison, "
-        "which take --epsilon, --device and --seed but not --protector, --band-radius, --labels or --min-psnr)",
+        "which take --epsilon, --min-psnr (no floor unless given), --device and --seed but not --protector, "
+        "--band-radius or --labels)",
     )
     add_protection_options(parser)
     parser.add_argument(
