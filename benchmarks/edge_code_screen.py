@@ -28,8 +28,9 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
   fill-balanced fill with each label's amplitude in inverse proportion to the root of its pixel count: every
                label gets the same share of the 50 dB floor's energy (small organs more amplitude, large less)
   fill-rings   the bundled default's change at ``--epsilon`` plus ``--protector``'s (e.g. rings) at
-               ``--product-epsilon``, both without a floor, their sum then held to ``--min-psnr``: a code for
-               each augmentation regime
+               ``--product-epsilon``, each without a floor (or held to ``--fill-min-psnr`` and
+               ``--second-min-psnr``: how the 50 dB floor's energy is shared), their sum then held to
+               ``--min-psnr``: a code for each augmentation regime
   fill-rings-split the same two changes, each where the other is not: ``--protector``'s within ``--radius`` pixels
                of each label's edge, the default's deeper inside (``--epsilon 0``: none there)
   baseline     the published baseline ``--method`` (umedprotect_eval's) at ``--epsilon``, held to ``--min-psnr``
@@ -198,11 +199,12 @@ def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.n
         ).protected
     amplitude = args.sigma * float(image.std()) if args.sigma else window.budget(args.epsilon)
     if name in ("fill-rings", "fill-rings-split"):
+        parts = ((None, args.epsilon, args.fill_min_psnr), (args.protector, args.product_epsilon, args.second_min_psnr))
         fill, second = (
-            protect_array(image, labels, protector, epsilon=epsilon, min_psnr=None, device="cpu", strength=0).protected
+            protect_array(image, labels, protector, epsilon=epsilon, min_psnr=floor, device="cpu", strength=0).protected
             if epsilon
             else image
-            for protector, epsilon in ((None, args.epsilon), (args.protector, args.product_epsilon))
+            for protector, epsilon, floor in parts
         )
         amplitude = window.budget(args.epsilon + args.product_epsilon)
         fill, second = fill.astype(np.float64) - image, second.astype(np.float64) - image
@@ -375,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", type=float, default=0.0, help="for wave: its offset (pixels) from the image corner")
     parser.add_argument("--min-psnr", type=float, default=50.0)
     parser.add_argument("--method", choices=METHOD_NAMES, default="lsp", help="for baseline: the published method")
+    parser.add_argument("--fill-min-psnr", type=float, help="fill-rings: the fill codes' own floor before the sum")
+    parser.add_argument("--second-min-psnr", type=float, help="fill-rings: the second change's own floor")
     parser.add_argument("--code-init", default="fill")
     parser.add_argument("--code-period", type=int, default=8, help="for product: the codes' period (pixels)")
     parser.add_argument(
@@ -421,6 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     tag += "_t" + "-".join(args.tiles) if args.tiles != ["checker", "rows", "cols"] else ""
     tag += f"_{args.code_init}{args.code_period}" if args.candidate == "product" else ""
     tag += f"_{args.method}" if args.candidate == "baseline" else ""
+    tag += f"_fm{args.fill_min_psnr:g}" if args.fill_min_psnr else ""
+    tag += f"_sm{args.second_min_psnr:g}" if args.second_min_psnr else ""
     tag += f"_z{args.resample:g}" if args.resample != 1.0 else ""
     tag += "_g" + "-".join(f"{f:g}" for f in args.grid_factors) if args.grid_factors else ""
     tag += f"_cap{args.grid_cap:g}" if args.grid_cap != 2.0 else ""
@@ -500,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         "phase": args.phase,
         "code": f"{args.code_init}{args.code_period}" if args.candidate == "product" else None,
         "method": args.method if args.candidate == "baseline" else None,
+        "fill_min_psnr": args.fill_min_psnr,
+        "second_min_psnr": args.second_min_psnr,
         "psnr_mean": round(float(np.mean(finite)), 2) if finite else None,
         "psnr_worst": round(float(min(finite)), 2) if finite else None,
         "curve": [round(v, 3) for v in run.curve],
