@@ -36,6 +36,9 @@ Datasets written to DATA_DIR/nnUNet_raw (the split is declared in each dataset.j
   Dataset003_TotalSegMR  2D abdominal MR slices, same four labels. One subject only: split by slice
       blocks, train slices 0-13, test slices 16-19 (two slices left out between the blocks).
   Dataset011_PyradiomicsLesions3D  the Dataset001 subjects as 3D volumes (same split and crop).
+  Dataset016_PyradiomicsNodulesBlocks  small lesions: the lung nodules of the two chest CTs (lung1, lung2;
+      0.25-5 % of each 256x256 crop) as 2D slices, CT, split by slice blocks within each subject: test
+      lung2's nodule slices 19-20 (18 and 21 left out) and lung1's 34 (33 left out), train the rest.
   Dataset012_TotalSegCT3D  the Dataset002 subjects as 3D volumes (same split and resampling).
   Dataset900_Phantoms2D  synthetic phantom slices (offline, exact masks): 16 train, 6 test.
 """
@@ -72,6 +75,7 @@ MR_TRAIN_SLICES, MR_TEST_SLICES = range(0, 14), range(16, 20)
 LIVER_TEST_BLOCKS = (range(10, 15), range(28, 33))  # Dataset005: positions among the liver slices
 RIBS = (range(92, 116),)  # TotalSegmentator v2 ids of the ribs (left and right 1-12), one label
 RIB_TEST_SLICES = range(8, 12)  # Dataset007: slices of the DICOM CT series
+NODULE_TEST_SLICES = {"lung2": ((19, 20), (18, 21)), "lung1": ((34,), (33,))}  # Dataset016: (test, left out)
 LIVER_TEST_SLAB = range(15, 27)  # Dataset015: positions among the liver slices
 SLAB_SLICES = 8  # Dataset015: slices per training volume
 
@@ -194,6 +198,24 @@ def lesion_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
             slices(LESION_TRAIN),
             slices(LESION_TEST),
             split + "; each labelled axial slice is a case",
+        )
+    if "016" in which:
+        train, test = [], []
+        for s, (test_zs, left_out) in NODULE_TEST_SLICES.items():
+            image, label = volumes[s]
+            for z in np.flatnonzero(sitk.GetArrayViewFromImage(label).any(axis=(1, 2))):
+                if z not in left_out:
+                    case = (f"{s}_z{z:03d}", slice_image(image, int(z)), slice_image(label, int(z)))
+                    (test if z in test_zs else train).append(case)
+        write_dataset(
+            out / "Dataset016_PyradiomicsNodulesBlocks",
+            "PyradiomicsNodulesBlocks",
+            labels,
+            "CT",
+            train,
+            test,
+            "by slice blocks within each subject (lung1, lung2; pyradiomics 3.0.1 data): test lung2 nodule slices "
+            "19-20 and lung1 34, slices 18, 21 and 33 left out, train the rest",
         )
     if "011" in which:
 
@@ -407,7 +429,7 @@ def phantom_dataset(out: Path, n_train: int = 16, n_test: int = 6, size: int = 9
     )
 
 
-DATASETS = ("001", "002", "003", "004", "005", "006", "007", "011", "012", "015", "900")
+DATASETS = ("001", "002", "003", "004", "005", "006", "007", "011", "012", "015", "016", "900")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.data_dir / "nnUNet_raw"
     which = set(args.only)
-    if which & {"001", "011"}:
+    if which & {"001", "011", "016"}:
         lesion_datasets(args.data_dir, out, which)
     if which & {"002", "003", "004", "005", "006", "007", "012", "015"}:
         organ_datasets(args.data_dir, out, which)
