@@ -63,6 +63,16 @@ def rng():
     return np.random.default_rng(0)
 
 
+def weights_fingerprint(model: torch.nn.Module) -> tuple[float, float]:
+    """(sum, index-weighted sum) of the L2 norms of ``model``'s tensors: the same on every CPU up to float rounding
+    (about 1e-6 relative), where the weights' bits differ with the kernels torch picks for the processor."""
+    norms = [float(value.double().norm()) for value in model.state_dict().values()]
+    return sum(norms), sum(i * norm for i, norm in enumerate(norms, 1))
+
+
+PINNED_TOLERANCE = {"rel": 1e-5, "abs": 1e-9}  # ten times the rounding differences measured between CPUs
+
+
 def write_nnunet_dataset(
     root: Path,
     n_train: int = 3,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import PINNED_TOLERANCE, weights_fingerprint
 
 from umedprotect.array_protection import protect_array
 from umedprotect.errors import InputError
@@ -296,24 +297,21 @@ def test_generator_gain_keeps_the_codes_sign_whatever_the_generators_say():
     )
 
 
-# Taken from the fitting code before it was split into objective classes: the refactor must keep every
-# objective's fitted weights and history bit for bit (CPU, one thread, this torch build).
+# Each objective's fitted weights (as weights_fingerprint) and generator losses after a short fit (CPU, one
+# thread, this torch build), pinned when the fitting code was split into objective classes (then bit for bit;
+# bits differ between CPUs, the fingerprint does not).
 PINNED_FITS = {
-    "min-min": ("fc5b045581805c04", [1.4274, 1.3351, 1.9704, 1.8617]),
-    "targeted": ("b32616bacfb6366d", [1.4274, 1.2908, 1.3612, 1.3158]),
-    "alignment": ("d1b9148455a89e47", [1.9978, 2.0006, 1.9991, 2.0005]),
-    "race": ("15a0b43fa8d20651", [2.0, 2.0007, 1.9957, 2.0]),
+    "min-min": ((79.65002314666845, 1057.1573184683298), [1.4274, 1.3351, 1.9704, 1.8617]),
+    "targeted": ((79.6186949611855, 1056.384738920899), [1.4274, 1.2908, 1.3612, 1.3158]),
+    "alignment": ((79.65517934683166, 1057.6693440486451), [1.9978, 2.0006, 1.9991, 2.0005]),
+    "race": ((79.62671692422826, 1056.5330803746353), [2.0, 2.0007, 1.9957, 2.0]),
 }
 
 
 @pytest.mark.parametrize("objective", sorted(PINNED_FITS))
 def test_a_short_fit_gives_the_pinned_weights_and_losses(objective):
-    import hashlib
-
     settings = replace(TINY, objective=objective, pretrain_steps=2, surrogate_reset_every=2)
     fitted, history = fit_protector(_samples(), ProtectorConfig(base_channels=4, levels=2), settings)
-    digest = hashlib.sha256()
-    for name, value in fitted.state_dict().items():
-        digest.update(name.encode())
-        digest.update(value.numpy().tobytes())
-    assert (digest.hexdigest()[:16], [r["generator_loss"] for r in history]) == PINNED_FITS[objective]
+    weights, losses = PINNED_FITS[objective]
+    assert weights_fingerprint(fitted) == pytest.approx(weights, **PINNED_TOLERANCE)
+    assert [r["generator_loss"] for r in history] == pytest.approx(losses, abs=1.5e-4)

@@ -15,7 +15,7 @@ RINGS_FLOOR, RINGS_CAP = 45.0, 6.3  # dB, /255: where the rings also stopped vic
 AUGMENTED = (  # the fill codes and the dots
     "victims trained with nnU-Net's augmentation (nnU-Net's default) were not stopped by these codes (CT liver: "
     "the fill codes 0.90-0.96 at 50 dB and 0.69 at 45 dB with twice the strength, the dots 0.78 and 0.88; CT ribs "
-    "0.65-1.30; 3D U-Nets with 3D augmentation 1 of 2, their test DSC swinging from epoch to epoch); --codes "
+    "0.65-1.30; 3D U-Nets with 3D augmentation 1 of 2, their test DSC swinging from epoch to epoch); the bundled "
     f"rings stopped 9 of 10 of them on CT liver at 50 dB, but not victims trained without augmentation ({RESULTS})"
 )
 
