@@ -179,16 +179,17 @@ def lesion_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
     volumes = {s: _lesion_volume(source, s) for s in LESION_TRAIN + LESION_TEST}
     labels = {"background": 0, "lesion": 1}
     split = "by subject: train brain1, breast1, lung2; test brain2, lung1 (pyradiomics 3.0.1 data)"
+
+    def labelled_slices(subject: str) -> list[tuple[int, tuple]]:
+        """(z, case) for every axial slice of ``subject`` that holds lesion, in slice order."""
+        image, label = volumes[subject]
+        zs = np.flatnonzero(sitk.GetArrayViewFromImage(label).any(axis=(1, 2)))
+        return [(int(z), (f"{subject}_z{z:03d}", slice_image(image, int(z)), slice_image(label, int(z)))) for z in zs]
+
     if "001" in which:
 
         def slices(subjects):
-            cases = []
-            for s in subjects:
-                image, label = volumes[s]
-                for z in range(image.GetSize()[2]):
-                    if sitk.GetArrayViewFromImage(label)[z].any():
-                        cases.append((f"{s}_z{z:03d}", slice_image(image, z), slice_image(label, z)))
-            return cases
+            return [case for s in subjects for _, case in labelled_slices(s)]
 
         write_dataset(
             out / "Dataset001_PyradiomicsLesions",
@@ -202,10 +203,8 @@ def lesion_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
     if "016" in which:
         train, test = [], []
         for s, (test_zs, left_out) in NODULE_TEST_SLICES.items():
-            image, label = volumes[s]
-            for z in np.flatnonzero(sitk.GetArrayViewFromImage(label).any(axis=(1, 2))):
+            for z, case in labelled_slices(s):
                 if z not in left_out:
-                    case = (f"{s}_z{z:03d}", slice_image(image, int(z)), slice_image(label, int(z)))
                     (test if z in test_zs else train).append(case)
         write_dataset(
             out / "Dataset016_PyradiomicsNodulesBlocks",

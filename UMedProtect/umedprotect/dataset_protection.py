@@ -167,7 +167,7 @@ def protect_dataset(
                 else:
                     todo.append(case)
             if shard.writes_shared_files:
-                skipped = [cid for cid, entry in manifest.cases.items() if entry.status == "skipped_empty"]
+                skipped = manifest.skipped_empty
                 manifest.dataset_json = DatasetJsonRecord(_write_dataset_json(dataset, out, shard, skipped))
             _save(manifest, out, shard)
             bar = tqdm(
@@ -189,7 +189,7 @@ def protect_dataset(
                 manifest.test = [_copy_test_case(dataset, case, out) for case in dataset.test]
             manifest.status = "complete"
             _save(manifest, out, shard)
-    skipped = [cid for cid, entry in manifest.cases.items() if entry.status == "skipped_empty"]
+    skipped = manifest.skipped_empty
     if skipped:
         log.warning(
             f"{len(skipped)} case(s) with an empty mask were not written ({', '.join(skipped)}); "
@@ -482,7 +482,7 @@ def _copy_test_case(dataset: NnUNetDataset, case: Case, out: Path) -> TestCaseRe
 
 def _check_against_source(manifest: DatasetManifest, out: Path, source: NnUNetDataset) -> list[str]:
     """Outputs against the source; a missing output was already reported by the manifest checks."""
-    skipped = [case_id for case_id, entry in manifest.cases.items() if entry.status == "skipped_empty"]
+    skipped = manifest.skipped_empty
     written, problems = out / "dataset.json", []
     if written.is_file() and io.sha256(written) != io.sha256(source.root / "dataset.json"):  # copied, or ...
         if not skipped or io.read_json(written) != _without_cases(source.meta, skipped):  # ... less the skipped

@@ -172,6 +172,11 @@ class DatasetManifest(_Record):
     def protector_sha256(self) -> str | None:
         return (self.protector or {}).get("sha256")
 
+    @property
+    def skipped_empty(self) -> list[str]:
+        """The training cases skipped for an empty mask (not in the output)."""
+        return [case_id for case_id, entry in self.cases.items() if entry.status == "skipped_empty"]
+
     def problem(self) -> str | None:
         if self.status == "complete" and self.dataset_json.sha256 is None:
             return "is complete but lacks the dataset.json hash"
