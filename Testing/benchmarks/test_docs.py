@@ -29,12 +29,12 @@ def _slug(heading: str) -> str:
 
 
 def _anchors(path) -> set[str]:
-    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL)
     return {_slug(line.lstrip("#")) for line in text.splitlines() if line.startswith("#")}
 
 
 def _relative_links(path) -> list[str]:
-    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.DOTALL)
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL)
     targets = [a or b for a, b in LINK.findall(text)]
     return [t for t in targets if not re.match(r"[a-z]+:", t)]
 
@@ -60,7 +60,7 @@ def test_link_check_finds_broken_links(tmp_path):
 
 
 def test_readme_is_a_front_door():
-    lines = (ROOT / "README.md").read_text().splitlines()
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 150
     text = "\n".join(lines)
     for command in ("bash scripts/demo.sh", "bash .ci/run"):
@@ -104,7 +104,7 @@ def test_cli_reference_is_up_to_date():
 
 
 def test_cli_reference_lists_every_option():
-    text = (ROOT / "docs" / "reference" / "cli.md").read_text()
+    text = (ROOT / "docs" / "reference" / "cli.md").read_text(encoding="utf-8")
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
     missing = [
@@ -119,7 +119,10 @@ def test_cli_reference_lists_every_option():
 
 
 def _experiments() -> list[dict]:
-    return [json.loads(path.read_text()) for path in sorted((ROOT / "benchmarks" / "experiments").glob("*.json"))]
+    return [
+        json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted((ROOT / "benchmarks" / "experiments").glob("*.json"))
+    ]
 
 
 def _cited_files(experiment: dict) -> set[str]:
