@@ -21,7 +21,8 @@ file are read:
   stopped when the protected victim's test DSC at ``measure`` -- ``final`` (last checkpoint),
   ``selected`` (the checkpoint best on its own training cases, as an attacker without clean labels
   picks it) or ``oracle`` (best on the clean test cases) -- is at most ``TARGET_RATIO`` times the
-  clean victim's at the same measure.
+  clean victim's at the same measure; ``seeds`` (a list) keeps only those seeds (e.g. those whose clean
+  victim ends with a DSC to compare against).
 
 ``python -m benchmarks.run_experiments NAME`` runs an experiment's commands and stores its table
 (``benchmarks/results/tables/NAME.json``); this script only reads those tables.
@@ -133,6 +134,8 @@ def _screen_ratios(source: dict) -> tuple[dict[int, float], float, float]:
         return {line["seed"]: line for line in lines if all(line.get(k) == v for k, v in match.items())}
 
     protected = select(source["file"], source["match"])
+    if "seeds" in source:
+        protected = {seed: line for seed, line in protected.items() if seed in source["seeds"]}
     clean = select(source.get("clean_file", source["file"]), source["clean_match"])
     if not protected or set(protected) - set(clean):
         raise ValueError(f"{source['file']}: no protected line, or a seed without a clean line, for {source['match']}")

@@ -1,0 +1,46 @@
+"""The results page's reading of screen lines: ratios paired by seed, measured at each checkpoint."""
+
+import json
+
+import pytest
+
+from benchmarks.make_results import _screen_ratios
+
+
+def _write_lines(path, lines):
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return str(path)
+
+
+@pytest.fixture
+def screen_file(tmp_path):
+    def line(candidate, seed, curve, fit):
+        return dict(candidate=candidate, seed=seed, curve=curve, fit=fit, psnr_mean=51.0, psnr_worst=50.0)
+
+    return _write_lines(
+        tmp_path / "screen.jsonl",
+        [
+            line("clean", 0, [0.5, 0.8], [0.6, 0.9]),
+            line("clean", 1, [0.4, 0.0], [0.9, 0.5]),
+            line("default", 0, [0.4, 0.08], [0.5, 0.9]),
+            line("default", 1, [0.2, 0.1], [0.9, 0.5]),
+        ],
+    )
+
+
+def test_screen_ratios_pair_seeds_at_each_checkpoint(screen_file):
+    source = dict(file=screen_file, match={"candidate": "default"}, clean_match={"candidate": "clean"})
+    final, _, _ = _screen_ratios({**source, "measure": "final", "seeds": [0]})
+    selected, _, _ = _screen_ratios({**source, "measure": "selected"})
+    oracle, psnr_mean, psnr_worst = _screen_ratios({**source, "measure": "oracle"})
+    assert final == pytest.approx({0: 0.1})
+    assert selected == pytest.approx({0: 0.1, 1: 0.5})
+    assert oracle == pytest.approx({0: 0.5, 1: 0.5})
+    assert (psnr_mean, psnr_worst) == (51.0, 50.0)
+
+
+def test_screen_ratios_leave_out_seeds_not_listed(screen_file):
+    source = dict(file=screen_file, match={"candidate": "default"}, clean_match={"candidate": "clean"})
+    with pytest.raises(ZeroDivisionError):  # seed 1's clean victim ends at 0: no final ratio
+        _screen_ratios({**source, "measure": "final"})
+    assert set(_screen_ratios({**source, "measure": "final", "seeds": [0]})[0]) == {0}
