@@ -4,8 +4,8 @@
     python -m benchmarks.make_results --check    # exit 1 if docs/results.md or a stored table is out of date
 
 Each experiment file (JSON) describes one claim: the data, the commands that produce its result files,
-and its rows -- one measured setting each, with the result files it is read from. Two kinds of result
-file are read:
+and its rows -- one measured setting each (with its own ``data`` where it differs from the experiment's),
+with the result files it is read from. Three kinds of result file are read:
 
 - ``evaluate``: the JSON report of ``umedprotect evaluate``; a victim seed is stopped when its ratio at
   ``measure`` -- ``best`` (the default: the oracle's best epoch), ``final`` or ``nnunet`` (the checkpoint
@@ -250,17 +250,19 @@ def render(experiments: list[dict]) -> str:
         if section == "negative":
             out.append("")
             for e in members:
-                for row in read_table(e["name"]):
+                for spec, row in zip(e["rows"], read_table(e["name"])):
                     out.append(
-                        f"- **{e['claim']}** {e['data']}; {row.setting}: {row.stopped} of {row.tried} victims stopped "
+                        f"- **{e['claim']}** {spec.get('data', e['data'])}; {row.setting}: "
+                        f"{row.stopped} of {row.tried} victims stopped "
                         f"at {_db(row.psnr_db_mean)} mean ({_experiment_link(e['name'])}, {row.commit})."
                     )
             continue
         for e in members:
             out += ["", f"### {e['claim']}", "", header, "|---|---|---|---|---|---|---|"]
-            for row in read_table(e["name"]):
+            for spec, row in zip(e["rows"], read_table(e["name"])):
                 out.append(
-                    f"| {e['data']} | {row.setting} | {_db(row.psnr_db_mean)} | {_db(row.psnr_db_worst_slice)} "
+                    f"| {spec.get('data', e['data'])} | {row.setting} "
+                    f"| {_db(row.psnr_db_mean)} | {_db(row.psnr_db_worst_slice)} "
                     f"| {row.stopped} of {row.tried} | {_experiment_link(e['name'])} | {row.commit} |"
                 )
             if e.get("note"):

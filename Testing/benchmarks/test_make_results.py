@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from benchmarks import make_results
 from benchmarks.make_results import _screen_ratios
 
 
@@ -44,3 +45,14 @@ def test_screen_ratios_leave_out_seeds_not_listed(screen_file):
     with pytest.raises(ZeroDivisionError):  # seed 1's clean victim ends at 0: no final ratio
         _screen_ratios({**source, "measure": "final"})
     assert set(_screen_ratios({**source, "measure": "final", "seeds": [0]})[0]) == {0}
+
+
+def test_a_row_names_its_own_data_where_it_differs(monkeypatch):
+    experiment = dict(
+        name="two-datasets", section="current", claim="claim", data="CT liver", note="", rows=[{}, {"data": "CT ribs"}]
+    )
+    rows = [make_results.Row(f"setting {k}", 51.0, 50.0, 1, 1, "abc1234") for k in range(2)]
+    monkeypatch.setattr(make_results, "read_table", lambda name: rows)
+    page = make_results.render([experiment])
+    assert "| CT liver | setting 0 |" in page
+    assert "| CT ribs | setting 1 |" in page
