@@ -8,29 +8,25 @@ from benchmarks import make_results
 from benchmarks.make_results import _screen_ratios
 
 
-def _write_lines(path, lines):
-    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return str(path)
-
-
 @pytest.fixture
-def screen_file(tmp_path):
+def source(tmp_path):
+    """A screen source over two seeds; seed 1's clean victim ends at 0."""
+
     def line(candidate, seed, curve, fit):
         return dict(candidate=candidate, seed=seed, curve=curve, fit=fit, psnr_mean=51.0, psnr_worst=50.0)
 
-    return _write_lines(
-        tmp_path / "screen.jsonl",
-        [
-            line("clean", 0, [0.5, 0.8], [0.6, 0.9]),
-            line("clean", 1, [0.4, 0.0], [0.9, 0.5]),
-            line("default", 0, [0.4, 0.08], [0.5, 0.9]),
-            line("default", 1, [0.2, 0.1], [0.9, 0.5]),
-        ],
-    )
+    lines = [
+        line("clean", 0, [0.5, 0.8], [0.6, 0.9]),
+        line("clean", 1, [0.4, 0.0], [0.9, 0.5]),
+        line("default", 0, [0.4, 0.08], [0.5, 0.9]),
+        line("default", 1, [0.2, 0.1], [0.9, 0.5]),
+    ]
+    path = tmp_path / "screen.jsonl"
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in lines))
+    return dict(file=str(path), match={"candidate": "default"}, clean_match={"candidate": "clean"})
 
 
-def test_screen_ratios_pair_seeds_at_each_checkpoint(screen_file):
-    source = dict(file=screen_file, match={"candidate": "default"}, clean_match={"candidate": "clean"})
+def test_screen_ratios_pair_seeds_at_each_checkpoint(source):
     final, _, _ = _screen_ratios({**source, "measure": "final", "seeds": [0]})
     selected, _, _ = _screen_ratios({**source, "measure": "selected"})
     oracle, psnr_mean, psnr_worst = _screen_ratios({**source, "measure": "oracle"})
@@ -40,8 +36,7 @@ def test_screen_ratios_pair_seeds_at_each_checkpoint(screen_file):
     assert (psnr_mean, psnr_worst) == (51.0, 50.0)
 
 
-def test_screen_ratios_leave_out_seeds_not_listed(screen_file):
-    source = dict(file=screen_file, match={"candidate": "default"}, clean_match={"candidate": "clean"})
+def test_screen_ratios_leave_out_seeds_not_listed(source):
     with pytest.raises(ZeroDivisionError):  # seed 1's clean victim ends at 0: no final ratio
         _screen_ratios({**source, "measure": "final"})
     assert set(_screen_ratios({**source, "measure": "final", "seeds": [0]})[0]) == {0}
