@@ -33,6 +33,9 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
                ``--min-psnr``: a code for each augmentation regime
   fill-rings-split the same two changes, each where the other is not: ``--protector``'s within ``--radius`` pixels
                of each label's edge, the default's deeper inside (``--epsilon 0``: none there)
+  fill-rings-alternate the two changes of fill-rings on alternate training cases, each alone held to
+               ``--min-psnr``: the default's on even cases, ``--protector``'s on odd ones (one code per regime,
+               each at the full floor)
   baseline     the published baseline ``--method`` (umedprotect_eval's) at ``--epsilon``, held to ``--min-psnr``
                as ``protect-dataset --method NAME --epsilon E --min-psnr M`` does (surrogates trained on the
                training cases, seed ``--seed``)
@@ -111,6 +114,7 @@ CANDIDATES = (
     "fill-balanced",
     "fill-rings",
     "fill-rings-split",
+    "fill-rings-alternate",
     "baseline",
 )
 
@@ -196,6 +200,11 @@ def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.n
             victim_normalisation=args.victim_normalisation,
             band_radius=args.band_radius,
             **grid,
+        ).protected
+    if name == "fill-rings-alternate":
+        protector, epsilon = (None, args.epsilon) if args.case_index % 2 == 0 else (args.protector, args.product_epsilon)
+        return protect_array(
+            image, labels, protector, epsilon=epsilon, min_psnr=args.min_psnr, device="cpu", strength=0
         ).protected
     amplitude = args.sigma * float(image.std()) if args.sigma else window.budget(args.epsilon)
     if name in ("fill-rings", "fill-rings-split"):
@@ -285,7 +294,7 @@ def write_copy(source: Path, out: Path, name: str, args) -> list[float]:
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(source, out)
     psnrs = []
-    for case in dataset.training:
+    for args.case_index, case in enumerate(dataset.training):
         labels = sitk.GetArrayFromImage(sitk.ReadImage(str(case.label)))
         for path in case.images:
             itk = sitk.ReadImage(str(path))
@@ -404,6 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--normalisation", choices=("auto", "zscore", "ct"), default="auto")
     parser.add_argument("--victim", default="unet-small", help="victim architecture (umedprotect evaluate's names)")
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="adam (lr 0.003) or sgd (0.01)")
+    parser.add_argument("--device", default="cpu", help="where the victim trains (cpu, cuda); the change is made on cpu")
     parser.add_argument("--resample", type=float, default=1.0, help="in-plane resampling factor after protection")
     parser.add_argument(
         "--victim-grid", action="store_true", help="with --grid-factors: default/product made on the victim's grid"
@@ -468,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         patch_size=64,
         optimizer=args.optimizer,
         learning_rate=0.003 if args.optimizer == "adam" else 0.01,
-        device="cpu",
+        device=args.device,
         seed=args.seed,
         augment=augment,
     )
@@ -513,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         "curve": [round(v, 3) for v in run.curve],
         "fit": [round(v, 3) for v in run.train_curve],
         "label_curve": [[round(v, 3) for v in epoch] for epoch in run.label_curve],
+        "device": args.device,
         "seconds": round(time.time() - start),
     }
     print(json.dumps(line), flush=True)
