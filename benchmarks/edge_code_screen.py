@@ -202,7 +202,8 @@ def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.n
             **grid,
         ).protected
     if name == "fill-rings-alternate":
-        protector, epsilon = (None, args.epsilon) if args.case_index % 2 == 0 else (args.protector, args.product_epsilon)
+        odd = args.case_index % 2 == 1
+        protector, epsilon = (args.protector, args.product_epsilon) if odd else (None, args.epsilon)
         return protect_array(
             image, labels, protector, epsilon=epsilon, min_psnr=args.min_psnr, device="cpu", strength=0
         ).protected
@@ -413,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--normalisation", choices=("auto", "zscore", "ct"), default="auto")
     parser.add_argument("--victim", default="unet-small", help="victim architecture (umedprotect evaluate's names)")
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="adam (lr 0.003) or sgd (0.01)")
-    parser.add_argument("--device", default="cpu", help="where the victim trains (cpu, cuda); the change is made on cpu")
+    parser.add_argument("--device", default="cpu", help="where the victim trains (cpu, cuda); changes are made on cpu")
     parser.add_argument("--resample", type=float, default=1.0, help="in-plane resampling factor after protection")
     parser.add_argument(
         "--victim-grid", action="store_true", help="with --grid-factors: default/product made on the victim's grid"
