@@ -69,6 +69,7 @@ import shutil
 import sys
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -414,6 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--normalisation", choices=("auto", "zscore", "ct"), default="auto")
     parser.add_argument("--victim", default="unet-small", help="victim architecture (umedprotect evaluate's names)")
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="adam (lr 0.003) or sgd (0.01)")
+    parser.add_argument(
+        "--augmentation-off",
+        nargs="+",
+        default=[],
+        choices=("flip", "rotate", "scale", "noise", "blur", "brightness", "contrast", "lowres", "gamma"),
+        help="with --augmentation nnunet: these transforms never applied (which of them undoes a code)",
+    )
     parser.add_argument("--device", default="cpu", help="where the victim trains (cpu, cuda); changes are made on cpu")
     parser.add_argument("--resample", type=float, default=1.0, help="in-plane resampling factor after protection")
     parser.add_argument(
@@ -442,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     tag += "_g" + "-".join(f"{f:g}" for f in args.grid_factors) if args.grid_factors else ""
     tag += f"_cap{args.grid_cap:g}" if args.grid_cap != 2.0 else ""
     tag += "_vg" if args.victim_grid else ""
+    tag += "_off-" + "-".join(args.augmentation_off) if args.augmentation_off else ""
     tag += f"_ph{args.phase:g}" if args.phase else ""
     tag += f"_{args.victim}_{args.optimizer}" if (args.victim, args.optimizer) != ("unet-small", "adam") else ""
     out = args.out_root / tag
@@ -472,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             resample_dataset(root, args.resample)
     data = load_evaluation_data(clean, out)
     augment = NO_AUGMENTATION if args.augmentation == "none" else AugmentSettings()
+    augment = replace(augment, **{f"p_{name}": 0.0 for name in args.augmentation_off})
     settings = TrainSettings(
         epochs=args.epochs,
         iterations_per_epoch=args.iterations,
@@ -494,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         "candidate": args.candidate,
         "tag": tag,
         "augmentation": args.augmentation,
+        "augmentation_off": args.augmentation_off,
         "normalisation": normalisation,
         "seed": args.seed,
         "victim": args.victim,
