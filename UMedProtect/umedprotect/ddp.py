@@ -29,9 +29,12 @@ def start_from_env(device: str) -> bool:
     return True
 
 
-def stop() -> None:
-    """Leave the process group, if one was joined."""
+def stop(wait_for_others: bool = True) -> None:
+    """Leave the process group, if one was joined: after a normal end once every rank is here (a rank that tears
+    gloo down while another still writes its output can abort it), after an error at once (a barrier could hang)."""
     if dist.is_initialized():
+        if wait_for_others:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -149,9 +149,12 @@ def run(args: argparse.Namespace) -> int:
 
     ddp.start_from_env(args.device)
     try:
-        return _fit(args)
-    finally:
-        ddp.stop()
+        code = _fit(args)
+    except BaseException:
+        ddp.stop(wait_for_others=False)
+        raise
+    ddp.stop()
+    return code
 
 
 def _fit(args: argparse.Namespace) -> int:
