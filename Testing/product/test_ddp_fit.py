@@ -73,13 +73,14 @@ def test_fit_cli_under_torchrun_writes_once(nnunet_dataset, tmp_path):
     assert load_protector(out).config.training["processes"] == 2
 
 
-def test_fit_cli_under_torchrun_reports_bad_input_without_hanging(tmp_path):
+def test_fit_cli_under_torchrun_reports_bad_input_in_one_line_per_process(tmp_path):
     missing = tmp_path / "Dataset009_Missing"
     run = torchrun(
         "-m", "umedprotect.cli", "fit", str(missing), "-o", str(tmp_path / "x.safetensors"), "--device", "cpu"
     )
     assert run.returncode != 0
     assert run.stderr.count("umedprotect: error:") == 2  # one line from each process, no traceback
+    assert "Traceback" not in run.stderr
     assert not (tmp_path / "x.safetensors").exists()
 
 
