@@ -39,6 +39,11 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
   baseline     the published baseline ``--method`` (umedprotect_eval's) at ``--epsilon``, held to ``--min-psnr``
                as ``protect-dataset --method NAME --epsilon E --min-psnr M`` does (surrogates trained on the
                training cases, seed ``--seed``)
+  edge-checker a checkerboard in each label's own coordinates: A tanh(3 sin(2 pi d / P)) tanh(3 sin(2 pi s / Q)),
+               d the depth below the label's edge, s the arc length along it (of the nearest edge pixel),
+               Q = ``--arc-period`` (0: no arc factor, the rings); it rotates and scales with the label
+  edge-lines   the rings' energy on lines: bands ``--width`` pixels wide at the depths where the rings peak
+               (P/4 + k P/2), signed (-1)^k (a sparse code whose amplitude the floor lets rise, as the lattice's)
   lattice      sparse dots: one pixel in P x P (P = ``--period``) inside every label, signed per label (all +,
                all -, alternating by dot, alternating by dot row), negated in the band outside: the 50 dB floor
                then allows P times the amplitude of a dense code
@@ -74,7 +79,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse import csgraph
 
 from umedprotect.array_protection import limit_visibility, protect_array
 from umedprotect.augment import NO_AUGMENTATION, AugmentSettings
@@ -112,6 +118,8 @@ CANDIDATES = (
     "grid-wave",
     "grid-mixed",
     "lattice",
+    "edge-checker",
+    "edge-lines",
     "fill-balanced",
     "fill-rings",
     "fill-rings-split",
@@ -138,6 +146,15 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         angle = 2 * np.pi / args.period
         grid = np.cos(angle * (rows + args.phase)) * np.cos(angle * (cols + args.phase))
         return amplitude * grid * signed_region
+    if name == "edge-checker":
+        across = np.tanh(3 * np.sin(2 * np.pi * d / args.period))
+        along = np.tanh(3 * np.sin(2 * np.pi * edge_arc_length(labels) / args.arc_period)) if args.arc_period else 1
+        return amplitude * across * along * (labels > 0)
+    if name == "edge-lines":
+        position = 2 * d / args.period - 0.5  # integer k at the k-th line's centre
+        k = np.round(position)
+        on = np.abs(position - k) * args.period / 2 < args.width / 2
+        return amplitude * np.where(k % 2 == 0, 1.0, -1.0) * on * (labels > 0)
     if name in ("step", "step-neg"):
         return (1.0 if name == "step" else -1.0) * amplitude * signed_region
     if name == "lattice":
@@ -175,6 +192,34 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         return amplitude * wave * band
     blurred = ndimage.gaussian_filter(image.astype(np.float64), args.radius)
     return np.clip(0.5 * amplitude * wave + (blurred - image), -amplitude, amplitude) * band
+
+
+def edge_arc_length(labels: np.ndarray) -> np.ndarray:
+    """Per labelled pixel, the arc length (pixels) along its label's edge to the edge pixel nearest to it.
+
+    The edge of each label is its pixels with a 4-neighbour outside it; each connected stretch of edge is
+    measured (8-connected steps of 1 and sqrt 2) from its first pixel in raster order, so along a closed
+    contour the arc length runs up both ways from there to the far side.
+    """
+    arc = np.zeros(labels.shape)
+    for value in np.unique(labels[labels > 0]):
+        inside = labels == value
+        edge = inside & ~ndimage.binary_erosion(inside, border_value=0)
+        points = np.argwhere(edge)
+        index = -np.ones(labels.shape, dtype=int)
+        index[tuple(points.T)] = np.arange(len(points))
+        graph = sparse.lil_matrix((len(points), len(points)))
+        padded = np.pad(index, 1, constant_values=-1)
+        for dr, dc in ((0, 1), (1, -1), (1, 0), (1, 1)):
+            neighbour = padded[1 + dr : 1 + dr + labels.shape[0], 1 + dc : 1 + dc + labels.shape[1]]
+            pairs = (index >= 0) & (neighbour >= 0)
+            graph[index[pairs], neighbour[pairs]] = np.hypot(dr, dc)
+        _, component = csgraph.connected_components(graph, directed=False)
+        starts = [int(np.flatnonzero(component == c)[0]) for c in np.unique(component)]
+        along = csgraph.dijkstra(graph.tocsr(), directed=False, indices=starts, min_only=True)
+        _, (rows, cols) = ndimage.distance_transform_edt(~edge, return_indices=True)
+        arc[inside] = along[index[rows, cols]][inside]
+    return arc
 
 
 def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.ndarray:
@@ -385,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigma", type=float, default=0.0)
     parser.add_argument("--radius", type=float, default=2.0)
     parser.add_argument("--period", type=float, default=4.0)
+    parser.add_argument("--arc-period", type=float, default=0.0, help="edge-checker: period along the edge")
+    parser.add_argument("--width", type=float, default=1.0, help="edge-lines: the lines' width (pixels)")
     parser.add_argument("--phase", type=float, default=0.0, help="for wave: its offset (pixels) from the image corner")
     parser.add_argument("--min-psnr", type=float, default=50.0)
     parser.add_argument("--method", choices=METHOD_NAMES, default="lsp", help="for baseline: the published method")
@@ -452,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     tag += "_vg" if args.victim_grid else ""
     tag += "_off-" + "-".join(args.augmentation_off) if args.augmentation_off else ""
     tag += f"_ph{args.phase:g}" if args.phase else ""
+    tag += f"_arc{args.arc_period:g}" if args.arc_period else ""
+    tag += f"_w{args.width:g}" if args.candidate == "edge-lines" else ""
     tag += f"_{args.victim}_{args.optimizer}" if (args.victim, args.optimizer) != ("unet-small", "adam") else ""
     out = args.out_root / tag
     source = args.dataset
@@ -526,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         "strength": args.strength if args.candidate == "default" and args.product_epsilon is None else None,
         "period": args.period,
         "phase": args.phase,
+        "arc_period": args.arc_period if args.candidate == "edge-checker" else None,
+        "width": args.width if args.candidate == "edge-lines" else None,
         "code": f"{args.code_init}{args.code_period}" if args.candidate == "product" else None,
         "method": args.method if args.candidate == "baseline" else None,
         "fill_min_psnr": args.fill_min_psnr,
