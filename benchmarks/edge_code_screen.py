@@ -208,15 +208,17 @@ def edge_arc_length(labels: np.ndarray) -> np.ndarray:
         points = np.argwhere(edge)
         index = -np.ones(labels.shape, dtype=int)
         index[tuple(points.T)] = np.arange(len(points))
-        graph = sparse.lil_matrix((len(points), len(points)))
         padded = np.pad(index, 1, constant_values=-1)
+        steps = []  # (from, to, length) for each step to an edge pixel right, below-left, below, below-right
         for dr, dc in ((0, 1), (1, -1), (1, 0), (1, 1)):
             neighbour = padded[1 + dr : 1 + dr + labels.shape[0], 1 + dc : 1 + dc + labels.shape[1]]
             pairs = (index >= 0) & (neighbour >= 0)
-            graph[index[pairs], neighbour[pairs]] = np.hypot(dr, dc)
+            steps.append((index[pairs], neighbour[pairs], np.full(pairs.sum(), np.hypot(dr, dc))))
+        start, end, length = (np.concatenate(parts) for parts in zip(*steps))
+        graph = sparse.csr_matrix((length, (start, end)), shape=(len(points), len(points)))
         _, component = csgraph.connected_components(graph, directed=False)
-        starts = [int(np.flatnonzero(component == c)[0]) for c in np.unique(component)]
-        along = csgraph.dijkstra(graph.tocsr(), directed=False, indices=starts, min_only=True)
+        _, starts = np.unique(component, return_index=True)  # each stretch's first pixel in raster order
+        along = csgraph.dijkstra(graph, directed=False, indices=starts, min_only=True)
         _, (rows, cols) = ndimage.distance_transform_edt(~edge, return_indices=True)
         arc[inside] = along[index[rows, cols]][inside]
     return arc
