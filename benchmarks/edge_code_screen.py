@@ -44,6 +44,8 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
                Q = ``--arc-period`` (0: no arc factor, the rings); it rotates and scales with the label
   edge-lines   the rings' energy on lines: bands ``--width`` pixels wide at the depths where the rings peak
                (P/4 + k P/2), signed (-1)^k (a sparse code whose amplitude the floor lets rise, as the lattice's)
+  blobs        a fixed isotropic band-pass texture inside every label: A tanh(3 n), n difference-of-Gaussians noise: rotation and scaling leave it
+               the same kind of texture
   lattice      sparse dots: one pixel in P x P (P = ``--period``) inside every label, signed per label (all +,
                all -, alternating by dot, alternating by dot row), negated in the band outside: the 50 dB floor
                then allows P times the amplitude of a dense code
@@ -98,6 +100,8 @@ from umedprotect_eval.baselines import METHOD_NAMES
 from umedprotect_eval.evaluation import load_evaluation_data
 from umedprotect_eval.training import TrainSettings, VictimTrainer
 
+from benchmarks.fixed_patterns import BLOB_SIGMAS, blob_field
+
 CANDIDATES = (
     "clean",
     "default",
@@ -118,6 +122,7 @@ CANDIDATES = (
     "grid-wave",
     "grid-mixed",
     "lattice",
+    "blobs",
     "edge-checker",
     "edge-lines",
     "fill-balanced",
@@ -146,6 +151,8 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         angle = 2 * np.pi / args.period
         grid = np.cos(angle * (rows + args.phase)) * np.cos(angle * (cols + args.phase))
         return amplitude * grid * signed_region
+    if name == "blobs":
+        return amplitude * blob_field(image.shape, blob_sigmas(args.period)) * (labels > 0)
     if name == "edge-checker":
         across = np.tanh(3 * np.sin(2 * np.pi * d / args.period))
         along = np.tanh(3 * np.sin(2 * np.pi * edge_arc_length(labels) / args.arc_period)) if args.arc_period else 1
@@ -192,6 +199,13 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         return amplitude * wave * band
     blurred = ndimage.gaussian_filter(image.astype(np.float64), args.radius)
     return np.clip(0.5 * amplitude * wave + (blurred - image), -amplitude, amplitude) * band
+
+
+def blob_sigmas(period: float) -> tuple[float, float]:
+    """The blobs' difference-of-Gaussians sigmas scaled so that the noise's spectrum peaks at ``period`` pixels."""
+    low, high = BLOB_SIGMAS["blobs"]
+    peak = np.pi * np.sqrt((high**2 - low**2) / np.log(high / low))  # the peak period of that band
+    return low * period / peak, high * period / peak
 
 
 def edge_arc_length(labels: np.ndarray) -> np.ndarray:

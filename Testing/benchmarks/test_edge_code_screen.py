@@ -1,9 +1,10 @@
-"""The label-coordinate helpers of the code screen."""
+"""The pattern helpers of the code screen."""
 
 import numpy as np
 import pytest
 
-from benchmarks.edge_code_screen import edge_arc_length
+from benchmarks.edge_code_screen import blob_sigmas, edge_arc_length
+from benchmarks.fixed_patterns import band_noise
 
 
 def test_arc_length_runs_both_ways_round_a_square_from_its_first_edge_pixel():
@@ -25,3 +26,15 @@ def test_arc_length_of_each_label_and_component_starts_afresh():
     arc = edge_arc_length(labels)
     assert arc[2, 2] == arc[2, 20] == arc[10, 2] == 0
     assert arc[7, 7] == arc[7, 25] == arc[15, 7] == pytest.approx(8 + np.sqrt(2))
+
+
+@pytest.mark.parametrize("period", [4.0, 6.0, 10.0])
+def test_blob_noise_spectrum_peaks_at_the_asked_period(period):
+    noise = band_noise((256, 256), blob_sigmas(period))
+    power = np.abs(np.fft.fft2(noise)) ** 2
+    frequency = np.fft.fftfreq(256)
+    radius = np.hypot(*np.meshgrid(frequency, frequency))
+    bins = np.linspace(0, 0.5, 65)
+    mean_power = np.histogram(radius, bins, weights=power)[0] / np.maximum(np.histogram(radius, bins)[0], 1)
+    peak = np.argmax(mean_power)
+    assert 1 / bins[peak + 1] <= period <= 1 / bins[peak] * 1.15
