@@ -44,7 +44,8 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
                Q = ``--arc-period`` (0: no arc factor, the rings); it rotates and scales with the label
   edge-lines   the rings' energy on lines: bands ``--width`` pixels wide at the depths where the rings peak
                (P/4 + k P/2), signed (-1)^k (a sparse code whose amplitude the floor lets rise, as the lattice's)
-  blobs        a fixed isotropic band-pass texture inside every label: A tanh(3 n), n difference-of-Gaussians noise: rotation and scaling leave it
+  blobs        a fixed isotropic band-pass texture inside every label: A tanh(3 n), n difference-of-Gaussians
+               noise (the same for every case) whose spectrum peaks at period P: rotation and scaling leave it
                the same kind of texture
   lattice      sparse dots: one pixel in P x P (P = ``--period``) inside every label, signed per label (all +,
                all -, alternating by dot, alternating by dot row), negated in the band outside: the 50 dB floor
@@ -84,6 +85,7 @@ import SimpleITK as sitk
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
+from benchmarks.fixed_patterns import BLOB_SIGMAS, blob_field
 from umedprotect.array_protection import limit_visibility, protect_array
 from umedprotect.augment import NO_AUGMENTATION, AugmentSettings
 from umedprotect.intensity import apply_change, intensity_window
@@ -99,8 +101,6 @@ from umedprotect.victim_units import STRENGTHS, dataset_normalisation
 from umedprotect_eval.baselines import METHOD_NAMES
 from umedprotect_eval.evaluation import load_evaluation_data
 from umedprotect_eval.training import TrainSettings, VictimTrainer
-
-from benchmarks.fixed_patterns import BLOB_SIGMAS, blob_field
 
 CANDIDATES = (
     "clean",
