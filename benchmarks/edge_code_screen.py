@@ -85,7 +85,7 @@ import SimpleITK as sitk
 from scipy import ndimage, sparse
 from scipy.sparse import csgraph
 
-from benchmarks.fixed_patterns import BLOB_SIGMAS, blob_field
+from benchmarks.fixed_patterns import blob_field, blob_sigmas
 from umedprotect.array_protection import limit_visibility, protect_array
 from umedprotect.augment import NO_AUGMENTATION, AugmentSettings
 from umedprotect.intensity import apply_change, intensity_window
@@ -199,13 +199,6 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         return amplitude * wave * band
     blurred = ndimage.gaussian_filter(image.astype(np.float64), args.radius)
     return np.clip(0.5 * amplitude * wave + (blurred - image), -amplitude, amplitude) * band
-
-
-def blob_sigmas(period: float) -> tuple[float, float]:
-    """The blobs' difference-of-Gaussians sigmas scaled so that the noise's spectrum peaks at ``period`` pixels."""
-    low, high = BLOB_SIGMAS["blobs"]
-    peak = np.pi * np.sqrt((high**2 - low**2) / np.log(high / low))  # the peak period of that band
-    return low * period / peak, high * period / peak
 
 
 def edge_arc_length(labels: np.ndarray) -> np.ndarray:

@@ -89,6 +89,13 @@ def band_noise(shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS
     return band / band.std()
 
 
+def blob_sigmas(period: float) -> tuple[float, float]:
+    """The blobs' difference-of-Gaussians sigmas scaled so that the noise's spectrum peaks at ``period`` pixels."""
+    low, high = BLOB_SIGMAS["blobs"]
+    peak = np.pi * np.sqrt((high**2 - low**2) / np.log(high / low))  # the peak period of that band
+    return low * period / peak, high * period / peak
+
+
 def blob_field(
     shape: tuple[int, int], sigmas: tuple[float, float] = BLOB_SIGMAS["blobs"], gain: float = BLOB_GAIN
 ) -> np.ndarray:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from benchmarks.edge_code_screen import blob_sigmas, edge_arc_length
-from benchmarks.fixed_patterns import band_noise
+from benchmarks.edge_code_screen import edge_arc_length
+from benchmarks.fixed_patterns import band_noise, blob_sigmas
 
 
 def test_arc_length_runs_both_ways_round_a_square_from_its_first_edge_pixel():
