@@ -185,6 +185,8 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
             "checker": checker,
             "rows": np.where(rows % 2 == 0, 1.0, -1.0),
             "cols": np.where(cols % 2 == 0, 1.0, -1.0),
+            "low": np.where((rows % 2 == 1) & (cols % 2 == 1), -1.0, 1.0),  # one pixel in four low
+            "high": np.where((rows % 2 == 1) & (cols % 2 == 1), 1.0, -1.0),  # one pixel in four high
         }
         tiles = np.stack([named[tile] for tile in args.tiles])
         _, (near_rows, near_cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
@@ -458,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         "--tiles",
         type=lambda text: text.split(","),
         default=["checker", "rows", "cols"],
-        help="fill, fill-band: the tiles of labels 1, 2, ... (repeated), from checker, rows, cols",
+        help="fill, fill-band: the tiles of labels 1, 2, ... (repeated), from checker, rows, cols, low, high",
     )
     parser.add_argument("--band-radius", type=int, help="for default: this band, not the protector's")
     parser.add_argument(

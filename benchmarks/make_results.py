@@ -22,7 +22,8 @@ with the result files it is read from. Three kinds of result file are read:
   ``selected`` (the checkpoint best on its own training cases, as an attacker without clean labels
   picks it) or ``oracle`` (best on the clean test cases) -- is at most ``TARGET_RATIO`` times the
   clean victim's at the same measure; ``seeds`` (a list) keeps only those seeds (e.g. those whose clean
-  victim ends with a DSC to compare against).
+  victim ends with a DSC to compare against); ``label`` (1, 2, ...) reads that label's test DSC instead of
+  the mean over the labels (the selected checkpoint is still the one best on the whole training fit).
 
 ``python -m benchmarks.run_experiments NAME`` runs an experiment's commands and stores its table
 (``benchmarks/results/tables/NAME.json``); this script only reads those tables.
@@ -128,6 +129,11 @@ SCREEN_MEASURES = {
 }
 
 
+def _one_label(line: dict, label: int) -> dict:
+    """A screen line whose test curve is that of one label (1, 2, ...)."""
+    return {**line, "curve": [per_label[label - 1] for per_label in line["label_curve"]]}
+
+
 def _screen_ratios(source: dict) -> tuple[dict[int, float], float, float]:
     def select(file: str, match: dict) -> dict[int, dict]:
         lines = [json.loads(text) for text in (ROOT / file).read_text().splitlines() if text.strip()]
@@ -140,6 +146,10 @@ def _screen_ratios(source: dict) -> tuple[dict[int, float], float, float]:
     if not protected or set(protected) - set(clean):
         raise ValueError(f"{source['file']}: no protected line, or a seed without a clean line, for {source['match']}")
     measure = SCREEN_MEASURES[source["measure"]]
+    if "label" in source:
+        protected, clean = (
+            {seed: _one_label(line, source["label"]) for seed, line in lines.items()} for lines in (protected, clean)
+        )
     ratios = {seed: measure(line) / measure(clean[seed]) for seed, line in protected.items()}
     quality = next(iter(protected.values()))
     return ratios, quality["psnr_mean"], quality["psnr_worst"]

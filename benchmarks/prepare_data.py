@@ -26,6 +26,9 @@ Datasets written to DATA_DIR/nnUNet_raw (the split is declared in each dataset.j
       so the clean victim generalises and the ratio measures the protection, not the domain gap.
   Dataset006_TotalSegCTBlocks  the Dataset005 slices and split with all four organs labelled
       (example_seg_fast_force_split): the same images with a multi-organ label set.
+  Dataset008_TotalSegCTManyOrgansBlocks  the Dataset005 slices and split with twelve structures labelled
+      (liver, spleen, each kidney, stomach, pancreas, colon, aorta, inferior vena cava, vertebrae, each
+      autochthon muscle): more labels than the fill codes have distinct tiles.
   Dataset007_TotalSegCTRibsBlocks  many small objects: the ribs (one label, 10-15 separate ribs of about
       100 pixels per slice) in the 2D axial slices of the DICOM CT series (512x512, 0.98 mm, 20 slices);
       one subject, split by slice blocks: test slices 8-11, slices 7 and 12 left out, train the rest.
@@ -70,6 +73,20 @@ LESION_TRAIN, LESION_TEST = ("brain1", "breast1", "lung2"), ("brain2", "lung1")
 CROP = 256  # in-plane crop of the 512x512 lung CTs, pixels
 ORGANS = {"liver": (5,), "spleen": (1,), "kidney": (2, 3), "stomach": (6,)}  # TotalSegmentator v2 ids
 ORGAN_GROUPS = tuple(ORGANS.values())
+MANY_ORGANS = {  # Dataset008: twelve structures of the abdomen, each in most of the liver slices
+    "liver": (5,),
+    "spleen": (1,),
+    "kidney_right": (2,),
+    "kidney_left": (3,),
+    "stomach": (6,),
+    "pancreas": (7,),
+    "colon": (20,),
+    "aorta": (52,),
+    "inferior_vena_cava": (63,),
+    "vertebrae": tuple(range(25, 51)),
+    "autochthon_left": (86,),
+    "autochthon_right": (87,),
+}
 ORGAN_SPACING = 3.0  # mm, isotropic, for the CT test subject (as the training subject)
 MR_TRAIN_SLICES, MR_TEST_SLICES = range(0, 14), range(16, 20)
 LIVER_TEST_BLOCKS = (range(10, 15), range(28, 33))  # Dataset005: positions among the liver slices
@@ -331,9 +348,10 @@ def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
             "one subject (example_ct_dicom, 0.98 mm in-plane): by slice blocks, test axial slices 8-11, "
             "slices 7 and 12 left out, train the rest; each slice holds 10-15 separate ribs",
         )
-    if which & {"005", "006", "015"}:
+    if which & {"005", "006", "008", "015"}:
         image = _read_lps(source / "example_ct.nii.gz")
-        organs = _organ_labels(sitk.ReadImage(str(source / "example_seg_fast_force_split.nii.gz")), image)
+        seg = sitk.ReadImage(str(source / "example_seg_fast_force_split.nii.gz"))
+        organs = _organ_labels(seg, image)
         liver = sitk.Cast(organs == 1, sitk.sitkUInt8)
         zs = [z for z in range(image.GetSize()[2]) if sitk.GetArrayViewFromImage(liver)[z].any()]
         tested = {i for block in LIVER_TEST_BLOCKS for i in block}
@@ -363,6 +381,17 @@ def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
                 organ_slices(image, organs, "ct", train),
                 organ_slices(image, organs, "ct", test),
                 split + "; all four organs labelled",
+            )
+        if "008" in which:
+            many = _organ_labels(seg, image, tuple(MANY_ORGANS.values()))
+            write_dataset(
+                out / "Dataset008_TotalSegCTManyOrgansBlocks",
+                "TotalSegCTManyOrgansBlocks",
+                {"background": 0, **{name: i for i, name in enumerate(MANY_ORGANS, start=1)}},
+                "CT",
+                organ_slices(image, many, "ct", train),
+                organ_slices(image, many, "ct", test),
+                split + "; twelve structures labelled",
             )
         if "015" in which:
             test = zs[LIVER_TEST_SLAB.start : LIVER_TEST_SLAB.stop]
@@ -428,7 +457,7 @@ def phantom_dataset(out: Path, n_train: int = 16, n_test: int = 6, size: int = 9
     )
 
 
-DATASETS = ("001", "002", "003", "004", "005", "006", "007", "011", "012", "015", "016", "900")
+DATASETS = ("001", "002", "003", "004", "005", "006", "007", "008", "011", "012", "015", "016", "900")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -440,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     which = set(args.only)
     if which & {"001", "011", "016"}:
         lesion_datasets(args.data_dir, out, which)
-    if which & {"002", "003", "004", "005", "006", "007", "012", "015"}:
+    if which & {"002", "003", "004", "005", "006", "007", "008", "012", "015"}:
         organ_datasets(args.data_dir, out, which)
     if "900" in which:
         phantom_dataset(out)

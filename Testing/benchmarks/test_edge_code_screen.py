@@ -1,9 +1,11 @@
 """The pattern helpers of the code screen."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
-from benchmarks.edge_code_screen import edge_arc_length
+from benchmarks.edge_code_screen import candidate_change, edge_arc_length
 from benchmarks.fixed_patterns import band_noise, blob_sigmas
 
 
@@ -38,3 +40,16 @@ def test_blob_noise_spectrum_peaks_at_the_asked_period(period):
     mean_power = np.histogram(radius, bins, weights=power)[0] / np.maximum(np.histogram(radius, bins)[0], 1)
     peak = np.argmax(mean_power)
     assert 1 / bins[peak + 1] <= period <= 1 / bins[peak] * 1.15
+
+
+def test_fill_tiles_cycle_over_the_labels_and_the_one_pixel_tiles_differ_in_sign():
+    labels = np.zeros((12, 72), dtype=np.uint8)
+    for k in range(6):  # labels 1-6 side by side, 12 x 12 each
+        labels[:, 12 * k : 12 * k + 12] = k + 1
+    args = SimpleNamespace(tiles=["checker", "rows", "cols", "low", "high"], radius=2.0)
+    change = candidate_change("fill", np.zeros(labels.shape), labels, 2.0, args)
+    block = [change[:, 12 * k : 12 * k + 12] for k in range(6)]
+    assert (block[0] == block[5]).all()  # label 6 repeats label 1's checkerboard
+    assert (block[1] == block[1][:, :1]).all() and (block[2] == block[2][:1]).all()  # row and column stripes
+    assert (block[3] == -block[4]).all() and block[3].mean() == 1.0  # three pixels in four at +2, one at -2
+    assert (block[3][1::2, 1::2] == -2).all() and (block[3][0::2] == 2).all()

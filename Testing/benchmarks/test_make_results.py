@@ -51,3 +51,21 @@ def test_a_row_names_its_own_data_where_it_differs(monkeypatch):
     page = make_results.render([experiment])
     assert "| CT liver | setting 0 |" in page
     assert "| CT ribs | setting 1 |" in page
+
+
+def test_screen_ratios_of_one_label_keep_the_checkpoint_chosen_on_the_whole_fit(tmp_path):
+    def line(candidate, label_curve):
+        curve = [sum(dsc) / 2 for dsc in label_curve]
+        fit = [0.9, 0.5, 0.8]
+        return dict(
+            candidate=candidate, seed=0, curve=curve, label_curve=label_curve, fit=fit, psnr_mean=51.0, psnr_worst=50.0
+        )
+
+    path = tmp_path / "screen.jsonl"
+    lines = [line("clean", [[0.8, 0.5], [0.9, 0.6], [0.9, 0.8]]), line("default", [[0.0, 0.4], [0.0, 0.6], [0.1, 0.2]])]
+    path.write_text("".join(json.dumps(entry) + "\n" for entry in lines), encoding="utf-8")
+    source = dict(file=str(path), match={"candidate": "default"}, clean_match={"candidate": "clean"}, label=2)
+    assert _screen_ratios({**source, "measure": "final"})[0] == pytest.approx({0: 0.25})
+    assert _screen_ratios({**source, "measure": "selected"})[0] == pytest.approx({0: 0.8})  # epoch 0, the best fit
+    assert _screen_ratios({**source, "measure": "oracle"})[0] == pytest.approx({0: 0.75})
+    assert _screen_ratios({**source, "measure": "final", "label": 1})[0] == pytest.approx({0: 0.1 / 0.9})
