@@ -65,6 +65,18 @@ def test_several_labels_are_a_caveat_unless_one_is_selected(tmp_path, capsys):
     assert manifest.caveats == [AUGMENTED]
 
 
+def test_more_labels_than_were_measured_protected_add_the_twelve_structures(tmp_path):
+    source = write_nnunet_dataset(tmp_path / "Dataset022_FiveLabels", n_lesions=2)
+    meta = json.loads((source / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, **{f"structure{k}": k for k in range(1, 6)}}
+    (source / "dataset.json").write_text(json.dumps(meta))
+    dataset = read_dataset(source)
+    (five,) = dataset_caveats(dataset, None)[1:]
+    assert five.startswith("5 labels to protect:") and "with twelve CT structures not at 45 dB either" in five
+    (four,) = dataset_caveats(dataset, [1, 2, 3, 4])[1:]
+    assert four.startswith("4 labels to protect:") and "twelve" not in four
+
+
 def test_cases_off_the_median_in_plane_spacing_are_resampled_by_nnunet(one_label, tmp_path):
     set_spacing(one_label, "case001", (0.72, 0.7, 2.5))  # in plane: 0.72 against the median 0.8, 32 -> 29 pixels
     dataset = read_dataset(one_label)
