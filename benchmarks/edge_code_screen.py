@@ -186,8 +186,8 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
             "rows": np.where(rows % 2 == 0, 1.0, -1.0),
             "cols": np.where(cols % 2 == 0, 1.0, -1.0),
             "low": np.where((rows % 2 == 1) & (cols % 2 == 1), -1.0, 1.0),  # one pixel in four low
-            "high": np.where((rows % 2 == 1) & (cols % 2 == 1), 1.0, -1.0),  # one pixel in four high
         }
+        named["high"] = -named["low"]  # one pixel in four high
         tiles = np.stack([named[tile] for tile in args.tiles])
         _, (near_rows, near_cols) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
         owner = labels[near_rows, near_cols].astype(int)

@@ -26,12 +26,12 @@ Datasets written to DATA_DIR/nnUNet_raw (the split is declared in each dataset.j
       so the clean victim generalises and the ratio measures the protection, not the domain gap.
   Dataset006_TotalSegCTBlocks  the Dataset005 slices and split with all four organs labelled
       (example_seg_fast_force_split): the same images with a multi-organ label set.
-  Dataset008_TotalSegCTManyOrgansBlocks  the Dataset005 slices and split with twelve structures labelled
-      (liver, spleen, each kidney, stomach, pancreas, colon, aorta, inferior vena cava, vertebrae, each
-      autochthon muscle): more labels than the fill codes have distinct tiles.
   Dataset007_TotalSegCTRibsBlocks  many small objects: the ribs (one label, 10-15 separate ribs of about
       100 pixels per slice) in the 2D axial slices of the DICOM CT series (512x512, 0.98 mm, 20 slices);
       one subject, split by slice blocks: test slices 8-11, slices 7 and 12 left out, train the rest.
+  Dataset008_TotalSegCTManyOrgansBlocks  the Dataset005 slices and split with twelve structures labelled
+      (liver, spleen, each kidney, stomach, pancreas, colon, aorta, inferior vena cava, vertebrae, each
+      autochthon muscle): more labels than the fill codes have distinct tiles.
   Dataset015_TotalSegCTLiverSlabs3D  Dataset005's subject as 3D volumes (liver only, 3 mm isotropic):
       split by slabs along its liver slices in cranio-caudal order, test positions 15-26 as one volume,
       one slice left out on each side, train the slices below (with the 10 under the liver) and above, in
