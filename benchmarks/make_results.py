@@ -234,7 +234,7 @@ def _experiment_link(name: str) -> str:
 
 
 def render(experiments: list[dict]) -> str:
-    """docs/results.md: one table per claim, current results first, negative results one line each."""
+    """docs/results.md: one table per claim, current results first, negative ones a line per row under their claim."""
     out = [
         "# Results",
         "",
@@ -260,11 +260,12 @@ def render(experiments: list[dict]) -> str:
         if section == "negative":
             out.append("")
             for e in members:
+                out.append(f"- **{e['claim']}** {e['data']} ({_experiment_link(e['name'])}):")
                 for spec, row in zip(e["rows"], read_table(e["name"])):
+                    data = f"{spec['data']}; " if spec.get("data", e["data"]) != e["data"] else ""
                     out.append(
-                        f"- **{e['claim']}** {spec.get('data', e['data'])}; {row.setting}: "
-                        f"{row.stopped} of {row.tried} victims stopped "
-                        f"at {_db(row.psnr_db_mean)} mean ({_experiment_link(e['name'])}, {row.commit})."
+                        f"  - {data}{row.setting}: {row.stopped} of {row.tried} victims stopped "
+                        f"at {_db(row.psnr_db_mean)} mean ({row.commit})."
                     )
             continue
         for e in members:

@@ -53,6 +53,18 @@ def test_a_row_names_its_own_data_where_it_differs(monkeypatch):
     assert "| CT ribs | setting 1 |" in page
 
 
+def test_a_negative_claim_is_written_once_above_its_rows(monkeypatch):
+    experiment = dict(
+        name="no-luck", section="negative", claim="It fails.", data="CT liver", rows=[{}, {"data": "CT ribs"}]
+    )
+    rows = [make_results.Row(f"setting {k}", 51.0, 50.0, 0, 2, "abc1234") for k in range(2)]
+    monkeypatch.setattr(make_results, "read_table", lambda name: rows)
+    page = make_results.render([experiment])
+    assert page.count("It fails.") == 1
+    assert "  - setting 0: 0 of 2 victims stopped at 51.0 dB mean (abc1234)." in page
+    assert "  - CT ribs; setting 1: 0 of 2" in page
+
+
 def test_screen_ratios_of_one_label_keep_the_checkpoint_chosen_on_the_whole_fit(tmp_path):
     def line(candidate, label_curve):
         curve = [sum(dsc) / 2 for dsc in label_curve]
