@@ -9,21 +9,21 @@ with the result files it is read from. Three kinds of result file are read:
 
 - ``evaluate``: the JSON report of ``umedprotect evaluate``; a victim seed is stopped when its ratio at
   ``measure`` -- ``best`` (the default: the oracle's best epoch), ``final`` or ``nnunet`` (the checkpoint
-  nnU-Net keeps) -- is at most ``TARGET_RATIO``; ``defense``: the victims trained after that defense
-  (default ``none``).
+  nnU-Net keeps, from the validation curves) -- is at most ``TARGET_RATIO``; ``defense``: the victims
+  trained after that defense (default ``none``).
 - ``race``: JSON lines of ``python -m benchmarks.first_epoch_race``; the line(s) of one protected
   dataset (``protected``, plus any keys in ``match``); a seed is stopped when its protected test DSC
   -- after the first epoch, or the best over the line's ``curves`` with ``"measure": "best"`` -- is at
   most ``TARGET_RATIO`` times the seed's clean best (from the ``clean`` evaluate reports, or the best
   of the clean line ``clean_line`` in the same file; seeds without one take the mean clean best).
 - ``screen``: JSON lines of ``python -m benchmarks.edge_code_screen``; the lines whose keys equal ``match``
-  (protected) and ``clean_match`` (clean; from ``clean_file`` when given), paired by seed; a seed is
-  stopped when the protected victim's test DSC at ``measure`` -- ``final`` (last checkpoint),
-  ``selected`` (the checkpoint best on its own training cases, as an attacker without clean labels
-  picks it) or ``oracle`` (best on the clean test cases) -- is at most ``TARGET_RATIO`` times the
-  clean victim's at the same measure; ``seeds`` (a list) keeps only those seeds (e.g. those whose clean
-  victim ends with a DSC to compare against); ``label`` (1, 2, ...) reads that label's test DSC instead of
-  the mean over the labels (the selected checkpoint is still the one best on the whole training fit).
+  (protected) and ``clean_match`` (clean; from ``clean_file`` when given), paired by seed; a seed is stopped when
+  the protected victim's test DSC at ``measure`` -- ``final`` (last checkpoint), ``selected`` (the checkpoint
+  nnU-Net would keep were its own training cases its validation cases: best moving average of the fit, as an
+  attacker without clean labels picks it) or ``oracle`` (best on the clean test cases) -- is at most
+  ``TARGET_RATIO`` times the clean victim's at the same measure; ``seeds`` (a list) keeps only those seeds (e.g.
+  those whose clean victim ends with a DSC to compare against); ``label`` (1, 2, ...) reads that label's test DSC
+  instead of the mean over the labels (the selected checkpoint is still chosen on the whole training fit).
 
 ``python -m benchmarks.run_experiments NAME`` runs an experiment's commands and stores its table
 (``benchmarks/results/tables/NAME.json``); this script only reads those tables.
@@ -40,7 +40,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from umedprotect_eval.evaluation import TARGET_RATIO
+from umedprotect_eval.evaluation import TARGET_RATIO, ratio
+from umedprotect_eval.training import nnunet_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "benchmarks" / "experiments"
@@ -72,12 +73,23 @@ def load_experiments() -> list[dict]:
 
 
 def _evaluate_ratios(report: dict, measure: str = "best", defense: str = "none") -> dict[int, float]:
-    """Ratio per seed at checkpoint ``measure`` (final, nnunet, best) of the victims trained after ``defense``."""
-    return {
-        entry["seed"]: entry[f"ratio_{measure}"]
-        for entry in report["summary"]
-        if entry.get("defense", "none") == defense
-    }
+    """Ratio per seed at checkpoint ``measure`` (final, nnunet, best) of the victims trained after ``defense``;
+    ``nnunet`` from the runs' validation curves, so that reports written before the rule followed nnU-Net's moving
+    average read as nnU-Net keeps them."""
+    entries = [entry for entry in report["summary"] if entry.get("defense", "none") == defense]
+    if measure != "nnunet":
+        return {entry["seed"]: entry[f"ratio_{measure}"] for entry in entries}
+
+    def kept(data: str, entry: dict, run_defense: str) -> float:
+        (run,) = (
+            run
+            for run in report["runs"]
+            if (run["data"], run["seed"], run.get("victim"), run.get("defense", "none"))
+            == (data, entry["seed"], entry.get("victim"), run_defense)
+        )
+        return run["curve"][nnunet_checkpoint(run["validation_curve"]) - 1]
+
+    return {entry["seed"]: ratio(kept("protected", entry, defense), kept("clean", entry, "none")) for entry in entries}
 
 
 def _evaluate_quality(report: dict) -> tuple[float, float]:
@@ -124,7 +136,7 @@ def _race_ratios(source: dict) -> tuple[dict[int, float], float]:
 
 SCREEN_MEASURES = {
     "final": lambda line: line["curve"][-1],
-    "selected": lambda line: line["curve"][max(range(len(line["fit"])), key=line["fit"].__getitem__)],
+    "selected": lambda line: line["curve"][nnunet_checkpoint(line["fit"]) - 1],
     "oracle": lambda line: max(line["curve"]),
 }
 
@@ -246,7 +258,10 @@ def render(experiments: list[dict]) -> str:
         f"as **stopped** when its test DSC is at most {TARGET_RATIO:.2f} × that of the same victim trained on",
         "the clean cases (the ratio). PSNR is over the protected training slices, each with the case's",
         "own intensity range; *worst slice* is the lowest single slice (— where the result files do not",
-        "record it). Each experiment file holds the commands that wrote its result files; rerun one with",
+        "record it). The checkpoint nnU-Net keeps is its `checkpoint_best`: the epoch with the best moving",
+        "average (0.9 × the previous + 0.1 × this epoch's) of the DSC on the protected validation cases, or, in",
+        "screens that hold none out (*selected*), on the protected training cases. Each experiment file holds",
+        "the commands that wrote its result files; rerun one with",
         "`python -m benchmarks.run_experiments NAME`. How to read these numbers:",
         "[explanation/method.md](explanation/method.md); the chronological record of every experiment:",
         "[archive/research-log.md](archive/research-log.md).",

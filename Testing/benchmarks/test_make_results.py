@@ -81,3 +81,15 @@ def test_screen_ratios_of_one_label_keep_the_checkpoint_chosen_on_the_whole_fit(
     assert _screen_ratios({**source, "measure": "selected"})[0] == pytest.approx({0: 0.8})  # epoch 0, the best fit
     assert _screen_ratios({**source, "measure": "oracle"})[0] == pytest.approx({0: 0.75})
     assert _screen_ratios({**source, "measure": "final", "label": 1})[0] == pytest.approx({0: 0.1 / 0.9})
+
+
+def test_the_nnunet_checkpoint_of_a_report_is_read_from_its_validation_curves():
+    def run(data, curve, validation):
+        return dict(data=data, seed=0, victim="unet", defense="none", curve=curve, validation_curve=validation)
+
+    report = dict(
+        summary=[dict(seed=0, victim="unet", defense="none", ratio_nnunet=0.5)],  # as the former rule wrote it
+        runs=[run("clean", [0.8, 0.9, 0.9], [0.7, 0.8, 0.8]), run("protected", [0.8, 0.4, 0.0], [0.6, 0.9, 0.8])],
+    )
+    # moving averages: protected 0.6, 0.63, 0.647 (epoch 3, not the one-epoch best 2); clean: epoch 3
+    assert make_results._evaluate_ratios(report, "nnunet") == {0: 0.0}

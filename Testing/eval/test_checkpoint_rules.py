@@ -27,7 +27,7 @@ from umedprotect_eval.evaluation import (
     split,
     validation_split,
 )
-from umedprotect_eval.training import TrainingRun, TrainSettings, VictimTrainer
+from umedprotect_eval.training import TrainingRun, TrainSettings, VictimTrainer, nnunet_checkpoint
 
 TINY = TrainSettings(epochs=2, iterations_per_epoch=1, batch_size=2, patch_size=32, device="cpu")
 
@@ -37,7 +37,7 @@ CLEAN = TrainingRun(
     [0.5, 0.8, 0.9, 0.88],
     0.0,
     train_curve=[0.9] * 4,
-    validation_curve=[0.4, 0.7, 0.9, 0.85],
+    validation_curve=[0.4, 0.7, 0.9, 0.3],
     label_curve=[[0.5, 0.5], [0.8, 0.8], [0.9, 0.9], [0.9, 0.86]],
 )
 PROTECTED = TrainingRun(
@@ -62,6 +62,17 @@ def test_each_rule_keeps_its_checkpoint():
     with pytest.raises(ValueError, match="needs validation cases"):
         TrainingRun("unet", [0.1], 0.0).epoch("nnunet")
     assert PROTECTED.to_dict()["nnunet_epoch"] == 4 and "nnunet_epoch" not in TrainingRun("unet", [0.1], 0.0).to_dict()
+
+
+def test_nnunet_keeps_the_best_moving_average_not_a_one_epoch_spike():
+    spike_then_plateau = [0.2, 0.9, 0.3, 0.6, 0.6, 0.6, 0.6]  # moving averages 0.2, 0.27, 0.273, 0.306, ... 0.386
+    assert nnunet_checkpoint(spike_then_plateau) == 7
+    assert nnunet_checkpoint(spike_then_plateau[:4]) == 4
+    assert nnunet_checkpoint([0.5, 0.5, 0.5]) == 1  # only a higher average replaces the kept checkpoint
+    assert nnunet_checkpoint([0.5, math.nan, 0.9]) == 1  # no score counts as 0: 0.5, 0.45, 0.495
+    assert nnunet_checkpoint([math.nan, 0.1]) == 2
+    with pytest.raises(ValueError, match="no validation scores"):
+        nnunet_checkpoint([])
 
 
 GIVEN: list[dict] = []  # what each ScriptedTrainer was given

@@ -18,7 +18,8 @@ epoch on clean test cases, and report the PSNR/SSIM of the protected training im
 clean ones and, for three checkpoints of each victim, ratio = DSC(protected) / DSC(clean) (lower =
 stronger protection; <= 0.10 counts as stopped):
   final    the last epoch's checkpoint;
-  nnU-Net  the checkpoint nnU-Net keeps: best DSC on validation cases held out of the victim's own
+  nnU-Net  the checkpoint nnU-Net keeps: best moving average (0.9 x previous + 0.1 x this epoch, as
+           nnU-Net's ema_fg_dice) of the DSC on validation cases held out of the victim's own
            training data (20% of the cases, the same for both victims, so the protected victim is
            selected on protected data; with a single case, a block of its last slices);
   oracle   the best epoch on the clean test cases (no attacker has it; it bounds early stopping).

@@ -10,15 +10,15 @@ neither the anatomy nor a shortcut, and its ratio says nothing. A protected vict
 protected cases but fails on their clean versions relies on the perturbation; this is measured on the
 same subject and slices, so unlike the test DSC it does not mix in how well the victim generalises.
 
-``evaluate`` trains the same victim (same seed, same schedule, same patches, since the labels are
-identical) on the clean and on the protected training cases and reports, for each checkpoint rule of
-:data:`~umedprotect_eval.training.CHECKPOINT_RULES`, ratio = DSC(protected) / DSC(clean), each victim's
-test DSC at the checkpoint the rule keeps: the final one; the one nnU-Net keeps, best on validation cases
-held out of the victim's own training data (:func:`validation_split`: the same cases for both victims, so the
-protected victim is selected on protected data, as an attacker would); the oracle, best on the clean test
-cases. Only the first two are available to an attacker; the oracle bounds what early stopping could achieve.
-A clean victim whose DSC still rises at the end of its schedule has not converged (:func:`convergence_gain`):
-a short schedule mistakes delay for protection.
+``evaluate`` trains the same victim (same seed, same schedule, same patches, since the labels are identical) on the
+clean and on the protected training cases and reports, for each checkpoint rule of
+:data:`~umedprotect_eval.training.CHECKPOINT_RULES`, ratio = DSC(protected) / DSC(clean), each victim's test DSC at
+the checkpoint the rule keeps: the final one; the one nnU-Net keeps, best in the moving average of its DSC on
+validation cases held out of the victim's own training data (:func:`validation_split`: the same cases for both
+victims, so the protected victim is selected on protected data, as an attacker would); the oracle, best on the
+clean test cases. Only the first two are available to an attacker; the oracle bounds what early stopping could
+achieve. A clean victim whose DSC still rises at the end of its schedule has not converged
+(:func:`convergence_gain`): a short schedule mistakes delay for protection.
 """
 
 from __future__ import annotations

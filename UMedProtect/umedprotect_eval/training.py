@@ -6,8 +6,8 @@ patches with foreground oversampling (2D victims: patches of slices; 3D victims:
 augmentation (:data:`umedprotect.augment.NNUNET_AUGMENTATION`), Dice + CE loss, SGD with Nesterov momentum
 0.99 (or Adam) and a poly learning-rate decay. The test DSC of a case is the mean Dice over the foreground
 labels present in it (3D, over all its slices); an epoch's, the mean over cases. Given validation cases
-(held out of the training data), the victim is scored on them too: nnU-Net keeps the checkpoint that is best
-there (:data:`CHECKPOINT_RULES`).
+(held out of the training data), the victim is scored on them too: nnU-Net keeps the checkpoint whose moving
+average of that score is best (:data:`CHECKPOINT_RULES`, :func:`nnunet_checkpoint`).
 
 :class:`VictimTrainer` runs one training. Experiments change it by subclassing and overriding its hooks
 (``build_network``, ``normalisation_statistics``, ``on_iteration``, ``on_checkpoint``, ``should_stop``),
@@ -40,9 +40,26 @@ DEFAULT_LEARNING_RATES = {"sgd": 0.01, "adam": 1e-3}  # nnU-Net's SGD; the usual
 FIT_CHECK_CASES = 8  # training cases segmented after every epoch to check the victim fits its data
 GRADIENT_CLIP = 12.0  # nnU-Net's gradient norm clipping
 NNUNET_ITERATIONS_PER_EPOCH = 250
-# Which checkpoint a victim is judged by: the last; the one nnU-Net keeps (best DSC on validation cases held
-# out of its own training data, here the protected data); the oracle (best DSC on the clean test cases).
+# Which checkpoint a victim is judged by: the last; the one nnU-Net keeps (best moving average of the DSC on
+# validation cases held out of its own training data, here the protected data); the oracle (best DSC on the
+# clean test cases).
 CHECKPOINT_RULES = ("final", "nnunet", "oracle")
+NNUNET_EMA_DECAY = 0.9  # nnU-Net's logger: ema_fg_dice = 0.9 * previous + 0.1 * this epoch's pseudo Dice
+
+
+def nnunet_checkpoint(scores: Sequence[float]) -> int:
+    """The 1-based epoch whose checkpoint nnU-Net keeps as ``checkpoint_best``, given each epoch's validation Dice:
+    the first epoch at which the exponential moving average of ``scores`` (the first epoch's score to start with;
+    decay :data:`NNUNET_EMA_DECAY`) exceeds every earlier one. An epoch without a score (nan) counts as 0."""
+    if not scores:
+        raise ValueError("no validation scores")
+    best_epoch, best, average = 1, -math.inf, None
+    for epoch, score in enumerate(scores, start=1):
+        score = 0.0 if math.isnan(score) else float(score)
+        average = score if average is None else NNUNET_EMA_DECAY * average + (1 - NNUNET_EMA_DECAY) * score
+        if average > best:
+            best_epoch, best = epoch, average
+    return best_epoch
 
 
 @dataclass(frozen=True)
@@ -145,8 +162,7 @@ class TrainingRun:
         if rule == "nnunet":
             if not self.validation_curve:
                 raise ValueError("the nnunet rule needs validation cases")
-            scores = np.nan_to_num(np.asarray(self.validation_curve, dtype=float), nan=-1.0)
-            return int(np.argmax(scores)) + 1
+            return nnunet_checkpoint(self.validation_curve)
         raise ValueError(f"unknown checkpoint rule {rule!r} (choose from {', '.join(CHECKPOINT_RULES)})")
 
     def dsc(self, rule: str) -> float:
