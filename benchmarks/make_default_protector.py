@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 
-from umedprotect.protector import Protector, save_protector
+import torch
+
+from umedprotect.protector import Protector, ring_codes, save_protector
 from umedprotect.protector_file import CODE_INITS, DEFAULT_PROTECTOR_PATH, ProtectorConfig
 
 DEFAULT_CONFIG = ProtectorConfig(
@@ -53,16 +56,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--band-radius", type=int, default=DEFAULT_CONFIG.band_radius, help="fill, dots: the band outside, negated"
     )
+    parser.add_argument(
+        "--label-periods",
+        type=int,
+        nargs="+",
+        help="rings: per label in turn one of these periods, then the same negated (overrides --code-period)",
+    )
     args = parser.parse_args(argv)
+    classes = DEFAULT_CONFIG.code_classes
+    if args.label_periods:
+        classes = 1 + 2 * len(args.label_periods)
     config = dataclasses.replace(
         DEFAULT_CONFIG,
         code_init=args.codes,
-        code_period=args.code_period,
+        code_period=math.lcm(*args.label_periods) if args.label_periods else args.code_period,
+        code_classes=classes,
         epsilon=args.epsilon,
         band_radius=args.band_radius,
     )
-    print(save_protector(Protector(config), args.output))
+    protector = Protector(config)
+    if args.label_periods:
+        with torch.no_grad():
+            protector.codes.copy_(distinct_ring_codes(args.label_periods))
+    print(save_protector(protector, args.output))
     return 0
+
+
+def distinct_ring_codes(periods: list[int]) -> torch.Tensor:
+    """Rings whose profile tells the labels apart: label k has period ``periods[(k-1) % n]``, negated for the
+    second n labels (a sign sequence from the edge in); one common period, their least common multiple."""
+    common = math.lcm(*periods)
+    rows = [torch.zeros(common)]
+    for sign in (1.0, -1.0):
+        for period in periods:
+            profile = ring_codes(2, period)[1]
+            rows.append(sign * profile[torch.arange(common) % period])
+    return torch.stack(rows)
 
 
 if __name__ == "__main__":
