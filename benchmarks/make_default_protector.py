@@ -17,6 +17,12 @@ The bundled protector of contour-following rings (``--codes rings``, results: ``
     python -m benchmarks.make_default_protector --codes rings --code-period 6 --epsilon 16 \
         --output UMedProtect/umedprotect/data/rings_protector.safetensors
 
+Rings with a profile of their own per label (periods 6 and 14, then the same negated; results:
+``rings-distinct-screen``):
+
+    python -m benchmarks.make_default_protector --codes rings --label-periods 6 14 --epsilon 16 \
+        --output benchmarks/protectors/rings_6_14.safetensors
+
 A variant with other codes, for experiments (e.g. benchmarks/protectors/dots4.safetensors):
 
     python -m benchmarks.make_default_protector --codes dots --code-period 4 --band-radius 2 \
