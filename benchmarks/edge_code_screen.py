@@ -41,7 +41,8 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
                training cases, seed ``--seed``)
   edge-checker a checkerboard in each label's own coordinates: A tanh(3 sin(2 pi d / P)) tanh(3 sin(2 pi s / Q)),
                d the depth below the label's edge, s the arc length along it (of the nearest edge pixel),
-               Q = ``--arc-period`` (0: no arc factor, the rings); it rotates and scales with the label
+               Q = ``--arc-period`` (0: no arc factor, the rings); it rotates and scales with the label;
+               ``--case-phase``: d + F, F drawn per case in [0, P) (the rings no longer mark where the edge is)
   edge-lines   the rings' energy on lines: bands ``--width`` pixels wide at the depths where the rings peak
                (P/4 + k P/2), signed (-1)^k (a sparse code whose amplitude the floor lets rise, as the lattice's)
   blobs        a fixed isotropic band-pass texture inside every label: A tanh(3 n), n difference-of-Gaussians
@@ -154,7 +155,8 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
     if name == "blobs":
         return amplitude * blob_field(image.shape, blob_sigmas(args.period)) * (labels > 0)
     if name == "edge-checker":
-        across = np.tanh(3 * np.sin(2 * np.pi * d / args.period))
+        phase = case_phase(image, args) if args.case_phase else 0.0
+        across = np.tanh(3 * np.sin(2 * np.pi * (d + phase) / args.period))
         along = np.tanh(3 * np.sin(2 * np.pi * edge_arc_length(labels) / args.arc_period)) if args.arc_period else 1
         return amplitude * across * along * (labels > 0)
     if name == "edge-lines":
@@ -201,6 +203,11 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         return amplitude * wave * band
     blurred = ndimage.gaussian_filter(image.astype(np.float64), args.radius)
     return np.clip(0.5 * amplitude * wave + (blurred - image), -amplitude, amplitude) * band
+
+
+def case_phase(image: np.ndarray, args) -> float:
+    """A phase (pixels of depth, in [0, period)) drawn for each case from its pixels: the same on every run."""
+    return float(np.random.default_rng(zlib.crc32(image.tobytes())).uniform(0, args.period))
 
 
 def edge_arc_length(labels: np.ndarray) -> np.ndarray:
@@ -443,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--period", type=float, default=4.0)
     parser.add_argument("--arc-period", type=float, default=0.0, help="edge-checker: period along the edge")
     parser.add_argument("--width", type=float, default=1.0, help="edge-lines: the lines' width (pixels)")
+    parser.add_argument(
+        "--case-phase", action="store_true", help="edge-checker: each case's rings at a phase drawn from its pixels"
+    )
     parser.add_argument("--phase", type=float, default=0.0, help="for wave: its offset (pixels) from the image corner")
     parser.add_argument("--min-psnr", type=float, default=50.0)
     parser.add_argument("--method", choices=METHOD_NAMES, default="lsp", help="for baseline: the published method")
@@ -511,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     tag += "_off-" + "-".join(args.augmentation_off) if args.augmentation_off else ""
     tag += f"_ph{args.phase:g}" if args.phase else ""
     tag += f"_arc{args.arc_period:g}" if args.arc_period else ""
+    tag += "_cph" if args.case_phase else ""
     tag += f"_w{args.width:g}" if args.candidate == "edge-lines" else ""
     tag += f"_{args.victim}_{args.optimizer}" if (args.victim, args.optimizer) != ("unet-small", "adam") else ""
     out = args.out_root / tag
@@ -587,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         "period": args.period,
         "phase": args.phase,
         "arc_period": args.arc_period if args.candidate == "edge-checker" else None,
+        "case_phase": args.case_phase if args.candidate == "edge-checker" else None,
         "width": args.width if args.candidate == "edge-lines" else None,
         "code": f"{args.code_init}{args.code_period}" if args.candidate == "product" else None,
         "method": args.method if args.candidate == "baseline" else None,
