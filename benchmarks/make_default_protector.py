@@ -17,12 +17,6 @@ The bundled protector of contour-following rings (``--codes rings``, results: ``
     python -m benchmarks.make_default_protector --codes rings --code-period 6 --epsilon 16 \
         --output UMedProtect/umedprotect/data/rings_protector.safetensors
 
-Rings with a profile of their own per label (periods 6 and 14, then the same negated; results:
-``rings-distinct-screen``):
-
-    python -m benchmarks.make_default_protector --codes rings --label-periods 6 14 --epsilon 16 \
-        --output benchmarks/protectors/rings_6_14.safetensors
-
 A variant with other codes, for experiments (e.g. benchmarks/protectors/dots4.safetensors):
 
     python -m benchmarks.make_default_protector --codes dots --code-period 4 --band-radius 2 \
@@ -33,13 +27,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 from pathlib import Path
 
-import torch
-
-from umedprotect.protector import Protector, ring_codes, save_protector
+from umedprotect.protector import Protector, save_protector
 from umedprotect.protector_file import CODE_INITS, DEFAULT_PROTECTOR_PATH, ProtectorConfig
 
 DEFAULT_CONFIG = ProtectorConfig(
@@ -62,42 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--band-radius", type=int, default=DEFAULT_CONFIG.band_radius, help="fill, dots: the band outside, negated"
     )
-    parser.add_argument(
-        "--label-periods",
-        type=int,
-        nargs="+",
-        help="rings: per label in turn one of these periods, then the same negated (overrides --code-period)",
-    )
     args = parser.parse_args(argv)
-    classes = DEFAULT_CONFIG.code_classes
-    if args.label_periods:
-        classes = 1 + 2 * len(args.label_periods)
     config = dataclasses.replace(
         DEFAULT_CONFIG,
         code_init=args.codes,
-        code_period=math.lcm(*args.label_periods) if args.label_periods else args.code_period,
-        code_classes=classes,
+        code_period=args.code_period,
         epsilon=args.epsilon,
         band_radius=args.band_radius,
     )
-    protector = Protector(config)
-    if args.label_periods:
-        with torch.no_grad():
-            protector.codes.copy_(distinct_ring_codes(args.label_periods))
-    print(save_protector(protector, args.output))
+    print(save_protector(Protector(config), args.output))
     return 0
-
-
-def distinct_ring_codes(periods: list[int]) -> torch.Tensor:
-    """Rings whose profile tells the labels apart: label k has period ``periods[(k-1) % n]``, negated for the
-    second n labels (a sign sequence from the edge in); one common period, their least common multiple."""
-    common = math.lcm(*periods)
-    rows = [torch.zeros(common)]
-    for sign in (1.0, -1.0):
-        for period in periods:
-            profile = ring_codes(2, period)[1]
-            rows.append(sign * profile[torch.arange(common) % period])
-    return torch.stack(rows)
 
 
 if __name__ == "__main__":

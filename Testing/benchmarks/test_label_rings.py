@@ -37,3 +37,21 @@ def test_a_file_as_the_output_folder_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         label_rings.main([str(target)])
     assert exit_info.value.code == 2 and "is not a folder" in capsys.readouterr().err
+
+
+def test_periods_more_than_twice_apart_keep_four_labels_distinct_under_the_victims_scaling(tmp_path):
+    from umedprotect.protector_file import RINGS_PROTECTOR_PATH
+
+    argv = [str(tmp_path), "--base", str(RINGS_PROTECTOR_PATH), "--classes", "5", "--variant", "period_6_14"]
+    assert label_rings.main(argv) == 0
+    variant = load_protector(tmp_path / "rings_period_6_14.safetensors")
+    bundled = load_protector(RINGS_PROTECTOR_PATH)
+    depths = torch.arange(0, 42, 0.5)
+    profiles = {label: _codes_at_depths(variant, label, depths) for label in range(1, 5)}
+    assert torch.allclose(profiles[1], _codes_at_depths(bundled, 1, depths), atol=1e-6)  # the liver keeps its rings
+    assert torch.allclose(profiles[3], -profiles[1]) and torch.allclose(profiles[4], -profiles[2])
+    for scale in torch.linspace(0.7, 1.4, 8):  # a label scaled by s has its depths scaled by s
+        for a in range(1, 5):
+            scaled = _codes_at_depths(variant, a, depths / scale)
+            for b in set(range(1, 5)) - {a}:
+                assert torch.corrcoef(torch.stack([scaled, profiles[b]]))[0, 1] < 0.5, (a, b, float(scale))
