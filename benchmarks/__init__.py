@@ -1,1 +1,1 @@
-"""Research scripts behind BENCHMARKS.md; run them from the repository root as ``python -m benchmarks.NAME``."""
+"""Research scripts behind docs/results.md; run them from the repository root as ``python -m benchmarks.NAME``."""

@@ -3,7 +3,7 @@
 The former default (shipped until the fill codes; kept as benchmarks/protectors/rings_default.safetensors)
 draws the same rings in every label: on a multi-organ label set they mark "inside
 an organ" but not which one, so a victim needs the anatomy to tell the organs apart. These variants
-test whether rings that also tell the labels apart stop such victims (BENCHMARKS.md, "Four organs and
+test whether rings that also tell the labels apart stop such victims (docs/archive/research-log.md, "Four organs and
 MR"). Label 1 keeps the default's rings exactly; the generators stay unfitted (zero), as in the
 default.
 

@@ -19,7 +19,7 @@ The registered objectives (each plus the fit's visibility penalty):
   anatomy. The surrogate keeps training on protected data, as a victim would.
 - ``race``: gradient alignment against fresh surrogates in their first steps on protected data,
   re-initialised like min-min's and never pre-trained: the state in which a victim's first epoch
-  decides between the shortcut and the anatomy (BENCHMARKS.md, "first-epoch race").
+  decides between the shortcut and the anatomy (docs/archive/research-log.md, "The first-epoch race").
 """
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ def blob_codes(noise: torch.Tensor) -> torch.Tensor:
     """Isotropic band-pass textures from white ``noise`` (classes, P, P), tileable; zero for the background.
 
     Blobs a few pixels apart and without orientation survive flips, rotation, scaling, blur and
-    low-resolution simulation, which erase pixel-level patterns (BENCHMARKS.md, "blobs").
+    low-resolution simulation, which erase pixel-level patterns (docs/results.md, `blobs-screen`).
     """
     period = noise.shape[-1]
     freq = torch.fft.fftfreq(period)
@@ -177,7 +177,7 @@ def ring_codes(classes: int, period: int) -> torch.Tensor:
     ``period``/2 pixels from the edge inwards; zero for the background.
 
     They follow the organ's shape, so flips, rotation and scaling keep them, and a victim learns
-    them before the anatomy at lower energy than blobs (BENCHMARKS.md, "rings").
+    them before the anatomy at lower energy than blobs (docs/archive/research-log.md, "Rings").
     """
     profile = BLOB_GAIN * torch.sin(2 * torch.pi * (torch.arange(period) - 0.5) / period)
     codes = profile.repeat(classes, 1)
