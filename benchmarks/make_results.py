@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from umedprotect_eval.evaluation import TARGET_RATIO, ratio
-from umedprotect_eval.training import nnunet_checkpoint
+from umedprotect_eval.training import TrainingRun, nnunet_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "benchmarks" / "experiments"
@@ -87,7 +87,7 @@ def _evaluate_ratios(report: dict, measure: str = "best", defense: str = "none")
             if (run["data"], run["seed"], run.get("victim"), run.get("defense", "none"))
             == (data, entry["seed"], entry.get("victim"), run_defense)
         )
-        return run["curve"][nnunet_checkpoint(run["validation_curve"]) - 1]
+        return TrainingRun(run["victim"], run["curve"], 0.0, validation_curve=run["validation_curve"]).dsc("nnunet")
 
     return {entry["seed"]: ratio(kept("protected", entry, defense), kept("clean", entry, "none")) for entry in entries}
 

@@ -7,6 +7,7 @@ import torch
 
 from benchmarks import label_rings
 from umedprotect.protector import load_protector
+from umedprotect.protector_file import RINGS_PROTECTOR_PATH
 
 
 def _codes_at_depths(protector, label: int, depths: torch.Tensor) -> torch.Tensor:
@@ -40,8 +41,6 @@ def test_a_file_as_the_output_folder_is_a_usage_error(tmp_path, capsys):
 
 
 def test_periods_more_than_twice_apart_keep_four_labels_distinct_under_the_victims_scaling(tmp_path):
-    from umedprotect.protector_file import RINGS_PROTECTOR_PATH
-
     argv = [str(tmp_path), "--base", str(RINGS_PROTECTOR_PATH), "--classes", "5", "--variant", "period_6_14"]
     assert label_rings.main(argv) == 0
     variant = load_protector(tmp_path / "rings_period_6_14.safetensors")
