@@ -73,6 +73,12 @@ def weights_fingerprint(model: torch.nn.Module) -> tuple[float, float]:
 PINNED_TOLERANCE = {"rel": 1e-5, "abs": 1e-9}  # ten times the rounding differences measured between CPUs
 
 
+def tiny_evaluate_argv(clean: str, protected: str, *options: str) -> list[str]:
+    """``umedprotect evaluate`` on the CPU with one one-iteration epoch of two 32-pixel patches, then ``options``."""
+    tiny = "--epochs 1 --iterations 1 --batch-size 2 --patch-size 32 --device cpu".split()
+    return ["evaluate", clean, protected, *tiny, *options]
+
+
 def write_nnunet_dataset(
     root: Path,
     n_train: int = 3,

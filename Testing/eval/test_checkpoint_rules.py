@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import write_nnunet_dataset
+from conftest import tiny_evaluate_argv, write_nnunet_dataset
 
 from umedprotect.augment import (
     NNUNET_AUGMENTATION,
@@ -161,24 +161,7 @@ def test_augmentation_regimes_reach_the_victims_and_the_report(datasets, tmp_pat
     assert [run["augment"] for run in GIVEN] == [NO_AUGMENTATION] * 2
     assert TrainSettings().augment == NNUNET_AUGMENTATION and TrainSettings().iterations_per_epoch == 250
     report_path = tmp_path / "report.json"
-    argv = [
-        "evaluate",
-        *map(str, datasets),
-        "--epochs",
-        "1",
-        "--iterations",
-        "1",
-        "--batch-size",
-        "2",
-        "--patch-size",
-        "32",
-        "--device",
-        "cpu",
-        "--victim",
-        "unet-small",
-        "-o",
-        str(report_path),
-    ]
+    argv = tiny_evaluate_argv(*map(str, datasets), "--victim", "unet-small", "-o", str(report_path))
     for choice, _preset in (("none", NO_AUGMENTATION), ("nnunet-like", NNUNET_LIKE_AUGMENTATION)):
         assert main(argv + ["--augmentation", choice]) == 0
         assert json.loads(report_path.read_text())["augmentation"] == choice

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import write_nnunet_dataset
+from conftest import tiny_evaluate_argv, write_nnunet_dataset
 
 from umedprotect.augment import NO_AUGMENTATION
 from umedprotect.cli import main
@@ -235,23 +235,7 @@ def test_evaluate_reports_each_labels_ratio_for_multi_label_datasets(tmp_path, c
         assert row["ratio_best_by_label"][name] == pytest.approx(expected, nan_ok=True)
         expected = ratio(protected_run["label_curve"][-1][k], clean_run["label_curve"][-1][k])
         assert row["ratio_final_by_label"][name] == pytest.approx(expected, nan_ok=True)
-    argv = [
-        "evaluate",
-        str(clean),
-        str(protected),
-        "--epochs",
-        "1",
-        "--iterations",
-        "1",
-        "--batch-size",
-        "2",
-        "--patch-size",
-        "32",
-        "--device",
-        "cpu",
-        "--victim",
-        "unet-small",
-    ]
+    argv = tiny_evaluate_argv(str(clean), str(protected), "--victim", "unet-small")
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "ratio by label: final lesion1 " in out and "; oracle (each label's best epoch) lesion1 " in out
@@ -280,25 +264,7 @@ def test_evaluation_data_checks(clean_and_protected, tmp_path):
 def test_cli_evaluate_end_to_end(clean_and_protected, tmp_path, capsys):
     clean, protected = clean_and_protected
     report_path = tmp_path / "report.json"
-    argv = [
-        "evaluate",
-        str(clean),
-        str(protected),
-        "--epochs",
-        "1",
-        "--iterations",
-        "1",
-        "--batch-size",
-        "2",
-        "--patch-size",
-        "32",
-        "--device",
-        "cpu",
-        "--optimizer",
-        "adam",
-        "-o",
-        str(report_path),
-    ]
+    argv = tiny_evaluate_argv(str(clean), str(protected), "--optimizer", "adam", "-o", str(report_path))
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "ratio" in out and "mean PSNR" in out and "prot. fit" in out
@@ -330,24 +296,7 @@ def test_several_seeds_train_every_victim_once_per_seed_and_report_the_spread(cl
     assert [row["seed"] for row in report["summary"]] == [0, 1]
     assert report["over_seeds"] == over_seeds(report["summary"])
     assert "over_seeds" not in evaluate(clean, protected, settings=TINY)
-    argv = [
-        "evaluate",
-        str(clean),
-        str(protected),
-        "--epochs",
-        "1",
-        "--iterations",
-        "1",
-        "--batch-size",
-        "2",
-        "--patch-size",
-        "32",
-        "--device",
-        "cpu",
-        "--seed",
-        "3",
-        "4",
-    ]
+    argv = tiny_evaluate_argv(str(clean), str(protected), "--seed", "3", "4")
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "over seeds 3, 4: ratio mean final " in out and "<= 0.1 with " in out and " of 2 seeds" in out
@@ -405,24 +354,7 @@ def test_normalisation_can_be_chosen_instead_of_nnunets(clean_and_protected, tmp
     with pytest.raises(ValueError, match="unknown normalisation"):
         evaluate(clean, protected, settings=TINY, normalisation="minmax")
     report_path = tmp_path / "report.json"
-    argv = [
-        "evaluate",
-        str(clean),
-        str(protected),
-        "--epochs",
-        "1",
-        "--iterations",
-        "1",
-        "--batch-size",
-        "2",
-        "--patch-size",
-        "32",
-        "--device",
-        "cpu",
-        "-o",
-        str(report_path),
-        "--normalisation",
-    ]
+    argv = tiny_evaluate_argv(str(clean), str(protected), "-o", str(report_path), "--normalisation")
 
     def normalisation_used(choice: str) -> str:
         assert main(argv + [choice]) == 0
