@@ -6,6 +6,7 @@ Sources (fetched with ``pip download`` from PyPI into DATA_DIR/downloads, extrac
 DATA_DIR/sources; nothing is committed):
   pyradiomics 3.0.1 source package (BSD-3-Clause): brain MRI (brain1, brain2), breast MRI (breast1),
     chest CT (lung1, lung2) with manual lesion masks.
+  stardist 0.9.1 wheel (BSD-3-Clause): a 2D fluorescence microscopy image of nuclei with its mask.
   TotalSegmentator 2.18.0 source package (Apache-2.0): abdominal CT (example_ct_sm, 3 mm), a second
     CT as a DICOM series (512x512, 0.98 mm), abdominal MR (example_mr_sm, 3 mm). Their masks are
     TotalSegmentator's own predictions, not manual labels.
@@ -43,6 +44,10 @@ Datasets written to DATA_DIR/nnUNet_raw (the split is declared in each dataset.j
       0.25-5 % of each 256x256 crop) as 2D slices, CT, split by slice blocks within each subject: test
       lung2's nodule slices 19-20 (18 and 21 left out) and lung1's 34 (33 left out), train the rest.
   Dataset012_TotalSegCT3D  the Dataset002 subjects as 3D volumes (same split and resampling).
+  Dataset017_StardistNucleiTiles  many small objects in 2D microscopy: stardist 0.9.1's fluorescence image of
+      nuclei (512x512, 16-bit storage, values 0-235; from the 2018 Data Science Bowl, BBBC038) with its manual
+      instance mask as one label, in 4 x 4 tiles of 128x128 (6-16 nuclei each); split by tile rows: test the
+      bottom row, train the rest. Not CT: victims z-score each case.
   Dataset900_Phantoms2D  synthetic phantom slices (offline, exact masks): 16 train, 6 test.
 """
 
@@ -54,10 +59,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import tifffile
 
 from umedprotect.atomic import atomic_path
 from umedprotect.phantoms import phantom_slice
@@ -65,10 +72,13 @@ from umedprotect.phantoms import phantom_slice
 ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_DATA_DIR = ROOT / "benchmarks" / "data"
-PACKAGES = {
-    "pyradiomics": ("3.0.1", "pyradiomics-3.0.1/data/"),
-    "totalsegmentator": ("2.18.0", "totalsegmentator-2.18.0/tests/reference_files/"),
+PACKAGES = {  # name: (version, folder of its data in the package, wheel or source package)
+    "pyradiomics": ("3.0.1", "pyradiomics-3.0.1/data/", False),
+    "totalsegmentator": ("2.18.0", "totalsegmentator-2.18.0/tests/reference_files/", False),
+    "stardist": ("0.9.1", "stardist/data/images/", True),
 }
+WHEEL_PLATFORM = ("--platform", "manylinux2014_x86_64", "--python-version", "3.11", "--abi", "cp311")  # any would do
+NUCLEI_TILE = 128  # Dataset017: tile side, pixels (the 512x512 image in 4 x 4 tiles)
 LESION_TRAIN, LESION_TEST = ("brain1", "breast1", "lung2"), ("brain2", "lung1")
 CROP = 256  # in-plane crop of the 512x512 lung CTs, pixels
 ORGANS = {"liver": (5,), "spleen": (1,), "kidney": (2, 3), "stomach": (6,)}  # TotalSegmentator v2 ids
@@ -98,33 +108,27 @@ SLAB_SLICES = 8  # Dataset015: slices per training volume
 
 
 def fetch(package: str, data_dir: Path) -> Path:
-    """Download the source package with pip (once) and extract its data files; return the data folder."""
-    version, member_prefix = PACKAGES[package]
+    """Download the package with pip (once) and extract its data files; return the data folder."""
+    version, member_prefix, wheel = PACKAGES[package]
     downloads, sources = data_dir / "downloads", data_dir / "sources"
     target = sources / member_prefix
     if target.is_dir():
         return target
-    archive = downloads / f"{package}-{version}.tar.gz"
-    if not archive.is_file():
+    pattern = f"{package}-{version}*.whl" if wheel else f"{package}-{version}.tar.gz"
+    if not any(downloads.glob(pattern)):
         downloads.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            package,
-            "--no-build-isolation",
-            f"{package}=={version}",
-            "-d",
-            str(downloads),
-        ]
+        binary = ["--only-binary", ":all:", *WHEEL_PLATFORM] if wheel else ["--no-binary", package]
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", *binary, "--no-build-isolation"]
         print("fetching", package, version, "from PyPI", flush=True)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    with tarfile.open(archive) as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(member_prefix) and (m.isfile() or m.isdir())]
-        tar.extractall(sources, members=members, filter="data")
+        subprocess.run([*command, f"{package}=={version}", "-d", str(downloads)], check=True, stdout=subprocess.DEVNULL)
+    downloaded = min(downloads.glob(pattern))
+    if wheel:
+        with zipfile.ZipFile(downloaded) as archive:
+            archive.extractall(sources, [name for name in archive.namelist() if name.startswith(member_prefix)])
+    else:
+        with tarfile.open(downloaded) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith(member_prefix) and (m.isfile() or m.isdir())]
+            tar.extractall(sources, members=members, filter="data")
     return target
 
 
@@ -432,6 +436,30 @@ def organ_datasets(data_dir: Path, out: Path, which: set[str]) -> None:
         )
 
 
+def nuclei_dataset(data_dir: Path, out: Path) -> None:
+    """Dataset017: stardist's fluorescence microscopy image (DSB 2018) in 128x128 tiles, the nuclei as one label."""
+    source = fetch("stardist", data_dir)
+    image = tifffile.imread(source / "img2d.tif")
+    nuclei = (tifffile.imread(source / "mask2d.tif") > 0).astype(np.uint8)
+    rows = image.shape[0] // NUCLEI_TILE
+    train, test = [], []
+    for row in range(rows):
+        for col in range(image.shape[1] // NUCLEI_TILE):
+            box = np.s_[row * NUCLEI_TILE : (row + 1) * NUCLEI_TILE, col * NUCLEI_TILE : (col + 1) * NUCLEI_TILE]
+            case = (f"nuclei_r{row}c{col}", *(sitk.GetImageFromArray(a[box]) for a in (image, nuclei)))
+            (test if row == rows - 1 else train).append(case)
+    write_dataset(
+        out / "Dataset017_StardistNucleiTiles",
+        "StardistNucleiTiles",
+        {"background": 0, "nucleus": 1},
+        "fluorescence microscopy",
+        train,
+        test,
+        "one 512x512 fluorescence microscopy image (stardist 0.9.1's test image, from the 2018 Data Science "
+        "Bowl) in 4 x 4 tiles of 128x128: test the bottom row of tiles, train the rest; 6-16 nuclei per tile",
+    )
+
+
 def phantom_dataset(out: Path, n_train: int = 16, n_test: int = 6, size: int = 96) -> None:
     """Synthetic 2D phantoms (int16, two lesion labels), always available offline."""
 
@@ -457,7 +485,7 @@ def phantom_dataset(out: Path, n_train: int = 16, n_test: int = 6, size: int = 9
     )
 
 
-DATASETS = ("001", "002", "003", "004", "005", "006", "007", "008", "011", "012", "015", "016", "900")
+DATASETS = ("001", "002", "003", "004", "005", "006", "007", "008", "011", "012", "015", "016", "017", "900")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -471,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         lesion_datasets(args.data_dir, out, which)
     if which & {"002", "003", "004", "005", "006", "007", "008", "012", "015"}:
         organ_datasets(args.data_dir, out, which)
+    if "017" in which:
+        nuclei_dataset(args.data_dir, out)
     if "900" in which:
         phantom_dataset(out)
     return 0

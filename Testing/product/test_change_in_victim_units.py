@@ -125,6 +125,54 @@ def test_under_the_floor_the_metrics_give_the_floor_that_reaches_the_strength():
     assert "min_psnr_for_strength" not in reached.metrics
 
 
+def dim_8bit(shape=(64, 64), top: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """An 8-bit image of range 0 to about ``top`` (a dim microscopy tile): at 50 dB the change is under one level."""
+    image, labels = mr_like(shape)
+    return np.round(image / 800 * top).astype(np.uint8), labels
+
+
+def test_a_floor_that_leaves_under_one_level_gives_the_floor_that_reaches_the_strength(tmp_path, caplog, capsys):
+    image, labels = dim_8bit()
+    erased = protect_array(image, labels, device="cpu", min_psnr=50, strength=0.3)
+    assert np.array_equal(erased.protected, image) and erased.metrics["change_victim_units"] == 0
+    floor = erased.metrics["min_psnr_for_strength"]
+    reached = protect_array(image, labels, device="cpu", min_psnr=floor, strength=0.3)
+    assert reached.metrics["change_victim_units"] >= 0.3 * 0.8  # about: a few levels, rounded
+    for array, name in ((image, "tile.nii.gz"), (labels, "mask.nii.gz")):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / name))
+    args = [str(tmp_path / "tile.nii.gz"), str(tmp_path / "mask.nii.gz"), "--device", "cpu"]
+    assert main(["protect", *args, "-o", str(tmp_path / "out.nii.gz")]) == 2
+    err = capsys.readouterr().err
+    assert "changed no voxel (the 50 dB floor" in err and f"--min-psnr {floor:g}" in err and err.count("\n") == 1
+    assert not (tmp_path / "out.nii.gz").exists()
+    assert main(["protect", *args, "-o", str(tmp_path / "out.nii.gz"), "--allow-empty"]) == 0
+    assert "leaves no change (it would be under one level" in caplog.text and f"--min-psnr {floor:g}" in caplog.text
+
+
+def test_protect_dataset_says_how_many_images_the_floor_left_unchanged(tmp_path, caplog):
+    root = write_nnunet_dataset(tmp_path / "Dataset001_Tiles", n_train=2, shape=(64, 64))
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "channel_names": {"0": "fluorescence"}}))
+    for k, top in enumerate((100, 250)):  # dim: nothing left at 50 dB; bright: a change of a level here and there
+        image, labels = dim_8bit(top=top)
+        for array, path in (
+            (image, root / f"imagesTr/case{k:03d}_0000.nii.gz"),
+            (labels, root / f"labelsTr/case{k:03d}.nii.gz"),
+        ):
+            sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    assert main(["protect-dataset", str(root), "-o", str(tmp_path / "out"), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        "2 image(s): the PSNR floor holds the change" in caplog.text and "(1 left unchanged: it would be" in caplog.text
+    )
+
+
+def test_a_budget_under_one_level_is_raised_to_the_strength():
+    image, labels = dim_8bit(top=60)
+    assert protect_array(image, labels, device="cpu", min_psnr=20).metrics["max_abs_change"] == 0
+    raised = protect_array(image, labels, device="cpu", min_psnr=20, strength=0.3)
+    assert raised.metrics["change_victim_units"] == pytest.approx(0.3, rel=0.35)
+
+
 def test_a_change_already_stronger_is_kept_byte_for_byte():
     image, labels = ct_like()
     plain = protect_array(image, labels, device="cpu", min_psnr=40)

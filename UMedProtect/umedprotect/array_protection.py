@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ import numpy as np
 from .codes import CodePerturbation
 from .errors import Cancelled, InputError
 from .intensity import Window, apply_change, intensity_window, normalize
-from .metrics import data_range, image_quality, slab_slices_for, slice_psnrs
+from .metrics import data_range, image_quality, psnr, slab_slices_for, slice_psnrs
 from .protector_file import ProtectorConfig, ProtectorFile, read_protector_file
 from .regions import bounding_box, contour_band, region_maps, roi_mask
 from .settings import OPTIONS
@@ -156,15 +157,21 @@ def protect_array(
         run(protect)
         if strength:
             unit = victim_unit(image, roi_mask(labels), victim_normalisation)
+            # a budget under one level of an integer type changes nothing: the codes would have spent about all of it
             reached = rms_in_units(protected[region] - image[region].astype(np.float64), unit)
-            raised = min(epsilon * strength / reached, OPTIONS["epsilon"].high) if reached else epsilon
+            reached = reached or window.budget(epsilon) / unit
+            raised = min(epsilon * strength / reached, OPTIONS["epsilon"].high)
             if raised > epsilon:
                 epsilon, protect = raised, dataclasses.replace(protect, epsilon=raised)
                 protected[...] = image
                 run(protect)
             details.update(strength=strength, victim_normalisation=victim_normalisation, victim_unit=unit)
     budget = window.budget(epsilon)
+    unfloored = None  # (worst PSNR, victim units) of the change before the floor
     if min_psnr is not None:
+        if unit is not None:
+            change = protected[region] - image[region].astype(np.float64)
+            unfloored = _worst_psnr(image, protected, axis), rms_in_units(change, unit)
         details.update(min_psnr=min_psnr, change_scale=limit_visibility(image, protected, budget, min_psnr, axis))
     result = make_result(image, protected, region, window, budget, axis, slab_slices=slab, epsilon=epsilon, **details)
     if unit is not None:
@@ -172,7 +179,14 @@ def protect_array(
         result.metrics["change_victim_units"] = reached
         if min_psnr is not None and 0 < reached < 0.95 * strength:
             result.metrics["min_psnr_for_strength"] = floor_for_strength(min_psnr, reached, strength)
+        elif min_psnr is not None and not reached and unfloored[1]:  # the floor left under one level of an integer type
+            result.metrics["min_psnr_for_strength"] = floor_for_strength(*unfloored, strength)
     return result
+
+
+def _worst_psnr(image: np.ndarray, protected: np.ndarray, axis: int | None) -> float:
+    """PSNR of a 2D image, or of a volume's most changed slice along ``axis``."""
+    return psnr(image, protected) if axis is None else min(slice_psnrs(image, protected, axis), default=math.inf)
 
 
 @dataclass(frozen=True)

@@ -235,9 +235,15 @@ def run(args: argparse.Namespace) -> int:
     protect_s = time.perf_counter() - started - read_s
     if present and result.metrics["max_abs_change"] == 0:
         if not args.allow_empty:
+            m = result.metrics
+            why = f"budget {result.budget:.3g} below one intensity step?"
+            if "min_psnr_for_strength" in m:
+                floor = m["min_psnr_for_strength"]
+                why = f"the {m['min_psnr']:g} dB floor: {UNDER_ONE_LEVEL}; about --min-psnr {floor:g} would reach "
+                why += "the strength that stopped victims"
             raise InputError(
-                f"{image_path}: protection changed no voxel (budget {result.budget:.3g} below one intensity step?); "
-                "nothing written (use --allow-empty to write the image unchanged)"
+                f"{image_path}: protection changed no voxel ({why}); nothing written "
+                "(use --allow-empty to write the image unchanged)"
             )
         log.warning(f"{image_path}: protection changed no voxel; {args.output} is the unchanged image (--allow-empty)")
 
@@ -293,10 +299,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+UNDER_ONE_LEVEL = "it would be under one level of the image's pixel type"
+
+
 def strength_warning(name: str, metrics: dict) -> str:
     """What the PSNR floor left of the strength (:mod:`victim_units`), and the floor that would reach it."""
-    held = f"{metrics['change_victim_units']:.2f} victim units, below the {metrics['strength']:g}"
-    return f"{name}: the {metrics['min_psnr']:g} dB floor holds the change at {held} " + strength_advice(
+    units, floor = metrics["change_victim_units"], f"the {metrics['min_psnr']:g} dB floor"
+    held = f"holds the change at {units:.2f} victim units" if units else f"leaves no change ({UNDER_ONE_LEVEL})"
+    return f"{name}: {floor} {held}, below the {metrics['strength']:g} " + strength_advice(
         metrics["min_psnr_for_strength"]
     )
 

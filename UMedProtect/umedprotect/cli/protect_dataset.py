@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING
 from ..errors import InputError
 from ..exit_codes import EXIT_DISCREPANCIES, EXIT_OK
 from ..methods import DEFAULT_METHOD, device_description, method_names
-from .protect import LOW_PSNR_DB, OUTPUT_FORMATS, add_protection_options, settings_from, strength_advice
+from .protect import (
+    LOW_PSNR_DB,
+    OUTPUT_FORMATS,
+    UNDER_ONE_LEVEL,
+    add_protection_options,
+    settings_from,
+    strength_advice,
+)
 
 if TYPE_CHECKING:
     from ..dataset_protection import Shard
@@ -197,9 +204,11 @@ def _warn_strength(cases: dict[str, CaseRecord]) -> None:
     if weak:
         reached = max(i.change_victim_units for i in weak)
         floor = min(i.min_psnr_for_strength for i in weak)
+        unchanged = sum(not i.change_victim_units for i in weak)
+        none_left = f" ({unchanged} left unchanged: {UNDER_ONE_LEVEL})" if unchanged else ""
         log.warning(
-            f"{len(weak)} image(s): the PSNR floor holds the change at or below {reached:.2f} victim units, under "
-            "the strength " + strength_advice(floor)
+            f"{len(weak)} image(s): the PSNR floor holds the change at or below {reached:.2f} victim units{none_left}, "
+            "under the strength " + strength_advice(floor)
         )
 
 
