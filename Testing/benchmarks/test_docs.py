@@ -154,6 +154,17 @@ def test_git_keeps_only_the_cited_result_files():
     )
 
 
+def test_every_table_row_names_the_commit_of_its_result_files():
+    """A table written before its result files were committed says "uncommitted": rewrite it after committing them."""
+    stale = {
+        e["name"]
+        for e in _experiments()
+        for row in json.loads((ROOT / "benchmarks" / "results" / "tables" / f"{e['name']}.json").read_text())
+        if row["commit"] == "uncommitted"
+    }
+    assert not stale, f"rerun python -m benchmarks.run_experiments NAME --table-only for {stale}"
+
+
 def test_experiment_commands_use_current_options():
     """Every umedprotect command of an experiment parses with today's parser (no options that no longer exist)."""
     parser = build_parser()
