@@ -158,8 +158,7 @@ def protect_array(
         if strength:
             unit = victim_unit(image, roi_mask(labels), victim_normalisation)
             # a budget under one level of an integer type changes nothing: the codes would have spent about all of it
-            reached = rms_in_units(protected[region] - image[region].astype(np.float64), unit)
-            reached = reached or window.budget(epsilon) / unit
+            reached = _units_changed(image, protected, region, unit) or window.budget(epsilon) / unit
             raised = min(epsilon * strength / reached, OPTIONS["epsilon"].high)
             if raised > epsilon:
                 epsilon, protect = raised, dataclasses.replace(protect, epsilon=raised)
@@ -167,11 +166,10 @@ def protect_array(
                 run(protect)
             details.update(strength=strength, victim_normalisation=victim_normalisation, victim_unit=unit)
     budget = window.budget(epsilon)
-    unfloored = None  # (worst PSNR, victim units) of the change before the floor
+    unfloored = None  # (worst PSNR, victim units) before the floor, which can round an integer image's change away
     if min_psnr is not None:
-        if unit is not None:
-            change = protected[region] - image[region].astype(np.float64)
-            unfloored = _worst_psnr(image, protected, axis), rms_in_units(change, unit)
+        if unit is not None and np.issubdtype(image.dtype, np.integer):
+            unfloored = _worst_psnr(image, protected, axis), _units_changed(image, protected, region, unit)
         details.update(min_psnr=min_psnr, change_scale=limit_visibility(image, protected, budget, min_psnr, axis))
     result = make_result(image, protected, region, window, budget, axis, slab_slices=slab, epsilon=epsilon, **details)
     if unit is not None:
@@ -179,9 +177,14 @@ def protect_array(
         result.metrics["change_victim_units"] = reached
         if min_psnr is not None and 0 < reached < 0.95 * strength:
             result.metrics["min_psnr_for_strength"] = floor_for_strength(min_psnr, reached, strength)
-        elif min_psnr is not None and not reached and unfloored[1]:  # the floor left under one level of an integer type
+        elif unfloored and unfloored[1] and not reached:  # the floor left under one level of the integer type
             result.metrics["min_psnr_for_strength"] = floor_for_strength(*unfloored, strength)
     return result
+
+
+def _units_changed(image: np.ndarray, protected: np.ndarray, region: np.ndarray, unit: float) -> float:
+    """RMS of the change within ``region``, over the voxels it changes, in victim units."""
+    return rms_in_units(protected[region] - image[region].astype(np.float64), unit)
 
 
 def _worst_psnr(image: np.ndarray, protected: np.ndarray, axis: int | None) -> float:
