@@ -138,3 +138,15 @@ def test_the_rings_are_a_caveat_above_the_floor_they_were_measured_at_and_beyond
     source = write_nnunet_dataset(tmp_path / "Dataset024_TwoLabels", n_lesions=2)
     assert dataset_caveats(read_dataset(source), None, "bundled rings", 45.0, 6.3) == [caveat]
     assert dataset_caveats(read_dataset(source), [2], "bundled rings", 45.0, 6.3) == []
+
+
+def test_fill_and_rings_are_a_caveat_above_48_db_and_beyond_one_ct_organ(one_label, tmp_path):
+    _, manifest = protect(one_label, tmp_path / "default", "--codes", "fill+rings")
+    (floor,) = manifest.caveats
+    assert manifest.protector["path"] == "bundled fill+rings" and manifest.parameters["rings_min_psnr"] == 54.33
+    assert floor.startswith("the fill codes and the rings under a 50 dB floor: on CT liver at 50 dB victims")
+    _, manifest = protect(one_label, tmp_path / "at48", "--codes", "fill+rings", "--min-psnr", "48")
+    assert manifest.caveats == []
+    set_channel(one_label, "T2")
+    (caveat,) = dataset_caveats(read_dataset(one_label), None, "bundled fill+rings", 48.0)
+    assert caveat.startswith("the fill codes and the rings together were measured on one CT organ only")

@@ -80,3 +80,26 @@ def test_protect_with_the_rings_reports_them(tmp_path, capsys):
         .endswith("--codes chooses a bundled protector: leave it out with a protector file")
     )
     assert not (tmp_path / "x.nrrd").exists()
+
+
+def test_fill_and_rings_add_up_each_held_to_its_share_of_the_floor():
+    image, labels = _square()
+    setup = setup_method("umed", ProtectionSettings(codes="fill+rings", min_psnr=40, device="cpu"))
+    shares = setup.parameters["fill_min_psnr"], setup.parameters["rings_min_psnr"]
+    assert shares[0] == 52 and sum(10 ** (-s / 10) for s in shares) == pytest.approx(1e-4, rel=1e-3)
+    assert setup.protector_info["path"] == "bundled fill+rings"
+    assert [part["path"] for part in setup.protector_info["parts"]] == ["bundled default", "bundled rings"]
+    result = setup.case_protector(image, labels)
+    fill = setup_method("umed", ProtectionSettings(min_psnr=shares[0], device="cpu")).case_protector(image, labels)
+    rings = setup_method("umed", ProtectionSettings(codes="rings", min_psnr=shares[1], device="cpu"))
+    both = fill.change + rings.case_protector(image, labels).change
+    assert fill.change.any() and (both != fill.change).any()
+    np.testing.assert_allclose(result.change, result.metrics["change_scale"] * both, atol=1e-3)
+    assert result.metrics["psnr_db"] >= 40 and not result.change[labels == 0].any()
+
+
+def test_fill_and_rings_need_a_floor_that_leaves_the_rings_energy():
+    ProtectionSettings(codes="fill+rings", min_psnr=51.9)
+    with pytest.raises(InputError, match="below 52 dB") as error:
+        ProtectionSettings(codes="fill+rings", min_psnr=52)
+    assert error.value.option == "min_psnr"

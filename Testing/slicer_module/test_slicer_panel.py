@@ -91,6 +91,8 @@ def test_the_codes_choose_a_bundled_protector_and_only_that():
     assert p.codes == "fill" and protectionSettings(p).codes is None  # the bundled default
     p.codes = "rings"
     assert protectionSettings(p).codes == "rings" and controlStates(p).codesEnabled
+    p.codes = "fill+rings"
+    assert protectionSettings(p).codes == "fill+rings"
     with pytest.raises(ValueError):
         p.codes = "dots"
     p.useDefaultProtector, p.protectorPath = False, "fitted.safetensors"

@@ -323,6 +323,24 @@ def hold_to_floor(result: ProtectionResult, min_psnr: float) -> ProtectionResult
     return held
 
 
+def combine_protections(parts: Sequence[ProtectionResult], min_psnr: float, **details) -> ProtectionResult:
+    """The changes of ``parts`` (protections of one image, e.g. by two protectors) added up, within the sum of
+    their budgets and the image's range, then held to ``min_psnr`` as :func:`limit_visibility` does.
+
+    ``details`` join the metrics. Voxels outside the union of the parts' regions stay bit-identical.
+    """
+    first = parts[0]
+    image, axis = first.original, first.slice_axis
+    budget = sum(part.budget for part in parts)
+    change = sum(part.change for part in parts)
+    protected = apply_change(image, change, budget, (float(image.min()), float(image.max())))
+    region = np.logical_or.reduce([part.region for part in parts])
+    scale = limit_visibility(image, protected, budget, min_psnr, axis)
+    return make_result(
+        image, protected, region, first.window, budget, axis, min_psnr=min_psnr, change_scale=scale, **details
+    )
+
+
 def _scale_down(
     image: np.ndarray, protected: np.ndarray, budget: float, max_squared: float, value_range: tuple[float, float]
 ) -> float:

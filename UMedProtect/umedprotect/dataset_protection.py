@@ -142,10 +142,15 @@ def protect_dataset(
         manifest = _start_manifest(
             dataset, out, shard, method_name, parameters, protector_info, device, allow_empty, overwrite
         )
-        from .protector_file import BUNDLED_GRID_PROTECTOR, BUNDLED_PROTECTOR, BUNDLED_RINGS_PROTECTOR  # scipy
+        from . import protector_file as files  # scipy
 
         bundled = (protector_info or {}).get("path")
-        if bundled in (BUNDLED_PROTECTOR, BUNDLED_GRID_PROTECTOR, BUNDLED_RINGS_PROTECTOR):
+        if bundled in (
+            files.BUNDLED_PROTECTOR,
+            files.BUNDLED_GRID_PROTECTOR,
+            files.BUNDLED_RINGS_PROTECTOR,
+            files.BUNDLED_FILL_RINGS,
+        ):
             manifest.caveats = dataset_caveats(
                 dataset, parameters.get("labels"), bundled, parameters.get("min_psnr"), parameters.get("epsilon")
             )

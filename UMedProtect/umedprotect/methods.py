@@ -6,14 +6,17 @@ entry-point group (the evaluation side registers the published baselines, for co
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
 from .errors import InputError
-from .settings import ProtectionSettings
+from .settings import FILL_RINGS_FILL_MIN_PSNR, ProtectionSettings
 
 METHOD_GROUP = "umedprotect.methods"
 DEFAULT_METHOD = "umed"
@@ -59,6 +62,8 @@ def setup_method(
     ``method_settings`` go to a baseline's builder as its ``settings`` (default: the builder's own).
     """
     if method == DEFAULT_METHOD:
+        if settings.codes == "fill+rings" and protector is None:
+            return _setup_fill_rings(settings)
         return _setup_umed(settings, protector)
     import torch
 
@@ -129,6 +134,47 @@ def bundled_protector_path(settings: ProtectionSettings) -> Path:
 def bundled_protector_name(settings: ProtectionSettings) -> str:
     """What reports and manifests record as the path of :func:`bundled_protector_path`."""
     return _bundled_protector(settings)[1]
+
+
+def _setup_fill_rings(settings: ProtectionSettings) -> MethodSetup:
+    """Both bundled codes on every case: the fill codes (``--epsilon`` sets their budget) held to
+    :data:`FILL_RINGS_FILL_MIN_PSNR`, for victims trained without augmentation; the rings held to the rest of the
+    floor's energy, for victims trained with it; their sum held to the floor."""
+    from .protector_file import BUNDLED_FILL_RINGS, DEFAULT_MIN_PSNR
+
+    min_psnr = DEFAULT_MIN_PSNR if settings.min_psnr is None else settings.min_psnr
+    rest = 10 ** (-min_psnr / 10) - 10 ** (-FILL_RINGS_FILL_MIN_PSNR / 10)
+    rings_min_psnr = round(-10 * math.log10(rest), 2)
+    fill = _setup_umed(dataclasses.replace(settings, codes=None, min_psnr=FILL_RINGS_FILL_MIN_PSNR), None)
+    rings = _setup_umed(dataclasses.replace(settings, codes="rings", epsilon=None, min_psnr=rings_min_psnr), None)
+    parameters = {
+        **fill.parameters,
+        "codes": settings.codes,
+        "min_psnr": min_psnr,
+        "fill_min_psnr": FILL_RINGS_FILL_MIN_PSNR,
+        "rings_min_psnr": rings_min_psnr,
+        "rings_epsilon": rings.parameters["epsilon"],
+    }
+    parts = [fill.protector_info, rings.protector_info]
+    info = {
+        "path": BUNDLED_FILL_RINGS,
+        "sha256": hashlib.sha256(" ".join(part["sha256"] for part in parts).encode()).hexdigest(),
+        "summary": {"parts": [part["path"] for part in parts]},
+        "parts": parts,
+    }
+    case_protector = functools.partial(_protect_with_both, fill.case_protector, rings.case_protector, min_psnr)
+    return MethodSetup(DEFAULT_METHOD, case_protector, parameters, info, fill.device)
+
+
+def _protect_with_both(fill: CaseProtector, rings: CaseProtector, min_psnr: float, image, labels, **options):
+    """The fill codes' and the rings' changes of one case added up and held to ``min_psnr``."""
+    from .array_protection import combine_protections
+
+    parts = [fill(image, labels, **options), rings(image, labels, **options)]
+    scales = {
+        f"{name}_change_scale": part.metrics.get("change_scale", 1.0) for name, part in zip(("fill", "rings"), parts)
+    }
+    return combine_protections(parts, min_psnr, **scales)
 
 
 def _setup_umed(settings: ProtectionSettings, protector) -> MethodSetup:

@@ -32,6 +32,7 @@ RINGS_PROTECTOR_PATH = Path(__file__).with_name("data") / "rings_protector.safet
 BUNDLED_PROTECTOR = "bundled default"  # the protector path reports and manifests record for it
 BUNDLED_GRID_PROTECTOR = "bundled victim grid"  # ... and for the one at VICTIM_GRID_PROTECTOR_PATH
 BUNDLED_RINGS_PROTECTOR = "bundled rings"  # ... and for the one at RINGS_PROTECTOR_PATH
+BUNDLED_FILL_RINGS = "bundled fill+rings"  # ... and for the default's and the rings' changes added up
 CODE_INITS = ("normal", "blobs", "rings", "fill", "dots")
 BAND_NEGATED_CODES = ("fill", "dots")  # code inits that continue, negated, into the contour band outside the label
 DEFAULT_MIN_PSNR = 50.0  # dB: the visibility floor of new protectors (METHOD.md: the paper's 50 dB)

@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass, fields
 from .errors import InputError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-CODES = ("fill", "rings")  # the bundled protectors' codes (umedprotect.methods.bundled_protector_path)
+CODES = ("fill", "rings", "fill+rings")  # the bundled protectors' codes (umedprotect.methods.bundled_protector_path)
+# dB: the floor of the fill codes within fill+rings, which stopped victims without augmentation on CT liver alone
+# (docs/results.md, fill-inside-liver); the rings take the rest of the floor's energy
+FILL_RINGS_FILL_MIN_PSNR = 52.0
 MAX_STRENGTH = 5.0  # victim units
 NORMALISATIONS = ("ct", "zscore")  # nnU-Net's normalisations a victim applies (umedprotect.victim_units)
 
@@ -81,9 +84,10 @@ OPTIONS: dict[str, Option] = {
             str,
             choices=CODES,
             help="the bundled protector's codes: fill (default; fine tiles inside each label, which victims trained "
-            "without augmentation take for the label) or rings (bands along each label's contour, which nnU-Net's "
+            "without augmentation take for the label), rings (bands along each label's contour, which nnU-Net's "
             "augmentation keeps; measured on one CT organ, also with --epsilon 6.3 --min-psnr 45 against victims "
-            "without it; visible at a soft-tissue window)",
+            "without it; visible at a soft-tissue window) or fill+rings (both: the fill codes held to 52 dB, the "
+            "rings to the rest of the floor; measured on one CT organ, where both kinds of victim need --min-psnr 48)",
         ),
         Option(
             "band_radius",
@@ -165,6 +169,12 @@ class ProtectionSettings:
             option.check(getattr(self, option.name))
         if self.codes is not None and self.protector is not None:
             raise InputError("chooses a bundled protector: leave it out with a protector file", option="codes")
+        if self.codes == "fill+rings" and self.min_psnr is not None and self.min_psnr >= FILL_RINGS_FILL_MIN_PSNR:
+            raise InputError(
+                f"{self.min_psnr:g} dB leaves the rings of --codes fill+rings nothing: give a floor below "
+                f"{FILL_RINGS_FILL_MIN_PSNR:g} dB, where the fill codes are held",
+                option="min_psnr",
+            )
         if self.strength is not None and not 0 <= self.strength <= MAX_STRENGTH:
             raise InputError(f"{self.strength:g} is out of range [0, {MAX_STRENGTH:g}] victim units", option="strength")
         if self.victim_normalisation not in (None, *NORMALISATIONS):
