@@ -112,8 +112,8 @@ def fill_rings_caveats(dataset: NnUNetDataset, labels: list[int] | None, min_psn
         caveats.append(
             f"the fill codes and the rings under a {min_psnr:g} dB floor: on CT liver at 50 dB victims trained with "
             "nnU-Net's augmentation ended at 0.10 or less of their clean DSC in 3 of 4 runs at the final checkpoint "
-            f"but 1 of 4 at the one nnU-Net keeps; at {FILL_RINGS_FLOOR:g} dB both kinds of victim were stopped "
-            f"(6 of 6 trained without augmentation, 5 of 6 with it; {RESULTS})"
+            f"but 1 of 4 at the one nnU-Net keeps; at {FILL_RINGS_FLOOR:g} dB 8 of 10 of them at the final and 7 of "
+            f"10 at the kept checkpoint, and 10 of 10 trained without augmentation ({RESULTS})"
         )
     if not dataset.is_ct or len(_protected_labels(dataset, labels)) > 1:
         caveats.append(f"the fill codes and the rings together were measured on one CT organ only ({RESULTS})")
