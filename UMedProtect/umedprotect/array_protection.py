@@ -335,10 +335,7 @@ def combine_protections(parts: Sequence[ProtectionResult], min_psnr: float, **de
     change = sum(part.change for part in parts)
     protected = apply_change(image, change, budget, (float(image.min()), float(image.max())))
     region = np.logical_or.reduce([part.region for part in parts])
-    scale = limit_visibility(image, protected, budget, min_psnr, axis)
-    return make_result(
-        image, protected, region, first.window, budget, axis, min_psnr=min_psnr, change_scale=scale, **details
-    )
+    return hold_to_floor(ProtectionResult(protected, image, region, first.window, budget, axis, details), min_psnr)
 
 
 def _scale_down(

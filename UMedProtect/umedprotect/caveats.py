@@ -41,11 +41,12 @@ def dataset_caveats(
         read_protector_file,
     )
 
+    floor = DEFAULT_MIN_PSNR if min_psnr is None else min_psnr
     if protector == BUNDLED_RINGS_PROTECTOR:
         cap = read_protector_file(RINGS_PROTECTOR_PATH).config.epsilon if epsilon is None else epsilon
-        return rings_caveats(dataset, labels, DEFAULT_MIN_PSNR if min_psnr is None else min_psnr, cap)
+        return rings_caveats(dataset, labels, floor, cap)
     if protector == BUNDLED_FILL_RINGS:
-        return fill_rings_caveats(dataset, labels, DEFAULT_MIN_PSNR if min_psnr is None else min_psnr)
+        return fill_rings_caveats(dataset, labels, floor)
     victim_grid = protector == BUNDLED_GRID_PROTECTOR
     caveats = [AUGMENTED]
     if not dataset.is_ct:

@@ -142,15 +142,10 @@ def protect_dataset(
         manifest = _start_manifest(
             dataset, out, shard, method_name, parameters, protector_info, device, allow_empty, overwrite
         )
-        from . import protector_file as files  # scipy
+        from .protector_file import BUNDLED_NAMES  # scipy
 
         bundled = (protector_info or {}).get("path")
-        if bundled in (
-            files.BUNDLED_PROTECTOR,
-            files.BUNDLED_GRID_PROTECTOR,
-            files.BUNDLED_RINGS_PROTECTOR,
-            files.BUNDLED_FILL_RINGS,
-        ):
+        if bundled in BUNDLED_NAMES:
             manifest.caveats = dataset_caveats(
                 dataset, parameters.get("labels"), bundled, parameters.get("min_psnr"), parameters.get("epsilon")
             )

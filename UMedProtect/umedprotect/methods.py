@@ -159,7 +159,6 @@ def _setup_fill_rings(settings: ProtectionSettings) -> MethodSetup:
     info = {
         "path": BUNDLED_FILL_RINGS,
         "sha256": hashlib.sha256(" ".join(part["sha256"] for part in parts).encode()).hexdigest(),
-        "summary": {"parts": [part["path"] for part in parts]},
         "parts": parts,
     }
     case_protector = functools.partial(_protect_with_both, fill.case_protector, rings.case_protector, min_psnr)

@@ -33,6 +33,7 @@ BUNDLED_PROTECTOR = "bundled default"  # the protector path reports and manifest
 BUNDLED_GRID_PROTECTOR = "bundled victim grid"  # ... and for the one at VICTIM_GRID_PROTECTOR_PATH
 BUNDLED_RINGS_PROTECTOR = "bundled rings"  # ... and for the one at RINGS_PROTECTOR_PATH
 BUNDLED_FILL_RINGS = "bundled fill+rings"  # ... and for the default's and the rings' changes added up
+BUNDLED_NAMES = (BUNDLED_PROTECTOR, BUNDLED_GRID_PROTECTOR, BUNDLED_RINGS_PROTECTOR, BUNDLED_FILL_RINGS)
 CODE_INITS = ("normal", "blobs", "rings", "fill", "dots")
 BAND_NEGATED_CODES = ("fill", "dots")  # code inits that continue, negated, into the contour band outside the label
 DEFAULT_MIN_PSNR = 50.0  # dB: the visibility floor of new protectors (METHOD.md: the paper's 50 dB)
