@@ -16,10 +16,10 @@ RINGS_FLOOR, RINGS_CAP = 45.0, 6.3  # dB, /255: where the rings also stopped vic
 FILL_RINGS_FLOOR = 48.0  # dB: where the fill codes and the rings together stopped both kinds of victim
 AUGMENTED = (  # the fill codes and the dots
     "victims trained with nnU-Net's augmentation (nnU-Net's default) were not stopped by these codes (CT liver: "
-    "the fill codes 0.90-0.96 at 50 dB and 0.69 at 45 dB with twice the strength, the dots 0.78 and 0.88; CT ribs "
-    "0.65-1.30), except in part on CT liver volumes (3D U-Nets with 3D augmentation: 7 of 10, their test DSC "
-    "swinging from epoch to epoch); the bundled rings stopped 9 of 10 of them on CT liver at 50 dB, but not victims "
-    f"trained without augmentation ({RESULTS})"
+    "the fill codes 0.46-0.84 at 50 dB (10 runs) and 0.69 at 45 dB with twice the strength, the dots 0.78 and "
+    "0.88; CT ribs 0.65-1.30), except in part on CT liver volumes (3D U-Nets with 3D augmentation: 7 of 10, their "
+    "test DSC swinging from epoch to epoch); the bundled rings stopped 9 of 10 of them on CT liver at 50 dB, but not "
+    f"victims trained without augmentation ({RESULTS})"
 )
 
 
