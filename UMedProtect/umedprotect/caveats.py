@@ -63,8 +63,8 @@ def dataset_caveats(
     if len(foreground) > 1:
         measured = "the dots did not slow them (ratio ~1.0" if victim_grid else "ratios 0.04-0.31, 1 of 10 stopped"
         many = (
-            "; with twelve CT structures not at 45 dB either (0.34-0.46; the vertebrae, the colon and the aorta kept "
-            "0.86-1.16 of their clean DSC, the vertebrae even at 40 dB)"
+            "; with twelve CT structures not at 45 dB either (0.34-0.51; the vertebrae, the colon and the aorta kept "
+            "0.71-1.16 of their clean DSC, the vertebrae even at 40 dB)"
             if len(foreground) > MEASURED_STOPPED_LABELS
             else ""
         )
