@@ -48,6 +48,10 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
   blobs        a fixed isotropic band-pass texture inside every label: A tanh(3 n), n difference-of-Gaussians
                noise (the same for every case) whose spectrum peaks at period P: rotation and scaling leave it
                the same kind of texture
+  smooth       the label's own fine texture (CT noise) removed: each label replaced by its Gaussian smoothing
+               (``--smooth-sigma`` pixels, within the label only; ``--smooth-fraction`` of that change), a code of
+               absent texture that rotation and scaling keep
+  smooth-fill  smooth plus the fill codes at ``--epsilon``, their sum held to ``--min-psnr``
   lattice      sparse dots: one pixel in P x P (P = ``--period``) inside every label, signed per label (all +,
                all -, alternating by dot, alternating by dot row), negated in the band outside: the 50 dB floor
                then allows P times the amplitude of a dense code
@@ -131,6 +135,8 @@ CANDIDATES = (
     "fill-rings-split",
     "fill-rings-alternate",
     "baseline",
+    "smooth",
+    "smooth-fill",
 )
 
 
@@ -177,6 +183,14 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         owner = labels[near_rows, near_cols].astype(int)
         sign = np.take_along_axis(signs, ((owner - 1) % 4)[None], axis=0)[0]
         return amplitude * on * sign * signed_region
+    if name in ("smooth", "smooth-fill"):
+        smooth = np.zeros(image.shape)
+        for label in np.unique(labels[labels > 0]):
+            inside = (labels == label) * 1.0
+            weight = ndimage.gaussian_filter(inside, args.smooth_sigma)
+            blurred = ndimage.gaussian_filter(image * inside, args.smooth_sigma) / np.maximum(weight, 1e-6)
+            smooth += args.smooth_fraction * (blurred - image) * inside
+        return smooth + (candidate_change("fill", image, labels, amplitude, args) if name == "smooth-fill" else 0.0)
     if name == "fill-balanced":
         fill = candidate_change("fill", image, labels, 1.0, args)
         counts = np.bincount(labels.ravel().astype(int))
@@ -450,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--period", type=float, default=4.0)
     parser.add_argument("--arc-period", type=float, default=0.0, help="edge-checker: period along the edge")
     parser.add_argument("--width", type=float, default=1.0, help="edge-lines: the lines' width (pixels)")
+    parser.add_argument("--smooth-sigma", type=float, default=1.0, help="smooth: the smoothing's sigma (pixels)")
+    parser.add_argument("--smooth-fraction", type=float, default=1.0, help="smooth: the share of the smoothing applied")
     parser.add_argument(
         "--case-phase", action="store_true", help="edge-checker: each case's rings at a phase drawn from its pixels"
     )
@@ -523,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     tag += f"_arc{args.arc_period:g}" if args.arc_period else ""
     tag += "_cph" if args.case_phase else ""
     tag += f"_w{args.width:g}" if args.candidate == "edge-lines" else ""
+    tag += f"_ss{args.smooth_sigma:g}_sf{args.smooth_fraction:g}" if args.candidate.startswith("smooth") else ""
     tag += f"_{args.victim}_{args.optimizer}" if (args.victim, args.optimizer) != ("unet-small", "adam") else ""
     out = args.out_root / tag
     source = args.dataset
@@ -600,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
         "arc_period": args.arc_period if args.candidate == "edge-checker" else None,
         "case_phase": args.case_phase if args.candidate == "edge-checker" else None,
         "width": args.width if args.candidate == "edge-lines" else None,
+        "smooth_sigma": args.smooth_sigma if args.candidate.startswith("smooth") else None,
+        "smooth_fraction": args.smooth_fraction if args.candidate.startswith("smooth") else None,
         "code": f"{args.code_init}{args.code_period}" if args.candidate == "product" else None,
         "method": args.method if args.candidate == "baseline" else None,
         "fill_min_psnr": args.fill_min_psnr,

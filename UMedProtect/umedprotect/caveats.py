@@ -22,6 +22,15 @@ AUGMENTED = (  # the fill codes and the dots
     f"victims trained without augmentation ({RESULTS})"
 )
 
+SMOOTH_VISIBLE = (
+    "the smooth code leaves each label without its image noise, smoother than its surroundings: at 58 dB mean PSNR "
+    f"on CT liver it can be seen at a soft-tissue window, which PSNR does not measure; preview it ({RESULTS})"
+)
+SMOOTH_ELSEWHERE = (
+    "the smooth code was measured to stop victims on one CT organ only: with four CT organs labelled (0.85), on MR "
+    f"(0.91) and on fluorescence microscopy nuclei (1.00) it did not (one run each; {RESULTS})"
+)
+
 
 def dataset_caveats(
     dataset: NnUNetDataset,
@@ -37,6 +46,7 @@ def dataset_caveats(
         BUNDLED_FILL_RINGS,
         BUNDLED_GRID_PROTECTOR,
         BUNDLED_RINGS_PROTECTOR,
+        BUNDLED_SMOOTH,
         DEFAULT_MIN_PSNR,
         RINGS_PROTECTOR_PATH,
         read_protector_file,
@@ -48,6 +58,8 @@ def dataset_caveats(
         return rings_caveats(dataset, labels, floor, cap)
     if protector == BUNDLED_FILL_RINGS:
         return fill_rings_caveats(dataset, labels, floor)
+    if protector == BUNDLED_SMOOTH:
+        return smooth_caveats(dataset, labels)
     victim_grid = protector == BUNDLED_GRID_PROTECTOR
     caveats = [AUGMENTED]
     if not dataset.is_ct:
@@ -120,6 +132,14 @@ def fill_rings_caveats(dataset: NnUNetDataset, labels: list[int] | None, min_psn
         )
     if not dataset.is_ct or len(_protected_labels(dataset, labels)) > 1:
         caveats.append(f"the fill codes and the rings together were measured on one CT organ only ({RESULTS})")
+    return caveats
+
+
+def smooth_caveats(dataset: NnUNetDataset, labels: list[int] | None) -> list[str]:
+    """The caveats of ``--codes smooth``: measured to protect one CT organ, where it can be seen."""
+    caveats = [SMOOTH_VISIBLE]
+    if not dataset.is_ct or len(_protected_labels(dataset, labels)) > 1:
+        caveats.append(SMOOTH_ELSEWHERE)
     return caveats
 
 

@@ -32,6 +32,7 @@ UMED_ONLY = (
     "victim_normalisation",
 )
 CODES_ONLY = "none needed: the protector's generators are silent, its codes are applied on the CPU"
+SMOOTH_ONLY = "none needed: the smooth code is computed on the CPU"
 
 CaseProtector = Callable[..., object]  # (image, labels, spacing=None, ...) -> ProtectionResult
 
@@ -64,6 +65,8 @@ def setup_method(
     if method == DEFAULT_METHOD:
         if settings.codes == "fill+rings" and protector is None:
             return _setup_fill_rings(settings)
+        if settings.codes == "smooth" and protector is None:
+            return _setup_smooth(settings)
         return _setup_umed(settings, protector)
     import torch
 
@@ -103,7 +106,9 @@ def _held_to_floor(case_protector: CaseProtector, min_psnr: float) -> CaseProtec
 def device_description(method: str, settings: ProtectionSettings, protector=None) -> str:
     """What a run computes on, for its console line and records: ``cuda:0 (NVIDIA H200)``, ``cpu (2 threads)``,
     or :data:`CODES_ONLY` (nothing to run: ``umed`` with a protector whose generators are silent, on ``auto`` or
-    ``cpu``; torch is then not even imported)."""
+    ``cpu``; torch is then not even imported), :data:`SMOOTH_ONLY` for the smooth code."""
+    if method == DEFAULT_METHOD and settings.codes == "smooth" and protector is None:
+        return SMOOTH_ONLY
     if method == DEFAULT_METHOD and settings.device in ("auto", "cpu"):
         from .protector_file import read_protector_file
 
@@ -174,6 +179,34 @@ def _protect_with_both(fill: CaseProtector, rings: CaseProtector, min_psnr: floa
         f"{name}_change_scale": part.metrics.get("change_scale", 1.0) for name, part in zip(("fill", "rings"), parts)
     }
     return combine_protections(parts, min_psnr, **scales)
+
+
+def _setup_smooth(settings: ProtectionSettings) -> MethodSetup:
+    """The smooth code (:mod:`smoothing`): each label smoothed within itself, capped at ``--epsilon`` (default
+    :data:`smoothing.SMOOTH_EPSILON`) and held to the floor; no file, no victim grid (a smooth region stays one when
+    nnU-Net resamples it)."""
+    from .protector_file import BUNDLED_SMOOTH, DEFAULT_MIN_PSNR
+    from .smoothing import SMOOTH_EPSILON, SMOOTH_SIGMA, protect_smoothed
+
+    epsilon = SMOOTH_EPSILON if settings.epsilon is None else settings.epsilon
+    min_psnr = DEFAULT_MIN_PSNR if settings.min_psnr is None else settings.min_psnr
+    labels = None if settings.labels is None else list(settings.labels)
+    case_protector = functools.partial(
+        protect_smoothed, epsilon=epsilon, min_psnr=min_psnr, label_values=labels, sigma=SMOOTH_SIGMA
+    )
+    parameters = {
+        "epsilon": epsilon,
+        "band_radius": 0,
+        "labels": labels,
+        "min_psnr": min_psnr,
+        "strength": None,
+        "seed": settings.seed,
+        "codes": settings.codes,
+        "smooth_sigma": SMOOTH_SIGMA,
+    }
+    summary = {"codes": settings.codes, "smooth_sigma": SMOOTH_SIGMA}
+    info = {"path": BUNDLED_SMOOTH, "sha256": hashlib.sha256(repr(sorted(summary.items())).encode()).hexdigest()}
+    return MethodSetup(DEFAULT_METHOD, case_protector, parameters, {**info, "summary": summary}, SMOOTH_ONLY)
 
 
 def _setup_umed(settings: ProtectionSettings, protector) -> MethodSetup:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from .errors import InputError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-CODES = ("fill", "rings", "fill+rings")  # the bundled protectors' codes (umedprotect.methods.bundled_protector_path)
+CODES = ("fill", "rings", "fill+rings", "smooth")  # the bundled codes (umedprotect.methods.setup_method)
 # dB: the floor of the fill codes within fill+rings, which stopped victims without augmentation on CT liver alone
 # (docs/results.md, fill-inside-liver); the rings take the rest of the floor's energy
 FILL_RINGS_FILL_MIN_PSNR = 52.0
@@ -87,7 +87,9 @@ OPTIONS: dict[str, Option] = {
             "without augmentation take for the label), rings (bands along each label's contour, which nnU-Net's "
             "augmentation keeps; measured on one CT organ, also with --epsilon 6.3 --min-psnr 45 against victims "
             "without it; visible at a soft-tissue window) or fill+rings (both: the fill codes held to 52 dB, the "
-            "rings to the rest of the floor; measured on one CT organ, where both kinds of victim need --min-psnr 48)",
+            "rings to the rest of the floor; measured on one CT organ, where both kinds of victim need --min-psnr 48) "
+            "or smooth (each label's own noise smoothed away, which both kinds of victim take for the label; measured "
+            "on one CT organ, not on several labels, MR or microscopy; seen as a label smoother than its surroundings)",
         ),
         Option(
             "band_radius",
@@ -175,6 +177,10 @@ class ProtectionSettings:
                 f"{FILL_RINGS_FILL_MIN_PSNR:g} dB, where the fill codes are held",
                 option="min_psnr",
             )
+        if self.codes == "smooth":
+            for name in ("band_radius", "strength"):
+                if getattr(self, name):
+                    raise InputError("applies to the bundled codes, not to --codes smooth", option=name)
         if self.strength is not None and not 0 <= self.strength <= MAX_STRENGTH:
             raise InputError(f"{self.strength:g} is out of range [0, {MAX_STRENGTH:g}] victim units", option="strength")
         if self.victim_normalisation not in (None, *NORMALISATIONS):

@@ -174,7 +174,7 @@ def dataset_settings(settings: ProtectionSettings, dataset: NnUNetDataset, victi
     from ..victim_units import dataset_normalisation
 
     settings = dataclasses.replace(settings, victim_normalisation=dataset_normalisation(dataset))
-    if victim_grid == "off" or (spacing := victim_spacing(dataset)) is None:
+    if victim_grid == "off" or settings.codes == "smooth" or (spacing := victim_spacing(dataset)) is None:
         return settings
     log(f"victim grid: nnU-Net resamples the cases to {' x '.join(f'{v:g}' for v in spacing)} (numpy axis order)")
     return dataclasses.replace(settings, victim_spacing=spacing)
