@@ -101,6 +101,7 @@ from umedprotect.protector import Protector, ProtectorConfig
 from umedprotect.protector_file import read_protector_file
 from umedprotect.regions import signed_edge_distance
 from umedprotect.settings import ProtectionSettings
+from umedprotect.smoothing import smoothing_change
 from umedprotect.victim_grid import resample_image, resample_labels, resampling_matrix
 from umedprotect.victim_units import STRENGTHS, dataset_normalisation
 from umedprotect_eval.baselines import METHOD_NAMES
@@ -184,12 +185,7 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         sign = np.take_along_axis(signs, ((owner - 1) % 4)[None], axis=0)[0]
         return amplitude * on * sign * signed_region
     if name in ("smooth", "smooth-fill"):
-        smooth = np.zeros(image.shape)
-        for label in np.unique(labels[labels > 0]):
-            inside = (labels == label) * 1.0
-            weight = ndimage.gaussian_filter(inside, args.smooth_sigma)
-            blurred = ndimage.gaussian_filter(image * inside, args.smooth_sigma) / np.maximum(weight, 1e-6)
-            smooth += args.smooth_fraction * (blurred - image) * inside
+        smooth = args.smooth_fraction * smoothing_change(image, labels, args.smooth_sigma)
         return smooth + (candidate_change("fill", image, labels, amplitude, args) if name == "smooth-fill" else 0.0)
     if name == "fill-balanced":
         fill = candidate_change("fill", image, labels, 1.0, args)
