@@ -84,7 +84,7 @@ def test_smooth_is_chosen_by_name_recorded_and_refuses_options_it_does_not_take(
         setup.case_protector(image, labels).protected, protect_smoothed(image, labels, min_psnr=45).protected
     )
     for option in ({"band_radius": 2}, {"strength": 0.6}):
-        with pytest.raises(InputError, match="not to --codes smooth") as error:
+        with pytest.raises(InputError, match="not to the smooth code") as error:
             ProtectionSettings(codes="smooth", **option)
         assert error.value.option == next(iter(option))
 

@@ -180,7 +180,7 @@ class ProtectionSettings:
         if self.codes == "smooth":
             for name in ("band_radius", "strength"):
                 if getattr(self, name):
-                    raise InputError("applies to the bundled codes, not to --codes smooth", option=name)
+                    raise InputError("applies to the bundled codes, not to the smooth code", option=name)
         if self.strength is not None and not 0 <= self.strength <= MAX_STRENGTH:
             raise InputError(f"{self.strength:g} is out of range [0, {MAX_STRENGTH:g}] victim units", option="strength")
         if self.victim_normalisation not in (None, *NORMALISATIONS):
