@@ -52,6 +52,13 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
                (``--smooth-sigma`` pixels, within the label only; ``--smooth-fraction`` of that change), a code of
                absent texture that rotation and scaling keep
   smooth-fill  smooth plus the fill codes at ``--epsilon``, their sum held to ``--min-psnr``
+  smooth-signed smooth on odd label values, its negative (the noise doubled) on even ones: two codes of texture
+               a victim can tell apart
+  smooth-rings smooth, plus on labels 2, 3, ... rings of ``--rings-amplitude`` A at periods P, 2P, 4P, ... (label 1
+               smooth only): the
+               smoothness says where a label is, the rings which
+  smooth-rim   smooth only in the rim ``--width`` pixels deep inside each label's edge (full smoothing where
+               the floor would otherwise allow only part of it over the whole label)
   lattice      sparse dots: one pixel in P x P (P = ``--period``) inside every label, signed per label (all +,
                all -, alternating by dot, alternating by dot row), negated in the band outside: the 50 dB floor
                then allows P times the amplitude of a dense code
@@ -78,6 +85,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -138,6 +146,9 @@ CANDIDATES = (
     "baseline",
     "smooth",
     "smooth-fill",
+    "smooth-rim",
+    "smooth-signed",
+    "smooth-rings",
 )
 
 
@@ -184,6 +195,15 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         owner = labels[near_rows, near_cols].astype(int)
         sign = np.take_along_axis(signs, ((owner - 1) % 4)[None], axis=0)[0]
         return amplitude * on * sign * signed_region
+    if name == "smooth-rings":
+        period = args.period * 2.0 ** np.maximum(labels - 2, 0)
+        rings = args.rings_amplitude * amplitude * np.tanh(3 * np.sin(2 * np.pi * d / period)) * (labels >= 2)
+        return args.smooth_fraction * smoothing_change(image, labels, args.smooth_sigma) + rings
+    if name == "smooth-signed":
+        sign = np.where(labels % 2 == 1, 1.0, -1.0)
+        return args.smooth_fraction * smoothing_change(image, labels, args.smooth_sigma) * sign
+    if name == "smooth-rim":
+        return args.smooth_fraction * smoothing_change(image, labels, args.smooth_sigma) * (d <= args.width)
     if name in ("smooth", "smooth-fill"):
         smooth = args.smooth_fraction * smoothing_change(image, labels, args.smooth_sigma)
         return smooth + (candidate_change("fill", image, labels, amplitude, args) if name == "smooth-fill" else 0.0)
@@ -434,6 +454,32 @@ def spread_dataset(root: Path, factors: list[float]) -> None:
         resample_file(path, tuple(round(n * factors[i % len(factors)]) for n in shape))
 
 
+def keep_labels(dataset: Path, out_root: Path, kept: list[int]) -> Path:
+    """A copy of ``dataset`` under ``out_root`` whose only labels are ``kept`` (renumbered 1, 2, ...; the others
+    background): one organ of a multi-organ set, on the same images."""
+    final = out_root / f"{dataset.name}_keep{'-'.join(map(str, kept))}"
+    if final.exists():
+        return final
+    root = out_root / f"{final.name}.partial{os.getpid()}"
+    shutil.copytree(dataset, root)
+    lookup = np.zeros(256, dtype=np.uint8)
+    lookup[kept] = np.arange(1, len(kept) + 1)
+    for path in sorted(root.glob("labels*/*.nii.gz")):
+        itk = sitk.ReadImage(str(path))
+        new = sitk.GetImageFromArray(lookup[sitk.GetArrayFromImage(itk)])
+        new.CopyInformation(itk)
+        sitk.WriteImage(new, str(path))
+    info = json.loads((root / "dataset.json").read_text())
+    names = {value: name for name, value in info["labels"].items()}
+    info["labels"] = {"background": 0, **{names[value]: i for i, value in enumerate(kept, 1)}}
+    (root / "dataset.json").write_text(json.dumps(info, indent=2))
+    try:
+        root.rename(final)  # atomic: a run beside this one finds the whole copy or none
+    except OSError:
+        shutil.rmtree(root)
+    return final
+
+
 def median_spacing(root: Path) -> tuple[float, ...]:
     """nnU-Net's target spacing: the median over the training images, per axis (x, y, ...)."""
     return tuple(np.median([sitk.ReadImage(str(p)).GetSpacing() for p in sorted(root.glob("imagesTr/*"))], axis=0))
@@ -459,8 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--radius", type=float, default=2.0)
     parser.add_argument("--period", type=float, default=4.0)
     parser.add_argument("--arc-period", type=float, default=0.0, help="edge-checker: period along the edge")
-    parser.add_argument("--width", type=float, default=1.0, help="edge-lines: the lines' width (pixels)")
+    parser.add_argument("--width", type=float, default=1.0, help="edge-lines: line width; smooth-rim: depth (px)")
     parser.add_argument("--smooth-sigma", type=float, default=1.0, help="smooth: the smoothing's sigma (pixels)")
+    parser.add_argument("--rings-amplitude", type=float, default=0.5, help="smooth-rings: the rings' amplitude (A)")
     parser.add_argument("--smooth-fraction", type=float, default=1.0, help="smooth: the share of the smoothing applied")
     parser.add_argument(
         "--case-phase", action="store_true", help="edge-checker: each case's rings at a phase drawn from its pixels"
@@ -514,7 +561,14 @@ def main(argv: list[str] | None = None) -> int:
         help="e.g. 0.9,1,1.1: case i first resampled by factor i mod n (cases differing in spacing), protected, "
         "then every case resampled to the median spacing (nnU-Net's preprocessing)",
     )
+    parser.add_argument(
+        "--keep-labels",
+        type=lambda text: [int(v) for v in text.split(",")],
+        help="e.g. 1: only these labels kept (the others background), on the same images",
+    )
     args = parser.parse_args(argv)
+    if args.keep_labels:
+        args.dataset = keep_labels(args.dataset, args.out_root, args.keep_labels)
     tag = f"{args.dataset.name[:10]}_{args.candidate}_{args.augmentation}_seed{args.seed}_e{args.epsilon:g}"
     tag += f"_s{args.sigma:g}_r{args.radius:g}_p{args.period:g}_m{args.min_psnr:g}"
     tag += f"_{Path(args.protector.source).stem}" if args.protector else ""
@@ -534,8 +588,10 @@ def main(argv: list[str] | None = None) -> int:
     tag += f"_ph{args.phase:g}" if args.phase else ""
     tag += f"_arc{args.arc_period:g}" if args.arc_period else ""
     tag += "_cph" if args.case_phase else ""
-    tag += f"_w{args.width:g}" if args.candidate == "edge-lines" else ""
+    tag += f"_w{args.width:g}" if args.candidate in ("edge-lines", "smooth-rim") else ""
+    tag += f"_ra{args.rings_amplitude:g}" if args.candidate == "smooth-rings" else ""
     tag += f"_ss{args.smooth_sigma:g}_sf{args.smooth_fraction:g}" if args.candidate.startswith("smooth") else ""
+    tag += "_k" + "-".join(map(str, args.keep_labels)) if args.keep_labels else ""
     tag += f"_{args.victim}_{args.optimizer}" if (args.victim, args.optimizer) != ("unet-small", "adam") else ""
     out = args.out_root / tag
     source = args.dataset
@@ -612,9 +668,10 @@ def main(argv: list[str] | None = None) -> int:
         "phase": args.phase,
         "arc_period": args.arc_period if args.candidate == "edge-checker" else None,
         "case_phase": args.case_phase if args.candidate == "edge-checker" else None,
-        "width": args.width if args.candidate == "edge-lines" else None,
+        "width": args.width if args.candidate in ("edge-lines", "smooth-rim") else None,
         "smooth_sigma": args.smooth_sigma if args.candidate.startswith("smooth") else None,
         "smooth_fraction": args.smooth_fraction if args.candidate.startswith("smooth") else None,
+        "rings_amplitude": args.rings_amplitude if args.candidate == "smooth-rings" else None,
         "code": f"{args.code_init}{args.code_period}" if args.candidate == "product" else None,
         "method": args.method if args.candidate == "baseline" else None,
         "fill_min_psnr": args.fill_min_psnr,
