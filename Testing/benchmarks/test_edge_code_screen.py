@@ -1,11 +1,12 @@
 """The pattern helpers of the code screen."""
 
+import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from benchmarks.edge_code_screen import candidate_change, edge_arc_length
+from benchmarks.edge_code_screen import candidate_change, edge_arc_length, keep_labels
 from benchmarks.fixed_patterns import band_noise, blob_sigmas
 
 
@@ -53,3 +54,49 @@ def test_fill_tiles_cycle_over_the_labels_and_the_one_pixel_tiles_differ_in_sign
     assert (block[1] == block[1][:, :1]).all() and (block[2] == block[2][:1]).all()  # row and column stripes
     assert (block[3] == -block[4]).all() and block[3].mean() == 1.0  # three pixels in four at +2, one at -2
     assert (block[3][1::2, 1::2] == -2).all() and (block[3][0::2] == 2).all()
+
+
+def two_organs() -> tuple[np.ndarray, np.ndarray]:
+    """Noise with a 20-pixel square of label 1 beside one of label 2."""
+    image = np.random.default_rng(0).normal(0.0, 10.0, (30, 60))
+    labels = np.zeros(image.shape, dtype=np.uint8)
+    labels[5:25, 5:25] = 1
+    labels[5:25, 35:55] = 2
+    return image, labels
+
+
+def test_smooth_variants_change_the_labels_as_documented():
+    image, labels = two_organs()
+    args = SimpleNamespace(
+        smooth_fraction=1.0, smooth_sigma=1.0, width=3.0, period=4.0, rings_amplitude=0.5, radius=2.0
+    )
+    smooth = candidate_change("smooth", image, labels, 8.0, args)
+    signed = candidate_change("smooth-signed", image, labels, 8.0, args)
+    assert np.array_equal(signed[labels == 1], smooth[labels == 1])
+    assert np.array_equal(signed[labels == 2], -smooth[labels == 2])  # the noise doubled on even labels
+    rim = candidate_change("smooth-rim", image, labels, 8.0, args)
+    assert np.array_equal(rim[:, :30][5:8], smooth[:, :30][5:8])  # three pixels deep: smoothed
+    assert (rim[9:21, 9:21] == 0).all() and (rim[12:18, 12:18] != smooth[12:18, 12:18]).all()
+    rings = candidate_change("smooth-rings", image, labels, 8.0, args) - smooth
+    assert (rings[labels != 2] == 0).all()  # label 1 smooth only
+    assert np.abs(rings[labels == 2]).max() <= 4.0 and np.abs(rings[labels == 2]).max() > 3.0
+
+
+def test_keep_labels_keeps_one_organ_renumbered_on_the_same_images(tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    source = tmp_path / "Dataset009_Organs"
+    _, labels = two_organs()
+    for folder, name in (("imagesTr", "a_0000"), ("labelsTr", "a"), ("imagesTs", "b_0000"), ("labelsTs", "b")):
+        (source / folder).mkdir(parents=True)
+        array = labels * 7 if folder.startswith("images") else labels
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(source / folder / f"{name}.nii.gz"))
+    info = {"labels": {"background": 0, "liver": 1, "spleen": 2}, "channel_names": {"0": "CT"}}
+    (source / "dataset.json").write_text(json.dumps(info))
+    root = keep_labels(source, tmp_path / "out", [2])
+    assert keep_labels(source, tmp_path / "out", [2]) == root  # made once
+    assert json.loads((root / "dataset.json").read_text())["labels"] == {"background": 0, "spleen": 1}
+    for folder, name in (("labelsTr", "a"), ("labelsTs", "b")):
+        kept = sitk.GetArrayFromImage(sitk.ReadImage(str(root / folder / f"{name}.nii.gz")))
+        assert np.array_equal(kept, (labels == 2).astype(np.uint8))
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "imagesTr" / "a_0000.nii.gz")))
+    assert np.array_equal(image, labels * 7)
