@@ -52,6 +52,7 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
                (``--smooth-sigma`` pixels, within the label only; ``--smooth-fraction`` of that change), a code of
                absent texture that rotation and scaling keep
   smooth-fill  smooth plus the fill codes at ``--epsilon``, their sum held to ``--min-psnr``
+  smooth-rings-all the same with rings on every label, label k at period P 2^(k-1)
   smooth-signed smooth on odd label values, its negative (the noise doubled) on even ones: two codes of texture
                a victim can tell apart
   smooth-rings smooth, plus on labels 2, 3, ... rings of ``--rings-amplitude`` A at periods P, 2P, 4P, ... (label 1
@@ -149,6 +150,7 @@ CANDIDATES = (
     "smooth-rim",
     "smooth-signed",
     "smooth-rings",
+    "smooth-rings-all",
 )
 
 
@@ -195,9 +197,10 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         owner = labels[near_rows, near_cols].astype(int)
         sign = np.take_along_axis(signs, ((owner - 1) % 4)[None], axis=0)[0]
         return amplitude * on * sign * signed_region
-    if name == "smooth-rings":
-        period = args.period * 2.0 ** np.maximum(labels - 2, 0)
-        rings = args.rings_amplitude * amplitude * np.tanh(3 * np.sin(2 * np.pi * d / period)) * (labels >= 2)
+    if name in ("smooth-rings", "smooth-rings-all"):
+        first = 1 if name == "smooth-rings-all" else 2
+        period = args.period * 2.0 ** np.maximum(labels - first, 0)
+        rings = args.rings_amplitude * amplitude * np.tanh(3 * np.sin(2 * np.pi * d / period)) * (labels >= first)
         return args.smooth_fraction * smoothing_change(image, labels, args.smooth_sigma) + rings
     if name == "smooth-signed":
         sign = np.where(labels % 2 == 1, 1.0, -1.0)
@@ -589,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
     tag += f"_arc{args.arc_period:g}" if args.arc_period else ""
     tag += "_cph" if args.case_phase else ""
     tag += f"_w{args.width:g}" if args.candidate in ("edge-lines", "smooth-rim") else ""
-    tag += f"_ra{args.rings_amplitude:g}" if args.candidate == "smooth-rings" else ""
+    tag += f"_ra{args.rings_amplitude:g}" if args.candidate.startswith("smooth-rings") else ""
     tag += f"_ss{args.smooth_sigma:g}_sf{args.smooth_fraction:g}" if args.candidate.startswith("smooth") else ""
     tag += "_k" + "-".join(map(str, args.keep_labels)) if args.keep_labels else ""
     tag += f"_{args.victim}_{args.optimizer}" if (args.victim, args.optimizer) != ("unet-small", "adam") else ""
@@ -671,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
         "width": args.width if args.candidate in ("edge-lines", "smooth-rim") else None,
         "smooth_sigma": args.smooth_sigma if args.candidate.startswith("smooth") else None,
         "smooth_fraction": args.smooth_fraction if args.candidate.startswith("smooth") else None,
-        "rings_amplitude": args.rings_amplitude if args.candidate == "smooth-rings" else None,
+        "rings_amplitude": args.rings_amplitude if args.candidate.startswith("smooth-rings") else None,
         "code": f"{args.code_init}{args.code_period}" if args.candidate == "product" else None,
         "method": args.method if args.candidate == "baseline" else None,
         "fill_min_psnr": args.fill_min_psnr,
