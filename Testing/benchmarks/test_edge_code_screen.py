@@ -80,6 +80,10 @@ def test_smooth_variants_change_the_labels_as_documented():
     rings = candidate_change("smooth-rings", image, labels, 8.0, args) - smooth
     assert (rings[labels != 2] == 0).all()  # label 1 smooth only
     assert np.abs(rings[labels == 2]).max() <= 4.0 and np.abs(rings[labels == 2]).max() > 3.0
+    every = candidate_change("smooth-rings-all", image, labels, 8.0, args) - smooth
+    depth = np.arange(8) + 0.5  # down the middle column of each square, from its top edge
+    for column, period in ((15, 4.0), (45, 8.0)):  # label k at period P 2^(k-1)
+        assert np.allclose(every[5:13, column], 4.0 * np.tanh(3 * np.sin(2 * np.pi * depth / period)), atol=1e-6)
 
 
 def test_keep_labels_keeps_one_organ_renumbered_on_the_same_images(tmp_path):
