@@ -19,7 +19,7 @@ AUGMENTED = (  # the fill codes and the dots
     "the fill codes 0.46-0.84 at 50 dB (10 runs) and 0.69 at 45 dB with twice the strength, the dots 0.78 and "
     "0.88; CT ribs 0.65-1.30), except in part on CT liver volumes (3D U-Nets with 3D augmentation: 7 of 10, their "
     "test DSC swinging from epoch to epoch); the bundled rings stopped 9 of 10 of them on CT liver at 50 dB, but not "
-    "victims trained without augmentation; the smooth code stopped both kinds there (10 of 10, 3 of 3) at 58 dB, a "
+    "victims trained without augmentation; the smooth code stopped both kinds there (10 of 10 each) at 58 dB, a "
     f"change that can be seen ({RESULTS})"
 )
 
