@@ -8,6 +8,7 @@ import pytest
 from conftest import write_nnunet_dataset
 from scipy import ndimage
 
+from umedprotect import smoothing
 from umedprotect.caveats import SMOOTH_ELSEWHERE, SMOOTH_VISIBLE, dataset_caveats
 from umedprotect.cli import main
 from umedprotect.errors import Cancelled, InputError
@@ -15,7 +16,7 @@ from umedprotect.methods import SMOOTH_ONLY, device_description, setup_method
 from umedprotect.nnunet import read_dataset
 from umedprotect.records import DatasetManifest
 from umedprotect.settings import ProtectionSettings
-from umedprotect.smoothing import protect_smoothed, smoothing_change
+from umedprotect.smoothing import protect_smoothed, smoothing_change, volume_sigmas
 
 
 def _two_organs(size=64):
@@ -60,13 +61,23 @@ def test_the_smoothing_is_capped_held_to_the_floor_and_leaves_the_rest_bit_ident
     assert not only_two.change[labels == 1].any() and only_two.change[labels == 2].any()
 
 
-def test_a_volume_is_smoothed_slice_by_slice_along_its_coarsest_axis():
+def test_a_volume_is_smoothed_in_3d_the_same_millimetres_along_every_axis(monkeypatch):
     image, labels = _two_organs(32)
-    volume = np.stack([image, image[::-1], image])  # slices on axis 0
-    volume_labels = np.stack([labels, np.zeros_like(labels), labels])
-    result = protect_smoothed(volume, volume_labels, spacing=(3.0, 1.0, 1.0), epsilon=64)
-    np.testing.assert_allclose(result.change[0], protect_smoothed(image, labels, epsilon=64).change, atol=1e-4)
-    assert not result.change[1].any() and result.metrics["slices_protected"] == 2
+    noise = np.random.default_rng(1).normal(0.0, 10.0, (2, *image.shape)).astype(np.float32)
+    volume = np.stack([image, image + noise[0], image + noise[1], np.zeros_like(image)])  # slices on axis 0
+    volume_labels = np.stack([labels, labels, labels, np.zeros_like(labels)])
+    assert volume_sigmas(1.0, (3.0, 1.0, 1.0), 3) == (1 / 3, 1.0, 1.0)
+    isotropic = protect_smoothed(volume, volume_labels, spacing=(1.0, 1.0, 1.0), epsilon=255)
+    np.testing.assert_allclose(isotropic.change, smoothing_change(volume, volume_labels, 1.0), atol=1e-3)
+    thick = protect_smoothed(volume, volume_labels, spacing=(3.0, 1.0, 1.0), epsilon=255)  # sigma 1/3 across slices
+    inner = ndimage.binary_erosion(labels == 1, iterations=3) | ndimage.binary_erosion(labels == 2, iterations=3)
+    step = [float((r.protected[1] - r.protected[2])[inner].std()) for r in (isotropic, thick)]
+    assert step[0] < 0.5 * step[1]  # from slice to slice too the label's noise is smoothed away
+    assert not isotropic.change[3].any() and isotropic.metrics["slices_protected"] == 3
+    monkeypatch.setattr(smoothing, "SLAB_SLICES", 1)  # slab by slab, each with its margin: the same as whole
+    np.testing.assert_array_equal(
+        protect_smoothed(volume, volume_labels, spacing=(1.0, 1.0, 1.0), epsilon=255).protected, isotropic.protected
+    )
     held = protect_smoothed(volume, volume_labels, spacing=(3.0, 1.0, 1.0), min_psnr=65)
     assert held.metrics["psnr_db_slice_min"] >= 65 - 1e-6 and held.metrics["change_scale"] < 1
     with pytest.raises(Cancelled):
