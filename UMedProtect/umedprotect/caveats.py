@@ -28,7 +28,8 @@ SMOOTH_VISIBLE = (
     f"on CT liver it can be seen at a soft-tissue window, which PSNR does not measure; preview it ({RESULTS})"
 )
 SMOOTH_ELSEWHERE = (
-    "the smooth code was measured to stop victims on one CT organ (and on CT lung nodules) only: with four or twelve "
+    "the smooth code was measured to stop victims on one CT organ at a time (liver, spleen or kidney) and on CT lung "
+    "nodules only: with four or twelve "
     "CT structures labelled, each equally smooth (0.85, 0.98), on MR (0.90) and on fluorescence microscopy nuclei "
     f"(1.00) it did not (one run each; {RESULTS})"
 )
