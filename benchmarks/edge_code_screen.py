@@ -52,12 +52,11 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
                (``--smooth-sigma`` pixels, within the label only; ``--smooth-fraction`` of that change), a code of
                absent texture that rotation and scaling keep
   smooth-fill  smooth plus the fill codes at ``--epsilon``, their sum held to ``--min-psnr``
-  smooth-rings-all the same with rings on every label, label k at period P 2^(k-1)
   smooth-signed smooth on odd label values, its negative (the noise doubled) on even ones: two codes of texture
                a victim can tell apart
   smooth-rings smooth, plus on labels 2, 3, ... rings of ``--rings-amplitude`` A at periods P, 2P, 4P, ... (label 1
-               smooth only): the
-               smoothness says where a label is, the rings which
+               smooth only): the smoothness says where a label is, the rings which
+  smooth-rings-all the same with rings on every label, label k at period P 2^(k-1)
   smooth-rim   smooth only in the rim ``--width`` pixels deep inside each label's edge (full smoothing where
                the floor would otherwise allow only part of it over the whole label)
   lattice      sparse dots: one pixel in P x P (P = ``--period``) inside every label, signed per label (all +,
@@ -197,18 +196,18 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         owner = labels[near_rows, near_cols].astype(int)
         sign = np.take_along_axis(signs, ((owner - 1) % 4)[None], axis=0)[0]
         return amplitude * on * sign * signed_region
-    if name in ("smooth-rings", "smooth-rings-all"):
-        first = 1 if name == "smooth-rings-all" else 2
-        period = args.period * 2.0 ** np.maximum(labels - first, 0)
-        rings = args.rings_amplitude * amplitude * np.tanh(3 * np.sin(2 * np.pi * d / period)) * (labels >= first)
-        return args.smooth_fraction * smoothing_change(image, labels, args.smooth_sigma) + rings
-    if name == "smooth-signed":
-        sign = np.where(labels % 2 == 1, 1.0, -1.0)
-        return args.smooth_fraction * smoothing_change(image, labels, args.smooth_sigma) * sign
-    if name == "smooth-rim":
-        return args.smooth_fraction * smoothing_change(image, labels, args.smooth_sigma) * (d <= args.width)
-    if name in ("smooth", "smooth-fill"):
+    if name.startswith("smooth"):
         smooth = args.smooth_fraction * smoothing_change(image, labels, args.smooth_sigma)
+        if name == "smooth-signed":
+            return smooth * np.where(labels % 2 == 1, 1.0, -1.0)
+        if name == "smooth-rim":
+            return smooth * (d <= args.width)
+        if name in ("smooth-rings", "smooth-rings-all"):
+            first = 1 if name == "smooth-rings-all" else 2
+            period = args.period * 2.0 ** np.maximum(labels - first, 0)
+            return smooth + args.rings_amplitude * amplitude * np.tanh(3 * np.sin(2 * np.pi * d / period)) * (
+                labels >= first
+            )
         return smooth + (candidate_change("fill", image, labels, amplitude, args) if name == "smooth-fill" else 0.0)
     if name == "fill-balanced":
         fill = candidate_change("fill", image, labels, 1.0, args)

@@ -29,9 +29,8 @@ SMOOTH_VISIBLE = (
 )
 SMOOTH_ELSEWHERE = (
     "the smooth code was measured to stop victims on one CT organ at a time (liver, spleen or kidney) and on CT lung "
-    "nodules only: with four or twelve "
-    "CT structures labelled, each equally smooth (0.85, 0.98), on MR (0.90) and on fluorescence microscopy nuclei "
-    f"(1.00) it did not (one run each; {RESULTS})"
+    "nodules only: with four or twelve CT structures labelled, each equally smooth (0.85, 0.98), on MR (0.90) and "
+    f"on fluorescence microscopy nuclei (1.00) it did not (one run each; {RESULTS})"
 )
 
 

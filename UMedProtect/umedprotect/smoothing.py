@@ -71,7 +71,6 @@ def protect_smoothed(
     axis = slice_axis_for(spacing, image.ndim)
     region = roi_mask(labels, None if label_values is None else list(label_values))
     selected = np.where(region, labels, 0)
-    protected = image.copy()
     if axis is None:
         if cancel is not None and cancel():
             raise Cancelled("protection cancelled")
@@ -80,6 +79,7 @@ def protect_smoothed(
         if progress is not None and slices:
             progress(1, 1)
     else:
+        protected = image.copy()
         sigmas = volume_sigmas(sigma, spacing, image.ndim)
         stacks = [np.moveaxis(a, axis, 0) for a in (image, selected, protected)]
         stack_sigmas = (sigmas[axis], *(s for i, s in enumerate(sigmas) if i != axis))
