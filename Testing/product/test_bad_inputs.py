@@ -324,6 +324,14 @@ def output_folder_read_only(tmp, protector):
     return protect_argv(image, mask, out, protector)
 
 
+@bad("output folder is not writable")
+def output_folder_takes_no_files(tmp, protector):
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc: a folder that takes no files even from root")
+    image, mask, out = base(tmp)
+    return protect_argv(image, mask, "/proc/umedprotect-test/protected.nii.gz", protector)
+
+
 # --- protector files ----------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -224,13 +225,19 @@ def is_dicom_output(output: str | os.PathLike, output_format: str = "auto") -> b
 
 
 def check_writable_dir(folder: str | os.PathLike) -> Path:
-    """InputError unless ``folder`` exists (or can be created under a writable parent) and is writable."""
+    """InputError unless ``folder`` exists (or can be created under a writable parent) and is writable: a file is
+    made there and removed (permission bits alone pass root, and folders like /proc take no files)."""
     folder = Path(folder)
     existing = folder
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{folder}: output folder is not writable")
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(existing)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError:
+        raise InputError(f"{folder}: output folder is not writable") from None
     return folder
 
 
