@@ -103,7 +103,7 @@ from umedprotect.array_protection import limit_visibility, protect_array
 from umedprotect.augment import NO_AUGMENTATION, AugmentSettings
 from umedprotect.intensity import apply_change, intensity_window
 from umedprotect.methods import setup_method
-from umedprotect.metrics import image_quality
+from umedprotect.metrics import data_range, image_quality
 from umedprotect.nnunet import read_dataset
 from umedprotect.protector import Protector, ProtectorConfig
 from umedprotect.protector_file import read_protector_file
@@ -116,6 +116,7 @@ from umedprotect_eval.baselines import METHOD_NAMES
 from umedprotect_eval.evaluation import load_evaluation_data
 from umedprotect_eval.training import TrainSettings, VictimTrainer
 
+SMOOTH_PLUS_CODE = ("smooth-fill", "smooth-rings", "smooth-rings-all")
 CANDIDATES = (
     "clean",
     "default",
@@ -329,12 +330,38 @@ def protect_case(name: str, image: np.ndarray, labels: np.ndarray, args) -> np.n
     elif name in ("grid-exact", "grid-wave", "grid-mixed"):
         change = exact_grid_change(image, labels, amplitude, args)
         amplitude = args.grid_cap * amplitude
+    elif args.smooth_first and name in SMOOTH_PLUS_CODE:
+        return smooth_then_code(name, image, labels, amplitude, args)
     else:
         change = candidate_change(name, image, labels, amplitude, args)
     protected = apply_change(image, change, amplitude, value_range)
     if args.min_psnr:
         limit_visibility(image, protected, amplitude, args.min_psnr)
     return protected
+
+
+def smooth_then_code(name: str, image: np.ndarray, labels: np.ndarray, amplitude: float, args) -> np.ndarray:
+    """The smoothing held to the floor on its own and kept whole, the candidate's code scaled into what is left."""
+    value_range = (float(image.min()), float(image.max()))
+    smoothed = apply_change(
+        image, args.smooth_fraction * smoothing_change(image, labels, args.smooth_sigma), amplitude, value_range
+    )
+    limit_visibility(image, smoothed, amplitude, args.min_psnr)
+    base = smoothed.astype(np.float64) - image
+    code = candidate_change(
+        name, image, labels, amplitude, argparse.Namespace(**{**vars(args), "smooth_fraction": 0.0})
+    )
+    floor_squared = data_range(image) ** 2 * image.size / 10 ** (args.min_psnr / 10)
+
+    def with_code(scale: float) -> np.ndarray:
+        return apply_change(image, base + scale * code, 2 * amplitude, value_range)
+
+    low, high = 0.0, 1.0
+    for _ in range(20):  # the largest scale of the code whose sum with the smoothing meets the floor
+        middle = (low + high) / 2
+        squared = np.sum((with_code(middle).astype(np.float64) - image) ** 2)
+        low, high = (middle, high) if squared <= floor_squared else (low, middle)
+    return with_code(low)
 
 
 def band_in_effect(args) -> int:
@@ -510,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=float, default=1.0, help="edge-lines: line width; smooth-rim: depth (px)")
     parser.add_argument("--smooth-sigma", type=float, default=1.0, help="smooth: the smoothing's sigma (pixels)")
     parser.add_argument("--rings-amplitude", type=float, default=0.5, help="smooth-rings: the rings' amplitude (A)")
+    parser.add_argument(
+        "--smooth-first",
+        action="store_true",
+        help="smooth-fill, smooth-rings*: the smoothing kept whole (held to the floor alone), the code in the rest",
+    )
     parser.add_argument("--smooth-fraction", type=float, default=1.0, help="smooth: the share of the smoothing applied")
     parser.add_argument(
         "--case-phase", action="store_true", help="edge-checker: each case's rings at a phase drawn from its pixels"
@@ -593,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     tag += f"_w{args.width:g}" if args.candidate in ("edge-lines", "smooth-rim") else ""
     tag += f"_ra{args.rings_amplitude:g}" if args.candidate.startswith("smooth-rings") else ""
     tag += f"_ss{args.smooth_sigma:g}_sf{args.smooth_fraction:g}" if args.candidate.startswith("smooth") else ""
+    tag += "_first" if args.smooth_first else ""
     tag += "_k" + "-".join(map(str, args.keep_labels)) if args.keep_labels else ""
     tag += f"_{args.victim}_{args.optimizer}" if (args.victim, args.optimizer) != ("unet-small", "adam") else ""
     out = args.out_root / tag
@@ -674,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
         "smooth_sigma": args.smooth_sigma if args.candidate.startswith("smooth") else None,
         "smooth_fraction": args.smooth_fraction if args.candidate.startswith("smooth") else None,
         "rings_amplitude": args.rings_amplitude if args.candidate.startswith("smooth-rings") else None,
+        "smooth_first": args.smooth_first or None,
         "code": f"{args.code_init}{args.code_period}" if args.candidate == "product" else None,
         "method": args.method if args.candidate == "baseline" else None,
         "fill_min_psnr": args.fill_min_psnr,

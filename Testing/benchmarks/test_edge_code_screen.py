@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from benchmarks.edge_code_screen import candidate_change, edge_arc_length, keep_labels
+from benchmarks.edge_code_screen import candidate_change, edge_arc_length, keep_labels, smooth_then_code
 from benchmarks.fixed_patterns import band_noise, blob_sigmas
 
 
@@ -84,6 +84,23 @@ def test_smooth_variants_change_the_labels_as_documented():
     depth = np.arange(8) + 0.5  # down the middle column of each square, from its top edge
     for column, period in ((15, 4.0), (45, 8.0)):  # label k at period P 2^(k-1)
         assert np.allclose(every[5:13, column], 4.0 * np.tanh(3 * np.sin(2 * np.pi * depth / period)), atol=1e-6)
+
+
+def test_smooth_first_keeps_the_smoothing_whole_and_scales_the_code_into_the_floor():
+    image, labels = two_organs()
+    image /= 10  # noise of std 1: smoothing it away changes the image by an RMS of 0.56
+    image[0, :2] = (-200.0, 200.0)  # a range of 400: 50 dB leaves an RMS change of 1.26 over the image
+    args = SimpleNamespace(
+        smooth_fraction=1.0, smooth_sigma=1.0, period=6.0, rings_amplitude=1.0, radius=2.0, min_psnr=50.0
+    )
+    smooth = candidate_change("smooth", image, labels, 8.0, args)
+    protected = smooth_then_code("smooth-rings-all", image, labels, 8.0, args)
+    rings = protected - image - smooth
+    rms = np.sqrt(np.mean((protected - image) ** 2))
+    assert 1.24 < rms <= 400 / 10**2.5  # the floor met, and nearly all of it spent
+    full_rings = candidate_change("smooth-rings-all", image, labels, 8.0, args) - smooth
+    scale = np.abs(rings).max() / np.abs(full_rings).max()
+    assert 0.1 < scale < 0.5 and np.allclose(rings, scale * full_rings, atol=1e-4)  # the code alone scaled
 
 
 def test_keep_labels_keeps_one_organ_renumbered_on_the_same_images(tmp_path):
