@@ -57,6 +57,8 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
   smooth-rings smooth, plus on labels 2, 3, ... rings of ``--rings-amplitude`` A at periods P, 2P, 4P, ... (label 1
                smooth only): the smoothness says where a label is, the rings which
   smooth-rings-all the same with rings on every label, label k at period P 2^(k-1)
+               (smooth-fill, smooth-rings*: with ``--smooth-first`` the smoothing is held to the floor alone and
+               kept whole, the fill or rings scaled into what the floor leaves; else their sum is scaled)
   smooth-rim   smooth only in the rim ``--width`` pixels deep inside each label's edge (full smoothing where
                the floor would otherwise allow only part of it over the whole label)
   lattice      sparse dots: one pixel in P x P (P = ``--period``) inside every label, signed per label (all +,
