@@ -696,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         "sigma": args.sigma,
         "product_epsilon": args.product_epsilon,
         "protector_file": Path(args.protector.source).name if args.protector else None,
-        "tiles": args.tiles if args.candidate in ("fill", "fill-band") else None,
+        "tiles": args.tiles if args.candidate in ("fill", "fill-band", "smooth-fill") else None,
         "min_psnr": args.min_psnr,
         "band_radius": args.band_radius,
         "band": band_in_effect(args) if args.candidate == "default" else None,
