@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import write_nnunet_dataset
 
-from umedprotect.caveats import AUGMENTED, dataset_caveats
+from umedprotect.caveats import AUGMENTED, ZSCORED, dataset_caveats
 from umedprotect.cli import main
 from umedprotect.nnunet import read_dataset
 from umedprotect.records import DatasetManifest
@@ -42,9 +42,10 @@ def protect(source, out, *options) -> tuple[int, DatasetManifest]:
 
 def test_one_ct_label_on_one_grid_has_only_the_augmented_victims_caveat(one_label, tmp_path, capsys):
     code, manifest = protect(one_label, tmp_path / "out")
-    assert code == 0 and manifest.caveats == [AUGMENTED]
+    assert code == 0 and manifest.caveats == [AUGMENTED, ZSCORED]
     assert AUGMENTED.startswith("victims trained with nnU-Net's augmentation (nnU-Net's default) were not stopped")
-    assert capsys.readouterr().err.startswith(f"umedprotect: warning: {AUGMENTED}\n")
+    assert ZSCORED.startswith("victims that z-score each case instead of using nnU-Net's CT normalisation")
+    assert capsys.readouterr().err.startswith(f"umedprotect: warning: {AUGMENTED}\numedprotect: warning: {ZSCORED}\n")
 
 
 def test_a_channel_that_is_not_ct_is_z_scored_by_nnunet(one_label, tmp_path, capsys):
@@ -60,9 +61,9 @@ def test_a_channel_that_is_not_ct_is_z_scored_by_nnunet(one_label, tmp_path, cap
 def test_several_labels_are_a_caveat_unless_one_is_selected(tmp_path, capsys):
     source = write_nnunet_dataset(tmp_path / "Dataset022_TwoLabels", n_lesions=2)
     _, manifest = protect(source, tmp_path / "both")
-    assert [c.split(":")[0] for c in manifest.caveats[1:]] == ["2 labels to protect"]
+    assert [c.split(":")[0] for c in manifest.caveats[2:]] == ["2 labels to protect"]
     _, manifest = protect(source, tmp_path / "first", "--labels", "1")
-    assert manifest.caveats == [AUGMENTED]
+    assert manifest.caveats == [AUGMENTED, ZSCORED]
 
 
 def test_more_labels_than_were_measured_protected_add_the_twelve_structures(tmp_path):
@@ -71,9 +72,9 @@ def test_more_labels_than_were_measured_protected_add_the_twelve_structures(tmp_
     meta["labels"] = {"background": 0, **{f"structure{k}": k for k in range(1, 6)}}
     (source / "dataset.json").write_text(json.dumps(meta))
     dataset = read_dataset(source)
-    (five,) = dataset_caveats(dataset, None)[1:]
+    (five,) = dataset_caveats(dataset, None)[2:]
     assert five.startswith("5 labels to protect:") and "with twelve CT structures not at 45 dB either" in five
-    (four,) = dataset_caveats(dataset, [1, 2, 3, 4])[1:]
+    (four,) = dataset_caveats(dataset, [1, 2, 3, 4])[2:]
     assert four.startswith("4 labels to protect:") and "twelve" not in four
 
 
@@ -81,15 +82,17 @@ def test_cases_off_the_median_in_plane_spacing_are_resampled_by_nnunet(one_label
     set_spacing(one_label, "case001", (0.72, 0.7, 2.5))  # in plane: 0.72 against the median 0.8, 32 -> 29 pixels
     dataset = read_dataset(one_label)
     assert resampled_cases(dataset) == ["case001"]
-    _, on_own_grid = dataset_caveats(dataset, None)
+    _, _, on_own_grid = dataset_caveats(dataset, None)
     assert on_own_grid.startswith("1 of 3 training cases lie off the dataset's median in-plane spacing, so nnU-Net")
-    _, on_victim_grid = dataset_caveats(dataset, None, "bundled victim grid")
+    _, _, on_victim_grid = dataset_caveats(dataset, None, "bundled victim grid")
     assert "made on the grid nnU-Net resamples them to" in on_victim_grid
     _, manifest = protect(one_label, tmp_path / "out")  # the victim grid by default: made there, with the dots
-    assert manifest.caveats == [AUGMENTED, on_victim_grid] and manifest.protector["path"] == "bundled victim grid"
+    assert (
+        manifest.caveats == [AUGMENTED, ZSCORED, on_victim_grid] and manifest.protector["path"] == "bundled victim grid"
+    )
     assert manifest.parameters["victim_spacing"] == pytest.approx([2.5, 0.7, 0.8])  # numpy axis order, the medians
     _, manifest = protect(one_label, tmp_path / "own", "--victim-grid", "off")
-    assert manifest.caveats == [AUGMENTED, on_own_grid] and manifest.protector["path"] == "bundled default"
+    assert manifest.caveats == [AUGMENTED, ZSCORED, on_own_grid] and manifest.protector["path"] == "bundled default"
     assert "victim_spacing" not in manifest.parameters
 
 

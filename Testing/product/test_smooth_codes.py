@@ -9,7 +9,7 @@ from conftest import write_nnunet_dataset
 from scipy import ndimage
 
 from umedprotect import smoothing
-from umedprotect.caveats import SMOOTH_ELSEWHERE, SMOOTH_VISIBLE, dataset_caveats
+from umedprotect.caveats import SMOOTH_ELSEWHERE, SMOOTH_VISIBLE, ZSCORED, dataset_caveats
 from umedprotect.cli import main
 from umedprotect.errors import Cancelled, InputError
 from umedprotect.methods import SMOOTH_ONLY, device_description, setup_method
@@ -105,8 +105,8 @@ def test_protect_dataset_with_smooth_records_its_caveats_and_no_victim_grid(tmp_
     out = tmp_path / "out"
     assert main(["protect-dataset", str(source), "-o", str(out), "--no-progress", "--codes", "smooth"]) == 0
     manifest = DatasetManifest.read(out / "umedprotect_manifest.json")
-    assert manifest.caveats == [SMOOTH_VISIBLE] and manifest.parameters["smooth_sigma"] == 1.0
+    assert manifest.caveats == [SMOOTH_VISIBLE, ZSCORED] and manifest.parameters["smooth_sigma"] == 1.0
     assert "victim_spacing" not in manifest.parameters and SMOOTH_ONLY in capsys.readouterr().out
     two = write_nnunet_dataset(tmp_path / "Dataset024_TwoLabels", n_lesions=2)
-    assert dataset_caveats(read_dataset(two), None, "bundled smooth") == [SMOOTH_VISIBLE, SMOOTH_ELSEWHERE]
-    assert dataset_caveats(read_dataset(two), [2], "bundled smooth") == [SMOOTH_VISIBLE]
+    assert dataset_caveats(read_dataset(two), None, "bundled smooth") == [SMOOTH_VISIBLE, ZSCORED, SMOOTH_ELSEWHERE]
+    assert dataset_caveats(read_dataset(two), [2], "bundled smooth") == [SMOOTH_VISIBLE, ZSCORED]
