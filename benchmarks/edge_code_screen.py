@@ -205,13 +205,7 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
             return smooth * np.where(labels % 2 == 1, 1.0, -1.0)
         if name == "smooth-rim":
             return smooth * (d <= args.width)
-        if name in ("smooth-rings", "smooth-rings-all"):
-            first = 1 if name == "smooth-rings-all" else 2
-            period = args.period * 2.0 ** np.maximum(labels - first, 0)
-            return smooth + args.rings_amplitude * amplitude * np.tanh(3 * np.sin(2 * np.pi * d / period)) * (
-                labels >= first
-            )
-        return smooth + (candidate_change("fill", image, labels, amplitude, args) if name == "smooth-fill" else 0.0)
+        return smooth + (smooth_code(name, image, labels, amplitude, args, d) if name in SMOOTH_PLUS_CODE else 0.0)
     if name == "fill-balanced":
         fill = candidate_change("fill", image, labels, 1.0, args)
         counts = np.bincount(labels.ravel().astype(int))
@@ -238,6 +232,19 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
         return amplitude * wave * band
     blurred = ndimage.gaussian_filter(image.astype(np.float64), args.radius)
     return np.clip(0.5 * amplitude * wave + (blurred - image), -amplitude, amplitude) * band
+
+
+def smooth_code(
+    name: str, image: np.ndarray, labels: np.ndarray, amplitude: float, args, depth: np.ndarray
+) -> np.ndarray:
+    """The code that ``name`` (one of :data:`SMOOTH_PLUS_CODE`) adds to the smoothing: the fill codes, or rings of
+    ``--rings-amplitude`` A at period P 2^(k - first) on label k (from label 2, or every label for smooth-rings-all),
+    ``depth`` the signed distance to the labels' edge."""
+    if name == "smooth-fill":
+        return candidate_change("fill", image, labels, amplitude, args)
+    first = 1 if name == "smooth-rings-all" else 2
+    period = args.period * 2.0 ** np.maximum(labels - first, 0)
+    return args.rings_amplitude * amplitude * np.tanh(3 * np.sin(2 * np.pi * depth / period)) * (labels >= first)
 
 
 def case_phase(image: np.ndarray, args) -> float:
@@ -350,9 +357,7 @@ def smooth_then_code(name: str, image: np.ndarray, labels: np.ndarray, amplitude
     )
     limit_visibility(image, smoothed, amplitude, args.min_psnr)
     base = smoothed.astype(np.float64) - image
-    code = candidate_change(
-        name, image, labels, amplitude, argparse.Namespace(**{**vars(args), "smooth_fraction": 0.0})
-    )
+    code = smooth_code(name, image, labels, amplitude, args, signed_edge_distance(labels)[0])
     floor_squared = data_range(image) ** 2 * image.size / 10 ** (args.min_psnr / 10)
 
     def with_code(scale: float) -> np.ndarray:
