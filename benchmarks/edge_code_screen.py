@@ -25,8 +25,9 @@ held to ``--min-psnr`` per 2D case with the product's :func:`limit_visibility`):
                resampling (after it the victim sees the exact code; cap ``--grid-cap`` A, then the PSNR floor)
   grid-wave    the same with wave (period P on the victim's grid: exact for cases up to P/2 times coarser)
   grid-mixed   grid-exact for the cases the victim's grid does not enlarge, grid-wave for the others
-  fill-balanced fill with each label's amplitude in inverse proportion to the root of its pixel count: every
-               label gets the same share of the 50 dB floor's energy (small organs more amplitude, large less)
+  fill-balanced fill with each label's amplitude in inverse proportion to its pixel count to the power
+               ``--balance-power`` (0.5: every label the same share of the 50 dB floor's energy, small organs more
+               amplitude, large less; 0: fill)
   fill-rings   the bundled default's change at ``--epsilon`` plus ``--protector``'s (e.g. rings) at
                ``--product-epsilon``, each without a floor (or held to ``--fill-min-psnr`` and
                ``--second-min-psnr``: how the 50 dB floor's energy is shared), their sum then held to
@@ -209,7 +210,7 @@ def candidate_change(name: str, image: np.ndarray, labels: np.ndarray, amplitude
     if name == "fill-balanced":
         fill = candidate_change("fill", image, labels, 1.0, args)
         counts = np.bincount(labels.ravel().astype(int))
-        weight = np.where(labels > 0, 1 / np.sqrt(np.maximum(counts[labels.astype(int)], 1)), 0.0)
+        weight = np.where(labels > 0, np.maximum(counts[labels.astype(int)], 1) ** -args.balance_power, 0.0)
         return amplitude * fill * weight / weight.max() if weight.max() > 0 else fill
     if name in ("fill", "fill-band"):  # per label one of checker, row stripes, column stripes; the band outside negated
         named = {
@@ -603,6 +604,12 @@ def main(argv: list[str] | None = None) -> int:
         "then every case resampled to the median spacing (nnU-Net's preprocessing)",
     )
     parser.add_argument(
+        "--balance-power",
+        type=float,
+        default=0.5,
+        help="fill-balanced: each label's amplitude in proportion to its pixel count to the minus this power",
+    )
+    parser.add_argument(
         "--keep-labels",
         type=lambda text: [int(v) for v in text.split(",")],
         help="e.g. 1: only these labels kept (the others background), on the same images",
@@ -633,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     tag += f"_ra{args.rings_amplitude:g}" if args.candidate.startswith("smooth-rings") else ""
     tag += f"_ss{args.smooth_sigma:g}_sf{args.smooth_fraction:g}" if args.candidate.startswith("smooth") else ""
     tag += "_first" if args.smooth_first else ""
+    balance_power = args.balance_power if args.candidate == "fill-balanced" and args.balance_power != 0.5 else None
+    tag += f"_bp{balance_power:g}" if balance_power is not None else ""
     tag += "_k" + "-".join(map(str, args.keep_labels)) if args.keep_labels else ""
     tag += f"_{args.victim}_{args.optimizer}" if (args.victim, args.optimizer) != ("unet-small", "adam") else ""
     out = args.out_root / tag
@@ -715,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
         "smooth_fraction": args.smooth_fraction if args.candidate.startswith("smooth") else None,
         "rings_amplitude": args.rings_amplitude if args.candidate.startswith("smooth-rings") else None,
         "smooth_first": args.smooth_first or None,
+        "balance_power": balance_power,  # None: 0.5, as before the option
         "code": f"{args.code_init}{args.code_period}" if args.candidate == "product" else None,
         "method": args.method if args.candidate == "baseline" else None,
         "fill_min_psnr": args.fill_min_psnr,

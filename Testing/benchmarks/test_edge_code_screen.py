@@ -56,6 +56,18 @@ def test_fill_tiles_cycle_over_the_labels_and_the_one_pixel_tiles_differ_in_sign
     assert (block[3][1::2, 1::2] == -2).all() and (block[3][0::2] == 2).all()
 
 
+
+@pytest.mark.parametrize("power", [0.0, 0.25, 0.5])
+def test_fill_balanced_weighs_each_label_by_its_pixel_count_to_the_minus_power(power):
+    labels = np.zeros((16, 48), dtype=np.uint8)
+    labels[:, :32] = 1  # 512 pixels
+    labels[:8, 32:40] = 2  # 64 pixels: the smallest label keeps the full amplitude
+    args = SimpleNamespace(tiles=["checker", "rows", "cols"], radius=2.0, balance_power=power)
+    change = candidate_change("fill-balanced", np.zeros(labels.shape), labels, 2.0, args)
+    assert np.abs(change[labels == 2]).max() == 2.0
+    assert np.abs(change[labels == 1]).max() == pytest.approx(2.0 * 8.0**-power)
+    assert (change[labels == 0] == 0).all()
+
 def two_organs() -> tuple[np.ndarray, np.ndarray]:
     """Noise with a 20-pixel square of label 1 beside one of label 2."""
     image = np.random.default_rng(0).normal(0.0, 10.0, (30, 60))
