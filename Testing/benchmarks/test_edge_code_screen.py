@@ -56,7 +56,6 @@ def test_fill_tiles_cycle_over_the_labels_and_the_one_pixel_tiles_differ_in_sign
     assert (block[3][1::2, 1::2] == -2).all() and (block[3][0::2] == 2).all()
 
 
-
 @pytest.mark.parametrize("power", [0.0, 0.25, 0.5])
 def test_fill_balanced_weighs_each_label_by_its_pixel_count_to_the_minus_power(power):
     labels = np.zeros((16, 48), dtype=np.uint8)
@@ -67,6 +66,7 @@ def test_fill_balanced_weighs_each_label_by_its_pixel_count_to_the_minus_power(p
     assert np.abs(change[labels == 2]).max() == 2.0
     assert np.abs(change[labels == 1]).max() == pytest.approx(2.0 * 8.0**-power)
     assert (change[labels == 0] == 0).all()
+
 
 def two_organs() -> tuple[np.ndarray, np.ndarray]:
     """Noise with a 20-pixel square of label 1 beside one of label 2."""
