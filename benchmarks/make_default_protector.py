@@ -1,25 +1,26 @@
-"""Write the bundled default protector: per-label fill codes inside the labels; not fitted.
+"""Write the bundled default protector: one fill code (a checkerboard) inside every label; not fitted.
 
 Its generators G_c and G_t output zero: the codes alone make the change.
 
-The choice and its measurements: docs/results.md ("The default protector"), benchmarks/experiments/edge-*.json.
+The choice and its measurements: docs/results.md, benchmarks/experiments/ (``fill-one-code-organs``, ``fill-inside-liver``).
 
     python -m benchmarks.make_default_protector [--output UMedProtect/umedprotect/data/default_protector.safetensors]
 
 The bundled protector for changes made on nnU-Net's grid (``protect-dataset --victim-grid auto``, results:
 ``victim-grid-liver``):
 
-    python -m benchmarks.make_default_protector --codes dots --code-period 4 --epsilon 16 \
+    python -m benchmarks.make_default_protector --codes dots --code-period 4 --epsilon 16 --code-classes 4 \
         --output UMedProtect/umedprotect/data/victim_grid_protector.safetensors
 
 The bundled protector of contour-following rings (``--codes rings``, results: ``rings-liver``):
 
-    python -m benchmarks.make_default_protector --codes rings --code-period 6 --epsilon 16 \
+    python -m benchmarks.make_default_protector --codes rings --code-period 6 --epsilon 16 --code-classes 4 \
         --output UMedProtect/umedprotect/data/rings_protector.safetensors
 
-A variant with other codes, for experiments (e.g. benchmarks/protectors/dots4.safetensors):
+A variant with other codes, for experiments (e.g. benchmarks/protectors/dots4.safetensors, or the former
+default's three fill tiles, checkerboard, row and column stripes, in turn per label: ``--code-classes 4``):
 
-    python -m benchmarks.make_default_protector --codes dots --code-period 4 --band-radius 2 \
+    python -m benchmarks.make_default_protector --codes dots --code-period 4 --band-radius 2 --code-classes 4 \
         --output benchmarks/protectors/dots4.safetensors
 """
 
@@ -39,7 +40,7 @@ DEFAULT_CONFIG = ProtectorConfig(
     texture_floor=1.0,  # the full budget everywhere in the label (flat tissue too)
     code_init="fill",
     code_period=2,  # one-pixel checkerboard / stripes
-    code_classes=4,  # background + the three tiles (labels beyond three repeat them)
+    code_classes=2,  # background + one checkerboard for every label: three tiles cost protection (fill-one-code-organs)
     training={"fitted": False, "source": "benchmarks/make_default_protector.py"},
 )
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--band-radius", type=int, default=DEFAULT_CONFIG.band_radius, help="fill, dots: the band outside, negated"
     )
+    parser.add_argument(
+        "--code-classes", type=int, default=DEFAULT_CONFIG.code_classes, help="background + the distinct codes"
+    )
     args = parser.parse_args(argv)
     config = dataclasses.replace(
         DEFAULT_CONFIG,
@@ -60,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         code_period=args.code_period,
         epsilon=args.epsilon,
         band_radius=args.band_radius,
+        code_classes=args.code_classes,
     )
     print(save_protector(Protector(config), args.output))
     return 0

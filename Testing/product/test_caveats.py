@@ -58,12 +58,13 @@ def test_a_channel_that_is_not_ct_is_z_scored_by_nnunet(one_label, tmp_path, cap
     assert "the PSNR floor holds the change" in err  # and after, what the floor left of the strength
 
 
-def test_several_labels_are_a_caveat_unless_one_is_selected(tmp_path, capsys):
+def test_up_to_four_labels_are_no_caveat_unless_made_with_the_dots(tmp_path, capsys):
     source = write_nnunet_dataset(tmp_path / "Dataset022_TwoLabels", n_lesions=2)
     _, manifest = protect(source, tmp_path / "both")
-    assert [c.split(":")[0] for c in manifest.caveats[2:]] == ["2 labels to protect"]
-    _, manifest = protect(source, tmp_path / "first", "--labels", "1")
-    assert manifest.caveats == [AUGMENTED, ZSCORED]
+    assert manifest.caveats == [AUGMENTED, ZSCORED]  # the default stopped victims on four CT organs
+    (dots,) = dataset_caveats(read_dataset(source), None, "bundled victim grid")[2:]
+    assert dots.startswith("2 labels to protect: on four CT organs the dots made on nnU-Net's grid did not slow")
+    assert dataset_caveats(read_dataset(source), [1], "bundled victim grid") == [AUGMENTED, ZSCORED]
 
 
 def test_more_labels_than_were_measured_protected_add_the_twelve_structures(tmp_path):
@@ -73,9 +74,8 @@ def test_more_labels_than_were_measured_protected_add_the_twelve_structures(tmp_
     (source / "dataset.json").write_text(json.dumps(meta))
     dataset = read_dataset(source)
     (five,) = dataset_caveats(dataset, None)[2:]
-    assert five.startswith("5 labels to protect:") and "with twelve CT structures not at 45 dB either" in five
-    (four,) = dataset_caveats(dataset, [1, 2, 3, 4])[2:]
-    assert four.startswith("4 labels to protect:") and "twelve" not in four
+    assert five.startswith("5 labels to protect:") and "but with twelve CT structures not at 50 dB" in five
+    assert dataset_caveats(dataset, [1, 2, 3, 4]) == [AUGMENTED, ZSCORED]
 
 
 def test_cases_off_the_median_in_plane_spacing_are_resampled_by_nnunet(one_label, tmp_path):

@@ -17,7 +17,15 @@ from umedprotect.cli import main
 from umedprotect.metrics import image_quality
 from umedprotect.nnunet import read_dataset
 from umedprotect.records import DatasetManifest
-from umedprotect.victim_units import case_unit, change_in_units, ct_unit, dataset_normalisation, victim_unit
+from umedprotect.victim_units import (
+    STRENGTHS,
+    case_unit,
+    change_in_units,
+    ct_unit,
+    dataset_normalisation,
+    short_of_strength,
+    victim_unit,
+)
 
 
 def case(shape: tuple[int, ...], dtype: str = "float32") -> tuple[np.ndarray, np.ndarray]:
@@ -234,3 +242,9 @@ def test_protect_measures_a_ct_image_in_its_foreground_std(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["parameters"]["victim_normalisation"] == "ct"
     assert report["metrics"]["victim_unit"] == pytest.approx(ct_unit(image[labels > 0]), rel=1e-6)
+
+
+def test_the_default_aim_falls_short_only_under_what_stopped_victims():
+    assert not short_of_strength(0.3, STRENGTHS["ct"], "ct")  # four CT organs were stopped with cases at 0.1-2.0
+    assert short_of_strength(0.05, STRENGTHS["ct"], "ct") and short_of_strength(0.2, STRENGTHS["zscore"], "zscore")
+    assert short_of_strength(0.3, 1.0, "ct")  # an aim the user set is held to itself

@@ -1,5 +1,5 @@
-"""The bundled default: per-label fill codes inside the labels (negated on a band outside where one is asked
-for), distinct codes, and the 50 dB floor."""
+"""The bundled default: one fill code, a checkerboard, inside every label (negated on a band outside where one is
+asked for), the three tiles a protector may give the labels instead, and the 50 dB floor."""
 
 import itertools
 
@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from umedprotect.array_protection import protect_array
 from umedprotect.metrics import slice_psnrs
-from umedprotect.protector import Protector, load_protector, save_protector
+from umedprotect.protector import Protector, fill_codes, load_protector, save_protector
 from umedprotect.protector_file import DEFAULT_MIN_PSNR, ProtectorConfig
 from umedprotect.regions import signed_edge_distance
 
@@ -60,10 +60,18 @@ def test_the_band_radius_changes_the_output():
     assert np.count_nonzero(wide[labels == 0]) > 2 * np.count_nonzero(narrow[labels == 0]) > 0
 
 
-def test_per_label_codes_stay_distinct_under_the_victims_scaling():
-    codes = load_protector().codes.detach()
-    tiles = [np.tile(torch.tanh(code).numpy(), (16, 16)) for code in codes[1:]]
-    assert len(tiles) >= 3
+def test_the_bundled_default_gives_every_label_the_same_checkerboard():
+    image, labels = _phantom()
+    change = protect_array(image, labels, min_psnr=20, device="cpu").change
+    rows, cols = np.indices(labels.shape)
+    signs = np.sign(change) * np.where((rows + cols) % 2 == 0, 1.0, -1.0)
+    for label in (1, 2):  # the same phase too (a voxel at the window's edge may keep no change)
+        assert signs[labels == label].min() >= 0 and np.mean(signs[labels == label] == 1) > 0.99
+
+
+def test_the_three_fill_tiles_stay_distinct_under_the_victims_scaling():
+    tiles = [np.tile(torch.tanh(code).numpy(), (16, 16)) for code in fill_codes(4, 2)[1:]]
+    assert len(tiles) == 3
     for scale in np.linspace(0.7, 1.4, 8):  # image and mask are scaled together: every label's code alike
         scaled = [ndimage.zoom(tile, scale, order=1)[4:-4, 4:-4] for tile in tiles]
         for a, b in itertools.combinations(range(len(tiles)), 2):

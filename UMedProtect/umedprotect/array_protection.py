@@ -18,7 +18,7 @@ from .protector_file import ProtectorConfig, ProtectorFile, read_protector_file
 from .regions import bounding_box, contour_band, region_maps, roi_mask
 from .settings import OPTIONS
 from .victim_grid import map_back, resample_image, resample_labels, victim_shape
-from .victim_units import change_in_units, floor_for_strength, rms_in_units, victim_unit
+from .victim_units import change_in_units, floor_for_strength, rms_in_units, short_of_strength, victim_unit
 
 if TYPE_CHECKING:
     from .protector import Protector
@@ -175,7 +175,7 @@ def protect_array(
     if unit is not None:
         reached = change_in_units(image, result.metrics, unit)
         result.metrics["change_victim_units"] = reached
-        if min_psnr is not None and 0 < reached < 0.95 * strength:
+        if min_psnr is not None and 0 < reached and short_of_strength(reached, strength, victim_normalisation):
             result.metrics["min_psnr_for_strength"] = floor_for_strength(min_psnr, reached, strength)
         elif unfloored and unfloored[1] and not reached:  # the floor left under one level of the integer type
             result.metrics["min_psnr_for_strength"] = floor_for_strength(*unfloored, strength)

@@ -191,6 +191,8 @@ def fill_codes(classes: int, period: int) -> torch.Tensor:
     Blocks of ``period``/2 pixels (1 for the default period 2): the finest pattern there is, which a
     victim trained without augmentation takes for the label long before the anatomy. The three tiles
     differ in orientation, which scaling and flips keep, so labels are told apart (beyond three they repeat).
+    The bundled default has the checkerboard alone (``code_classes`` 2), on every label: with the labels told
+    apart, victims learnt more of them (docs/results.md, ``fill-one-code-organs``).
     """
     half = max(period // 2, 1)
     rows, cols = (torch.arange(period)[:, None] // half) % 2, (torch.arange(period)[None, :] // half) % 2

@@ -83,8 +83,8 @@ OPTIONS: dict[str, Option] = {
             "Codes",
             str,
             choices=CODES,
-            help="the bundled protector's codes: fill (default; fine tiles inside each label, which victims trained "
-            "without augmentation take for the label), rings (bands along each label's contour, which nnU-Net's "
+            help="the bundled protector's codes: fill (default; one fine checkerboard inside every label, which "
+            "victims trained without augmentation take for the labels), rings (bands along each label's contour, which nnU-Net's "
             "augmentation keeps; measured on one CT organ, also with --epsilon 6.3 --min-psnr 45 against victims "
             "without it; visible at a soft-tissue window), fill+rings (both: the fill codes held to 52 dB, the "
             "rings to the rest of the floor; measured on one CT organ, where both kinds of victim need --min-psnr 48) "

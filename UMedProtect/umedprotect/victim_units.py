@@ -19,6 +19,10 @@ from .metrics import data_range
 # victim units, by normalisation: what stopped victims without augmentation (the fill codes; docs/results.md):
 # 0.3 on MR (three organs, 10 of 10); on CT, 0.6 on four organs (10 of 10; 0.39 stopped none), 0.7-1.5 on the liver
 STRENGTHS = {"ct": 0.6, "zscore": 0.3}
+# the least strength of a case in a set whose victims without augmentation the bundled default stopped: under the
+# 50 dB floor four CT organs' cases reach 0.10-2.0 (one code for every label: fill-one-code-organs); MR as above.
+# Below these (with the default aim) protection is not expected, and the run names the floor that reaches the aim.
+MEASURED_STOPPING = {"ct": 0.1, "zscore": 0.3}
 FOREGROUND_SAMPLES = 100_000  # foreground voxels a CT unit is computed from (evenly spaced)
 CT_PERCENTILES = (0.5, 99.5)
 
@@ -89,6 +93,13 @@ def rms_in_units(change: np.ndarray, unit: float) -> float:
     """RMS of the non-zero entries of ``change`` in ``unit``; 0 if none."""
     changed = change[change != 0].astype(np.float64)
     return float(np.sqrt(np.mean(changed * changed)) / unit) if changed.size else 0.0
+
+
+def short_of_strength(reached: float, strength: float, normalisation: str) -> bool:
+    """Whether a change at ``reached`` units falls short of ``strength``: of the default aim, short of what was
+    measured to stop victims (:data:`MEASURED_STOPPING`); of an aim the user set, short of that aim."""
+    aim = min(strength, MEASURED_STOPPING[normalisation]) if strength == STRENGTHS[normalisation] else strength
+    return reached < 0.95 * aim
 
 
 def floor_for_strength(min_psnr: float, reached: float, strength: float) -> float:
