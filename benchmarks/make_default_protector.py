@@ -2,7 +2,8 @@
 
 Its generators G_c and G_t output zero: the codes alone make the change.
 
-The choice and its measurements: docs/results.md, benchmarks/experiments/ (``fill-one-code-organs``, ``fill-inside-liver``).
+The choice and its measurements: docs/results.md, benchmarks/experiments/ (``fill-one-code-organs``,
+``fill-inside-liver``).
 
     python -m benchmarks.make_default_protector [--output UMedProtect/umedprotect/data/default_protector.safetensors]
 

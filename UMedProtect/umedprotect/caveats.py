@@ -90,9 +90,9 @@ def dataset_caveats(
     elif len(foreground) > MEASURED_STOPPED_LABELS:
         caveats.append(
             f"{len(foreground)} labels to protect: the default stopped victims without augmentation on four CT organs "
-            "at 50 dB (10 of 10, trained until converged), but with twelve CT structures not at 50 dB (0.53) nor at "
-            "45 dB (0.29-0.30): the vertebrae, the colon and the aorta kept 0.71-1.16 of their clean DSC, the "
-            f"vertebrae even at 40 dB ({RESULTS})"
+            "at 50 dB (10 of 10, trained until converged), but with twelve CT structures not at 50 dB (0.53-0.69) "
+            "nor at 45 dB (0.29-0.30): the vertebrae, the colon and the aorta kept 0.71-1.16 of their clean DSC, "
+            f"the vertebrae even at 40 dB ({RESULTS})"
         )
     resampled = resampled_cases(dataset)
     if resampled:

@@ -84,12 +84,13 @@ OPTIONS: dict[str, Option] = {
             str,
             choices=CODES,
             help="the bundled protector's codes: fill (default; one fine checkerboard inside every label, which "
-            "victims trained without augmentation take for the labels), rings (bands along each label's contour, which nnU-Net's "
-            "augmentation keeps; measured on one CT organ, also with --epsilon 6.3 --min-psnr 45 against victims "
-            "without it; visible at a soft-tissue window), fill+rings (both: the fill codes held to 52 dB, the "
-            "rings to the rest of the floor; measured on one CT organ, where both kinds of victim need --min-psnr 48) "
-            "or smooth (each label's own noise smoothed away, which both kinds of victim take for the label; measured "
-            "on one CT organ, not on several labels, MR or microscopy; seen as a label smoother than its surroundings)",
+            "victims trained without augmentation take for the labels), rings (bands along each label's contour, "
+            "which nnU-Net's augmentation keeps; measured on one CT organ, also with --epsilon 6.3 --min-psnr 45 "
+            "against victims without it; visible at a soft-tissue window), fill+rings (both: the fill codes held "
+            "to 52 dB, the rings to the rest of the floor; measured on one CT organ, where both kinds of victim "
+            "need --min-psnr 48) or smooth (each label's own noise smoothed away, which both kinds of victim take "
+            "for the label; measured on one CT organ, not on several labels, MR or microscopy; seen as a label "
+            "smoother than its surroundings)",
         ),
         Option(
             "band_radius",
