@@ -17,7 +17,8 @@ import numpy as np
 from .metrics import data_range
 
 # victim units, by normalisation: what stopped victims without augmentation (the fill codes; docs/results.md):
-# 0.3 on MR (three organs, 10 of 10); on CT, 0.6 on four organs (10 of 10; 0.39 stopped none), 0.7-1.5 on the liver
+# 0.3 on MR (three organs, 10 of 10); on CT, 0.6 on four organs with the former three tiles (10 of 10; 0.39 stopped
+# none), 0.7-1.5 on the liver
 STRENGTHS = {"ct": 0.6, "zscore": 0.3}
 # the least strength of a case in a set whose victims without augmentation the bundled default stopped: under the
 # 50 dB floor four CT organs' cases reach 0.10-2.0 (one code for every label: fill-one-code-organs); MR as above.
