@@ -141,11 +141,12 @@ def dim_8bit(shape=(64, 64), top: int = 100) -> tuple[np.ndarray, np.ndarray]:
 
 def test_a_floor_that_leaves_under_one_level_gives_the_floor_that_reaches_the_strength(tmp_path, caplog, capsys):
     image, labels = dim_8bit()
-    erased = protect_array(image, labels, device="cpu", min_psnr=50, strength=0.3)
+    aim = STRENGTHS["zscore"]  # what protect's defaults aim at on a tile that is not CT
+    erased = protect_array(image, labels, device="cpu", min_psnr=50, strength=aim)
     assert np.array_equal(erased.protected, image) and erased.metrics["change_victim_units"] == 0
     floor = erased.metrics["min_psnr_for_strength"]
-    reached = protect_array(image, labels, device="cpu", min_psnr=floor, strength=0.3)
-    assert reached.metrics["change_victim_units"] >= 0.3 * 0.8  # about: a few levels, rounded
+    reached = protect_array(image, labels, device="cpu", min_psnr=floor, strength=aim)
+    assert reached.metrics["change_victim_units"] >= aim * 0.8  # about: a few levels, rounded
     for array, name in ((image, "tile.nii.gz"), (labels, "mask.nii.gz")):
         sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / name))
     args = [str(tmp_path / "tile.nii.gz"), str(tmp_path / "mask.nii.gz"), "--device", "cpu"]
@@ -198,7 +199,7 @@ def test_protect_warns_when_the_floor_holds_the_strength_and_records_it(tmp_path
     assert main(["protect", *args, "-o", str(tmp_path / "a.nii.gz"), "--report", str(tmp_path / "a.json")]) == 0
     assert "victim units" in caplog.text and "--min-psnr" in caplog.text
     report = json.loads((tmp_path / "a.json").read_text())
-    assert report["parameters"]["strength"] == 0.3 and report["metrics"]["min_psnr_for_strength"] < 50
+    assert report["parameters"]["strength"] == STRENGTHS["zscore"] and report["metrics"]["min_psnr_for_strength"] < 50
     caplog.clear()
     for k, extra in enumerate((["--strength", "0"], ["--epsilon", "8"])):
         out = tmp_path / f"b{k}.nii.gz"
@@ -246,5 +247,6 @@ def test_protect_measures_a_ct_image_in_its_foreground_std(tmp_path):
 
 def test_the_default_aim_falls_short_only_under_what_stopped_victims():
     assert not short_of_strength(0.3, STRENGTHS["ct"], "ct")  # four CT organs were stopped with cases at 0.1-2.0
-    assert short_of_strength(0.05, STRENGTHS["ct"], "ct") and short_of_strength(0.2, STRENGTHS["zscore"], "zscore")
+    assert short_of_strength(0.05, STRENGTHS["ct"], "ct") and short_of_strength(0.1, STRENGTHS["zscore"], "zscore")
+    assert not short_of_strength(0.15, STRENGTHS["zscore"], "zscore")  # MR: 0.15 stopped 10 of 10, 0.1 9 of 10
     assert short_of_strength(0.3, 1.0, "ct")  # an aim the user set is held to itself

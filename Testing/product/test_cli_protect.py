@@ -69,7 +69,7 @@ def test_protect_3d_end_to_end(tmp_path, protector_file, ending, capsys):
         "band_radius": 3,
         "labels": None,
         "min_psnr": 50.0,
-        "strength": 0.3,
+        "strength": 0.15,
         "victim_normalisation": "zscore",
         "seed": 0,
     }  # the floor

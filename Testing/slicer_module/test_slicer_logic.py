@@ -362,7 +362,7 @@ def test_a_ct_volume_is_measured_in_its_foreground_std_and_the_strength_reported
     logic = UMedProtectLogic()
     output = logic.process(volume, segmentation, None, replace(settings(protector_file), epsilon=None))
     metrics = output.metrics
-    assert metrics["victim_normalisation"] == "zscore" and metrics["strength"] == 0.3  # no air: not a CT
+    assert metrics["victim_normalisation"] == "zscore" and metrics["strength"] == 0.15  # no air: not a CT
     assert metrics["victim_unit"] == pytest.approx(float(image.astype(np.float64).std()), rel=1e-3)
     assert strength_text(metrics).startswith(f"{metrics['change_victim_units']:.2f} victim units")
     with_air = image.copy()

@@ -76,8 +76,8 @@ def dataset_caveats(
         name = dataset.meta["channel_names"]["0"]
         caveats.append(
             f"channel 0 is {name!r}, not CT: nnU-Net z-scores each case, and at a 50 dB floor the change is far "
-            "below what stopped such victims (MR, three organs: 0.03 of each case's std at 50 dB, ratios 0.67-1.14; "
-            "0.3 std at 30 dB, 10 of 10 victims without augmentation stopped; fluorescence microscopy nuclei, bright "
+            "below what stopped such victims (MR, three organs: 0.03 of each case's std at 50 dB, ratios 0.66-1.29; "
+            "0.15 std at 38 dB, 10 of 10 victims without augmentation stopped; fluorescence microscopy nuclei, bright "
             "on a dark background: 0.3 std at 29 dB, ratios 0.69-0.89; one std at 24 dB, stopped without augmentation; "
             f"{RESULTS})"
         )

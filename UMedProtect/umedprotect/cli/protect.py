@@ -116,7 +116,7 @@ def add_protection_options(parser: argparse.ArgumentParser) -> None:
         metavar="U",
         help="raise the budget until the change's RMS reaches U units of the victim's normalisation (CT: the std "
         "of the case's clipped labelled voxels; else the case's std), before the PSNR floor; 0: off (default 0.6 "
-        "for CT, 0.3 otherwise; off when --epsilon is given)",
+        "for CT, 0.15 otherwise; off when --epsilon is given)",
     )
     add_option(parser, "device")
     add_option(parser, "seed", metavar="N")
