@@ -23,7 +23,7 @@ STRENGTHS = {"ct": 0.6, "zscore": 0.15}
 # the least strength of a case in a set whose victims without augmentation the bundled default stopped: under the
 # 50 dB floor four CT organs' cases reach 0.10-2.0 (one code for every label: fill-one-code-organs); MR as above.
 # Below these (with the default aim) protection is not expected, and the run names the floor that reaches the aim.
-MEASURED_STOPPING = {"ct": 0.1, "zscore": 0.15}
+MEASURED_STOPPING = {"ct": 0.1, "zscore": STRENGTHS["zscore"]}
 FOREGROUND_SAMPLES = 100_000  # foreground voxels a CT unit is computed from (evenly spaced)
 CT_PERCENTILES = (0.5, 99.5)
 
